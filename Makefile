@@ -1,0 +1,40 @@
+# housing-mlops: `make demo` runs the pipeline, `make test` runs the tests.
+# Both create .venv and install the package (with the dev extra) when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+# Offline route: use the shared copy of the archive when it sits next to the project.
+HOUSING_DATA_ARCHIVE ?= $(wildcard $(CURDIR)/../shared/data/cal_housing.tgz)
+export HOUSING_DATA_ARCHIVE
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/housing fetch
+	$(BIN)/housing featurize
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check housing_mlops tests
+	$(BIN)/ruff format --check housing_mlops tests
+
+format: $(STAMP)
+	$(BIN)/ruff format housing_mlops tests
+	$(BIN)/ruff check --fix housing_mlops tests
+
+clean:
+	rm -rf data mlruns reports .pytest_cache .ruff_cache

@@ -1,0 +1,253 @@
+"""The ``housing`` command: thin wrappers over the library modules.
+
+Each command parses options, calls one library function and prints the result. Heavy
+libraries (mlflow, sklearn, pandas, lightgbm) are imported inside the commands so that
+``housing --help`` stays fast. ``run`` is the one place that maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from housing_mlops import __version__
+from housing_mlops.errors import (
+    EXIT_UNEXPECTED,
+    HousingError,
+    NotAvailableYet,
+)
+
+app = typer.Typer(
+    name="housing",
+    help="California Housing from raw data to a monitored prediction service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+@dataclass
+class AppState:
+    config_path: Path
+    verbose: bool
+
+    def settings(self):  # type: ignore[no-untyped-def]
+        from housing_mlops.config import load_config
+
+        return load_config(self.config_path)
+
+
+def _state(ctx: typer.Context) -> AppState:
+    state = ctx.find_root().obj
+    if not isinstance(state, AppState):  # invoked without the callback (tests)
+        state = AppState(Path("configs/default.yaml"), False)
+    return state
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"housing {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help="YAML config file.", show_default=True),
+    ] = Path("configs/default.yaml"),
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """California Housing from raw data to a monitored prediction service."""
+    ctx.obj = AppState(config_path=config, verbose=verbose)
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    from housing_mlops.output import stderr
+
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(console=stderr, show_path=False, rich_tracebacks=verbose)
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("housing_mlops").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _not_yet(command: str, issue: str) -> None:
+    raise NotAvailableYet(f"`housing {command}` is not implemented yet ({issue} has not landed)")
+
+
+# --------------------------------------------------------------------------- fetch
+@app.command()
+def fetch(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Local path, file:// or http(s):// URL of the archive (offline route). "
+            "Default: $HOUSING_DATA_ARCHIVE, else the configured URLs.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download even if cached.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download and verify the California Housing archive; write data/raw/."""
+    _not_yet("fetch", "the foundation issue")
+
+
+# ----------------------------------------------------------------------- featurize
+@app.command()
+def featurize(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Validate the raw data, split train/test, write data/processed/ and a reference profile."""
+    _not_yet("featurize", "the foundation issue")
+
+
+# --------------------------------------------------------------------------- train
+@app.command()
+def train(
+    ctx: typer.Context,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Train only this candidate (repeatable)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cross-validate and fit every configured candidate; log and register them in MLflow."""
+    _not_yet("train", "the train/evaluate/promote issue")
+
+
+# ------------------------------------------------------------------------ evaluate
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    version: Annotated[int | None, typer.Option("--version", help="Model version.")] = None,
+    all_versions: Annotated[bool, typer.Option("--all", help="Every version.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Holdout metrics, slices, plots and behavioural checks for registered versions."""
+    _not_yet("evaluate", "the train/evaluate/promote issue")
+
+
+# ------------------------------------------------------------------------- promote
+@app.command()
+def promote(
+    ctx: typer.Context,
+    version: Annotated[int | None, typer.Option("--version", help="Model version.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge, change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Override the gate.")] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Swap champion and previous-champion.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the `champion` alias to the best evaluated candidate if it passes the gate."""
+    _not_yet("promote", "the train/evaluate/promote issue")
+
+
+# --------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Uvicorn workers.")] = None,
+    model_version: Annotated[
+        int | None, typer.Option("--model-version", help="Serve this version, not @champion.")
+    ] = None,
+) -> None:
+    """Serve the champion model over HTTP (FastAPI on uvicorn)."""
+    _not_yet("serve", "the serve issue")
+
+
+# --------------------------------------------------------------------------- drift
+@app.command()
+def drift(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Window start: 30m, 12h, 7d, 2w or ISO-8601.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Window end (default now); same forms.")
+    ] = None,
+    model_version: Annotated[
+        int | None, typer.Option("--model-version", help="Only requests served by this version.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare logged requests with the training data; exit 6 when drift is found."""
+    _not_yet("drift", "the drift/report issue")
+
+
+# -------------------------------------------------------------------------- report
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a self-contained HTML report and its Markdown twin."""
+    _not_yet("report", "the drift/report issue")
+
+
+# ---------------------------------------------------------------------- entry point
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: the one place errors become exit codes."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    try:
+        # Standalone mode lets Typer print usage errors itself (exit 2) and turns
+        # typer.Exit(code) into SystemExit; our own errors propagate to the handlers below.
+        command.main(args=args, prog_name="housing", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else EXIT_UNEXPECTED
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        return 130
+    except HousingError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(
+            f"Error: unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,255 @@
+"""The YAML config as frozen pydantic models.
+
+``load_config(path)`` is the only way settings are built; nothing is read at import.
+Relative paths are resolved against the current working directory when the config is
+loaded. A few environment variables override settings for deployment (``ENV_OVERRIDES``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from housing_mlops.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
+STATLIB_SHA256 = "aaa5c9a6afe2225cc2aed2723682ae403280c4a3695a2ddda4ffb5d8215ea681"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    raw_dir: Path = Path("data/raw")
+    processed_dir: Path = Path("data/processed")
+    reports_dir: Path = Path("reports")
+
+
+class DataConfig(_Section):
+    urls: list[str] = Field(default_factory=lambda: ["https://ndownloader.figshare.com/files/5976036"])
+    sha256: str = STATLIB_SHA256
+    archive_name: str = "cal_housing.tgz"
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=1)
+    backoff_s: float = Field(1.0, ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex64(cls, value: str) -> str:
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
+            raise ValueError("must be a 64-character hex sha256")
+        return value.lower()
+
+
+class SplitConfig(_Section):
+    test_size: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+
+
+class FeaturesConfig(_Section):
+    """Feature engineering inside the model pipeline (see features.py)."""
+
+    rotations_deg: list[float] = Field(default_factory=lambda: [15.0, 30.0, 45.0, 60.0, 75.0])
+    city_distances: bool = True
+    knn_neighbors: list[int] = Field(default_factory=lambda: [8, 32])
+    knn_folds: int = Field(5, ge=2)
+    profile_sample_size: int = Field(5000, ge=100)
+
+
+EstimatorKind = Literal["ridge", "random_forest", "hist_gradient_boosting", "lightgbm"]
+
+
+class CandidateConfig(_Section):
+    name: str = Field(pattern=r"^[a-z0-9_\-]+$")
+    estimator: EstimatorKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Raw-feature candidates skip the spatial features (useful as baselines).
+    engineered_features: bool = True
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+    experiment_name: str = "california-housing"
+    registered_model_name: str = "california-housing"
+
+
+class TrainConfig(_Section):
+    cv_folds: int = Field(5, ge=2)
+    seed: int = 42
+    n_jobs: int = Field(2, ge=1)
+    candidates: list[CandidateConfig]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TrainConfig:
+        names = [c.name for c in self.candidates]
+        if len(names) != len(set(names)):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        if not names:
+            raise ValueError("at least one candidate is required")
+        return self
+
+
+class EvaluateConfig(_Section):
+    # A row counts as coastal when its distance to the nearest point of a coarse
+    # California coastline polyline is at most this many kilometres.
+    coastal_km: float = Field(50.0, gt=0)
+    # Northern vs southern California split at this latitude.
+    north_south_latitude: float = 35.8
+    # Plausible prediction range in $100k (the target lies in [0.15, 5.00001]).
+    plausible_min: float = 0.0
+    plausible_max: float = 7.0
+
+
+class PromoteConfig(_Section):
+    metric: Literal["rmse", "mae", "r2"] = "rmse"
+    max_rmse: float = Field(0.45, gt=0)
+    min_r2: float = 0.85
+    # The candidate must beat the champion by at least this much of the metric.
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    max_batch_size: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    request_log: Path = Path("data/requests.db")
+    log_flush_interval_s: float = Field(1.0, gt=0)
+    log_queue_size: int = Field(100_000, ge=1)
+    reload_interval_s: float = Field(30.0, ge=0)
+    reload_token_env: str = "HOUSING_RELOAD_TOKEN"  # noqa: S105 - a variable name, not a secret
+    microbatch_window_ms: float = Field(1.0, ge=0)
+    microbatch_max_rows: int = Field(256, ge=1)
+    predictor_threads: int = Field(1, ge=1)
+
+
+class DriftConfig(_Section):
+    default_since: str = "7d"
+    min_rows: int = Field(200, ge=1)
+    psi_bins: int = Field(10, ge=2)
+    psi_warn: float = Field(0.1, gt=0)
+    psi_drift: float = Field(0.2, gt=0)
+    wasserstein_warn: float = Field(0.05, gt=0)
+    wasserstein_drift: float = Field(0.1, gt=0)
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)
+    drift_share: float = Field(0.5, gt=0, le=1)
+    hard_limit_psi: float = Field(1.0, gt=0)
+    hard_limit_wasserstein: float = Field(0.5, gt=0)
+
+
+class Settings(_Section):
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    train: TrainConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
+    serve: ServeConfig = ServeConfig()
+    drift: DriftConfig = DriftConfig()
+    # Where the file came from (not part of the YAML).
+    source: Path | None = Field(default=None, exclude=True)
+
+
+# Environment variable -> (section, key). Applied after the YAML is read.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "MLFLOW_TRACKING_URI": ("mlflow", "tracking_uri"),
+    "HOUSING_MLFLOW_ARTIFACT_LOCATION": ("mlflow", "artifact_location"),
+    "HOUSING_REGISTERED_MODEL": ("mlflow", "registered_model_name"),
+    "HOUSING_SERVE_HOST": ("serve", "host"),
+    "HOUSING_SERVE_PORT": ("serve", "port"),
+    "HOUSING_SERVE_WORKERS": ("serve", "workers"),
+    "HOUSING_REQUEST_LOG": ("serve", "request_log"),
+}
+
+
+def _resolve_paths(raw: dict[str, Any]) -> None:
+    """Make every path absolute against the current working directory."""
+    cwd = Path.cwd()
+    for section, key in (
+        ("paths", "raw_dir"),
+        ("paths", "processed_dir"),
+        ("paths", "reports_dir"),
+        ("serve", "request_log"),
+    ):
+        sec = raw.setdefault(section, {})
+        if isinstance(sec, dict) and key in sec and sec[key] is not None:
+            sec[key] = str((cwd / Path(str(sec[key])).expanduser()).resolve())
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        elif e["type"] == "missing":
+            parts.append(f"missing key '{loc}'")
+        else:
+            parts.append(f"'{loc}': {e['msg']}")
+    return f"invalid config {path}: " + "; ".join(parts)
+
+
+def settings_from_dict(raw: dict[str, Any], source: Path | None = None) -> Settings:
+    """Validate a dict (as read from YAML) into Settings, applying env overrides."""
+    label = source or Path("<dict>")
+    data: dict[str, Any] = json.loads(json.dumps(raw, default=str))
+    for env, (section, key) in ENV_OVERRIDES.items():
+        value = os.environ.get(env)
+        if value:
+            sec = data.setdefault(section, {})
+            if not isinstance(sec, dict):
+                raise ConfigError(f"invalid config {label}: '{section}' must be a mapping")
+            sec[key] = value
+    # Defaults for path fields must resolve too, so fill them before resolving.
+    for section, model in (("paths", PathsConfig), ("serve", ServeConfig)):
+        sec = data.setdefault(section, {})
+        if isinstance(sec, dict):
+            for name, field in model.model_fields.items():
+                if field.annotation is Path and name not in sec:
+                    sec[name] = str(field.default)
+    _resolve_paths(data)
+    try:
+        settings = Settings.model_validate({**data, "source": source})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(label, err)) from None
+    return settings
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Settings:
+    """Read, validate and freeze the YAML config at ``path``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file not found: {path} (pass --config PATH or run from the project root)"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config {path} is not valid YAML{where}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping at the top level")
+    return settings_from_dict(raw, source=path)
+
+
+def config_hash(settings: Settings) -> str:
+    """A stable sha256 of the validated settings (recorded with every run)."""
+    payload = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,64 @@
+"""Named errors and their exit codes.
+
+The library raises these; ``cli.run`` is the one place that turns them into a line
+``Error: ...`` on stderr and the exit code below. Messages say what to do next.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_DATA = 4
+EXIT_MODEL = 5
+EXIT_GATE = 6
+EXIT_INSUFFICIENT = 7
+
+
+class HousingError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
+class UsageError(HousingError):
+    """A malformed option value (for example a bad ``--since``)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(HousingError):
+    """The YAML config is missing, unreadable or invalid."""
+
+    exit_code = EXIT_CONFIG
+
+
+class DataError(HousingError):
+    """Download, checksum, archive, schema or data-file problems."""
+
+    exit_code = EXIT_DATA
+
+
+class ModelError(HousingError):
+    """Training, model loading, MLflow tracking or registry problems."""
+
+    exit_code = EXIT_MODEL
+
+
+class GateRejected(HousingError):
+    """A gate said no: promotion rejected."""
+
+    exit_code = EXIT_GATE
+
+
+class InsufficientDataError(HousingError):
+    """Drift cannot be judged: too few rows in the window, or no log / reference."""
+
+    exit_code = EXIT_INSUFFICIENT
+
+
+class NotAvailableYet(HousingError):
+    """A subcommand whose issue has not landed yet."""
+
+    exit_code = EXIT_UNEXPECTED
