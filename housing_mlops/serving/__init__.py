@@ -1,0 +1,1 @@
+"""The prediction service: app factory, schemas, predictor, metrics."""
