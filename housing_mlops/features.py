@@ -1,0 +1,329 @@
+"""Feature engineering as one scikit-learn transformer, used in training AND serving.
+
+``SpatialFeatures`` takes the 8 raw California Housing features (a DataFrame selected by
+column name, or a 2-D array in ``FEATURES`` order) and adds:
+
+- ratio features (bedrooms per room, rooms per person, households, log population);
+- coordinates rotated by a few angles (trees split on axis-aligned lines; rotations let
+  them cut the diagonal coast and valleys);
+- great-circle distances to the big cities and to a coarse coastline;
+- out-of-fold neighbour target means on latitude/longitude (k nearest blocks).
+
+The neighbour means are the only target-based features. ``fit_transform`` (what a
+Pipeline calls during ``fit``) computes them out-of-fold: a training row's value comes
+from neighbours in the other folds only, so its own target never leaks into its feature.
+``transform`` (prediction time) uses the whole training set.
+
+State is plain numpy arrays so the fitted transformer goes through skops. The KD-tree used
+for neighbour lookups is a cache rebuilt from the stored arrays (``_tree``): scipy's
+``cKDTree`` is a C extension type that skops cannot serialise, so ``__getstate__`` drops it
+and the first ``transform`` after loading rebuilds it (a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+FEATURES: list[str] = [
+    "MedInc",
+    "HouseAge",
+    "AveRooms",
+    "AveBedrms",
+    "Population",
+    "AveOccup",
+    "Latitude",
+    "Longitude",
+]
+TARGET = "MedHouseVal"
+
+_I_INC, _I_AGE, _I_ROOMS, _I_BEDRMS, _I_POP, _I_OCCUP, _I_LAT, _I_LON = range(8)
+
+# (name, latitude, longitude)
+CITIES: list[tuple[str, float, float]] = [
+    ("sf", 37.7749, -122.4194),
+    ("la", 34.0522, -118.2437),
+    ("sd", 32.7157, -117.1611),
+    ("sj", 37.3382, -121.8863),
+    ("sac", 38.5816, -121.4944),
+]
+
+# A coarse polyline along the California coast, north to south (lat, lon). Distances to
+# its vertices are a good-enough "distance to the ocean" at the scale of census blocks.
+COAST: list[tuple[float, float]] = [
+    (41.99, -124.21),
+    (41.75, -124.20),
+    (41.20, -124.12),
+    (40.80, -124.20),
+    (40.44, -124.40),
+    (40.00, -124.02),
+    (39.60, -123.79),
+    (39.20, -123.77),
+    (38.90, -123.70),
+    (38.50, -123.20),
+    (38.30, -123.05),
+    (38.00, -122.95),
+    (37.90, -122.65),
+    (37.81, -122.48),
+    (37.70, -122.50),
+    (37.50, -122.48),
+    (37.20, -122.40),
+    (36.95, -122.05),
+    (36.90, -121.90),
+    (36.60, -121.90),
+    (36.30, -121.90),
+    (35.90, -121.47),
+    (35.60, -121.15),
+    (35.30, -120.88),
+    (35.00, -120.63),
+    (34.60, -120.64),
+    (34.45, -120.45),
+    (34.42, -119.80),
+    (34.35, -119.40),
+    (34.15, -119.20),
+    (34.03, -118.80),
+    (34.00, -118.50),
+    (33.85, -118.40),
+    (33.74, -118.29),
+    (33.75, -118.10),
+    (33.60, -117.90),
+    (33.45, -117.70),
+    (33.20, -117.38),
+    (33.00, -117.28),
+    (32.80, -117.26),
+    (32.70, -117.20),
+    (32.53, -117.12),
+]
+
+_EARTH_KM = 6371.0
+# Neighbour search works in a local equirectangular projection (km-ish units).
+_LAT0 = 36.0
+_LON_SCALE = math.cos(math.radians(_LAT0))
+
+
+def _haversine_km(lat: np.ndarray, lon: np.ndarray, lat2: float, lon2: float) -> np.ndarray:
+    phi1 = np.radians(lat)
+    phi2 = math.radians(lat2)
+    dphi = phi1 - phi2
+    dlmb = np.radians(lon) - math.radians(lon2)
+    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * math.cos(phi2) * np.sin(dlmb / 2) ** 2
+    return 2 * _EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def _as_matrix(X: Any) -> np.ndarray:
+    """The 8 raw features as a float64 (n, 8) array; frames are selected by column name."""
+    if hasattr(X, "columns"):
+        missing = [c for c in FEATURES if c not in X.columns]
+        if missing:
+            raise ValueError(f"input is missing feature column(s): {missing}")
+        return np.column_stack([np.asarray(X[c], dtype=np.float64) for c in FEATURES])
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim == 1 and arr.shape[0] == len(FEATURES):
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != len(FEATURES):
+        raise ValueError(
+            f"expected a 2-D array with {len(FEATURES)} columns in order {FEATURES}, "
+            f"got shape {arr.shape}"
+        )
+    return arr
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(a, dtype=np.float64)
+    np.divide(a, b, out=out, where=b > 0)
+    return out
+
+
+class SpatialFeatures(TransformerMixin, BaseEstimator):
+    """Raw features plus ratios, rotated coordinates, distances and neighbour target means."""
+
+    def __init__(
+        self,
+        engineered: bool = True,
+        rotations_deg: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0, 75.0),
+        city_distances: bool = True,
+        knn_neighbors: tuple[int, ...] = (8, 32),
+        knn_folds: int = 5,
+        random_state: int = 0,
+    ) -> None:
+        self.engineered = engineered
+        self.rotations_deg = rotations_deg
+        self.city_distances = city_distances
+        self.knn_neighbors = knn_neighbors
+        self.knn_folds = knn_folds
+        self.random_state = random_state
+
+    # --- fitting -----------------------------------------------------------------------
+
+    def _knn_ks(self) -> list[int]:
+        if not self.engineered:
+            return []
+        return sorted({int(k) for k in self.knn_neighbors})
+
+    def fit(self, X: Any, y: Any = None) -> SpatialFeatures:
+        self._fit_state(X, y)
+        return self
+
+    def _fit_state(self, X: Any, y: Any) -> np.ndarray:
+        M = _as_matrix(X)
+        self.n_features_in_ = len(FEATURES)
+        self.feature_names_in_ = np.asarray(FEATURES, dtype=object)
+        ks = self._knn_ks()
+        if ks:
+            if y is None:
+                raise ValueError("SpatialFeatures needs y to fit neighbour target means")
+            yv = np.asarray(y, dtype=np.float64).reshape(-1)
+            if yv.shape[0] != M.shape[0]:
+                raise ValueError("X and y have different numbers of rows")
+            if any(k < 1 for k in ks):
+                raise ValueError(f"knn_neighbors must be positive, got {ks}")
+            self.knn_points_ = self._project(M)
+            self.knn_targets_ = yv.copy()
+            self.knn_global_mean_ = float(yv.mean())
+        self._tree = None
+        self._tree_lock = threading.Lock()
+        return M
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """Fit, then transform the training rows with OUT-OF-FOLD neighbour means."""
+        M = self._fit_state(X, y)
+        base = self._base_features(M)
+        ks = self._knn_ks()
+        if not ks:
+            return base
+        knn = self._oof_knn(self.knn_points_, self.knn_targets_, ks)
+        return np.hstack([base, knn])
+
+    def _oof_knn(self, points: np.ndarray, targets: np.ndarray, ks: list[int]) -> np.ndarray:
+        from scipy.spatial import cKDTree
+
+        n = points.shape[0]
+        folds = max(2, int(self.knn_folds))
+        rng = np.random.default_rng(self.random_state)
+        assignment = rng.permutation(n) % folds
+        out = np.empty((n, len(ks)), dtype=np.float64)
+        for fold in range(folds):
+            held = np.flatnonzero(assignment == fold)
+            kept = np.flatnonzero(assignment != fold)
+            if held.size == 0:
+                continue
+            tree = cKDTree(points[kept])
+            out[held] = self._knn_means(tree, targets[kept], points[held], ks)
+        return out
+
+    @staticmethod
+    def _knn_means(tree: Any, targets: np.ndarray, query: np.ndarray, ks: list[int]) -> np.ndarray:
+        kmax = min(max(ks), tree.n)
+        _, idx = tree.query(query, k=kmax)
+        idx = np.asarray(idx).reshape(query.shape[0], kmax)
+        vals = targets[idx]
+        csum = np.cumsum(vals, axis=1)
+        cols = [csum[:, min(k, kmax) - 1] / min(k, kmax) for k in ks]
+        return np.column_stack(cols)
+
+    @staticmethod
+    def _project(M: np.ndarray) -> np.ndarray:
+        # Degrees scaled so one unit is roughly the same distance north-south and east-west.
+        return np.column_stack([M[:, _I_LAT], M[:, _I_LON] * _LON_SCALE])
+
+    # --- transforming ------------------------------------------------------------------
+
+    def _get_tree(self) -> Any:
+        tree = getattr(self, "_tree", None)
+        if tree is None:
+            from scipy.spatial import cKDTree
+
+            lock = getattr(self, "_tree_lock", None)
+            if lock is None:
+                lock = self._tree_lock = threading.Lock()
+            with lock:
+                tree = getattr(self, "_tree", None)
+                if tree is None:
+                    tree = cKDTree(self.knn_points_)
+                    self._tree = tree
+        return tree
+
+    def transform(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "n_features_in_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("SpatialFeatures is not fitted yet: call fit first")
+        M = _as_matrix(X)
+        base = self._base_features(M)
+        ks = self._knn_ks()
+        if not ks:
+            return base
+        knn = self._knn_means(self._get_tree(), self.knn_targets_, self._project(M), ks)
+        return np.hstack([base, knn])
+
+    def _base_features(self, M: np.ndarray) -> np.ndarray:
+        if not self.engineered:
+            return M.copy()
+        lat = M[:, _I_LAT]
+        lon = M[:, _I_LON]
+        rooms = M[:, _I_ROOMS]
+        occup = M[:, _I_OCCUP]
+        cols = [
+            M,
+            _safe_div(M[:, _I_BEDRMS], rooms)[:, None],  # bedrooms per room
+            _safe_div(rooms, occup)[:, None],  # rooms per person
+            _safe_div(M[:, _I_POP], occup)[:, None],  # households
+            np.log1p(np.clip(M[:, _I_POP], 0.0, None))[:, None],
+        ]
+        for deg in self.rotations_deg:
+            theta = math.radians(float(deg))
+            cols.append((lon * math.cos(theta) + lat * math.sin(theta))[:, None])
+            cols.append((lat * math.cos(theta) - lon * math.sin(theta))[:, None])
+        if self.city_distances:
+            dists = [_haversine_km(lat, lon, clat, clon) for _, clat, clon in CITIES]
+            cols.extend(d[:, None] for d in dists)
+            cols.append(np.min(np.column_stack(dists), axis=1)[:, None])
+            coast = np.column_stack([_haversine_km(lat, lon, a, b) for a, b in COAST])
+            cols.append(coast.min(axis=1)[:, None])
+        return np.hstack(cols)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = list(FEATURES)
+        if self.engineered:
+            names += ["bedrooms_per_room", "rooms_per_person", "households", "log_population"]
+            for deg in self.rotations_deg:
+                names += [f"rot{deg:g}_x", f"rot{deg:g}_y"]
+            if self.city_distances:
+                names += [f"dist_{name}_km" for name, _, _ in CITIES]
+                names += ["dist_nearest_city_km", "dist_coast_km"]
+            names += [f"knn{k}_target_mean" for k in self._knn_ks()]
+        return np.asarray(names, dtype=object)
+
+    # --- serialisation -----------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The KD-tree (a C extension object) and the lock are caches rebuilt on demand;
+        # leaving them out keeps the state to numpy arrays and plain Python for skops.
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_tree", None)
+        state.pop("_tree_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._tree = None
+        self._tree_lock = threading.Lock()
+
+
+def build_preprocessor(features_cfg: Any = None, engineered: bool = True, seed: int = 0) -> Any:
+    """The feature transformer for a pipeline, configured from the ``features:`` section."""
+    if features_cfg is None:
+        return SpatialFeatures(engineered=engineered, random_state=seed)
+    return SpatialFeatures(
+        engineered=engineered,
+        rotations_deg=tuple(float(d) for d in features_cfg.rotations_deg),
+        city_distances=bool(features_cfg.city_distances),
+        knn_neighbors=tuple(int(k) for k in features_cfg.knn_neighbors),
+        knn_folds=int(features_cfg.knn_folds),
+        random_state=seed,
+    )
