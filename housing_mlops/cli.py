@@ -113,14 +113,79 @@ def fetch(
     as_json: JsonOpt = False,
 ) -> None:
     """Download and verify the California Housing archive; write data/raw/."""
-    _not_yet("fetch", "the foundation issue")
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    from housing_mlops.data import fetch as fetch_archive
+    from housing_mlops.output import print_json, print_kv, stderr
+
+    settings = _state(ctx).settings()
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=stderr,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def progress(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done, total=total)
+
+    with bar:
+        result = fetch_archive(settings, source=source, force=force, progress=progress)
+    if as_json:
+        print_json(result)
+        return
+    print_kv(
+        {
+            "archive": result["archive"],
+            "archive sha256": result["archive_sha256"],
+            "cached": "yes (checksum matched, not downloaded)" if result["cached"] else "no",
+            "source": result["source"],
+            "parquet": result["parquet"],
+            "rows": result["rows"],
+            "content hash (data version)": result["content_hash"],
+            "manifest": result["manifest"],
+        },
+        title="housing fetch",
+    )
 
 
 # ----------------------------------------------------------------------- featurize
 @app.command()
 def featurize(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Validate the raw data, split train/test, write data/processed/ and a reference profile."""
-    _not_yet("featurize", "the foundation issue")
+    from housing_mlops.data import featurize as featurize_raw
+    from housing_mlops.output import print_json, print_kv
+
+    settings = _state(ctx).settings()
+    result = featurize_raw(settings)
+    if as_json:
+        print_json(result)
+        return
+    print_kv(
+        {
+            "data version (raw content hash)": result["data_version"],
+            "train rows": result["train_rows"],
+            "test rows": result["test_rows"],
+            "split": f"test_size={result['test_size']} seed={result['seed']}",
+            "train": result["train_path"],
+            "test": result["test_path"],
+            "reference profile": result["profile_path"],
+            "manifest": result["manifest_path"],
+        },
+        title="housing featurize",
+    )
 
 
 # --------------------------------------------------------------------------- train

@@ -1,0 +1,413 @@
+"""`housing fetch` against a local HTTP server on 127.0.0.1 (never the internet).
+
+The server serves small archives with the StatLib layout that the tests build, plus
+broken variants (HTTP errors, a transfer cut short, the wrong file). After every failure
+the tests check what is on disk: no partial file, the previous good copy untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from synthetic import write_config
+
+from housing_mlops import data
+from housing_mlops.cli import run
+from housing_mlops.config import load_config
+from housing_mlops.errors import DataError
+
+# The first rows of the real cal_housing.data (longitude, latitude, housingMedianAge,
+# totalRooms, totalBedrooms, population, households, medianIncome, medianHouseValue).
+REAL_ROWS = [
+    "-122.230000,37.880000,41.000000,880.000000,129.000000,322.000000,126.000000,8.325200,452600.000000",
+    "-122.220000,37.860000,21.000000,7099.000000,1106.000000,2401.000000,1138.000000,8.301400,358500.000000",
+    "-122.240000,37.850000,52.000000,1467.000000,190.000000,496.000000,177.000000,7.257400,352100.000000",
+    "-122.250000,37.850000,52.000000,1274.000000,235.000000,558.000000,219.000000,5.643100,341300.000000",
+    "-122.250000,37.850000,52.000000,1627.000000,280.000000,565.000000,259.000000,3.846200,342200.000000",
+    "-119.310000,36.060000,20.000000,2236.000000,434.000000,1405.000000,412.000000,1.882700,48700.000000",
+    "-121.240000,39.370000,16.000000,2785.000000,616.000000,1387.000000,530.000000,2.388600,89400.000000",
+]
+
+
+def make_archive(
+    rows: list[str] | None = None, member: str = data.ARCHIVE_MEMBER, pad: int = 0
+) -> bytes:
+    """A .tgz with the StatLib layout holding ``rows`` (default: real first rows).
+
+    ``pad`` appends that many bytes of incompressible filler in a second member so the
+    archive spans several download chunks (for progress and truncation tests).
+    """
+    text = ("\n".join(rows or REAL_ROWS) + "\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(text)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(text))
+        if pad:
+            blob = random.Random(0).randbytes(pad)
+            extra = tarfile.TarInfo("CaliforniaHousing/padding.bin")
+            extra.size = len(blob)
+            tar.addfile(extra, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+GOOD = make_archive(pad=300_000)
+OTHER = make_archive(REAL_ROWS[::-1])  # a valid archive, but not the pinned one
+
+
+class ArchiveServer:
+    """A threaded HTTP server on 127.0.0.1 with a few behaviours per path."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.routes: dict[str, tuple[str, Any]] = {
+            "/good.tgz": ("body", GOOD),
+            "/other.tgz": ("body", OTHER),
+            "/truncated.tgz": ("truncate", GOOD),
+            "/error.tgz": ("status", 500),
+            "/missing.tgz": ("status", 404),
+            "/slow.tgz": ("sleep", 2.0),
+        }
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                server.hits.append(self.path)
+                kind, arg = server.routes.get(self.path, ("status", 404))
+                if kind == "status":
+                    self.send_error(arg)
+                    return
+                if kind == "sleep":
+                    time.sleep(arg)
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/gzip")
+                if kind == "truncate":
+                    # Promise the whole file, send a third of it, then hang up.
+                    self.send_header("Content-Length", str(len(arg)))
+                    self.end_headers()
+                    self.wfile.write(arg[: len(arg) // 3])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(arg)))
+                self.end_headers()
+                self.wfile.write(arg)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ArchiveServer]:
+    srv = ArchiveServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+@pytest.fixture
+def hits(server: ArchiveServer) -> list[str]:
+    server.hits.clear()
+    return server.hits
+
+
+def make_config(tmp_path: Path, urls: list[str], sha: str = sha256(GOOD), **data_opts: Any) -> Path:
+    opts = {"urls": urls, "sha256": sha, "retries": 2, "backoff_s": 0.0, "timeout_s": 5.0}
+    return write_config(tmp_path, {"data": {**opts, **data_opts}})
+
+
+def raw_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "raw"
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    """Temporary files that a failed fetch must not leave behind."""
+    return sorted(p.name for p in raw_dir(tmp_path).glob("*") if p.name.startswith("."))
+
+
+def snapshot(tmp_path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(raw_dir(tmp_path).iterdir())}
+
+
+def seed_good_copy(tmp_path: Path, cfg: Path) -> dict[str, bytes]:
+    """A completed fetch from a local file; returns the bytes of everything in data/raw."""
+    local = tmp_path / "good.tgz"
+    local.write_bytes(GOOD)
+    assert run(["-c", str(cfg), "fetch", "--from", str(local)]) == 0
+    return snapshot(tmp_path)
+
+
+def fetch_error(cfg: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    code = run(["-c", str(cfg), "fetch", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4, err
+    assert err[-1].startswith("Error: ")
+    return err[-1]
+
+
+# ------------------------------------------------------------------------ success
+def test_download_verifies_writes_archive_parquet_and_manifest(
+    tmp_path: Path, server: ArchiveServer, hits: list[str]
+) -> None:
+    settings = load_config(make_config(tmp_path, [server.url("/good.tgz")]))
+    seen: list[tuple[int, int | None]] = []
+    result = data.fetch(settings, progress=lambda label, done, total: seen.append((done, total)))
+
+    assert hits == ["/good.tgz"]
+    assert result["cached"] is False
+    assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
+    manifest = json.loads((raw_dir(tmp_path) / "manifest.json").read_text())
+    assert manifest["source"] == server.url("/good.tgz")
+    assert manifest["archive_sha256"] == sha256(GOOD)
+    assert manifest["rows"] == len(REAL_ROWS)
+    assert manifest["columns"] == data.COLUMNS
+    assert manifest["package_version"] == "0.1.0"
+    assert manifest["fetched_at"].endswith("+00:00")
+    frame = pd.read_parquet(raw_dir(tmp_path) / "california_housing.parquet")
+    assert manifest["content_hash"] == data.frame_content_hash(frame) == result["content_hash"]
+    first = frame.iloc[0]
+    assert first["MedInc"] == pytest.approx(8.3252)
+    assert first["AveRooms"] == pytest.approx(880 / 126)
+    assert first["AveOccup"] == pytest.approx(322 / 126)
+    assert first["MedHouseVal"] == pytest.approx(4.526)
+    # The progress hook saw the bytes arrive in several steps, up to the announced total.
+    assert len(seen) > 2 and seen[-1] == (len(GOOD), len(GOOD))
+    assert leftovers(tmp_path) == []
+
+
+def test_cached_archive_is_not_downloaded_again_unless_forced(
+    tmp_path: Path, server: ArchiveServer, hits: list[str]
+) -> None:
+    settings = load_config(make_config(tmp_path, [server.url("/good.tgz")]))
+    first = data.fetch(settings)
+    hits.clear()
+
+    again = data.fetch(settings)
+    assert hits == []
+    assert again["cached"] is True
+    assert again["content_hash"] == first["content_hash"]
+    assert again["source"] == first["source"]  # still records where the copy came from
+    assert again["fetched_at"] == first["fetched_at"]
+
+    forced = data.fetch(settings, force=True)
+    assert hits == ["/good.tgz"]
+    assert forced["cached"] is False
+    assert forced["content_hash"] == first["content_hash"]
+
+
+def test_cached_copy_with_wrong_checksum_is_replaced(
+    tmp_path: Path, server: ArchiveServer, hits: list[str]
+) -> None:
+    settings = load_config(make_config(tmp_path, [server.url("/good.tgz")]))
+    raw_dir(tmp_path).mkdir(parents=True)
+    (raw_dir(tmp_path) / "cal_housing.tgz").write_bytes(OTHER)
+    assert data.fetch(settings)["cached"] is False
+    assert hits == ["/good.tgz"]
+    assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
+
+
+# ----------------------------------------------------------------------- failures
+def test_checksum_mismatch_keeps_previous_good_copy(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_config(tmp_path, [server.url("/other.tgz")])
+    before = seed_good_copy(tmp_path, cfg)
+
+    line = fetch_error(cfg, capsys, "--force")
+    assert line == (
+        f"Error: could not fetch {server.url('/other.tgz')}: checksum mismatch: expected sha256 "
+        f"{sha256(GOOD)}, got {sha256(OTHER)}; pass `--from PATH` with a local copy of the "
+        "archive (or set $HOUSING_DATA_ARCHIVE)"
+    )
+    assert hits == ["/other.tgz"]  # a wrong file is not retried
+    assert snapshot(tmp_path) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_truncated_transfer_is_retried_then_fails_leaving_nothing(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_config(tmp_path, [server.url("/truncated.tgz")])
+    before = seed_good_copy(tmp_path, cfg)
+
+    line = fetch_error(cfg, capsys, "--force")
+    assert f"could not fetch {server.url('/truncated.tgz')}: transfer truncated: got" in line
+    assert f"of {len(GOOD)} bytes (after 2 attempts)" in line
+    assert hits == ["/truncated.tgz", "/truncated.tgz"]
+    assert snapshot(tmp_path) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_server_error_falls_back_to_the_next_url(
+    tmp_path: Path, server: ArchiveServer, hits: list[str]
+) -> None:
+    urls = [server.url("/error.tgz"), server.url("/good.tgz")]
+    result = data.fetch(load_config(make_config(tmp_path, urls)))
+    assert hits == ["/error.tgz", "/error.tgz", "/good.tgz"]  # 2 attempts, then fallback
+    assert result["source"] == server.url("/good.tgz")
+    assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
+
+
+def test_all_urls_failing_names_each_url_and_suggests_from(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = [server.url("/error.tgz"), server.url("/missing.tgz")]
+    cfg = make_config(tmp_path, urls)
+    line = fetch_error(cfg, capsys)
+    assert line == (
+        f"Error: could not fetch the archive from any of 2 sources: {urls[0]}: "
+        f"HTTP 500 Internal Server Error (after 2 attempts); {urls[1]}: HTTP 404 Not Found; "
+        "pass `--from PATH` with a local copy of the archive (or set $HOUSING_DATA_ARCHIVE)"
+    )
+    assert hits == ["/error.tgz", "/error.tgz", "/missing.tgz"]  # a 404 is not retried
+    assert not (raw_dir(tmp_path) / "cal_housing.tgz").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_unreachable_host_names_the_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 9 on 127.0.0.1 (discard) is closed here: the connection is refused at once.
+    url = "http://127.0.0.1:9/cal_housing.tgz"
+    line = fetch_error(make_config(tmp_path, [url], retries=1), capsys)
+    assert line.startswith(f"Error: could not fetch {url}: ")
+    assert line.endswith(
+        "pass `--from PATH` with a local copy of the archive (or set $HOUSING_DATA_ARCHIVE)"
+    )
+
+
+def test_slow_server_times_out(tmp_path: Path, server: ArchiveServer, hits: list[str]) -> None:
+    cfg = make_config(tmp_path, [server.url("/slow.tgz")], retries=1, timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"/slow.tgz: timed out after 0.3s"):
+        data.fetch(load_config(cfg))
+    assert time.monotonic() - started < 1.5
+    assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------- offline routes
+def test_from_local_file_needs_no_network(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = tmp_path / "mirror" / "archive.tgz"
+    local.parent.mkdir()
+    local.write_bytes(GOOD)
+    cfg = make_config(tmp_path, [server.url("/good.tgz")])
+    capsys.readouterr()
+    assert run(["-c", str(cfg), "fetch", "--from", str(local), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert hits == []
+    assert result["source"] == str(local)
+    assert result["rows"] == len(REAL_ROWS)
+    assert result["cached"] is False
+    assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
+
+
+def test_file_url_and_env_variable(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = tmp_path / "archive.tgz"
+    local.write_bytes(GOOD)
+    settings = load_config(make_config(tmp_path, [server.url("/good.tgz")]))
+
+    result = data.fetch(settings, source=local.as_uri())
+    assert result["source"] == str(local)
+
+    monkeypatch.setenv("HOUSING_DATA_ARCHIVE", str(tmp_path / "absent.tgz"))
+    with pytest.raises(DataError, match=r"^\$HOUSING_DATA_ARCHIVE path not found: .*absent"):
+        data.fetch(settings, force=True)
+    # --from beats the environment variable.
+    assert data.fetch(settings, source=str(local), force=True)["source"] == str(local)
+    monkeypatch.setenv("HOUSING_DATA_ARCHIVE", server.url("/good.tgz"))
+    assert data.fetch(settings, force=True)["source"] == server.url("/good.tgz")
+    assert hits == ["/good.tgz"]
+
+
+def test_from_missing_path_is_a_data_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/never-used"])
+    missing = tmp_path / "nope.tgz"
+    assert fetch_error(cfg, capsys, "--from", str(missing)) == (
+        f"Error: --from path not found: {missing}"
+    )
+
+
+# ------------------------------------------------------------ broken archives
+@pytest.mark.parametrize(
+    "blob",
+    [b"this is not a gzip file at all", GOOD[: len(GOOD) // 2]],
+    ids=["not-gzip", "cut-in-half"],
+)
+def test_corrupt_archive_with_matching_checksum_is_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], blob: bytes
+) -> None:
+    # The checksum is pinned to the broken bytes, so only the archive check can catch it.
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/never-used"], sha=sha256(blob))
+    good = tmp_path / "good.tgz"
+    good.write_bytes(GOOD)
+    raw_dir(tmp_path).mkdir(parents=True)
+    (raw_dir(tmp_path) / "cal_housing.tgz").write_bytes(GOOD)
+    broken = tmp_path / "broken.tgz"
+    broken.write_bytes(blob)
+
+    line = fetch_error(cfg, capsys, "--from", str(broken))
+    assert "is corrupt or truncated" in line
+    assert "rerun `housing fetch --force`" in line
+    assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
+    assert leftovers(tmp_path) == []
+
+
+def test_archive_without_the_data_member_is_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blob = make_archive(member="CaliforniaHousing/other.data")
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/never-used"], sha=sha256(blob))
+    local = tmp_path / "a.tgz"
+    local.write_bytes(blob)
+    line = fetch_error(cfg, capsys, "--from", str(local))
+    assert line.endswith(
+        "has no CaliforniaHousing/cal_housing.data: it is not the StatLib California "
+        "Housing archive"
+    )
+    assert not (raw_dir(tmp_path) / "cal_housing.tgz").exists()
+
+
+def test_unwritable_raw_folder_is_a_data_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file where the folder should be (works even when the tests run as root).
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/never-used"])
+    line = fetch_error(cfg, capsys)
+    assert line == (
+        f"Error: cannot write to {raw_dir(tmp_path)}: a file is in the way; fix paths in the config"
+    )
