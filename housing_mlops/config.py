@@ -143,6 +143,7 @@ class DriftConfig(_Section):
     drift_share: float = Field(0.5, gt=0, le=1)
     hard_limit_psi: float = Field(1.0, gt=0)
     hard_limit_wasserstein: float = Field(0.5, gt=0)
+    sample_rows: int = Field(50_000, ge=1000)  # window rows read (uniform sample) per check
 
 
 class Settings(_Section):

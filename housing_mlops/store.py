@@ -227,3 +227,305 @@ class RequestLogWriter:
             except Exception:  # noqa: BLE001
                 _log.exception("request log: on_flush callback failed")
             self._reported_written, self._reported_dropped = written, dropped
+
+
+# ===================================================================== drift tables
+# Owned by the drift issue. Every judged drift check is stored so the service (Prometheus
+# gauges) and the report can show the latest result and the history.
+#
+# drift_runs: one row per check (window, model version, counts, dataset verdict).
+# drift_scores: one row per judged column of a run (every score, verdict, and a coarse
+# reference-vs-current histogram as JSON for the report's plots).
+
+DRIFT_RUN_COLUMNS: dict[str, type] = {
+    "id": int,
+    "created_at": float,
+    "since_ts": float,
+    "until_ts": float,
+    "model_name": str,
+    "model_version": str,
+    "rows": int,
+    "sampled_rows": int,
+    "other_versions": str,
+    "reference": str,
+    "reference_rows": int,
+    "features": int,
+    "drifting": int,
+    "drift_share": float,
+    "dataset_drift": int,
+    "any_drift": int,
+    "verdict": str,
+    "drifting_features": str,
+    "thresholds": str,
+}
+
+DRIFT_SCORE_COLUMNS: dict[str, type] = {
+    "id": int,
+    "run_id": int,
+    "feature": str,
+    "kind": str,
+    "rows": int,
+    "ref_mean": float,
+    "cur_mean": float,
+    "ref_std": float,
+    "cur_std": float,
+    "psi": float,
+    "ks": float,
+    "ks_pvalue": float,
+    "wasserstein": float,
+    "wasserstein_norm": float,
+    "verdict": str,
+    "note": str,
+    "hist": str,
+}
+
+_JSON_RUN_FIELDS = ("other_versions", "drifting_features", "thresholds")
+
+# The sampling predicate keeps a row when a multiplicative hash of its id falls below a
+# threshold: a deterministic Bernoulli(fraction) sample that does not depend on feature
+# values, so a window gives the same numbers every time. SQLite evaluates it on index
+# entries (the id is in every index), so skipped rows are never read from the table.
+_HASH_MOD = 1_000_003
+_HASH_MUL = 618_034  # ~ 0.618 * _HASH_MOD (golden-ratio multiplicative hashing)
+
+
+def ensure_drift_schema(db: Any) -> None:
+    """Create the ``drift_runs`` and ``drift_scores`` tables if they are missing."""
+    if not db["drift_runs"].exists():
+        db["drift_runs"].create(DRIFT_RUN_COLUMNS, pk="id")
+        db["drift_runs"].create_index(["created_at"], if_not_exists=True)
+    if not db["drift_scores"].exists():
+        db["drift_scores"].create(
+            DRIFT_SCORE_COLUMNS, pk="id", foreign_keys=[("run_id", "drift_runs", "id")]
+        )
+        db["drift_scores"].create_index(["run_id"], if_not_exists=True)
+
+
+def open_readonly(path: Path | str) -> Any | None:
+    """Open an existing log read-only (never creates it); None when the file is missing."""
+    import sqlite3
+
+    import sqlite_utils
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    return sqlite_utils.Database(conn)
+
+
+def _window_clause(
+    since_ts: float, until_ts: float, model_version: str | None
+) -> tuple[str, list[Any]]:
+    clause = "ts >= ? AND ts < ? AND status = 200"
+    params: list[Any] = [float(since_ts), float(until_ts)]
+    if model_version is not None:
+        clause += " AND model_version = ?"
+        params.append(str(model_version))
+    return clause, params
+
+
+def window_counts(
+    db: Any, since_ts: float, until_ts: float, model_version: str | None = None
+) -> list[dict[str, Any]]:
+    """Answered (status 200) rows per model version in [since, until), most rows first."""
+    clause, params = _window_clause(since_ts, until_ts, model_version)
+    # Only our own fixed clause is interpolated; values go in as parameters.
+    select = "SELECT model_name, model_version, COUNT(*) AS n, MIN(ts), MAX(ts) FROM requests"
+    sql = f"{select} WHERE {clause} GROUP BY model_name, model_version ORDER BY n DESC"  # noqa: S608
+    cursor = db.execute(sql, params)
+    return [
+        {"model_name": r[0], "model_version": r[1], "rows": r[2], "first_ts": r[3], "last_ts": r[4]}
+        for r in cursor.fetchall()
+    ]
+
+
+def window_sample(
+    db: Any,
+    since_ts: float,
+    until_ts: float,
+    model_version: str | None,
+    columns: list[str],
+    fraction: float = 1.0,
+    chunk_rows: int = 20_000,
+) -> dict[str, Any]:
+    """The window's answered rows (a deterministic uniform sample when fraction < 1).
+
+    Returns {column: float64 numpy array}. Rows are fetched in chunks straight into
+    preallocated arrays, so memory stays at a few bytes per sampled value.
+    """
+    import numpy as np
+
+    unknown = [c for c in columns if c not in REQUEST_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown request-log columns: {unknown}")
+    clause, params = _window_clause(since_ts, until_ts, model_version)
+    if fraction < 1.0:
+        clause += f" AND ((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD} < ?"
+        params.append(max(1, int(np.ceil(fraction * _HASH_MOD))))
+    select = ", ".join(f'"{c}"' for c in columns)
+    cursor = db.execute(f"SELECT {select} FROM requests WHERE {clause}", params)  # noqa: S608
+    blocks: list[Any] = []
+    while True:
+        rows = cursor.fetchmany(chunk_rows)
+        if not rows:
+            break
+        blocks.append(np.array(rows, dtype=float).reshape(len(rows), len(columns)))
+    data = np.concatenate(blocks) if blocks else np.empty((0, len(columns)))
+    return {c: np.ascontiguousarray(data[:, i]) for i, c in enumerate(columns)}
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=float)
+
+
+def save_drift_run(db: Any, result: dict[str, Any]) -> int:
+    """Store a judged drift check (drift.check_drift's result) and its scores; returns the id."""
+    import time
+
+    ensure_drift_schema(db)
+    window = result.get("window", {})
+    reference = result.get("reference", {})
+    run = {
+        "created_at": float(result.get("created_at") or time.time()),
+        "since_ts": window.get("since_ts"),
+        "until_ts": window.get("until_ts"),
+        "model_name": result.get("model_name"),
+        "model_version": result.get("model_version"),
+        "rows": result.get("rows"),
+        "sampled_rows": result.get("sampled_rows"),
+        "other_versions": _dumps(result.get("other_versions") or {}),
+        "reference": reference.get("source"),
+        "reference_rows": reference.get("rows"),
+        "features": result.get("features"),
+        "drifting": len(result.get("drifting_features") or []),
+        "drift_share": result.get("drift_share"),
+        "dataset_drift": int(bool(result.get("dataset_drift"))),
+        "any_drift": int(bool(result.get("any_drift"))),
+        "verdict": result.get("verdict"),
+        "drifting_features": _dumps(result.get("drifting_features") or []),
+        "thresholds": _dumps(result.get("thresholds") or {}),
+    }
+    with db.conn:
+        run_id = int(db["drift_runs"].insert(run).last_pk)
+        db["drift_scores"].insert_all(
+            [
+                {
+                    "run_id": run_id,
+                    **{k: s.get(k) for k in DRIFT_SCORE_COLUMNS if k not in ("id", "run_id")},
+                    "hist": _dumps(s.get("hist")) if s.get("hist") is not None else None,
+                }
+                for s in result.get("scores", [])
+            ]
+        )
+    return run_id
+
+
+def _run_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    run = dict(row)
+    for key in _JSON_RUN_FIELDS:
+        if run.get(key):
+            run[key] = json.loads(run[key])
+    run["dataset_drift"] = bool(run.get("dataset_drift"))
+    run["any_drift"] = bool(run.get("any_drift"))
+    return run
+
+
+def _has_drift_tables(db: Any) -> bool:
+    names = set(db.table_names())
+    return "drift_runs" in names and "drift_scores" in names
+
+
+def latest_drift_run(db: Any) -> dict[str, Any] | None:
+    """The newest stored drift run with its per-column scores, or None if there is none."""
+    import json
+
+    if db is None or not _has_drift_tables(db):
+        return None
+    rows = list(db.query("SELECT * FROM drift_runs ORDER BY created_at DESC, id DESC LIMIT 1"))
+    if not rows:
+        return None
+    run = _run_from_row(rows[0])
+    scores = list(db.query("SELECT * FROM drift_scores WHERE run_id = ? ORDER BY id", [run["id"]]))
+    for score in scores:
+        score["hist"] = json.loads(score["hist"]) if score.get("hist") else None
+    run["scores"] = scores
+    return run
+
+
+def drift_history(db: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """Stored drift runs, newest first (without per-column scores), at most ``limit``."""
+    if db is None or not _has_drift_tables(db):
+        return []
+    rows = db.query(
+        "SELECT * FROM drift_runs ORDER BY created_at DESC, id DESC LIMIT ?", [int(limit)]
+    )
+    return [_run_from_row(r) for r in rows]
+
+
+# ------------------------------------------------------------ serving stats (report)
+def serving_stats(db: Any, sample_rows: int = 200_000) -> dict[str, Any]:
+    """Traffic summary for the report: per-day counts, error rate, latency and predictions.
+
+    Counts are exact (SQL); latency percentiles and the prediction distribution come from
+    a uniform sample of at most ``sample_rows`` rows (the same hash sampling as drift).
+    """
+    import numpy as np
+
+    total, errors, first, last = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(status != 200), 0), MIN(ts), MAX(ts) FROM requests"
+    ).fetchone()
+    stats: dict[str, Any] = {
+        "rows": int(total),
+        "error_rows": int(errors),
+        "error_rate": (errors / total) if total else None,
+        "first_ts": first,
+        "last_ts": last,
+        "per_day": [],
+        "latency_ms": {},
+        "predictions": np.empty(0),
+        "by_version": [],
+    }
+    if not total:
+        return stats
+    stats["per_day"] = [
+        {"day": r[0], "rows": r[1], "errors": r[2], "requests": r[3]}
+        for r in db.execute(
+            "SELECT date(ts, 'unixepoch') AS day, COUNT(*), SUM(status != 200), "
+            "COUNT(DISTINCT request_id) FROM requests GROUP BY day ORDER BY day"
+        ).fetchall()
+    ]
+    stats["by_version"] = [
+        {"model_version": r[0], "rows": r[1]}
+        for r in db.execute(
+            "SELECT model_version, COUNT(*) FROM requests WHERE status = 200 "
+            "GROUP BY model_version ORDER BY model_version"
+        ).fetchall()
+    ]
+    fraction = min(1.0, sample_rows / total)
+    clause, params = "1 = 1", []
+    if fraction < 1.0:
+        clause = f"((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD} < ?"
+        params = [max(1, int(np.ceil(fraction * _HASH_MOD)))]
+    rows = db.execute(
+        f"SELECT latency_ms, prediction, status FROM requests WHERE {clause}",  # noqa: S608
+        params,
+    ).fetchall()
+    data = np.array(rows, dtype=float).reshape(len(rows), 3) if rows else np.empty((0, 3))
+    latency = data[:, 0][np.isfinite(data[:, 0])]
+    if latency.size:
+        p50, p95, p99 = np.percentile(latency, [50, 95, 99])
+        stats["latency_ms"] = {
+            "p50": float(p50),
+            "p95": float(p95),
+            "p99": float(p99),
+            "mean": float(latency.mean()),
+        }
+    ok = data[:, 2] == 200
+    predictions = data[ok, 1]
+    stats["predictions"] = predictions[np.isfinite(predictions)]
+    return stats
