@@ -137,12 +137,19 @@ def fetch(
     tasks: dict[str, TaskID] = {}
 
     def progress(label: str, done: int, total: int | None) -> None:
+        if not tasks:  # started on the first byte: a cached fetch shows no bar at all
+            bar.start()
         if label not in tasks:
             tasks[label] = bar.add_task(label, total=total)
         bar.update(tasks[label], completed=done, total=total)
 
-    with bar:
-        result = fetch_archive(settings, source=source, force=force, progress=progress)
+    try:
+        # No bar when stderr is a log file or pipe: it would only leave blank lines there.
+        hook = progress if stderr.is_terminal else None
+        result = fetch_archive(settings, source=source, force=force, progress=hook)
+    finally:
+        if tasks:
+            bar.stop()
     if as_json:
         print_json(result)
         return

@@ -513,13 +513,13 @@ def validate_frame(df: pd.DataFrame, label: str = "raw data", max_rows: int = 5)
 
 # ------------------------------------------------------------------------ featurize
 def _read_raw_frame(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
-    import pandas as pd
-
     raw_dir = Path(settings.paths.raw_dir)
     parquet = raw_dir / RAW_PARQUET
     if not parquet.is_file():
         raise DataError(f"no raw data at {parquet}: run `housing fetch` first")
     manifest = read_raw_manifest(settings)
+    import pandas as pd  # after the checks: a missing file should fail fast
+
     try:
         frame = pd.read_parquet(parquet)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
@@ -539,12 +539,12 @@ def _read_raw_frame(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 def featurize(settings: Settings) -> dict[str, Any]:
     """Validate the raw frame, split it deterministically and write data/processed/."""
+    frame, raw_manifest = _read_raw_frame(settings)
     from sklearn.model_selection import train_test_split
 
     from housing_mlops.config import config_hash
     from housing_mlops.drift import build_profile
 
-    frame, raw_manifest = _read_raw_frame(settings)
     validate_frame(frame, label=f"raw data {Path(settings.paths.raw_dir) / RAW_PARQUET}")
     # Hash check ran on the columns-ok path; a frame with other columns failed validation.
     data_version = str(raw_manifest["content_hash"])
@@ -601,8 +601,6 @@ def read_processed_manifest(settings: Settings) -> dict[str, Any]:
 
 def load_split(settings: Settings, name: str) -> tuple[pd.DataFrame, pd.Series]:
     """(X, y) of the ``train`` or ``test`` split, verified against the processed manifest."""
-    import pandas as pd
-
     files = {"train": TRAIN_PARQUET, "test": TEST_PARQUET}
     if name not in files:
         raise UsageError(f"unknown split {name!r}: use 'train' or 'test'")
@@ -610,6 +608,8 @@ def load_split(settings: Settings, name: str) -> tuple[pd.DataFrame, pd.Series]:
     if not path.is_file():
         raise DataError(f"no {name} split at {path}: run `housing featurize` first")
     manifest = read_processed_manifest(settings)
+    import pandas as pd
+
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files

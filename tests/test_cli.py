@@ -1,0 +1,145 @@
+"""The `housing` command: exit codes, the exact `Error:` lines, help, version, output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from synthetic import write_config
+from test_fetch import GOOD, sha256
+
+from housing_mlops import __version__
+from housing_mlops.cli import run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOUSING = Path(sys.executable).parent / "housing"
+COMMANDS = ["fetch", "featurize", "train", "evaluate", "promote", "serve", "drift", "report"]
+
+
+@pytest.fixture
+def offline_config(tmp_path: Path) -> tuple[Path, Path]:
+    """A config pinned to the small test archive, and a local copy of that archive."""
+    archive = tmp_path / "mirror.tgz"
+    archive.write_bytes(GOOD)
+    cfg = write_config(
+        tmp_path, {"data": {"urls": ["http://127.0.0.1:9/unused"], "sha256": sha256(GOOD)}}
+    )
+    return cfg, archive
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert f" {command} " in out, command
+    assert "--config" in out and "--version" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out == f"housing {__version__}\n"
+
+
+def test_bad_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["fetch", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option: --bogus" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["fetchh"]) == 2
+    assert "No such command 'fetchh'" in capsys.readouterr().err
+
+
+def test_missing_config_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert run(["-c", str(missing), "fetch"]) == 3
+    assert capsys.readouterr().err == (
+        f"Error: config file not found: {missing} "
+        "(pass --config PATH or run from the project root)\n"
+    )
+
+
+def test_featurize_before_fetch_exits_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path)
+    assert run(["-c", str(cfg), "featurize"]) == 4
+    parquet = tmp_path / "data" / "raw" / "california_housing.parquet"
+    assert capsys.readouterr().err == (
+        f"Error: no raw data at {parquet}: run `housing fetch` first\n"
+    )
+
+
+def test_fetch_then_featurize_json(
+    offline_config: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, archive = offline_config
+    assert run(["-c", str(cfg), "fetch", "--from", str(archive), "--json"]) == 0
+    fetched = json.loads(capsys.readouterr().out)
+    assert fetched["cached"] is False and fetched["rows"] == 7
+
+    assert run(["-c", str(cfg), "fetch", "--json"]) == 0  # cached: no network needed
+    again = json.loads(capsys.readouterr().out)
+    assert again["cached"] is True
+    assert again["content_hash"] == fetched["content_hash"]
+
+    assert run(["-c", str(cfg), "featurize", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data_version"] == fetched["content_hash"]
+    assert result["train_rows"] + result["test_rows"] == 7
+    assert Path(result["train_path"]).is_file() and Path(result["test_path"]).is_file()
+
+
+def test_fetch_table_output(
+    offline_config: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, archive = offline_config
+    assert run(["-c", str(cfg), "fetch", "--from", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert "housing fetch" in out
+    assert "rows" in out and "7" in out
+    assert "cached" in out
+    assert run(["-c", str(cfg), "featurize"]) == 0
+    out = capsys.readouterr().out
+    assert "train rows" in out and "test rows" in out
+
+
+# ------------------------------------------------------------ the installed command
+def _housing(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(HOUSING), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
+def test_installed_help_is_fast_and_lists_commands(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = _housing("--help", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    for command in COMMANDS:
+        assert command in proc.stdout
+    # Generous bound for a loaded 2-core CI box; a stray mlflow/sklearn import costs seconds.
+    assert elapsed < 5, f"`housing --help` took {elapsed:.2f}s"
+
+
+@pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
+def test_installed_featurize_before_fetch(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    proc = _housing("-c", str(cfg), "featurize", cwd=tmp_path)
+    assert proc.returncode == 4
+    parquet = tmp_path / "data" / "raw" / "california_housing.parquet"
+    assert proc.stderr == f"Error: no raw data at {parquet}: run `housing fetch` first\n"
+    assert proc.stdout == ""
+
+
+@pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
+def test_installed_fetch_from_missing_path(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    proc = _housing("-c", str(cfg), "fetch", "--from", "nowhere.tgz", cwd=tmp_path)
+    assert proc.returncode == 4
+    assert proc.stderr == f"Error: --from path not found: {tmp_path.resolve() / 'nowhere.tgz'}\n"

@@ -1,0 +1,154 @@
+"""The YAML config: validation errors name the key and the file; env overrides; paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from synthetic import write_config
+
+from housing_mlops.cli import run
+from housing_mlops.config import (
+    STATLIB_SHA256,
+    ConfigError,
+    config_hash,
+    load_config,
+    settings_from_dict,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MINIMAL = "train:\n  candidates: [{name: ridge, estimator: ridge}]\n"
+
+
+def config_error(capsys: pytest.CaptureFixture[str], path: Path | str) -> str:
+    """Run a command that reads the config; return the single stderr line (exit 3)."""
+    capsys.readouterr()
+    code = run(["-c", str(path), "featurize"])
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines  # one line, no traceback
+    return lines[0]
+
+
+def test_default_config_loads() -> None:
+    settings = load_config(REPO_ROOT / "configs" / "default.yaml")
+    assert settings.data.sha256 == STATLIB_SHA256
+    assert settings.data.urls == ["https://ndownloader.figshare.com/files/5976036"]
+    assert (settings.split.test_size, settings.split.seed) == (0.2, 42)
+    assert [c.name for c in settings.train.candidates] == [
+        "ridge",
+        "random_forest",
+        "hist_gb",
+        "lightgbm",
+    ]
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  urlz: [http://example.invalid/a.tgz]\n" + MINIMAL)
+    assert config_error(capsys, path) == f"Error: invalid config {path}: unknown key 'data.urlz'"
+
+
+def test_unknown_section_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("serving:\n  port: 1\n" + MINIMAL)
+    assert config_error(capsys, path) == f"Error: invalid config {path}: unknown key 'serving'"
+
+
+def test_wrong_type_names_key_and_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  retries: many\n" + MINIMAL)
+    assert config_error(capsys, path) == (
+        f"Error: invalid config {path}: 'data.retries': Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+
+
+def test_bad_checksum_and_estimator_are_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  sha256: abc\ntrain:\n  candidates: [{name: x, estimator: xgboost}]\n")
+    line = config_error(capsys, path)
+    assert line.startswith(f"Error: invalid config {path}: 'data.sha256': ")
+    assert "must be a 64-character hex sha256" in line
+    assert "'train.candidates.0.estimator': Input should be 'ridge'" in line
+
+
+def test_missing_required_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("split:\n  seed: 1\n")
+    assert config_error(capsys, path) == f"Error: invalid config {path}: missing key 'train'"
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.yaml"
+    assert config_error(capsys, path) == (
+        f"Error: config file not found: {path} (pass --config PATH or run from the project root)"
+    )
+
+
+def test_bad_yaml_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  urls: [a\n  b: c\n")
+    assert config_error(capsys, path) == f"Error: config {path} is not valid YAML at line 3"
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    assert config_error(capsys, path) == (
+        f"Error: config {path} must be a YAML mapping at the top level"
+    )
+
+
+def test_env_overrides_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path)
+    assert load_config(path).mlflow.tracking_uri.startswith("sqlite:///")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("HOUSING_SERVE_PORT", "9123")
+    settings = load_config(path)
+    assert settings.mlflow.tracking_uri == "http://127.0.0.1:5000"
+    assert settings.serve.port == 9123
+
+
+def test_bad_env_override_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOUSING_SERVE_PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"'serve.port': Input should be a valid integer"):
+        load_config(write_config(tmp_path))
+
+
+def test_relative_paths_resolve_against_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    path = conf_dir / "c.yaml"
+    path.write_text("paths:\n  raw_dir: data/raw\nserve:\n  request_log: logs/r.db\n" + MINIMAL)
+    monkeypatch.chdir(work)
+    settings = load_config(path)
+    assert settings.paths.raw_dir == work.resolve() / "data" / "raw"
+    assert settings.serve.request_log == work.resolve() / "logs" / "r.db"
+    # Defaults resolve too (not against the config file's folder).
+    assert settings.paths.processed_dir == work.resolve() / "data" / "processed"
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load_config(write_config(tmp_path))
+    with pytest.raises(ValueError, match="frozen"):
+        settings.split.seed = 7  # type: ignore[misc]
+
+
+def test_config_hash_tracks_settings(tmp_path: Path) -> None:
+    raw = yaml.safe_load(write_config(tmp_path).read_text())
+    base = config_hash(settings_from_dict(raw))
+    assert config_hash(settings_from_dict(raw)) == base
+    raw["split"] = {"seed": 7}
+    assert config_hash(settings_from_dict(raw)) != base
