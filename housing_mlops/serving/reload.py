@@ -1,0 +1,134 @@
+"""Hot reload: follow the registry's ``champion`` alias without restarting the service.
+
+``ModelWatcher.check`` asks which version the alias points at; when it differs from the
+served one, the new version is loaded in a worker thread *beside* the old one and then
+swapped in with a single reference assignment (``ModelHolder.swap``). Batches already
+dispatched keep the model they captured, so requests in flight finish on the old model. A
+failed load keeps the old model serving, is logged, counted in
+``housing_model_reload_failures_total`` and shown in ``/model/info`` (``last_reload_error``).
+``run`` calls ``check`` every ``serve.reload_interval_s`` (0 switches the watcher off);
+``POST /model/reload`` calls it on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from housing_mlops.serving.metrics import ServingMetrics
+from housing_mlops.serving.predictor import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The one reference to the served model; swapping it is atomic."""
+
+    def __init__(self, metrics: ServingMetrics, model: LoadedModel | None = None) -> None:
+        self.metrics = metrics
+        self.model: LoadedModel | None = None
+        self.last_reload_error: str | None = None
+        self.last_reload_at: float | None = None
+        self.last_check_at: float | None = None
+        if model is not None:
+            self.swap(model)
+
+    def current(self) -> LoadedModel | None:
+        return self.model
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
+        old, self.model = self.model, model
+        m = model.meta
+        self.metrics.set_model(m.name, m.version, m.alias, m.run_id)
+        return old
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    reloaded: bool
+    version: str | None
+    previous_version: str | None
+    error: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reloaded": self.reloaded,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "error": self.error,
+            "detail": self.detail,
+        }
+
+
+class ModelWatcher:
+    """Checks the alias and swaps in new versions; see the module docstring."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        alias_version: Callable[[], str | None],
+        loader: Callable[[str], LoadedModel],
+        interval_s: float,
+    ) -> None:
+        self.holder = holder
+        self.alias_version = alias_version
+        self.loader = loader
+        self.interval_s = float(interval_s)
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Check forever, every ``interval_s`` (cancel the task to stop)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+                log.exception("model watcher: unexpected error")
+
+    async def check(self) -> ReloadResult:
+        """Load and swap in the alias's version if it changed; never raises for a bad load."""
+        async with self._lock:
+            holder = self.holder
+            holder.last_check_at = time.time()
+            current = holder.model
+            previous = current.meta.version if current is not None else None
+            try:
+                target = await asyncio.to_thread(self.alias_version)
+            except Exception as exc:  # noqa: BLE001
+                return self._failed(previous, None, f"could not read the champion alias: {exc}")
+            if target is None:
+                return ReloadResult(
+                    False, previous, previous, detail="no champion alias; keeping the model"
+                )
+            target = str(target)
+            if target == previous:
+                return ReloadResult(
+                    False, previous, previous, detail=f"already serving version {target}"
+                )
+            log.info("model watcher: champion is now version %s; loading it", target)
+            try:
+                new = await asyncio.to_thread(self.loader, target)
+            except Exception as exc:  # noqa: BLE001
+                return self._failed(previous, target, f"loading version {target} failed: {exc}")
+            holder.swap(new)
+            holder.last_reload_error = None
+            holder.last_reload_at = time.time()
+            holder.metrics.reloads.inc()
+            log.info("model watcher: now serving version %s (was %s)", target, previous)
+            return ReloadResult(True, target, previous, detail=f"now serving version {target}")
+
+    def _failed(self, previous: str | None, target: str | None, message: str) -> ReloadResult:
+        from datetime import UTC, datetime
+
+        stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
+        self.holder.last_reload_error = f"{stamp}: {message}"
+        self.holder.metrics.reload_failures.inc()
+        log.error("model watcher: %s; still serving version %s", message, previous, exc_info=True)
+        return ReloadResult(False, previous, previous, error=message)

@@ -1,0 +1,307 @@
+"""Request validation for ``/predict``: pydantic v2 models built from the training data.
+
+Every request is checked by pydantic (in Rust, straight from the JSON bytes):
+
+- the 8 raw features, all required, JSON numbers only (strict: ``"1.5"`` and ``true`` are
+  rejected), finite (NaN and infinity rejected), unknown fields rejected;
+- each feature inside an allowed range (``feature_ranges``): the training data's range
+  from the model's reference profile widened by ``RANGE_MARGIN`` of its width on each side,
+  intersected with hard physical bounds (``PHYSICAL_BOUNDS``: latitude and longitude inside
+  California's bounding box, positive income, rooms, population and occupancy, ...);
+- ``AveBedrms`` not above ``AveRooms``;
+- a batch ``{"instances": [...]}`` holds 1 to ``serve.max_batch_size`` rows.
+
+The ranges depend on the model (its profile), so each loaded model carries its own
+request models (``RequestModels``); ``/model/info`` shows them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+
+from housing_mlops.store import FEATURE_COLUMNS as FEATURES
+
+# Each side of the training range is widened by this share of its width: requests a bit
+# outside what the model saw are still answered (and show up in drift), absurd ones are not.
+RANGE_MARGIN = 0.25
+
+# California's bounding box (rounded outwards): latitude 32.53..42.01, longitude
+# -124.41..-114.13.
+CA_LATITUDE = (32.5, 42.1)
+CA_LONGITUDE = (-124.5, -114.0)
+
+
+@dataclass(frozen=True)
+class PhysicalBound:
+    lower: float | None
+    lower_inclusive: bool
+    upper: float | None
+    description: str
+
+
+PHYSICAL_BOUNDS: dict[str, PhysicalBound] = {
+    "MedInc": PhysicalBound(0.0, False, None, "median income of the block, in $10,000 (> 0)"),
+    "HouseAge": PhysicalBound(0.0, True, None, "median house age in years (>= 0)"),
+    "AveRooms": PhysicalBound(0.0, False, None, "average rooms per household (> 0)"),
+    "AveBedrms": PhysicalBound(
+        0.0, True, None, "average bedrooms per household (>= 0, not above AveRooms)"
+    ),
+    "Population": PhysicalBound(0.0, False, None, "block population (> 0)"),
+    "AveOccup": PhysicalBound(0.0, False, None, "average household members (> 0)"),
+    "Latitude": PhysicalBound(
+        CA_LATITUDE[0], True, CA_LATITUDE[1], "degrees north, inside California"
+    ),
+    "Longitude": PhysicalBound(
+        CA_LONGITUDE[0], True, CA_LONGITUDE[1], "degrees east, inside California"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FeatureRange:
+    """The allowed interval of one feature: ``gt``/``ge`` below, ``le`` above (None = open)."""
+
+    name: str
+    description: str
+    gt: float | None
+    ge: float | None
+    le: float | None
+    source: str  # "profile+physical" or "physical"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": self.description, "source": self.source}
+        if self.gt is not None:
+            out["exclusive_minimum"] = self.gt
+        if self.ge is not None:
+            out["minimum"] = self.ge
+        if self.le is not None:
+            out["maximum"] = self.le
+        return out
+
+
+def feature_ranges(profile: dict[str, Any] | None) -> dict[str, FeatureRange]:
+    """Allowed ranges: the profile's min/max widened by ``RANGE_MARGIN``, within physics."""
+    columns = (profile or {}).get("columns", {})
+    ranges: dict[str, FeatureRange] = {}
+    for name in FEATURES:
+        phys = PHYSICAL_BOUNDS[name]
+        lo: float | None = phys.lower
+        lo_inclusive = phys.lower_inclusive
+        hi: float | None = phys.upper
+        source = "physical"
+        col = columns.get(name) or {}
+        cmin, cmax = col.get("min"), col.get("max")
+        if cmin is not None and cmax is not None and math.isfinite(cmin) and math.isfinite(cmax):
+            margin = RANGE_MARGIN * max(float(cmax) - float(cmin), 0.0)
+            plo, phi = float(cmin) - margin, float(cmax) + margin
+            if lo is None or plo > lo:
+                lo, lo_inclusive = _round_down(plo), True
+            if hi is None or phi < hi:
+                hi = _round_up(phi)
+            source = "profile+physical"
+        ranges[name] = FeatureRange(
+            name=name,
+            description=phys.description,
+            gt=None if lo is None or lo_inclusive else lo,
+            ge=lo if lo is not None and lo_inclusive else None,
+            le=hi,
+            source=source,
+        )
+    return ranges
+
+
+def _round_down(x: float) -> float:
+    # Round to 4 significant decimals so the documented bound is readable and still
+    # at least as wide as computed.
+    return math.floor(x * 1e4) / 1e4
+
+
+def _round_up(x: float) -> float:
+    return math.ceil(x * 1e4) / 1e4
+
+
+def _bedrooms_not_above_rooms(cls: type, value: float, info: ValidationInfo) -> float:
+    rooms = info.data.get("AveRooms")
+    if rooms is not None and value > rooms:
+        raise ValueError(f"AveBedrms ({value:g}) must not be greater than AveRooms ({rooms:g})")
+    return value
+
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The pydantic models of one loaded model: a single house and a batch."""
+
+    house: type[BaseModel]
+    batch: type[BaseModel]
+    ranges: dict[str, FeatureRange]
+    max_batch_size: int
+
+    def input_schema(self) -> dict[str, Any]:
+        """What ``/model/info`` shows: ranges, rules and the JSON schema of one house."""
+        return {
+            "features": list(FEATURES),
+            "ranges": {name: r.as_dict() for name, r in self.ranges.items()},
+            "range_margin": RANGE_MARGIN,
+            "rules": [
+                "all 8 features are required JSON numbers (no strings, booleans or null)",
+                "NaN and infinity are rejected",
+                "unknown fields are rejected",
+                "AveBedrms must not be greater than AveRooms",
+                f"a batch {{'instances': [...]}} holds 1 to {self.max_batch_size} rows",
+                f"ranges: the training data's min/max widened by {RANGE_MARGIN:g} of the range "
+                "on each side, intersected with physical bounds (California's bounding box, "
+                "positive income, rooms, population and occupancy)",
+            ],
+            "json_schema": self.house.model_json_schema(),
+        }
+
+
+def build_request_models(
+    profile: dict[str, Any] | None, max_batch_size: int = 1000
+) -> RequestModels:
+    """Pydantic models enforcing the ranges derived from ``profile`` (None: physics only)."""
+    ranges = feature_ranges(profile)
+    fields: dict[str, Any] = {
+        name: (
+            float,
+            Field(
+                ...,
+                gt=r.gt,
+                ge=r.ge,
+                le=r.le,
+                description=r.description,
+            ),
+        )
+        for name, r in ranges.items()
+    }
+    house = create_model(  # type: ignore[call-overload]
+        "House",
+        __config__=_STRICT,
+        __doc__="One census block group: the 8 raw features.",
+        __validators__={
+            "bedrooms_not_above_rooms": field_validator("AveBedrms")(
+                classmethod(_bedrooms_not_above_rooms)
+            )
+        },
+        **fields,
+    )
+    batch = create_model(  # type: ignore[call-overload]
+        "Batch",
+        __config__=_STRICT,
+        __doc__=f"Several houses at once (1 to {max_batch_size}).",
+        instances=(list[house], Field(..., min_length=1, max_length=max_batch_size)),
+    )
+    return RequestModels(house=house, batch=batch, ranges=ranges, max_batch_size=max_batch_size)
+
+
+def format_errors(errors: list[dict[str, Any]], max_batch_size: int) -> list[dict[str, Any]]:
+    """Pydantic errors as the 422 body lists them: path, field, reason, type."""
+    out = []
+    for e in errors:
+        loc = [p for p in e.get("loc", ()) if p != "body"]
+        etype = e.get("type", "value_error")
+        msg = e.get("msg", "invalid value")
+        if etype == "too_long" and loc == ["instances"]:
+            ctx = e.get("ctx") or {}
+            actual = ctx.get("actual_length")
+            got = f"{actual} rows" if actual is not None else "too many rows"
+            msg = (
+                f"batch has {got}; the limit is {max_batch_size} rows per request "
+                "(serve.max_batch_size)"
+            )
+        elif etype == "json_invalid":
+            msg = f"body is not valid JSON: {(e.get('ctx') or {}).get('error', msg)}"
+        elif etype == "model_type" and not loc:
+            msg = "body must be a JSON object: one house, or {'instances': [...]}"
+        elif etype == "extra_forbidden":
+            msg = f"unknown field; expected only {', '.join(FEATURES)}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append(
+            {
+                "loc": ["body", *loc],
+                "field": _path(loc) or "<body>",
+                "msg": msg,
+                "type": etype,
+            }
+        )
+    return out
+
+
+def _path(loc: list[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def metric_field(error: dict[str, Any]) -> str:
+    """A bounded label for ``housing_validation_errors_total{field}``."""
+    loc = error.get("loc", [])
+    last = next((p for p in reversed(loc) if isinstance(p, str) and p != "body"), None)
+    if error.get("type") == "extra_forbidden":
+        return "<unknown>"
+    if last in FEATURES or last == "instances":
+        return last
+    return "<body>"
+
+
+# OpenAPI documentation of /predict's body (the route reads raw bytes for speed; the
+# model-specific ranges are in GET /model/info).
+_HOUSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "House",
+    "required": list(FEATURES),
+    "additionalProperties": False,
+    "properties": {
+        n: {"type": "number", "description": b.description} for n, b in PHYSICAL_BOUNDS.items()
+    },
+}
+EXAMPLE_HOUSE: dict[str, float] = {
+    "MedInc": 8.3252,
+    "HouseAge": 41.0,
+    "AveRooms": 6.984,
+    "AveBedrms": 1.024,
+    "Population": 322.0,
+    "AveOccup": 2.556,
+    "Latitude": 37.88,
+    "Longitude": -122.23,
+}
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _HOUSE_SCHEMA,
+                        {
+                            "type": "object",
+                            "title": "Batch",
+                            "required": ["instances"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "instances": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": _HOUSE_SCHEMA,
+                                }
+                            },
+                        },
+                    ]
+                },
+                "example": EXAMPLE_HOUSE,
+            }
+        },
+    }
+}
