@@ -249,7 +249,27 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the champion model over HTTP (FastAPI on uvicorn)."""
-    _not_yet("serve", "the serve issue")
+    state = _state(ctx)
+    settings = state.settings()
+    from housing_mlops.output import stderr
+    from housing_mlops.serving.app import run_server
+
+    def announce(info: dict) -> None:  # type: ignore[type-arg]
+        stderr.print(
+            f"Serving {info['model']} version {info['version']} at {info['url']} "
+            f"({info['workers']} worker(s); docs at {info['url']}/docs; "
+            f"request log {info['request_log']}). Ctrl+C to stop."
+        )
+
+    run_server(
+        settings,
+        host=host,
+        port=port,
+        workers=workers,
+        model_version=model_version,
+        config_path=state.config_path,
+        on_ready=announce,
+    )
 
 
 # --------------------------------------------------------------------------- drift
