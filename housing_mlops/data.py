@@ -386,6 +386,9 @@ def fetch(
     archive = raw_dir / settings.data.archive_name
     expected = settings.data.sha256
     sources, origin = _sources(settings, source)
+    if origin != "data.urls":
+        # An explicit --from / $HOUSING_DATA_ARCHIVE typo should not hide behind the cache.
+        _check_local_source(sources[0], origin)
 
     previous: dict[str, Any] = {}
     with contextlib.suppress(DataError):
@@ -402,10 +405,7 @@ def fetch(
         used = ""
         frame = None
         for number, candidate in enumerate(sources, start=1):
-            path = _local_path(candidate)
-            if path is not None and not path.is_file():
-                what = f"{origin} path" if origin != "data.urls" else "configured path"
-                raise DataError(f"{what} not found: {path}")
+            path = _check_local_source(candidate, origin)
             with _temp_path(archive) as tmp:
                 try:
                     _fetch_source(candidate, tmp, settings, progress)
@@ -450,6 +450,17 @@ def fetch(
         "manifest": str(raw_dir / MANIFEST),
         "cached": cached,
     }
+
+
+def _check_local_source(source: str, origin: str) -> Path | None:
+    """The local path of ``source`` (None for http) after checking that the file exists."""
+    path = _local_path(source)
+    if path is not None and not path.is_file():
+        what = f"{origin} path" if origin != "data.urls" else "configured path"
+        if path.is_dir():
+            raise DataError(f"{what} is a folder, not the archive: {path}")
+        raise DataError(f"{what} not found: {path}")
+    return path
 
 
 def _failure_message(failures: list[str]) -> str:

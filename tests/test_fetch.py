@@ -360,6 +360,20 @@ def test_from_missing_path_is_a_data_error(
     )
 
 
+def test_from_missing_path_is_refused_even_with_a_cached_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/never-used"])
+    before = seed_good_copy(tmp_path, cfg)
+    assert fetch_error(cfg, capsys, "--from", str(tmp_path / "typo.tgz")) == (
+        f"Error: --from path not found: {tmp_path / 'typo.tgz'}"
+    )
+    assert fetch_error(cfg, capsys, "--from", str(tmp_path)) == (
+        f"Error: --from path is a folder, not the archive: {tmp_path}"
+    )
+    assert snapshot(tmp_path) == before
+
+
 # ------------------------------------------------------------ broken archives
 @pytest.mark.parametrize(
     "blob",
