@@ -178,10 +178,6 @@ class _SourceFailed(Exception):
         self.retry = retry
 
 
-def _is_url(source: str) -> bool:
-    return urllib.parse.urlsplit(source).scheme.lower() in ("http", "https")
-
-
 def _local_path(source: str) -> Path | None:
     """The local path a source names (plain path or file:// URL), or None for http(s)."""
     parts = urllib.parse.urlsplit(source)
@@ -303,10 +299,15 @@ def _sources(settings: Settings, source: str | None) -> tuple[list[str], str]:
 
 
 # ------------------------------------------------------------------------ extract
-def _read_member(archive: Path) -> bytes:
-    """Read only ``cal_housing.data`` from the archive (no extraction to disk)."""
+def _read_member(path: Path, label: str | None = None) -> bytes:
+    """Read only ``cal_housing.data`` from the archive (no extraction to disk).
+
+    ``label`` names the archive in messages (the source, rather than a temporary file).
+    """
+    hint = "rerun `housing fetch --force`" if label is None else "check that source"
+    archive = label or str(path)
     try:
-        with tarfile.open(archive, mode="r:gz") as tar:
+        with tarfile.open(path, mode="r:gz") as tar:
             try:
                 member = tar.getmember(ARCHIVE_MEMBER)
             except KeyError:
@@ -322,15 +323,14 @@ def _read_member(archive: Path) -> bytes:
             data = fh.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(
-            f"archive {archive} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-            "rerun `housing fetch --force`"
+            f"archive {archive} is corrupt or truncated ({type(exc).__name__}: {exc}); {hint}"
         ) from None
     if len(data) != member.size:
-        raise DataError(f"archive {archive} is truncated; rerun `housing fetch --force`")
+        raise DataError(f"archive {archive} is truncated; {hint}")
     return data
 
 
-def _frame_from_member(data: bytes, archive: Path) -> pd.DataFrame:
+def _frame_from_member(data: bytes, archive: Path | str) -> pd.DataFrame:
     """Build the frame exactly as sklearn.datasets.fetch_california_housing does."""
     import numpy as np
     import pandas as pd
@@ -415,12 +415,13 @@ def fetch(
                         log.warning("could not fetch %s: %s; trying the next URL", candidate, exc)
                     continue
                 # Parse before the rename: a bad archive must not replace a good one.
-                frame = _frame_from_member(_read_member(tmp), tmp)
+                label = str(path) if path is not None else candidate
+                frame = _frame_from_member(_read_member(tmp, label), label)
                 try:
                     os.replace(tmp, archive)
                 except OSError as exc:
                     raise DataError(f"cannot write {archive}: {exc.strerror}") from None
-                used = str(path) if path is not None else candidate
+                used = label
                 break
         if frame is None:
             raise DataError(_failure_message(failures))
