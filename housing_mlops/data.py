@@ -228,7 +228,8 @@ def _download_once(
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            size, sha = _copy_stream(response, dest, total, f"download {url}", progress)
+            label = f"download from {urllib.parse.urlsplit(url).netloc}"
+            size, sha = _copy_stream(response, dest, total, label, progress)
     except urllib.error.HTTPError as exc:
         transient = exc.code >= 500 or exc.code in (408, 429)
         raise _SourceFailed(f"HTTP {exc.code} {exc.reason}", retry=transient) from None
