@@ -206,7 +206,38 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Cross-validate and fit every configured candidate; log and register them in MLflow."""
-    _not_yet("train", "the train/evaluate/promote issue")
+    from housing_mlops.output import make_progress, print_json, print_table
+    from housing_mlops.train import train as train_candidates
+
+    settings = _state(ctx).settings()
+    bar = make_progress()
+    task = bar.add_task("training", total=None)
+
+    def progress(description: str, done: int, total: int) -> None:
+        bar.update(task, description=description, completed=done, total=total)
+
+    with bar:
+        rows = train_candidates(settings, only=model, progress=progress)
+    if as_json:
+        print_json(rows)
+        return
+    table = [
+        {
+            "candidate": r["candidate"],
+            "version": r["version"],
+            "cv rmse": f"{r['cv_rmse_mean']:.4f} ± {r['cv_rmse_std']:.4f}",
+            "cv mae": f"{r['cv_mae_mean']:.4f}",
+            "cv r2": f"{r['cv_r2_mean']:.4f}",
+            "fit s": f"{r['fit_time_s']:.1f}",
+        }
+        for r in rows
+    ]
+    batch = rows[0]["train_batch"] if rows else "-"
+    print_table(
+        table,
+        ["candidate", "version", "cv rmse", "cv mae", "cv r2", "fit s"],
+        title=f"housing train (batch {batch}; next: `housing evaluate`)",
+    )
 
 
 # ------------------------------------------------------------------------ evaluate
@@ -218,7 +249,39 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Holdout metrics, slices, plots and behavioural checks for registered versions."""
-    _not_yet("evaluate", "the train/evaluate/promote issue")
+    from housing_mlops.evaluate import evaluate as evaluate_versions
+    from housing_mlops.output import print_json, print_table
+
+    settings = _state(ctx).settings()
+    rows = evaluate_versions(settings, version=version, all_versions=all_versions)
+    if as_json:
+        print_json(rows)
+        return
+
+    def failed(r: dict) -> str:  # type: ignore[type-arg]
+        bad = [name for name, c in r["checks"].items() if not c["passed"]]
+        return "pass" if not bad else "FAIL: " + ", ".join(bad)
+
+    table = [
+        {
+            **{k: r[k] for k in ("version", "candidate", "rmse", "mae", "r2", "mape")},
+            "max err": r["max_error"],
+            "checks": failed(r),
+            "vs champion": "-"
+            if r["rmse_vs_champion"] is None
+            else f"{r['rmse_vs_champion']:+.4f} (v{r['champion_version']})",
+        }
+        for r in rows
+    ]
+    cols = ["version", "candidate", "rmse", "mae", "r2", "mape", "max err", "checks"]
+    print_table(table, [*cols, "vs champion"], title="housing evaluate: holdout (test split)")
+    for r in rows:
+        slices = [{"slice": name, **m} for name, m in r["slices"].items()]
+        print_table(
+            slices,
+            ["slice", "rows", "rmse", "mae", "r2", "mape", "max_error"],
+            title=f"version {r['version']} ({r['candidate']}) by slice",
+        )
 
 
 # ------------------------------------------------------------------------- promote
@@ -234,7 +297,36 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Move the `champion` alias to the best evaluated candidate if it passes the gate."""
-    _not_yet("promote", "the train/evaluate/promote issue")
+    from housing_mlops.output import print_json, print_kv
+    from housing_mlops.promote import promote as promote_version
+
+    settings = _state(ctx).settings()
+    result = promote_version(
+        settings, version=version, dry_run=dry_run, force=force, rollback=rollback
+    )
+    if as_json:
+        print_json(result)
+        return
+    if result["dry_run"]:
+        outcome = f"dry run: version {result['version']} would become champion"
+    else:
+        outcome = f"version {result['version']} is now champion"
+    pairs = {
+        "result": outcome,
+        "action": result["action"],
+        "reason": result["reason"],
+        "champion before": result.get("champion_before"),
+        "previous-champion now": result.get("previous_champion_after"),
+    }
+    if "metric" in result:
+        pairs.update(
+            {
+                "metric": result["metric"],
+                "candidate": result["candidate_value"],
+                "champion": result["champion_value"],
+            }
+        )
+    print_kv(pairs, title="housing promote")
 
 
 # --------------------------------------------------------------------------- serve

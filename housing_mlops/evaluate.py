@@ -1,0 +1,306 @@
+"""Holdout evaluation of registered versions: pure metric functions plus one side-effecting
+``evaluate`` that logs results to each version's MLflow run.
+
+Metrics (``compute_metrics``): RMSE, MAE, R², MAPE (a fraction: 0.17 means 17 %) and max
+error, all in the target's unit ($100k).
+
+Slices (``slice_masks``), each with the same metrics:
+
+- ``income_q1`` .. ``income_q5``: quintiles of MedInc over the evaluated rows;
+- ``north`` / ``south``: Latitude at or above / below ``evaluate.north_south_latitude``;
+- ``coastal`` / ``inland``: a row is coastal when its distance to the coarse California
+  coastline polyline ``COASTLINE`` (straight segments between the listed points, distance
+  measured on a local flat-earth projection, accurate to a few km at this scale) is at most
+  ``evaluate.coastal_km`` kilometres; inland otherwise.
+
+Behavioural checks (``behavioural_checks``): raising MedInc by 10 % for every row, all else
+equal, must raise the mean prediction; every prediction must lie inside
+[``evaluate.plausible_min``, ``evaluate.plausible_max``]. Results are recorded as metrics
+and tags; ``housing promote`` refuses a candidate whose checks failed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from housing_mlops.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from housing_mlops.config import EvaluateConfig, Settings
+    from housing_mlops.registry import ModelRef
+
+# Coarse California coastline, north (Oregon border) to south (Mexican border): (lat, lon).
+COASTLINE: list[tuple[float, float]] = [
+    (42.00, -124.21),
+    (40.44, -124.41),
+    (39.60, -123.79),
+    (38.30, -123.05),
+    (37.81, -122.50),
+    (37.20, -122.40),
+    (36.95, -122.02),
+    (36.60, -121.90),
+    (35.60, -121.15),
+    (34.60, -120.64),
+    (34.45, -120.45),
+    (34.40, -119.60),
+    (34.03, -118.80),
+    (33.75, -118.30),
+    (33.45, -117.70),
+    (32.70, -117.20),
+    (32.53, -117.12),
+]
+KM_PER_DEG_LAT = 111.2
+CHECK_UPLIFT = 1.10  # MedInc multiplied by this in the monotonicity check
+
+
+# ------------------------------------------------------------------------ pure parts
+def compute_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """RMSE, MAE, R², MAPE (fraction) and max error of predictions against targets."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(y_pred, dtype=float)
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"need equally long, non-empty arrays, got {y.shape} and {p.shape}")
+    err = p - y
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else float("nan")
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": r2,
+        "mape": float(np.mean(np.abs(err) / np.maximum(np.abs(y), 1e-12))),
+        "max_error": float(np.max(np.abs(err))),
+    }
+
+
+def distance_to_coast_km(lat: Any, lon: Any) -> np.ndarray:
+    """Distance in km from each point to the nearest segment of ``COASTLINE``."""
+    lat = np.asarray(lat, dtype=float)[:, None]
+    lon = np.asarray(lon, dtype=float)[:, None]
+    coast = np.asarray(COASTLINE, dtype=float)
+    kx = KM_PER_DEG_LAT * math.cos(math.radians(37.0))  # km per degree of longitude here
+    px, py = lon * kx, lat * KM_PER_DEG_LAT
+    ax, ay = coast[:-1, 1] * kx, coast[:-1, 0] * KM_PER_DEG_LAT
+    bx, by = coast[1:, 1] * kx, coast[1:, 0] * KM_PER_DEG_LAT
+    dx, dy = bx - ax, by - ay
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / (dx**2 + dy**2), 0.0, 1.0)
+    dist = np.hypot(px - (ax + t * dx), py - (ay + t * dy))
+    return dist.min(axis=1)
+
+
+def slice_masks(X: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
+    """Boolean row masks of the documented slices (see the module docstring)."""
+    income = X["MedInc"].to_numpy(dtype=float)
+    edges = np.quantile(income, [0.2, 0.4, 0.6, 0.8])
+    quintile = np.searchsorted(edges, income, side="right")  # 0..4
+    masks = {f"income_q{q + 1}": quintile == q for q in range(5)}
+    lat = X["Latitude"].to_numpy(dtype=float)
+    masks["north"] = lat >= cfg.north_south_latitude
+    masks["south"] = ~masks["north"]
+    coastal = distance_to_coast_km(lat, X["Longitude"].to_numpy(dtype=float)) <= cfg.coastal_km
+    masks["coastal"] = coastal
+    masks["inland"] = ~coastal
+    return masks
+
+
+def slice_metrics(
+    y_true: Any, y_pred: Any, masks: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """``compute_metrics`` per slice (plus its row count); empty slices are left out."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(y_pred, dtype=float)
+    out: dict[str, dict[str, float]] = {}
+    for name, mask in masks.items():
+        if mask.sum() == 0:
+            continue
+        out[name] = {"rows": int(mask.sum()), **compute_metrics(y[mask], p[mask])}
+    return out
+
+
+def behavioural_checks(model: Any, X: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, Any]:
+    """MedInc +10 % raises the mean prediction; every prediction is inside the plausible range."""
+    base = np.asarray(model.predict(X), dtype=float)
+    richer = X.copy()
+    richer["MedInc"] = richer["MedInc"] * CHECK_UPLIFT
+    uplift = float(np.mean(np.asarray(model.predict(richer), dtype=float)) - np.mean(base))
+    outside = int(np.sum((base < cfg.plausible_min) | (base > cfg.plausible_max)))
+    checks = {
+        "medinc_uplift": {
+            "passed": uplift > 0,
+            "value": uplift,
+            "rule": "mean prediction rises when MedInc is raised by 10 % for every row",
+        },
+        "plausible_range": {
+            "passed": outside == 0,
+            "value": outside,
+            "rule": f"every prediction within [{cfg.plausible_min}, {cfg.plausible_max}]",
+        },
+    }
+    return {"passed": all(c["passed"] for c in checks.values()), "checks": checks}
+
+
+def write_plots(y_true: Any, y_pred: Any, folder: Path, title: str) -> dict[str, Path]:
+    """Predicted-vs-actual and residual plots as PNG files in ``folder``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(y_pred, dtype=float)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    fig = Figure(figsize=(6, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.scatter(y, p, s=4, alpha=0.3)
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+    ax.set_xlabel("actual MedHouseVal ($100k)")
+    ax.set_ylabel("predicted ($100k)")
+    ax.set_title(f"{title}: predicted vs actual")
+    paths["predicted_vs_actual"] = folder / "predicted_vs_actual.png"
+    fig.savefig(paths["predicted_vs_actual"])
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.scatter(p, p - y, s=4, alpha=0.3)
+    ax1.axhline(0, color="black", linewidth=1)
+    ax1.set_xlabel("predicted ($100k)")
+    ax1.set_ylabel("residual (predicted - actual)")
+    ax2.hist(p - y, bins=60)
+    ax2.set_xlabel("residual ($100k)")
+    fig.suptitle(f"{title}: residuals")
+    paths["residuals"] = folder / "residuals.png"
+    fig.savefig(paths["residuals"])
+    return paths
+
+
+# ----------------------------------------------------------------------- side effects
+def select_versions(
+    refs: list[ModelRef], version: int | None, all_versions: bool
+) -> list[ModelRef]:
+    """``--version N``, ``--all``, or by default the versions of the latest training batch."""
+    if not refs:
+        raise ModelError("no trained model versions: run `housing train` first")
+    if version is not None:
+        chosen = [r for r in refs if r.version == str(version)]
+        if not chosen:
+            known = ", ".join(r.version for r in refs)
+            raise ModelError(f"no model version {version} (registered versions: {known})")
+        return chosen
+    if all_versions:
+        return list(refs)
+    latest = max(refs, key=lambda r: int(r.version))
+    batch = latest.tags.get("train_batch")
+    if not batch:
+        return [latest]
+    return [r for r in refs if r.tags.get("train_batch") == batch]
+
+
+def _metric_row(ref: ModelRef) -> dict[str, float]:
+    return {k[len("holdout_") :]: v for k, v in ref.metrics.items() if k.startswith("holdout_")}
+
+
+def evaluate(
+    settings: Settings, version: int | None = None, all_versions: bool = False
+) -> list[dict[str, Any]]:
+    """Evaluate versions on the test split, log the results to their runs, compare with
+    the champion; one result row per version."""
+    import pandas as pd
+
+    from housing_mlops import data, registry
+    from housing_mlops.features import TARGET
+
+    refs = registry.list_versions(settings)
+    chosen = select_versions(refs, version, all_versions)
+    manifest = data.read_processed_manifest(settings)
+    X, y = data.load_split(settings, "test")
+    cfg = settings.evaluate
+    masks = slice_masks(X, cfg)
+    test_frame = pd.concat([X, y.rename(TARGET)], axis=1)
+    test_source = Path(settings.paths.processed_dir) / "test.parquet"
+    data_version = str(manifest.get("raw_content_hash", ""))
+    test_hash = str(manifest.get("test_hash", "")) or data_version
+
+    rows: list[dict[str, Any]] = []
+    for ref in chosen:
+        model = registry.load_model(settings, ref)
+        pred = np.asarray(model.predict(X), dtype=float)
+        overall = compute_metrics(y, pred)
+        slices = slice_metrics(y, pred, masks)
+        checks = behavioural_checks(model, X, cfg)
+        metrics = {f"holdout_{k}": v for k, v in overall.items() if math.isfinite(v)}
+        for name, values in slices.items():
+            for key in ("rmse", "mae", "r2"):
+                if math.isfinite(values[key]):
+                    metrics[f"slice_{name}_{key}"] = values[key]
+        metrics["holdout_medinc_uplift"] = checks["checks"]["medinc_uplift"]["value"]
+        metrics["holdout_out_of_range_rows"] = float(checks["checks"]["plausible_range"]["value"])
+        metrics["holdout_checks_passed"] = 1.0 if checks["passed"] else 0.0
+        label = f"version {ref.version} ({ref.tags.get('candidate', '?')})"
+        when = registry.now_iso()
+        with tempfile.TemporaryDirectory(prefix="housing-eval-") as tmp:
+            plots = write_plots(y, pred, Path(tmp), label)
+            registry.log_evaluation(
+                settings,
+                ref,
+                metrics=metrics,
+                run_tags={"eval_data_version": data_version, "evaluated_at": when},
+                version_tags={
+                    "evaluated": "true",
+                    "evaluated_at": when,
+                    "eval_data_version": data_version,
+                    "checks_passed": str(checks["passed"]).lower(),
+                },
+                artifacts={"evaluation": list(plots.values())},
+                documents={
+                    "evaluation/slices.json": slices,
+                    "evaluation/checks.json": checks,
+                    "evaluation/metrics.json": overall,
+                },
+                test_frame=test_frame,
+                test_source=test_source,
+                test_hash=test_hash,
+            )
+        rows.append(
+            {
+                "version": ref.version,
+                "candidate": ref.tags.get("candidate"),
+                **overall,
+                "checks_passed": checks["passed"],
+                "checks": checks["checks"],
+                "slices": slices,
+                "plots": [f"evaluation/{p.name}" for p in plots.values()],
+                "run_id": ref.run_id,
+                "data_version": data_version,
+            }
+        )
+    _compare_with_champion(settings, rows)
+    return rows
+
+
+def _compare_with_champion(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """Add the champion's holdout RMSE/R² and the difference to each row (in place)."""
+    from housing_mlops import registry
+
+    champion_version = registry.get_alias_version(settings, registry.CHAMPION)
+    champion: dict[str, float] = {}
+    if champion_version is not None:
+        evaluated_now = [r for r in rows if r["version"] == champion_version]
+        if evaluated_now:
+            champion = {k: evaluated_now[0][k] for k in ("rmse", "r2")}
+        else:
+            champion = _metric_row(registry.resolve(settings, version=int(champion_version)))
+    for row in rows:
+        row["champion_version"] = champion_version
+        row["champion_rmse"] = champion.get("rmse")
+        row["champion_r2"] = champion.get("r2")
+        row["rmse_vs_champion"] = row["rmse"] - champion["rmse"] if "rmse" in champion else None

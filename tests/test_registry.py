@@ -1,0 +1,220 @@
+"""Registry: runs and versions in a real MLflow SQLite store, safe loading, references.
+
+The helpers at the top (``make_settings``, ``copy_store``) are shared with test_train,
+test_evaluate and test_promote: processed data written per the data contract from
+``synthetic.make_frame``, and a throwaway SQLite tracking store in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from synthetic import make_frame, write_config
+
+from housing_mlops import registry
+from housing_mlops.config import Settings, load_config
+from housing_mlops.errors import ModelError
+
+DATA_VERSION = "d" * 64
+
+
+def write_processed(settings: Settings, n: int = 600, seed: int = 0) -> None:
+    """train/test parquet + manifest exactly as `housing featurize` writes them."""
+    from housing_mlops.data import frame_content_hash
+
+    frame = make_frame(n, seed)
+    cut = int(n * 0.8)
+    train, test = frame.iloc[:cut], frame.iloc[cut:]
+    out = Path(settings.paths.processed_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(out / "train.parquet")
+    test.to_parquet(out / "test.parquet")
+    manifest = {
+        "raw_content_hash": DATA_VERSION,
+        "train_hash": frame_content_hash(train),
+        "test_hash": frame_content_hash(test),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "test_size": 0.2,
+        "seed": 0,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def make_settings(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Settings:
+    settings = load_config(write_config(tmp_path, overrides))
+    write_processed(settings)
+    return settings
+
+
+def copy_store(settings: Settings, tmp_path: Path) -> Settings:
+    """A new config whose tracking DB is a copy of ``settings``' (artifacts are shared,
+    read-only), so a test can move aliases without disturbing the others."""
+    src = Path(registry.tracking_uri(settings).removeprefix("sqlite:///"))
+    dst = tmp_path / "mlruns" / "mlflow.db"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    return load_config(
+        write_config(
+            tmp_path,
+            {
+                "paths": {
+                    "raw_dir": str(settings.paths.raw_dir),
+                    "processed_dir": str(settings.paths.processed_dir),
+                    "reports_dir": str(tmp_path / "reports"),
+                },
+                "mlflow": {**settings.mlflow.model_dump(), "tracking_uri": f"sqlite:///{dst}"},
+                "promote": settings.promote.model_dump(),
+            },
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[dict[str, Any]]]:
+    from housing_mlops.train import train
+
+    settings = make_settings(tmp_path_factory.mktemp("registry"))
+    return settings, train(settings)
+
+
+def test_each_candidate_is_a_run_with_params_metrics_tags_and_lineage(trained) -> None:
+    import mlflow
+
+    settings, rows = trained
+    client = mlflow.MlflowClient(registry.tracking_uri(settings))
+    assert [r["candidate"] for r in rows] == ["ridge", "hist_gb"]
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        assert (
+            run.data.params["estimator"]
+            == {"ridge": "ridge", "hist_gb": "hist_gradient_boosting"}[row["candidate"]]
+        )
+        assert run.data.params["cv_folds"] == "3"
+        for key in ("cv_rmse_mean", "cv_rmse_std", "cv_mae_mean", "cv_r2_mean", "fit_time_s"):
+            assert np.isfinite(run.data.metrics[key])
+        tags = run.data.tags
+        assert tags["data_version"] == DATA_VERSION
+        assert tags["candidate"] == row["candidate"]
+        assert len(tags["config_hash"]) == 64
+        assert tags["package_version"]
+        assert len(tags.get("git_commit", "x" * 40)) == 40
+        [dataset_input] = run.inputs.dataset_inputs
+        assert dataset_input.dataset.name == "california-housing-train"
+        assert dataset_input.dataset.digest == tags["train_hash"][:32]
+        assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+
+
+def test_versions_are_registered_with_checksum_batch_and_signature(trained) -> None:
+    settings, rows = trained
+    refs = registry.list_versions(settings)
+    assert [r.version for r in refs] == [r["version"] for r in rows] == ["1", "2"]
+    assert {r.tags["train_batch"] for r in refs} == {rows[0]["train_batch"]}
+    for ref, row in zip(refs, rows, strict=True):
+        assert ref.run_id == row["run_id"]
+        assert len(ref.tags[registry.SHA_TAG]) == 64
+        assert ref.data_version == DATA_VERSION
+        assert ref.metrics["cv_rmse_mean"] == pytest.approx(row["cv_rmse_mean"])
+        assert ref.alias is None
+    import mlflow
+
+    info = mlflow.models.get_model_info(f"models:/{settings.mlflow.registered_model_name}/2")
+    assert info.signature.inputs.input_names()[:2] == ["MedInc", "HouseAge"]
+    assert info.flavors["sklearn"]["serialization_format"] == "skops"
+
+
+def test_reloaded_model_predicts_exactly_what_the_fitted_one_did(trained) -> None:
+    from housing_mlops import data, models
+
+    settings, _ = trained
+    X, y = data.load_split(settings, "train")
+    X_test, _ = data.load_split(settings, "test")
+    for ref in registry.list_versions(settings):
+        candidate = next(c for c in settings.train.candidates if c.name == ref.tags["candidate"])
+        fitted = models.build_pipeline(
+            candidate, settings.features, settings.train.seed, settings.train.n_jobs
+        ).fit(X, y)
+        loaded = registry.load_model(settings, ref)
+        np.testing.assert_array_equal(loaded.predict(X_test), fitted.predict(X_test))
+
+
+def test_reference_profile_covers_features_and_train_predictions(trained) -> None:
+    settings, _ = trained
+    ref = registry.resolve(settings, version=2)
+    profile = registry.load_reference_profile(settings, ref)
+    assert profile["rows"] == 480
+    assert "prediction" in profile["columns"]
+    assert "MedInc" in profile["columns"]
+    assert len(profile["columns"]["prediction"]["sample"]) == 200
+
+
+def test_load_refuses_types_outside_the_allow_list(trained) -> None:
+    settings, _ = trained
+    ref = registry.resolve(settings, version=2)  # HistGradientBoosting: TreePredictor etc.
+    with pytest.raises(ModelError, match="outside the reviewed allow-list"):
+        registry.load_model(settings, ref, trusted_types=[])
+
+
+def test_load_refuses_a_changed_artifact(trained, tmp_path: Path) -> None:
+    import skops.io
+    from sklearn.linear_model import LinearRegression
+
+    settings, _ = trained
+    ref = registry.resolve(settings, version=1)
+    store = Path(settings.mlflow.artifact_location)
+    [model_file] = [
+        p for p in store.rglob(registry.MODEL_FILE) if ref.source.split("/")[-1] in str(p)
+    ]
+    original = model_file.read_bytes()
+    # A perfectly loadable, but different, model: only the checksum can catch it.
+    skops.io.dump(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), model_file)
+    try:
+        with pytest.raises(ModelError, match="differs from .* recorded at registration"):
+            registry.load_model(settings, ref)
+    finally:
+        model_file.write_bytes(original)
+    assert registry.load_model(settings, ref) is not None
+
+
+def test_resolve_explains_missing_alias_and_unknown_version(trained) -> None:
+    settings, _ = trained
+    with pytest.raises(
+        ModelError, match=r"no model has the alias 'champion' yet: run `housing promote` first"
+    ):
+        registry.resolve(settings)
+    with pytest.raises(ModelError, match=r"has no version 99 \(registered versions: 1, 2\)"):
+        registry.resolve(settings, version=99)
+    assert registry.get_alias_version(settings, "champion") is None
+
+
+def test_empty_store_says_to_train_first(tmp_path: Path) -> None:
+    settings = load_config(write_config(tmp_path))
+    assert registry.list_versions(settings) == []
+    with pytest.raises(ModelError, match="start with `housing train`"):
+        registry.resolve(settings)
+    # The embedded store and artifact folder were created where the config says.
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    assert (tmp_path / "mlruns" / "artifacts").is_dir()
+
+
+def test_unreachable_tracking_server_is_a_quick_model_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = load_config(
+        write_config(tmp_path, {"mlflow": {"tracking_uri": f"http://127.0.0.1:{port}"}})
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        ModelError, match=f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"
+    ):
+        registry.resolve(settings)
+    assert time.monotonic() - started < 10
