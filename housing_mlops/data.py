@@ -164,7 +164,11 @@ def frame_content_hash(df: pd.DataFrame) -> str:
         "rows": int(len(df)),
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(df.index.to_numpy(), dtype="<i8").tobytes())
+    index = df.index.to_numpy()
+    if index.dtype.kind in "iu":
+        digest.update(np.ascontiguousarray(index, dtype="<i8").tobytes())
+    else:  # not expected for our frames, but hash something stable rather than fail
+        digest.update(json.dumps([str(i) for i in index]).encode())
     digest.update(np.ascontiguousarray(df.to_numpy(dtype="<f8")).tobytes())
     return digest.hexdigest()
 

@@ -251,6 +251,12 @@ def test_content_hash_depends_on_values_order_and_names() -> None:
     assert data.frame_content_hash(frame.reset_index(drop=True).set_index(frame.index + 1)) != base
 
 
+def test_content_hash_accepts_a_labelled_index() -> None:
+    frame = make_frame(5).set_index(pd.Index(list("abcde")))
+    renamed = frame.set_index(pd.Index(list("abcdf")))
+    assert data.frame_content_hash(frame) != data.frame_content_hash(renamed)
+
+
 def test_content_hash_survives_parquet(tmp_path: Path) -> None:
     frame = make_frame(30).iloc[5:25]
     frame.to_parquet(tmp_path / "f.parquet")
