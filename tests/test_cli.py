@@ -20,6 +20,13 @@ HOUSING = Path(sys.executable).parent / "housing"
 COMMANDS = ["fetch", "featurize", "train", "evaluate", "promote", "serve", "drift", "report"]
 
 
+@pytest.fixture(autouse=True)
+def _no_archive_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI sets $HOUSING_DATA_ARCHIVE for the real-data tests; here it would win over the
+    URLs under test (it takes precedence over data.urls by design)."""
+    monkeypatch.delenv("HOUSING_DATA_ARCHIVE", raising=False)
+
+
 @pytest.fixture
 def offline_config(tmp_path: Path) -> tuple[Path, Path]:
     """A config pinned to the small test archive, and a local copy of that archive."""

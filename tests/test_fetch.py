@@ -68,6 +68,13 @@ def sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+@pytest.fixture(autouse=True)
+def _no_archive_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI sets $HOUSING_DATA_ARCHIVE for the real-data tests; here it would win over the
+    URLs under test (it takes precedence over data.urls by design)."""
+    monkeypatch.delenv("HOUSING_DATA_ARCHIVE", raising=False)
+
+
 GOOD = make_archive(pad=300_000)
 OTHER = make_archive(REAL_ROWS[::-1])  # a valid archive, but not the pinned one
 
