@@ -1,0 +1,481 @@
+"""In-process tests of the prediction service: every endpoint and validation rule, the
+request log and the metrics after a known sequence of requests, the reload token.
+
+The models are real fitted pipelines (``models.build_pipeline`` on synthetic data) served
+without MLflow: ``create_app`` takes the loaded model directly. The registry path is
+covered by tests/test_serving_e2e.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from synthetic import make_frame, write_config
+
+from housing_mlops.config import load_config
+from housing_mlops.drift import build_profile
+from housing_mlops.features import FEATURES
+from housing_mlops.models import build_pipeline
+from housing_mlops.serving.app import create_app
+from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
+
+TOKEN = "s3cret-token"  # noqa: S105 - a test token
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A fitted HistGradientBoosting pipeline, its profile and a few request rows."""
+    tmp = tmp_path_factory.mktemp("trained")
+    settings = load_config(write_config(tmp))
+    frame = make_frame(600, seed=1)
+    X, y = frame[FEATURES], frame["MedHouseVal"]
+    candidate = settings.train.candidates[1]  # hist_gb
+    pipeline = build_pipeline(candidate, settings.features, 42, n_jobs=1).fit(X, y)
+    profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
+    return {"pipeline": pipeline, "profile": profile, "X": X, "settings": settings}
+
+
+def _model(trained: dict[str, Any], version: str = "1") -> LoadedModel:
+    meta = ModelMeta(
+        name="test-housing",
+        version=version,
+        alias="champion",
+        run_id=f"run{version}",
+        metrics={"holdout_rmse": 0.3},
+        data_version="abc123",
+    )
+    return build_loaded_model(trained["pipeline"], meta, trained["profile"], max_batch_size=20)
+
+
+def _settings(tmp_path: Path, **serve: Any) -> Any:
+    overrides = {
+        "serve": {
+            "request_log": str(tmp_path / "requests.db"),
+            "max_batch_size": 20,
+            "max_body_bytes": 16384,
+            "reload_interval_s": 0,
+            "log_flush_interval_s": 0.2,
+            **serve,
+        }
+    }
+    return load_config(write_config(tmp_path, overrides))
+
+
+@pytest.fixture
+def client(tmp_path: Path, trained: dict[str, Any]) -> Any:
+    app = create_app(_settings(tmp_path), _model(trained))
+    with TestClient(app) as c:
+        yield c
+
+
+def _row(trained: dict[str, Any], i: int = 0) -> dict[str, float]:
+    return {k: float(v) for k, v in trained["X"].iloc[i].items()}
+
+
+def _post_raw(client: Any, body: bytes, content_type: str = "application/json") -> Any:
+    return client.post("/predict", content=body, headers={"content-type": content_type})
+
+
+def _log_rows(path: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("select * from requests order by id")]
+    finally:
+        conn.close()
+
+
+def _metric(text: str, metric: str, /, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition (None if absent)."""
+    import re
+
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, rest = series.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if name == metric and found == labels:
+            return float(value)
+    return None
+
+
+# ------------------------------------------------------------------------- predict
+def test_single_prediction_equals_pipeline_predict(client: Any, trained: dict[str, Any]) -> None:
+    row = _row(trained, 3)
+    r = client.post("/predict", json=row)
+    assert r.status_code == 200
+    body = r.json()
+    expected = float(trained["pipeline"].predict(trained["X"].iloc[[3]])[0])
+    assert body["prediction"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert body["prediction_usd"] == pytest.approx(expected * 100_000, abs=0.01)
+    assert body["model_name"] == "test-housing"
+    assert body["model_version"] == "1"
+    assert r.headers["x-request-id"] == body["request_id"]
+
+
+def test_batch_predictions_equal_pipeline_predict(client: Any, trained: dict[str, Any]) -> None:
+    rows = [_row(trained, i) for i in range(20)]
+    r = client.post("/predict", json={"instances": rows})
+    assert r.status_code == 200
+    body = r.json()
+    expected = trained["pipeline"].predict(trained["X"].iloc[:20])
+    assert body["count"] == 20
+    np.testing.assert_allclose(body["predictions"], expected, rtol=1e-12, atol=1e-12)
+    assert body["predictions_usd"][0] == pytest.approx(expected[0] * 100_000, abs=0.01)
+
+
+def test_client_request_id_is_echoed(client: Any, trained: dict[str, Any]) -> None:
+    r = client.post("/predict", json=_row(trained), headers={"x-request-id": "abc-123"})
+    assert r.json()["request_id"] == "abc-123"
+    assert r.headers["x-request-id"] == "abc-123"
+
+
+def test_integer_json_numbers_are_accepted(client: Any, trained: dict[str, Any]) -> None:
+    row = _row(trained)
+    row["HouseAge"] = 30  # JSON integer for a float field
+    assert client.post("/predict", json=row).status_code == 200
+
+
+# ---------------------------------------------------------------------- validation
+def _with(trained: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = _row(trained)
+    for key, value in changes.items():
+        if value is _DROP:
+            row.pop(key)
+        else:
+            row[key] = value
+    return row
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "reason"),
+    [
+        ({"MedInc": _DROP}, "MedInc", "Field required"),
+        ({"Bogus": 1.0}, "Bogus", "unknown field"),
+        ({"MedInc": "3.5"}, "MedInc", "valid number"),
+        ({"HouseAge": True}, "HouseAge", "valid number"),
+        ({"AveOccup": None}, "AveOccup", "valid number"),
+        ({"MedInc": 0.0}, "MedInc", "greater than 0"),
+        ({"MedInc": -2.0}, "MedInc", "greater than 0"),
+        ({"AveOccup": 0.0}, "AveOccup", "greater than or equal"),
+        ({"Latitude": 45.0}, "Latitude", "less than or equal to 42.1"),
+        ({"Latitude": 20.0}, "Latitude", "greater than or equal to 32.5"),
+        ({"Longitude": -100.0}, "Longitude", "less than or equal to -114"),
+        ({"Population": 1e9}, "Population", "less than or equal"),
+        ({"AveRooms": 1.5, "AveBedrms": 2.0}, "AveBedrms", "must not be greater than AveRooms"),
+    ],
+)
+def test_invalid_field_gets_422_naming_it(
+    client: Any, trained: dict[str, Any], changes: dict[str, Any], field: str, reason: str
+) -> None:
+    r = client.post("/predict", json=_with(trained, **changes))
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    match = [d for d in detail if d["field"] == field]
+    assert match, detail
+    assert match[0]["loc"] == ["body", field]
+    assert reason in match[0]["msg"]
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_numbers_are_rejected(
+    client: Any, trained: dict[str, Any], literal: bytes
+) -> None:
+    row = _row(trained)
+    body = (
+        b"{"
+        + b",".join(
+            f'"{k}":'.encode() + (literal if k == "MedInc" else repr(v).encode())
+            for k, v in row.items()
+        )
+        + b"}"
+    )
+    r = _post_raw(client, body)
+    assert r.status_code == 422
+    fields = [d["field"] for d in r.json()["detail"]]
+    assert fields in (["MedInc"], ["<body>"])  # 1e400 overflows to inf; NaN literals parse
+
+
+def test_every_bad_field_is_listed(client: Any, trained: dict[str, Any]) -> None:
+    row = _with(trained, MedInc=-1.0, Latitude=50.0, Extra=1, HouseAge=_DROP)
+    r = client.post("/predict", json=row)
+    assert r.status_code == 422
+    assert sorted(d["field"] for d in r.json()["detail"]) == [
+        "Extra",
+        "HouseAge",
+        "Latitude",
+        "MedInc",
+    ]
+
+
+def test_batch_errors_carry_the_row_path(client: Any, trained: dict[str, Any]) -> None:
+    rows = [_row(trained, 0), _with(trained, MedInc=-1.0), _with(trained, Longitude="x")]
+    r = client.post("/predict", json={"instances": rows})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert [(d["field"], d["loc"]) for d in detail] == [
+        ("instances[1].MedInc", ["body", "instances", 1, "MedInc"]),
+        ("instances[2].Longitude", ["body", "instances", 2, "Longitude"]),
+    ]
+
+
+def test_batch_over_the_limit_names_the_limit(client: Any, trained: dict[str, Any]) -> None:
+    rows = [_row(trained, 0)] * 21
+    r = client.post("/predict", json={"instances": rows})
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["field"] == "instances"
+    assert "limit is 20 rows" in err["msg"] and "21 rows" in err["msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "msg"),
+    [
+        (b'{"MedInc": 1,', "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"[1, 2, 3]", "must be a JSON object"),
+        (b'"hello"', "must be a JSON object"),
+        (b'{"instances": []}', "at least 1 item"),
+        (b'{"instances": 5}', "valid array"),
+    ],
+)
+def test_malformed_bodies_get_422(client: Any, body: bytes, msg: str) -> None:
+    r = _post_raw(client, body)
+    assert r.status_code == 422
+    assert msg in r.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_wrong_content_type_gets_415(
+    client: Any, trained: dict[str, Any], content_type: str
+) -> None:
+    import json
+
+    body = json.dumps(_row(trained)).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/predict", content=body, headers=headers)
+    assert r.status_code == 415
+    assert "application/json" in r.json()["detail"]
+
+
+def test_json_content_type_with_charset_is_accepted(client: Any, trained: dict[str, Any]) -> None:
+    import json
+
+    r = _post_raw(client, json.dumps(_row(trained)).encode(), "application/json; charset=utf-8")
+    assert r.status_code == 200
+
+
+def test_oversized_body_gets_413_by_content_length(client: Any) -> None:
+    r = _post_raw(client, b" " * 20000)
+    assert r.status_code == 413
+    assert "limit is 16384 bytes" in r.json()["detail"]
+
+
+def test_oversized_streamed_body_gets_413(client: Any) -> None:
+    def chunks() -> Any:  # no Content-Length: chunked transfer
+        for _ in range(20):
+            yield b" " * 1000
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+# ----------------------------------------------------------------- other endpoints
+def test_health_ready_and_model_info(client: Any) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready", "model_version": "1"}
+    info = client.get("/model/info").json()
+    assert info["name"] == "test-housing"
+    assert info["version"] == "1"
+    assert info["alias"] == "champion"
+    assert info["run_id"] == "run1"
+    assert info["metrics"] == {"holdout_rmse": 0.3}
+    assert info["data_version"] == "abc123"
+    assert info["loaded_at"].endswith("+00:00")
+    assert info["fast_path"] is True
+    assert info["last_reload_error"] is None
+    ranges = info["input_schema"]["ranges"]
+    assert set(ranges) == set(FEATURES)
+    assert ranges["Latitude"]["minimum"] >= 32.5 and ranges["Latitude"]["maximum"] <= 42.1
+    assert ranges["MedInc"]["exclusive_minimum"] == 0.0
+    assert "AveBedrms must not be greater than AveRooms" in info["input_schema"]["rules"]
+
+
+def test_ranges_follow_the_reference_profile(client: Any, trained: dict[str, Any]) -> None:
+    info = client.get("/model/info").json()
+    pop = trained["X"]["Population"]
+    width = pop.max() - pop.min()
+    assert info["input_schema"]["ranges"]["Population"]["maximum"] == pytest.approx(
+        pop.max() + 0.25 * width, abs=1e-3
+    )
+
+
+def test_openapi_docs_are_served(client: Any) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["example"]["Latitude"] == 37.88
+
+
+def test_not_ready_until_a_model_loads(tmp_path: Path) -> None:
+    def failing_loader(version: str | None) -> LoadedModel:
+        raise RuntimeError("registry is down")
+
+    app = create_app(_settings(tmp_path), None, loader=failing_loader)
+    with TestClient(app) as c:
+        import time
+
+        time.sleep(0.2)
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert "registry is down" in r.json()["last_reload_error"]
+        assert c.get("/health").status_code == 200
+        r = c.post("/predict", json={"MedInc": 1.0})
+        assert r.status_code == 503
+
+
+# ------------------------------------------------------------ log rows and metrics
+def test_log_rows_and_metrics_after_a_known_sequence(
+    tmp_path: Path, trained: dict[str, Any]
+) -> None:
+    settings = _settings(tmp_path)
+    app = create_app(settings, _model(trained))
+    rows = [_row(trained, i) for i in range(3)]
+    with TestClient(app) as c:
+        ok1 = c.post("/predict", json=rows[0]).json()
+        ok2 = c.post("/predict", json={"instances": rows}).json()
+        bad = c.post("/predict", json=_with(trained, MedInc=-1.0, Latitude=99.0))
+        wrong_type = c.post("/predict", content=b"{}", headers={"content-type": "text/plain"})
+        assert (bad.status_code, wrong_type.status_code) == (422, 415)
+        text = c.get("/metrics").text
+        assert _metric(text, "housing_predictions_total", model_version="1") == 4
+        assert _metric(text, "housing_prediction_value_count", model_version="1") == 4
+        assert (
+            _metric(
+                text, "housing_http_requests_total", handler="/predict", method="POST", status="200"
+            )
+            == 2
+        )
+        assert (
+            _metric(
+                text, "housing_http_requests_total", handler="/predict", method="POST", status="422"
+            )
+            == 1
+        )
+        assert (
+            _metric(
+                text, "housing_http_requests_total", handler="/predict", method="POST", status="415"
+            )
+            == 1
+        )
+        assert _metric(text, "housing_http_request_duration_seconds_count", handler="/predict") == 4
+        assert _metric(text, "housing_validation_errors_total", field="MedInc") == 1
+        assert _metric(text, "housing_validation_errors_total", field="Latitude") == 1
+        assert (
+            _metric(
+                text,
+                "housing_model_info",
+                name="test-housing",
+                version="1",
+                alias="champion",
+                run_id="run1",
+            )
+            == 1
+        )
+        assert (_metric(text, "housing_model_loaded_timestamp_seconds") or 0) > 1.7e9
+        assert _metric(text, "housing_model_reloads_total") == 0
+        assert _metric(text, "housing_model_reload_failures_total") == 0
+        # The writer flushes at least every 0.2 s here.
+        assert app.state.service.writer.flush()
+        app.state.service.writer._wake.set()
+        import time
+
+        time.sleep(0.3)
+        text = c.get("/metrics").text
+        assert _metric(text, "housing_request_log_rows_total") == 6
+        assert _metric(text, "housing_request_log_queue_depth") == 0
+        assert _metric(text, "housing_request_log_dropped_total") == 0
+        assert (_metric(text, "housing_request_log_last_flush_timestamp_seconds") or 0) > 1.7e9
+    logged = _log_rows(settings.serve.request_log)
+    answered = [r for r in logged if r["status"] == 200]
+    rejected = [r for r in logged if r["status"] != 200]
+    assert len(answered) == 4 and len(rejected) == 2
+    assert [r["request_id"] for r in answered] == [ok1["request_id"]] + [ok2["request_id"]] * 3
+    assert [r["row_index"] for r in answered] == [0, 0, 1, 2]
+    for logged_row, sent, pred in zip(answered[1:], rows, ok2["predictions"], strict=True):
+        assert {k: logged_row[k] for k in FEATURES} == sent
+        assert logged_row["prediction"] == pred
+        assert logged_row["model_version"] == "1"
+        assert logged_row["model_name"] == "test-housing"
+        assert logged_row["latency_ms"] > 0
+        assert logged_row["error"] is None
+    assert answered[0]["prediction"] == ok1["prediction"]
+    assert [r["status"] for r in rejected] == [422, 415]
+    assert "MedInc" in rejected[0]["error"] and "Latitude" in rejected[0]["error"]
+    assert "Content-Type" in rejected[1]["error"]
+    assert all(r["MedInc"] is None and r["prediction"] is None for r in rejected)
+    assert all(math.isfinite(r["ts"]) and r["ts"] > 1.7e9 for r in logged)
+
+
+def test_drift_collector_is_on_the_metrics_registry(client: Any) -> None:
+    # The drift helper's collector is registered; the endpoint serves without error.
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+# --------------------------------------------------------------------- reload token
+@pytest.fixture
+def reload_client(tmp_path: Path, trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("HOUSING_RELOAD_TOKEN", raising=False)
+    app = create_app(
+        _settings(tmp_path),
+        _model(trained),
+        loader=lambda v: _model(trained, str(v)),
+        alias_version=lambda: "1",
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def test_reload_is_off_without_a_configured_token(reload_client: Any) -> None:
+    r = reload_client.post("/model/reload", headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 404
+    assert "HOUSING_RELOAD_TOKEN" in r.json()["detail"]
+
+
+def test_reload_token_missing_wrong_right(
+    reload_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOUSING_RELOAD_TOKEN", TOKEN)
+    r = reload_client.post("/model/reload")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert reload_client.post("/model/reload", headers={"authorization": TOKEN}).status_code == 401
+    wrong = reload_client.post("/model/reload", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    ok = reload_client.post("/model/reload", headers={"authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert ok.json()["reloaded"] is False
+    assert ok.json()["version"] == "1"
+
+
+def test_pinned_version_refuses_reload(
+    tmp_path: Path, trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOUSING_RELOAD_TOKEN", TOKEN)
+    app = create_app(_settings(tmp_path), _model(trained), model_version=1)
+    with TestClient(app) as c:
+        r = c.post("/model/reload", headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 409
+        assert c.get("/model/info").json()["pinned_version"] == 1
