@@ -127,8 +127,7 @@ class ArchiveServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
 
 
 @pytest.fixture(scope="module")
