@@ -410,7 +410,13 @@ def fetch(
         used = ""
         frame = None
         for number, candidate in enumerate(sources, start=1):
-            path = _check_local_source(candidate, origin)
+            try:
+                path = _check_local_source(candidate, origin)
+            except DataError as exc:
+                if origin != "data.urls":
+                    raise
+                failures.append(f"{candidate}: {exc}")  # a configured mirror: try the next
+                continue
             with _temp_path(archive) as tmp:
                 try:
                     _fetch_source(candidate, tmp, settings, progress)

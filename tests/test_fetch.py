@@ -283,6 +283,15 @@ def test_server_error_falls_back_to_the_next_url(
     assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
 
 
+def test_configured_local_mirror_missing_falls_back(
+    tmp_path: Path, server: ArchiveServer, hits: list[str]
+) -> None:
+    urls = [str(tmp_path / "mirror" / "absent.tgz"), server.url("/good.tgz")]
+    result = data.fetch(load_config(make_config(tmp_path, urls)))
+    assert result["source"] == server.url("/good.tgz")
+    assert hits == ["/good.tgz"]
+
+
 def test_all_urls_failing_names_each_url_and_suggests_from(
     tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
