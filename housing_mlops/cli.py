@@ -377,10 +377,101 @@ def drift(
     model_version: Annotated[
         int | None, typer.Option("--model-version", help="Only requests served by this version.")
     ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Profile JSON to compare with instead of the serving version's training "
+            "profile (e.g. data/processed/reference_profile.json).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare logged requests with the training data; exit 6 when drift is found."""
-    _not_yet("drift", "the drift/report issue")
+    """Compare logged requests with the training data; exit 6 when drift is found.
+
+    Exit codes: 0 nothing marked drift, 6 a feature or the prediction marked drift,
+    7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
+    """
+    from housing_mlops.drift import check_drift
+    from housing_mlops.output import print_json, stdout
+
+    settings = _state(ctx).settings()
+    result = check_drift(settings, since, until, model_version, reference_path=reference)
+    if as_json:
+        print_json({**result, "scores": [_drop_hist(s) for s in result["scores"]]})
+    else:
+        colour = {"ok": "green", "warn": "yellow", "drift": "bold red"}
+        rows = [
+            {
+                "feature": s["feature"],
+                "rows": s["rows"],
+                "ref mean": f"{s['ref_mean']:.4g}",
+                "cur mean": f"{s['cur_mean']:.4g}",
+                "PSI": f"{s['psi']:.3f}",
+                "KS": f"{s['ks']:.3f}",
+                "p": f"{s['ks_pvalue']:.1e}" if s["ks_pvalue"] < 1e-3 else f"{s['ks_pvalue']:.3f}",
+                "Wasserstein": f"{s['wasserstein_norm']:.3f}",
+                "verdict": f"[{colour[s['verdict']]}]{s['verdict']}[/]",
+            }
+            for s in result["scores"]
+        ]
+        window = result["window"]
+        _print_drift_table(
+            rows,
+            title=(
+                f"Drift of model version {result['model_version']}: {result['rows']} requests "
+                f"{window['since']} .. {window['until']} vs {result['reference']['source']}"
+            ),
+        )
+        stdout.print(_dataset_line(result), highlight=False)
+    if result["any_drift"]:
+        raise typer.Exit(code=6)
+
+
+def _print_drift_table(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
+    from rich import box
+    from rich.table import Table
+
+    from housing_mlops.output import stdout
+
+    columns = ["feature", "rows", "ref mean", "cur mean", "PSI", "KS", "p", "Wasserstein"]
+    table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
+    for col in [*columns, "verdict"]:
+        table.add_column(col, no_wrap=True, justify="left" if col == "feature" else "right")
+    for row in rows:
+        table.add_row(*[str(row[c]) for c in [*columns, "verdict"]])
+    stdout.print(title, highlight=False)
+    stdout.print(table)
+
+
+def _drop_hist(score: dict) -> dict:  # type: ignore[type-arg]
+    return {k: v for k, v in score.items() if k != "hist"}
+
+
+def _dataset_line(result: dict) -> str:  # type: ignore[type-arg]
+    n_drift = len(result["drifting_features"])
+    parts = [
+        f"Dataset drift: {'YES' if result['dataset_drift'] else 'no'} "
+        f"({n_drift}/{result['features']} features drifting, share {result['drift_share']:.2f}, "
+        f"threshold {result['thresholds']['drift_share']:.2f}"
+        + (
+            f"; hard limit passed by {', '.join(result['hard_limit_features'])}"
+            if result["hard_limit_features"]
+            else ""
+        )
+        + ")",
+        f"verdict: {result['verdict']}",
+    ]
+    marked = [s["feature"] for s in result["scores"] if s["verdict"] == "drift"]
+    if marked:
+        parts.append(f"marked drift: {', '.join(marked)}")
+    if result["sampled_rows"] < result["rows"]:
+        parts.append(f"judged on a uniform sample of {result['sampled_rows']} rows")
+    if result["other_versions"]:
+        others = ", ".join(f"v{v}: {n}" for v, n in result["other_versions"].items())
+        parts.append(f"other versions in the window ({others}): use --model-version")
+    parts.append(f"stored as drift run {result.get('run_id')}")
+    return "\n".join(parts)
 
 
 # -------------------------------------------------------------------------- report
