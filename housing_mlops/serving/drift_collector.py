@@ -1,15 +1,24 @@
 """Prometheus collector exposing the latest stored drift result (read at scrape time).
 
-Metrics: ``housing_drift_score{feature,method}``, ``housing_dataset_drift`` (0/1) and
-``housing_drift_last_run_timestamp_seconds``. Reading at scrape time keeps the numbers
-right with several workers and without a background thread.
+Metrics: ``housing_drift_score{feature,method}`` (method psi | ks | wasserstein, the last
+being the Wasserstein distance divided by the reference std), ``housing_dataset_drift``
+(0/1) and ``housing_drift_last_run_timestamp_seconds``. Reading at scrape time keeps the
+numbers right with several workers and without a background thread. Before the first
+drift run (or without a request log) nothing is exported; a broken database never
+breaks ``/metrics``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
+
+_METHODS = (("psi", "psi"), ("ks", "ks"), ("wasserstein", "wasserstein_norm"))
 
 
 class DriftCollector:
@@ -18,6 +27,46 @@ class DriftCollector:
     def __init__(self, db_path: Path | str) -> None:
         self.db_path = Path(db_path)
 
+    def _latest(self) -> dict[str, Any] | None:
+        from housing_mlops import store
+
+        db = store.open_readonly(self.db_path)
+        if db is None:
+            return None
+        try:
+            return store.latest_drift_run(db)
+        finally:
+            db.close()
+
     def collect(self) -> Iterator[Any]:
-        # Filled in by the drift issue; yields nothing until a drift run exists.
-        return iter(())
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            run = self._latest()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because of the drift tables
+            _log.warning("drift collector: cannot read %s", self.db_path, exc_info=True)
+            return
+        if run is None:
+            return
+        scores = GaugeMetricFamily(
+            "housing_drift_score",
+            "Latest drift score per column (feature or prediction) and method "
+            "(psi, ks statistic, wasserstein = distance / reference std)",
+            labels=["feature", "method"],
+        )
+        for score in run.get("scores", []):
+            for method, key in _METHODS:
+                value = score.get(key)
+                if value is not None and math.isfinite(float(value)):
+                    scores.add_metric([score["feature"], method], float(value))
+        yield scores
+        yield GaugeMetricFamily(
+            "housing_dataset_drift",
+            "1 when the latest drift run found dataset drift, else 0",
+            value=1.0 if run.get("dataset_drift") else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "housing_drift_last_run_timestamp_seconds",
+            "Unix time of the latest stored drift run",
+            value=float(run.get("created_at") or 0.0),
+        )
