@@ -167,8 +167,18 @@ def configure(settings: Settings) -> str:
         _check_reachable(uri)
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which load_config reads as an
+    # override: a later config in this process would silently use this store. Undo that.
+    exported = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for key, value in exported.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     key = (uri, settings.mlflow.experiment_name)
     if key in _experiments:
         return _experiments[key]

@@ -76,12 +76,25 @@ def copy_store(settings: Settings, tmp_path: Path) -> Settings:
     )
 
 
+_TRAINED: dict[str, tuple[Settings, list[dict[str, Any]]]] = {}
+
+
+def trained_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, list[dict[str, Any]]]:
+    """One store with both synthetic candidates trained (versions 1 ridge, 2 hist_gb),
+    built once per session and shared by the test modules; mutate only copies of it."""
+    if "store" not in _TRAINED:
+        from housing_mlops.train import train
+
+        settings = make_settings(tmp_path_factory.mktemp("trained"))
+        _TRAINED["store"] = (settings, train(settings))
+    return _TRAINED["store"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[dict[str, Any]]]:
-    from housing_mlops.train import train
-
-    settings = make_settings(tmp_path_factory.mktemp("registry"))
-    return settings, train(settings)
+    return trained_store(tmp_path_factory)
 
 
 def test_each_candidate_is_a_run_with_params_metrics_tags_and_lineage(trained) -> None:

@@ -1,0 +1,196 @@
+"""`housing promote`: the pure gate rule, and alias moves in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synthetic import write_config
+from test_registry import copy_store, trained_store
+
+from housing_mlops import registry
+from housing_mlops.cli import run
+from housing_mlops.config import PromoteConfig, Settings
+from housing_mlops.promote import should_promote
+
+
+def _m(rmse: float, r2: float = 0.9, **extra: float) -> dict[str, float]:
+    return {"holdout_rmse": rmse, "holdout_mae": rmse * 0.7, "holdout_r2": r2, **extra}
+
+
+# ------------------------------------------------------------------------ gate rule
+CFG = PromoteConfig(metric="rmse", max_rmse=0.45, min_r2=0.85, min_improvement=0.0)
+
+
+def test_gate_passes_a_good_first_model() -> None:
+    decision = should_promote(_m(0.40), None, CFG)
+    assert decision.passed
+    assert "no champion yet" in decision.reason
+
+
+def test_gate_enforces_absolute_thresholds_even_without_champion() -> None:
+    too_high = should_promote(_m(0.46), None, CFG)
+    assert not too_high.passed
+    assert "holdout_rmse 0.4600 is above the limit 0.4500" in too_high.reason
+    too_low = should_promote(_m(0.40, r2=0.80), None, CFG)
+    assert not too_low.passed
+    assert "holdout_r2 0.8000 is below the limit 0.8500" in too_low.reason
+
+
+def test_gate_requires_beating_the_champion() -> None:
+    better = should_promote(_m(0.40), _m(0.42), CFG)
+    assert better.passed and better.champion_value == 0.42
+    worse = should_promote(_m(0.43), _m(0.42), CFG)
+    assert not worse.passed
+    assert "0.4300" in worse.reason and "0.4200" in worse.reason
+    assert "rule:" in worse.reason
+    tie = should_promote(_m(0.42), _m(0.42), CFG)
+    assert not tie.passed  # a tie never churns the alias
+
+
+def test_gate_margin_and_metric_direction() -> None:
+    margin = CFG.model_copy(update={"min_improvement": 0.01})
+    assert not should_promote(_m(0.415), _m(0.42), margin).passed
+    assert should_promote(_m(0.405), _m(0.42), margin).passed
+    by_r2 = CFG.model_copy(update={"metric": "r2"})
+    assert should_promote(_m(0.40, r2=0.90), _m(0.40, r2=0.88), by_r2).passed
+    assert not should_promote(_m(0.40, r2=0.88), _m(0.40, r2=0.90), by_r2).passed
+
+
+def test_gate_rejects_unevaluated_or_misbehaving_candidates() -> None:
+    assert not should_promote({"cv_rmse_mean": 0.3}, None, CFG).passed
+    failed = should_promote(_m(0.40, holdout_checks_passed=0.0), None, CFG)
+    assert not failed.passed and "behavioural checks failed" in failed.reason
+    # A champion without holdout metrics cannot block a good candidate.
+    assert should_promote(_m(0.40), {"cv_rmse_mean": 0.3}, CFG).passed
+
+
+# ------------------------------------------------------------------- registry moves
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Settings]:
+    """'trained': versions 1 (ridge) and 2 (hist_gb), not evaluated; 'evaluated': both
+    evaluated. On the synthetic data ridge has the lower holdout RMSE."""
+    from housing_mlops.evaluate import evaluate
+
+    base = trained_store(tmp_path_factory)[0]
+    evaluated = copy_store(base, tmp_path_factory.mktemp("evaluated"))
+    evaluate(evaluated)
+    return {"trained": base, "evaluated": evaluated}
+
+
+def _cli(capsys: pytest.CaptureFixture[str], settings: Settings, *args: str) -> tuple[int, Any]:
+    code = run(["--config", str(settings.source), "promote", *args])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out) if "--json" in args and captured.out.strip() else captured.out
+    return code, (out, captured.err)
+
+
+def _aliases(settings: Settings) -> tuple[str | None, str | None]:
+    return (
+        registry.get_alias_version(settings, registry.CHAMPION),
+        registry.get_alias_version(settings, registry.PREVIOUS_CHAMPION),
+    )
+
+
+def test_promote_reject_force_gate_and_rollback(
+    stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = copy_store(stores["evaluated"], tmp_path)
+    v1 = registry.resolve(settings, version=1).metrics["holdout_rmse"]
+    v2 = registry.resolve(settings, version=2).metrics["holdout_rmse"]
+    assert v1 < v2  # ridge (1) is the better candidate on the synthetic data
+
+    # First promotion: the best evaluated candidate, no champion to beat.
+    code, (out, err) = _cli(capsys, settings, "--json")
+    assert code == 0, err
+    assert out["version"] == "1" and out["promoted"] is True
+    assert _aliases(settings) == ("1", None)
+    assert registry.resolve(settings).tags["promotion_kind"] == "gate"
+
+    # Only the worse candidate is left: rejected, exit 6, both numbers and the rule.
+    code, (_, err) = _cli(capsys, settings)
+    assert code == 6
+    assert "version 2 (hist_gb) not promoted against champion version 1" in err
+    assert f"{v2:.4f}" in err and f"{v1:.4f}" in err and "rule:" in err
+    assert _aliases(settings) == ("1", None)
+
+    # Human override: recorded as tags; the old champion becomes previous-champion.
+    code, (out, err) = _cli(capsys, settings, "--version", "2", "--force", "--json")
+    assert code == 0, err
+    assert out["gate_passed"] is False and out["action"] == "force"
+    assert _aliases(settings) == ("2", "1")
+    forced = registry.resolve(settings)
+    assert forced.version == "2"
+    assert forced.tags["promoted_by_force"] == "true"
+    assert forced.tags["forced_gate_result"] == "rejected"
+    assert forced.tags["forced_at"]
+
+    # The gate now prefers version 1 over the forced champion.
+    code, (out, err) = _cli(capsys, settings, "--json")
+    assert code == 0, err
+    assert out["version"] == "1" and out["champion_before"] == "2"
+    assert _aliases(settings) == ("1", "2")
+
+    # Rollback swaps the two aliases; history is kept on the version.
+    code, (out, err) = _cli(capsys, settings, "--rollback", "--json")
+    assert code == 0, err
+    assert _aliases(settings) == ("2", "1")
+    history = json.loads(registry.resolve(settings, version=2).tags["promotion_history"])
+    assert [h["kind"] for h in history] == ["force", "rollback"]
+    history1 = json.loads(registry.resolve(settings, version=1).tags["promotion_history"])
+    assert [h["kind"] for h in history1] == ["gate", "gate"]
+
+
+def test_dry_run_changes_nothing(stores, tmp_path: Path, capsys) -> None:
+    settings = copy_store(stores["evaluated"], tmp_path)
+    code, (out, err) = _cli(capsys, settings, "--dry-run", "--json")
+    assert code == 0, err
+    assert out["dry_run"] is True and out["promoted"] is False and out["version"] == "1"
+    assert _aliases(settings) == (None, None)
+    code, (out, _) = _cli(capsys, settings, "--dry-run")
+    assert "dry run: version 1 would become champion" in out
+
+
+def test_gate_thresholds_from_config_reject_with_exit_6(stores, tmp_path: Path, capsys) -> None:
+    settings = copy_store(stores["evaluated"], tmp_path)
+    (tmp_path / "strict").mkdir()
+    strict = write_config(
+        tmp_path / "strict",
+        {
+            "paths": {"processed_dir": str(settings.paths.processed_dir)},
+            "mlflow": settings.mlflow.model_dump(),
+            "promote": {"max_rmse": 0.1, "min_r2": 0.3},
+        },
+    )
+    code = run(["--config", str(strict), "promote"])
+    err = capsys.readouterr().err
+    assert code == 6
+    assert "above the limit 0.1000 (rule: holdout_rmse <= promote.max_rmse)" in err
+    assert _aliases(settings) == (None, None)
+
+
+def test_nothing_to_promote_says_what_to_run(stores, tmp_path: Path, capsys) -> None:
+    trained_only = copy_store(stores["trained"], tmp_path / "t")
+    code, (_, err) = _cli(capsys, trained_only)
+    assert code == 5
+    assert "Error: no evaluated candidate: run `housing evaluate` first" in err
+
+    (tmp_path / "empty").mkdir()
+    empty = write_config(tmp_path / "empty")
+    assert run(["--config", str(empty), "promote"]) == 5
+    assert "run `housing train` first" in capsys.readouterr().err
+
+
+def test_bad_requests_are_clear_errors(stores, tmp_path: Path, capsys) -> None:
+    settings = copy_store(stores["evaluated"], tmp_path)
+    code, (_, err) = _cli(capsys, settings, "--version", "7")
+    assert code == 5 and "no model version 7 (registered versions: 1, 2)" in err
+    code, (_, err) = _cli(capsys, settings, "--force")
+    assert code == 2 and "--force needs --version N" in err
+    code, (_, err) = _cli(capsys, settings, "--rollback")
+    assert code == 5 and "nothing to roll back to" in err
+    trained_only = copy_store(stores["trained"], tmp_path / "t")
+    code, (_, err) = _cli(capsys, trained_only, "--version", "1")
+    assert code == 5 and "run `housing evaluate --version 1` first" in err
