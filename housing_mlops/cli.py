@@ -385,6 +385,12 @@ def drift(
             "profile (e.g. data/processed/reference_profile.json).",
         ),
     ] = None,
+    refresh_reference: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-reference", help="Fetch the version's training profile from MLflow again."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare logged requests with the training data; exit 6 when drift is found.
@@ -396,7 +402,14 @@ def drift(
     from housing_mlops.output import print_json, stdout
 
     settings = _state(ctx).settings()
-    result = check_drift(settings, since, until, model_version, reference_path=reference)
+    result = check_drift(
+        settings,
+        since,
+        until,
+        model_version,
+        reference_path=reference,
+        refresh_reference=refresh_reference,
+    )
     if as_json:
         print_json({**result, "scores": [_drop_hist(s) for s in result["scores"]]})
     else:

@@ -375,11 +375,23 @@ def _iso(ts: float) -> str:
 
 
 # ========================================================================= a drift check
-def _load_reference(settings: Any, model_version: str, reference_path: Any) -> tuple[dict, str]:
-    """The reference profile and a description of where it came from."""
+def _load_reference(
+    settings: Any,
+    db: Any,
+    model_name: str | None,
+    model_version: str,
+    reference_path: Any,
+    refresh: bool = False,
+) -> tuple[dict, str]:
+    """The reference profile and a description of where it came from.
+
+    ``reference_path`` wins; otherwise the version's training profile from the registry,
+    through the cache in the request-log database (store.cached_reference).
+    """
     import json
     from pathlib import Path
 
+    from housing_mlops import registry, store
     from housing_mlops.errors import HousingError, InsufficientDataError
 
     if reference_path is not None:
@@ -390,9 +402,19 @@ def _load_reference(settings: Any, model_version: str, reference_path: Any) -> t
             raise InsufficientDataError(
                 f"cannot read the reference profile {path}: {exc}"
             ) from None
-    from housing_mlops import registry
-
+    name = model_name or settings.mlflow.registered_model_name
+    uri = registry.tracking_uri(settings)
+    source = f"registry:{name}/{model_version}"
+    if not refresh:
+        cached = store.cached_reference(db, uri, name, model_version)
+        if cached is not None:
+            return cached, source
     try:
+        if name != settings.mlflow.registered_model_name:
+            raise InsufficientDataError(
+                f"the requests were served by model '{name}', but the config's registered "
+                f"model is '{settings.mlflow.registered_model_name}'"
+            )
         ref = registry.resolve(settings, version=int(model_version))
         profile = registry.load_reference_profile(settings, ref)
     except (HousingError, ValueError) as exc:
@@ -401,7 +423,8 @@ def _load_reference(settings: Any, model_version: str, reference_path: Any) -> t
             "(drift compares requests with the training profile stored with the version "
             "that served them; pass --reference PROFILE.json to compare with another one)"
         ) from None
-    return profile, f"registry:{ref.name}/{ref.version}"
+    store.cache_reference(db, uri, name, model_version, ref.run_id, profile)
+    return profile, source
 
 
 def check_drift(
@@ -412,6 +435,7 @@ def check_drift(
     reference_path: Any = None,
     now: float | None = None,
     save: bool = True,
+    refresh_reference: bool = False,
 ) -> dict[str, Any]:
     """Compare logged requests in a time window with the serving model's training profile.
 
@@ -425,6 +449,8 @@ def check_drift(
 
     Raises InsufficientDataError (exit 7) when the log is missing, the window holds no
     rows or fewer than ``drift.min_rows``, or the reference profile cannot be loaded.
+    A version's profile is fetched from MLflow once and then read from a cache table in
+    the request log (``refresh_reference`` fetches it again).
     """
     import time
 
@@ -459,7 +485,14 @@ def check_drift(
                 f"{chosen['model_version']} {window_text}; drift needs at least "
                 f"{cfg.min_rows} (drift.min_rows): widen --since or send more traffic"
             )
-        profile, source = _load_reference(settings, chosen["model_version"], reference_path)
+        profile, source = _load_reference(
+            settings,
+            db,
+            chosen["model_name"],
+            chosen["model_version"],
+            reference_path,
+            refresh_reference,
+        )
         fraction = min(1.0, cfg.sample_rows / chosen["rows"])
         current = store.window_sample(
             db,

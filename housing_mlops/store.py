@@ -529,3 +529,44 @@ def serving_stats(db: Any, sample_rows: int = 200_000) -> dict[str, Any]:
     predictions = data[ok, 1]
     stats["predictions"] = predictions[np.isfinite(predictions)]
     return stats
+
+
+# ------------------------------------------------------------ reference profile cache
+# A registered model version never changes, so its training profile is fetched from
+# MLflow once and kept here: later drift checks on the same version skip importing and
+# querying MLflow (seconds). Keyed by tracking URI, model name and version; the run id is
+# kept for the record. Deleting a registered model and re-creating it under the same name
+# reuses version numbers: `housing drift --refresh-reference` fetches the profile again.
+def cached_reference(db: Any, tracking_uri: str, name: str, version: str) -> dict | None:
+    """The cached training profile of a model version, or None."""
+    import json
+
+    if "drift_references" not in db.table_names():
+        return None
+    row = db.execute(
+        "SELECT profile FROM drift_references WHERE key = ?",
+        [f"{tracking_uri}|{name}|{version}"],
+    ).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def cache_reference(
+    db: Any, tracking_uri: str, name: str, version: str, run_id: str, profile: dict
+) -> None:
+    """Store (or replace) the training profile of a model version."""
+    import json
+    import time
+
+    with db.conn:
+        db["drift_references"].upsert(
+            {
+                "key": f"{tracking_uri}|{name}|{version}",
+                "tracking_uri": tracking_uri,
+                "model_name": name,
+                "model_version": str(version),
+                "run_id": run_id,
+                "cached_at": time.time(),
+                "profile": json.dumps(profile),
+            },
+            pk="key",
+        )

@@ -1,0 +1,247 @@
+"""Send rows of the test split to a running prediction service, optionally shifted.
+
+For demos, drift checks and load tests::
+
+    python -m housing_mlops.traffic --url http://127.0.0.1:8000 --rows 500 --rate 100 \\
+        --shift MedInc=1.2
+
+Rows are drawn from the processed test split (``housing featurize``) in a shuffled order
+(cycling when more rows are asked for than the split holds); ``--shift FEATURE=FACTOR``
+multiplies a feature (repeatable), which is how the drift demo fakes a changed
+population. ``--rate`` is in rows per second (0: as fast as the server answers), spread
+over ``--concurrency`` connections; ``--batch-size`` > 1 sends ``{"instances": [...]}``.
+Rows the service rejects (a shift can push values out of the accepted ranges) are
+counted by status, not retried. Prints a summary (or ``--json``); exit 0 when at least
+one row was answered, 1 when none was, 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from housing_mlops.errors import HousingError, UsageError
+
+FEATURES = (
+    "MedInc",
+    "HouseAge",
+    "AveRooms",
+    "AveBedrms",
+    "Population",
+    "AveOccup",
+    "Latitude",
+    "Longitude",
+)
+
+
+def parse_shift(values: Sequence[str] | None) -> dict[str, float]:
+    """``["MedInc=1.2"]`` -> ``{"MedInc": 1.2}``; UsageError for unknown features or factors."""
+    shift: dict[str, float] = {}
+    for item in values or []:
+        name, sep, factor = item.partition("=")
+        name = name.strip()
+        if not sep or name not in FEATURES:
+            raise UsageError(
+                f"--shift {item!r}: use FEATURE=FACTOR with FEATURE one of {', '.join(FEATURES)}"
+            )
+        try:
+            value = float(factor)
+        except ValueError:
+            raise UsageError(
+                f"--shift {item!r}: FACTOR must be a number, e.g. MedInc=1.2"
+            ) from None
+        if not np.isfinite(value):
+            raise UsageError(f"--shift {item!r}: FACTOR must be finite")
+        shift[name] = value
+    return shift
+
+
+def prepare_rows(
+    frame: Any, n: int, shift: Mapping[str, float] | None = None, seed: int = 0
+) -> list[dict[str, float]]:
+    """``n`` request bodies from ``frame`` (shuffled, cycling), with features multiplied."""
+    if n < 0:
+        raise UsageError("--rows must be >= 0")
+    values = np.asarray(frame[list(FEATURES)], dtype=float)
+    if len(values) == 0:
+        raise UsageError("no rows to send: the source frame is empty")
+    rng = np.random.default_rng(seed)
+    reps = -(-n // len(values)) if n else 0
+    order = np.concatenate([rng.permutation(len(values)) for _ in range(reps)])[:n]
+    chosen = values[order.astype(int)] if n else np.empty((0, len(FEATURES)))
+    for name, factor in (shift or {}).items():
+        chosen[:, FEATURES.index(name)] *= factor
+    return [dict(zip(FEATURES, map(float, row), strict=True)) for row in chosen]
+
+
+async def _send_all(
+    url: str,
+    rows: list[dict[str, float]],
+    rate: float,
+    batch_size: int,
+    concurrency: int,
+    timeout: float,
+    transport: Any = None,
+) -> dict[str, Any]:
+    import httpx
+
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    statuses: Counter[str] = Counter()
+    row_statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    failures: list[str] = []
+    semaphore = asyncio.Semaphore(concurrency)
+    endpoint = url.rstrip("/") + "/predict"
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport) as client:
+
+        async def send(batch: list[dict[str, float]]) -> None:
+            body: Any = batch[0] if batch_size == 1 else {"instances": batch}
+            start = time.perf_counter()
+            try:
+                response = await client.post(endpoint, json=body)
+            except httpx.HTTPError as exc:
+                statuses["error"] += 1
+                row_statuses["error"] += len(batch)
+                message = f"{type(exc).__name__}: {exc}"
+                if len(failures) < 5 and message not in failures:
+                    failures.append(message)
+            else:
+                latencies.append((time.perf_counter() - start) * 1000.0)
+                statuses[str(response.status_code)] += 1
+                row_statuses[str(response.status_code)] += len(batch)
+            finally:
+                semaphore.release()
+
+        tasks = []
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+            if rate > 0:
+                delay = t0 + i * batch_size / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await semaphore.acquire()
+            tasks.append(asyncio.create_task(send(batch)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+
+    lat = np.asarray(latencies)
+    return {
+        "url": endpoint,
+        "rows": len(rows),
+        "requests": len(batches),
+        "ok_rows": row_statuses.get("200", 0),
+        "status": dict(sorted(statuses.items())),
+        "row_status": dict(sorted(row_statuses.items())),
+        "elapsed_s": round(elapsed, 3),
+        "rows_per_s": round(len(rows) / elapsed, 1) if elapsed > 0 else None,
+        "latency_ms": (
+            {
+                "p50": round(float(np.percentile(lat, 50)), 2),
+                "p99": round(float(np.percentile(lat, 99)), 2),
+            }
+            if lat.size
+            else {}
+        ),
+        "failures": failures,
+    }
+
+
+def send_rows(
+    url: str,
+    rows: list[dict[str, float]],
+    rate: float = 100.0,
+    batch_size: int = 1,
+    concurrency: int = 8,
+    timeout: float = 10.0,
+    transport: Any = None,
+) -> dict[str, Any]:
+    """POST ``rows`` to ``{url}/predict`` at ``rate`` rows/s (0 = unpaced); returns a summary.
+
+    ``transport`` is an optional httpx transport (e.g. ``httpx.ASGITransport(app)``).
+    """
+    if batch_size < 1 or concurrency < 1:
+        raise UsageError("--batch-size and --concurrency must be >= 1")
+    if rate < 0:
+        raise UsageError("--rate must be >= 0 (0 sends as fast as the server answers)")
+    return asyncio.run(
+        _send_all(url, rows, float(rate), int(batch_size), int(concurrency), timeout, transport)
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m housing_mlops.traffic",
+        description="Send rows of the test split to a running housing service.",
+    )
+    p.add_argument("--url", default=None, help="Service base URL (default: serve.host/port).")
+    p.add_argument("--rows", type=int, default=500, help="Rows to send (default 500).")
+    p.add_argument("--rate", type=float, default=100.0, help="Rows per second; 0 = unpaced.")
+    p.add_argument(
+        "--shift",
+        action="append",
+        default=[],
+        metavar="FEATURE=FACTOR",
+        help="Multiply a feature, e.g. MedInc=1.2 (repeatable).",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="Rows per request (default 1).")
+    p.add_argument("--concurrency", type=int, default=8, help="Parallel connections.")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="Source split.")
+    p.add_argument("--seed", type=int, default=0, help="Shuffle seed.")
+    p.add_argument("--timeout", type=float, default=10.0, help="Per-request timeout (s).")
+    p.add_argument("--config", "-c", type=Path, default=Path("configs/default.yaml"))
+    p.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m housing_mlops.traffic``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        from housing_mlops.config import load_config
+        from housing_mlops.data import load_split
+
+        shift = parse_shift(args.shift)
+        settings = load_config(args.config)
+        url = args.url or f"http://{settings.serve.host}:{settings.serve.port}"
+        frame, _ = load_split(settings, args.split)
+        rows = prepare_rows(frame, args.rows, shift, args.seed)
+        summary = send_rows(url, rows, args.rate, args.batch_size, args.concurrency, args.timeout)
+    except HousingError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    summary["shift"] = shift
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        lat = summary["latency_ms"]
+        print(
+            f"sent {summary['rows']} rows in {summary['requests']} requests to {summary['url']} "
+            f"in {summary['elapsed_s']} s ({summary['rows_per_s']} rows/s); "
+            f"rows by status {summary['row_status']}"
+            + (f"; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms" if lat else "")
+            + (f"; shift {shift}" if shift else "")
+        )
+    if summary["rows"] and not summary["ok_rows"]:
+        detail = "; ".join(summary["failures"]) or f"statuses {summary['status']}"
+        print(
+            f"Error: no row was answered by {summary['url']} ({detail}): "
+            "is `housing serve` running?",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
