@@ -129,9 +129,12 @@ class Service:
         return registry.get_alias_version(self.settings, "champion")
 
     # -- lifecycle
-    async def startup(self) -> None:
+    async def startup(self, wait_for_model: bool = False) -> None:
         self.writer.start()
         self.batcher.start()
+        if self.holder.model is None and wait_for_model:
+            # A worker of a multi-worker server: accept connections only once loaded.
+            self.holder.swap(await asyncio.to_thread(self.loader, None))
         if self.holder.model is None:
             self._tasks.append(asyncio.create_task(self._initial_load()))
         elif self.pinned_version is None and self.settings.serve.reload_interval_s > 0:
@@ -316,12 +319,14 @@ def create_app(
     model_version: int | None = None,
     loader: Callable[[str | None], LoadedModel] | None = None,
     alias_version: Callable[[], str | None] | None = None,
+    wait_for_model: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (or the registry's champion, loaded at startup).
 
     ``loader(version or None)`` and ``alias_version()`` default to the registry; tests
     pass their own to serve in-memory pipelines. ``model_version`` pins a version (the
-    watcher is then off).
+    watcher is then off). Without ``model`` the app loads one at startup: in the
+    background (``/ready`` says 503 meanwhile), or before serving with ``wait_for_model``.
     """
     from housing_mlops import __version__
 
@@ -329,7 +334,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.startup()
+        await service.startup(wait_for_model)
         try:
             yield
         finally:
@@ -520,7 +525,9 @@ def app_from_env() -> Any:
 
     settings = load_config(os.environ[CONFIG_ENV])
     version = os.environ.get(MODEL_VERSION_ENV)
-    return create_app(settings, model_version=int(version) if version else None)
+    return create_app(
+        settings, model_version=int(version) if version else None, wait_for_model=True
+    )
 
 
 # --------------------------------------------------------------------------- server
@@ -538,6 +545,27 @@ def _check_port_free(host: str, port: int) -> None:
             raise UsageError(
                 f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port"
             ) from None
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown (the process then dies
+        of the signal: 143, or a KeyboardInterrupt). A drained, flushed stop is a normal
+        exit for `housing serve`: exit 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    captured = getattr(self, "_captured_signals", None)
+                    if isinstance(captured, list):
+                        captured.clear()
+
+    return GracefulServer
 
 
 def run_server(
@@ -560,6 +588,7 @@ def run_server(
     from housing_mlops.errors import UsageError
     from housing_mlops.serving.predictor import load_from_registry
 
+    _Server = _graceful_server_class()
     serve = settings.serve
     host = host or serve.host
     port = port or serve.port
@@ -591,7 +620,7 @@ def run_server(
         app = create_app(settings, model, model_version=model_version)
         if on_ready:
             on_ready(summary)
-        uvicorn.Server(uvicorn.Config(app, **common)).run()
+        _Server(uvicorn.Config(app, **common)).run()
         return
     source = config_path or settings.source
     if source is None:

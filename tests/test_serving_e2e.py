@@ -1,0 +1,182 @@
+"""End to end: the real ``housing serve`` command on a free port, serving a champion from a
+real MLflow registry (SQLite store in tmp_path); SIGTERM flushes every answered request
+to the log. Also: no champion -> exit 5 before binding; several workers share metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from synthetic import make_frame, write_config
+
+from housing_mlops.config import load_config
+
+HOUSING = str(Path(sys.executable).with_name("housing"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def register_champion(config: Path) -> str:
+    """Fit a small pipeline on synthetic data, register it and make it the champion."""
+    from housing_mlops import registry
+    from housing_mlops.drift import build_profile
+    from housing_mlops.features import FEATURES
+    from housing_mlops.models import build_pipeline
+
+    settings = load_config(config)
+    frame = make_frame(500, seed=4)
+    X, y = frame[FEATURES], frame["MedHouseVal"]
+    candidate = settings.train.candidates[1]  # hist_gb, 30 iterations
+    pipeline = build_pipeline(candidate, settings.features, 42, n_jobs=1).fit(X, y)
+    pred = pipeline.predict(X)
+    profile = build_profile({**{c: X[c].to_numpy() for c in FEATURES}, "prediction": pred}, 200)
+    ref = registry.log_candidate(
+        settings,
+        run_name="e2e-hist_gb",
+        model=pipeline,
+        X_train=X,
+        params={"max_iter": 30},
+        metrics={"cv_rmse_mean": 0.3},
+        run_tags={"candidate": "hist_gb", "data_version": "synthetic"},
+        version_tags={"candidate": "hist_gb"},
+        train_frame=frame,
+        train_source=config.parent / "train.parquet",
+        train_hash="0" * 64,
+        profile=profile,
+    )
+    registry.set_alias(settings, registry.CHAMPION, ref.version)
+    return ref.version
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = write_config(tmp, {"serve": {"request_log": str(tmp / "requests.db")}})
+    version = register_champion(config)
+    return {"config": config, "version": version, "tmp": tmp}
+
+
+def start(config: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "HOUSING_RELOAD_TOKEN": ""}
+    return subprocess.Popen(
+        [HOUSING, "--config", str(config), "serve", "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str], base: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.communicate()}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("serve did not become ready")
+
+
+def rows(n: int) -> list[dict[str, float]]:
+    from housing_mlops.features import FEATURES
+
+    frame = make_frame(n, seed=9)
+    return [{c: float(frame[c].iloc[i]) for c in FEATURES} for i in range(n)]
+
+
+def log_rows(path: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("select * from requests order by id")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_no_champion_exits_5_before_binding(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    port = free_port()
+    proc = start(config, port)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5
+    assert "run `housing promote` first" in err
+    assert err.strip().splitlines()[-1].startswith("Error: ")
+
+
+@pytest.mark.slow
+def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[str, Any]) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(store["config"], port)
+    try:
+        wait_ready(proc, base)
+        info = httpx.get(f"{base}/model/info").json()
+        assert info["version"] == store["version"]
+        assert info["alias"] == "champion"
+        assert info["metrics"]["cv_rmse_mean"] == 0.3
+        assert info["fast_path"] is True
+        answered = 0
+        request_ids = []
+        with httpx.Client(base_url=base) as http:
+            for row in rows(30):
+                r = http.post("/predict", json=row)
+                assert r.status_code == 200, r.text
+                request_ids.append(r.json()["request_id"])
+                answered += 1
+            r = http.post("/predict", json={"instances": rows(7)})
+            assert r.status_code == 200
+            answered += 7
+            bad = http.post("/predict", json={**rows(1)[0], "Latitude": 60.0})
+            assert bad.status_code == 422
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"version {store['version']}" in err  # the startup line on stderr
+    logged = log_rows(store["tmp"] / "requests.db")
+    ok = [r for r in logged if r["status"] == 200]
+    assert len(ok) == answered
+    assert [r["request_id"] for r in ok[:30]] == request_ids
+    assert all(r["model_version"] == store["version"] for r in ok)
+    assert [r["status"] for r in logged if r["status"] != 200] == [422]
+
+
+@pytest.mark.slow
+def test_two_workers_aggregate_metrics(store: dict[str, Any]) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(store["config"], port, "--workers", "2")
+    try:
+        wait_ready(proc, base)
+        # New connections so both workers get some of the traffic.
+        for row in rows(40):
+            assert httpx.post(f"{base}/predict", json=row).status_code == 200
+        time.sleep(0.5)
+        text = httpx.get(f"{base}/metrics").text
+        line = next(ln for ln in text.splitlines() if ln.startswith("housing_predictions_total{"))
+        assert float(line.split()[-1]) == 40
+        assert "housing_model_info{" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
