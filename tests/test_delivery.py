@@ -219,7 +219,9 @@ def test_mlflow_uses_postgres_and_serves_artifacts_and_clients_point_at_it() -> 
     services = _services()
     mlflow = services["mlflow"]
     env = mlflow["environment"]
-    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    # Explicit driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the
+    # mlflow image (psycopg2-binary) does not have.
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert "@postgres:5432/" in env["MLFLOW_BACKEND_STORE_URI"]
     assert "--serve-artifacts" in mlflow["command"]
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
