@@ -36,5 +36,12 @@ format: $(STAMP)
 	$(BIN)/ruff format housing_mlops tests
 	$(BIN)/ruff check --fix housing_mlops tests
 
+# Drift over 1,000,000 logged requests: wall time and peak RSS of `housing drift --since 7d`
+# (targets: <= 5 s, <= 500 MB). BENCH_DRIFT_ARGS="--project-config configs/default.yaml"
+# uses the registry's champion (after `make demo`) instead of a built-in reference.
+.PHONY: bench-drift
+bench-drift: $(STAMP)
+	$(BIN)/python benchmarks/bench_drift.py $(BENCH_DRIFT_ARGS)
+
 clean:
 	rm -rf data mlruns reports .pytest_cache .ruff_cache

@@ -470,7 +470,7 @@ def check_drift(
             f"no request log at {log_path}: start `housing serve` and send it traffic "
             "(for example `python -m housing_mlops.traffic --rows 500`) first"
         )
-    db = store.open_db(log_path)
+    db = store.connect(log_path)
     try:
         counts = store.window_counts(db, since_ts, until_ts, version)
         if not counts:

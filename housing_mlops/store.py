@@ -236,48 +236,66 @@ class RequestLogWriter:
 # drift_runs: one row per check (window, model version, counts, dataset verdict).
 # drift_scores: one row per judged column of a run (every score, verdict, and a coarse
 # reference-vs-current histogram as JSON for the report's plots).
+# drift_references: the training profile of each model version seen (a cache, below).
+#
+# These functions use the standard library's sqlite3 directly and accept either a
+# sqlite-utils Database or a sqlite3 connection: importing sqlite-utils also imports pandas
+# (over a second and ~100 MB), which a drift check or a /metrics scrape does not need.
 
-DRIFT_RUN_COLUMNS: dict[str, type] = {
-    "id": int,
-    "created_at": float,
-    "since_ts": float,
-    "until_ts": float,
-    "model_name": str,
-    "model_version": str,
-    "rows": int,
-    "sampled_rows": int,
-    "other_versions": str,
-    "reference": str,
-    "reference_rows": int,
-    "features": int,
-    "drifting": int,
-    "drift_share": float,
-    "dataset_drift": int,
-    "any_drift": int,
-    "verdict": str,
-    "drifting_features": str,
-    "thresholds": str,
+DRIFT_RUN_COLUMNS: dict[str, str] = {
+    "id": "INTEGER PRIMARY KEY",
+    "created_at": "REAL NOT NULL",
+    "since_ts": "REAL",
+    "until_ts": "REAL",
+    "model_name": "TEXT",
+    "model_version": "TEXT",
+    "rows": "INTEGER",
+    "sampled_rows": "INTEGER",
+    "other_versions": "TEXT",
+    "reference": "TEXT",
+    "reference_rows": "INTEGER",
+    "features": "INTEGER",
+    "drifting": "INTEGER",
+    "drift_share": "REAL",
+    "dataset_drift": "INTEGER",
+    "any_drift": "INTEGER",
+    "verdict": "TEXT",
+    "drifting_features": "TEXT",
+    "thresholds": "TEXT",
 }
 
-DRIFT_SCORE_COLUMNS: dict[str, type] = {
-    "id": int,
-    "run_id": int,
-    "feature": str,
-    "kind": str,
-    "rows": int,
-    "ref_mean": float,
-    "cur_mean": float,
-    "ref_std": float,
-    "cur_std": float,
-    "psi": float,
-    "ks": float,
-    "ks_pvalue": float,
-    "wasserstein": float,
-    "wasserstein_norm": float,
-    "verdict": str,
-    "note": str,
-    "hist": str,
+DRIFT_SCORE_COLUMNS: dict[str, str] = {
+    "id": "INTEGER PRIMARY KEY",
+    "run_id": "INTEGER NOT NULL REFERENCES drift_runs(id)",
+    "feature": "TEXT NOT NULL",
+    "kind": "TEXT",
+    "rows": "INTEGER",
+    "ref_mean": "REAL",
+    "cur_mean": "REAL",
+    "ref_std": "REAL",
+    "cur_std": "REAL",
+    "psi": "REAL",
+    "ks": "REAL",
+    "ks_pvalue": "REAL",
+    "wasserstein": "REAL",
+    "wasserstein_norm": "REAL",
+    "verdict": "TEXT",
+    "note": "TEXT",
+    "hist": "TEXT",
 }
+
+_DRIFT_DDL = (
+    "CREATE TABLE IF NOT EXISTS drift_runs ("
+    + ", ".join(f'"{k}" {v}' for k, v in DRIFT_RUN_COLUMNS.items())
+    + ")",
+    "CREATE INDEX IF NOT EXISTS idx_drift_runs_created_at ON drift_runs(created_at)",
+    "CREATE TABLE IF NOT EXISTS drift_scores ("
+    + ", ".join(f'"{k}" {v}' for k, v in DRIFT_SCORE_COLUMNS.items())
+    + ")",
+    "CREATE INDEX IF NOT EXISTS idx_drift_scores_run_id ON drift_scores(run_id)",
+    "CREATE TABLE IF NOT EXISTS drift_references (key TEXT PRIMARY KEY, tracking_uri TEXT, "
+    "model_name TEXT, model_version TEXT, run_id TEXT, cached_at REAL, profile TEXT)",
+)
 
 _JSON_RUN_FIELDS = ("other_versions", "drifting_features", "thresholds")
 
@@ -289,29 +307,48 @@ _HASH_MOD = 1_000_003
 _HASH_MUL = 618_034  # ~ 0.618 * _HASH_MOD (golden-ratio multiplicative hashing)
 
 
-def ensure_drift_schema(db: Any) -> None:
-    """Create the ``drift_runs`` and ``drift_scores`` tables if they are missing."""
-    if not db["drift_runs"].exists():
-        db["drift_runs"].create(DRIFT_RUN_COLUMNS, pk="id")
-        db["drift_runs"].create_index(["created_at"], if_not_exists=True)
-    if not db["drift_scores"].exists():
-        db["drift_scores"].create(
-            DRIFT_SCORE_COLUMNS, pk="id", foreign_keys=[("run_id", "drift_runs", "id")]
-        )
-        db["drift_scores"].create_index(["run_id"], if_not_exists=True)
+def _conn(db: Any) -> Any:
+    """The sqlite3 connection behind a sqlite-utils Database (or the connection itself)."""
+    return getattr(db, "conn", db)
 
 
-def open_readonly(path: Path | str) -> Any | None:
-    """Open an existing log read-only (never creates it); None when the file is missing."""
+def _tables(db: Any) -> set[str]:
+    rows = _conn(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {r[0] for r in rows}
+
+
+def connect(path: Path | str, readonly: bool = False) -> Any | None:
+    """A plain sqlite3 connection to an existing log (None when the file is missing).
+
+    Read-write connections switch to WAL and create the drift tables. The ``requests``
+    table is left to ``open_db`` (the service creates it); readers treat it missing as
+    an empty log.
+    """
     import sqlite3
-
-    import sqlite_utils
 
     path = Path(path)
     if not path.is_file():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    return sqlite_utils.Database(conn)
+    if readonly:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    conn = sqlite3.connect(path, timeout=10.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    ensure_drift_schema(conn)
+    return conn
+
+
+def open_readonly(path: Path | str) -> Any | None:
+    """Open an existing log read-only (never creates it); None when the file is missing."""
+    return connect(path, readonly=True)
+
+
+def ensure_drift_schema(db: Any) -> None:
+    """Create the ``drift_runs``, ``drift_scores`` and ``drift_references`` tables."""
+    conn = _conn(db)
+    with conn:
+        for statement in _DRIFT_DDL:
+            conn.execute(statement)
 
 
 def _window_clause(
@@ -329,15 +366,39 @@ def window_counts(
     db: Any, since_ts: float, until_ts: float, model_version: str | None = None
 ) -> list[dict[str, Any]]:
     """Answered (status 200) rows per model version in [since, until), most rows first."""
+    if "requests" not in _tables(db):
+        return []
     clause, params = _window_clause(since_ts, until_ts, model_version)
     # Only our own fixed clause is interpolated; values go in as parameters.
     select = "SELECT model_name, model_version, COUNT(*) AS n, MIN(ts), MAX(ts) FROM requests"
     sql = f"{select} WHERE {clause} GROUP BY model_name, model_version ORDER BY n DESC"  # noqa: S608
-    cursor = db.execute(sql, params)
+    cursor = _conn(db).execute(sql, params)
     return [
         {"model_name": r[0], "model_version": r[1], "rows": r[2], "first_ts": r[3], "last_ts": r[4]}
         for r in cursor.fetchall()
     ]
+
+
+def _sample_clause(fraction: float) -> tuple[str, list[Any]]:
+    import math
+
+    if fraction >= 1.0:
+        return "1 = 1", []
+    threshold = max(1, math.ceil(fraction * _HASH_MOD))
+    return f"((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD} < ?", [threshold]
+
+
+def _fetch_array(cursor: Any, width: int, chunk_rows: int = 20_000) -> Any:
+    """All rows of a cursor as a float64 (n, width) array, fetched in chunks (None -> NaN)."""
+    import numpy as np
+
+    blocks = []
+    while True:
+        rows = cursor.fetchmany(chunk_rows)
+        if not rows:
+            break
+        blocks.append(np.array(rows, dtype=float).reshape(len(rows), width))
+    return np.concatenate(blocks) if blocks else np.empty((0, width))
 
 
 def window_sample(
@@ -347,32 +408,21 @@ def window_sample(
     model_version: str | None,
     columns: list[str],
     fraction: float = 1.0,
-    chunk_rows: int = 20_000,
 ) -> dict[str, Any]:
     """The window's answered rows (a deterministic uniform sample when fraction < 1).
 
-    Returns {column: float64 numpy array}. Rows are fetched in chunks straight into
-    preallocated arrays, so memory stays at a few bytes per sampled value.
+    Returns {column: float64 numpy array}. Rows are fetched in chunks into arrays, so
+    memory stays at a few bytes per sampled value.
     """
-    import numpy as np
-
     unknown = [c for c in columns if c not in REQUEST_COLUMNS]
     if unknown:
         raise ValueError(f"unknown request-log columns: {unknown}")
     clause, params = _window_clause(since_ts, until_ts, model_version)
-    if fraction < 1.0:
-        clause += f" AND ((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD} < ?"
-        params.append(max(1, int(np.ceil(fraction * _HASH_MOD))))
+    sample, sample_params = _sample_clause(fraction)
     select = ", ".join(f'"{c}"' for c in columns)
-    cursor = db.execute(f"SELECT {select} FROM requests WHERE {clause}", params)  # noqa: S608
-    blocks: list[Any] = []
-    while True:
-        rows = cursor.fetchmany(chunk_rows)
-        if not rows:
-            break
-        blocks.append(np.array(rows, dtype=float).reshape(len(rows), len(columns)))
-    data = np.concatenate(blocks) if blocks else np.empty((0, len(columns)))
-    return {c: np.ascontiguousarray(data[:, i]) for i, c in enumerate(columns)}
+    sql = f"SELECT {select} FROM requests WHERE {clause} AND {sample}"  # noqa: S608
+    data = _fetch_array(_conn(db).execute(sql, [*params, *sample_params]), len(columns))
+    return {c: data[:, i].copy() for i, c in enumerate(columns)}
 
 
 def _dumps(value: Any) -> str:
@@ -408,19 +458,45 @@ def save_drift_run(db: Any, result: dict[str, Any]) -> int:
         "drifting_features": _dumps(result.get("drifting_features") or []),
         "thresholds": _dumps(result.get("thresholds") or {}),
     }
-    with db.conn:
-        run_id = int(db["drift_runs"].insert(run).last_pk)
-        db["drift_scores"].insert_all(
+    score_keys = [k for k in DRIFT_SCORE_COLUMNS if k not in ("id", "run_id")]
+    conn = _conn(db)
+    with conn:
+        cursor = conn.execute(
+            f"INSERT INTO drift_runs ({', '.join(run)}) "  # noqa: S608 - fixed column names
+            f"VALUES ({', '.join('?' * len(run))})",
+            [_plain(v) for v in run.values()],
+        )
+        run_id = int(cursor.lastrowid)
+        conn.executemany(
+            f"INSERT INTO drift_scores (run_id, {', '.join(score_keys)}) "  # noqa: S608
+            f"VALUES (?, {', '.join('?' * len(score_keys))})",
             [
-                {
-                    "run_id": run_id,
-                    **{k: s.get(k) for k in DRIFT_SCORE_COLUMNS if k not in ("id", "run_id")},
-                    "hist": _dumps(s.get("hist")) if s.get("hist") is not None else None,
-                }
+                [run_id]
+                + [
+                    _dumps(s.get(k)) if k == "hist" and s.get(k) is not None else _plain(s.get(k))
+                    for k in score_keys
+                ]
                 for s in result.get("scores", [])
-            ]
+            ],
         )
     return run_id
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python; non-finite floats -> NULL."""
+    import math
+
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _rows(db: Any, sql: str, params: list[Any] | tuple = ()) -> list[dict[str, Any]]:
+    cursor = _conn(db).execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _run_from_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -436,8 +512,7 @@ def _run_from_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_drift_tables(db: Any) -> bool:
-    names = set(db.table_names())
-    return "drift_runs" in names and "drift_scores" in names
+    return {"drift_runs", "drift_scores"} <= _tables(db)
 
 
 def latest_drift_run(db: Any) -> dict[str, Any] | None:
@@ -446,11 +521,11 @@ def latest_drift_run(db: Any) -> dict[str, Any] | None:
 
     if db is None or not _has_drift_tables(db):
         return None
-    rows = list(db.query("SELECT * FROM drift_runs ORDER BY created_at DESC, id DESC LIMIT 1"))
+    rows = _rows(db, "SELECT * FROM drift_runs ORDER BY created_at DESC, id DESC LIMIT 1")
     if not rows:
         return None
     run = _run_from_row(rows[0])
-    scores = list(db.query("SELECT * FROM drift_scores WHERE run_id = ? ORDER BY id", [run["id"]]))
+    scores = _rows(db, "SELECT * FROM drift_scores WHERE run_id = ? ORDER BY id", [run["id"]])
     for score in scores:
         score["hist"] = json.loads(score["hist"]) if score.get("hist") else None
     run["scores"] = scores
@@ -461,8 +536,8 @@ def drift_history(db: Any, limit: int = 50) -> list[dict[str, Any]]:
     """Stored drift runs, newest first (without per-column scores), at most ``limit``."""
     if db is None or not _has_drift_tables(db):
         return []
-    rows = db.query(
-        "SELECT * FROM drift_runs ORDER BY created_at DESC, id DESC LIMIT ?", [int(limit)]
+    rows = _rows(
+        db, "SELECT * FROM drift_runs ORDER BY created_at DESC, id DESC LIMIT ?", [int(limit)]
     )
     return [_run_from_row(r) for r in rows]
 
@@ -476,46 +551,53 @@ def serving_stats(db: Any, sample_rows: int = 200_000) -> dict[str, Any]:
     """
     import numpy as np
 
-    total, errors, first, last = db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(status != 200), 0), MIN(ts), MAX(ts) FROM requests"
-    ).fetchone()
-    stats: dict[str, Any] = {
-        "rows": int(total),
-        "error_rows": int(errors),
-        "error_rate": (errors / total) if total else None,
-        "first_ts": first,
-        "last_ts": last,
+    empty: dict[str, Any] = {
+        "rows": 0,
+        "requests": 0,
+        "error_rows": 0,
+        "error_rate": None,
+        "first_ts": None,
+        "last_ts": None,
         "per_day": [],
         "latency_ms": {},
         "predictions": np.empty(0),
         "by_version": [],
     }
+    if db is None or "requests" not in _tables(db):
+        return empty
+    conn = _conn(db)
+    total, errors, first, last, requests = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(status != 200), 0), MIN(ts), MAX(ts), "
+        "COUNT(DISTINCT request_id) FROM requests"
+    ).fetchone()
+    stats = {
+        **empty,
+        "rows": int(total),
+        "requests": int(requests),
+        "error_rows": int(errors),
+        "error_rate": (errors / total) if total else None,
+        "first_ts": first,
+        "last_ts": last,
+    }
     if not total:
         return stats
     stats["per_day"] = [
         {"day": r[0], "rows": r[1], "errors": r[2], "requests": r[3]}
-        for r in db.execute(
+        for r in conn.execute(
             "SELECT date(ts, 'unixepoch') AS day, COUNT(*), SUM(status != 200), "
             "COUNT(DISTINCT request_id) FROM requests GROUP BY day ORDER BY day"
         ).fetchall()
     ]
     stats["by_version"] = [
         {"model_version": r[0], "rows": r[1]}
-        for r in db.execute(
+        for r in conn.execute(
             "SELECT model_version, COUNT(*) FROM requests WHERE status = 200 "
             "GROUP BY model_version ORDER BY model_version"
         ).fetchall()
     ]
-    fraction = min(1.0, sample_rows / total)
-    clause, params = "1 = 1", []
-    if fraction < 1.0:
-        clause = f"((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD} < ?"
-        params = [max(1, int(np.ceil(fraction * _HASH_MOD)))]
-    rows = db.execute(
-        f"SELECT latency_ms, prediction, status FROM requests WHERE {clause}",  # noqa: S608
-        params,
-    ).fetchall()
-    data = np.array(rows, dtype=float).reshape(len(rows), 3) if rows else np.empty((0, 3))
+    clause, params = _sample_clause(min(1.0, sample_rows / total))
+    sql = f"SELECT latency_ms, prediction, status FROM requests WHERE {clause}"  # noqa: S608
+    data = _fetch_array(conn.execute(sql, params), 3)
     latency = data[:, 0][np.isfinite(data[:, 0])]
     if latency.size:
         p50, p95, p99 = np.percentile(latency, [50, 95, 99])
@@ -525,8 +607,7 @@ def serving_stats(db: Any, sample_rows: int = 200_000) -> dict[str, Any]:
             "p99": float(p99),
             "mean": float(latency.mean()),
         }
-    ok = data[:, 2] == 200
-    predictions = data[ok, 1]
+    predictions = data[data[:, 2] == 200, 1]
     stats["predictions"] = predictions[np.isfinite(predictions)]
     return stats
 
@@ -541,12 +622,16 @@ def cached_reference(db: Any, tracking_uri: str, name: str, version: str) -> dic
     """The cached training profile of a model version, or None."""
     import json
 
-    if "drift_references" not in db.table_names():
+    if "drift_references" not in _tables(db):
         return None
-    row = db.execute(
-        "SELECT profile FROM drift_references WHERE key = ?",
-        [f"{tracking_uri}|{name}|{version}"],
-    ).fetchone()
+    row = (
+        _conn(db)
+        .execute(
+            "SELECT profile FROM drift_references WHERE key = ?",
+            [f"{tracking_uri}|{name}|{version}"],
+        )
+        .fetchone()
+    )
     return json.loads(row[0]) if row else None
 
 
@@ -557,16 +642,20 @@ def cache_reference(
     import json
     import time
 
-    with db.conn:
-        db["drift_references"].upsert(
-            {
-                "key": f"{tracking_uri}|{name}|{version}",
-                "tracking_uri": tracking_uri,
-                "model_name": name,
-                "model_version": str(version),
-                "run_id": run_id,
-                "cached_at": time.time(),
-                "profile": json.dumps(profile),
-            },
-            pk="key",
+    ensure_drift_schema(db)
+    conn = _conn(db)
+    with conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO drift_references "
+            "(key, tracking_uri, model_name, model_version, run_id, cached_at, profile) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                f"{tracking_uri}|{name}|{version}",
+                tracking_uri,
+                name,
+                str(version),
+                run_id,
+                time.time(),
+                json.dumps(profile),
+            ],
         )
