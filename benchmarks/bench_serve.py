@@ -1,0 +1,455 @@
+"""Benchmark `housing serve` against `mlflow models serve` on the same registered champion.
+
+    .venv/bin/python benchmarks/bench_serve.py [--config CONFIG] [--duration 15]
+    make bench-serve
+
+Which model: if the config's registry already has a ``champion`` (after ``make demo``),
+that champion is served by both servers. Otherwise a throwaway store in a temp folder gets
+one: the config's HistGradientBoosting candidate (``hist_gb``, the default one is 300
+iterations on the full feature pipeline) fitted on the processed train split when
+``housing featurize`` has run, else on 16,512 synthetic rows; registered through
+``registry.log_candidate`` and made champion. ``--temp-store`` forces the throwaway store.
+
+Both servers run one worker on loopback. `housing serve` runs with its config as is
+(request logging on, micro-batching, metrics); `mlflow models serve -m
+models:/NAME@champion --env-manager local` with MLflow's defaults. Each is driven alone (the
+other stopped) by a separate process with the same single-row request at 16 concurrent
+connections: `wrk` + a Lua script when `wrk` is installed, else a Python asyncio/httpx load
+generator (`--loadgen python` forces it). The request body is the same row; only the
+envelope differs (MLflow wants ``{"dataframe_records": [...]}``).
+
+Prints requests/s, p50 and p99 latency, errors and the ratio, plus the machine's load
+average (the numbers mean little on a busy machine). ``--json`` prints them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ROW = {
+    "MedInc": 8.3252,
+    "HouseAge": 41.0,
+    "AveRooms": 6.984,
+    "AveBedrms": 1.024,
+    "Population": 322.0,
+    "AveOccup": 2.556,
+    "Latitude": 37.88,
+    "Longitude": -122.23,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------ the model
+def has_champion(settings: Any) -> bool:
+    from housing_mlops import registry
+    from housing_mlops.errors import ModelError
+
+    try:
+        return registry.get_alias_version(settings, registry.CHAMPION) is not None
+    except ModelError:
+        return False
+
+
+def make_temp_store(base_config: Path, tmp: Path) -> Path:
+    """A config whose MLflow store (in ``tmp``) has a hist_gb champion; returns its path."""
+    import yaml
+
+    from housing_mlops import registry
+    from housing_mlops.config import load_config
+    from housing_mlops.drift import build_profile
+    from housing_mlops.features import FEATURES, TARGET
+    from housing_mlops.models import build_pipeline
+
+    raw = yaml.safe_load(base_config.read_text())
+    raw["mlflow"] = {
+        **raw.get("mlflow", {}),
+        "tracking_uri": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+        "artifact_location": str(tmp / "mlruns" / "artifacts"),
+    }
+    raw.setdefault("serve", {})["request_log"] = str(tmp / "requests.db")
+    # Keep the data paths of the base config (absolute) so the real split can be read.
+    base = load_config(base_config)
+    raw["paths"] = {k: str(v) for k, v in base.paths.model_dump().items()}
+    config = tmp / "bench.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    settings = load_config(config)
+
+    from housing_mlops import data
+    from housing_mlops.errors import DataError
+
+    try:
+        X, y = data.load_split(settings, "train")
+        source = "processed train split"
+    except DataError:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from synthetic import make_frame  # type: ignore[import-not-found]
+
+        frame = make_frame(16_512, seed=0)
+        X, y = frame[FEATURES], frame[TARGET]
+        source = "synthetic rows (run `housing featurize` for the real split)"
+    candidate = next(
+        (c for c in settings.train.candidates if c.estimator == "hist_gradient_boosting"),
+        settings.train.candidates[0],
+    )
+    log(f"bench: fitting '{candidate.name}' on {len(X)} {source} ...")
+    pipeline = build_pipeline(candidate, settings.features, settings.train.seed).fit(X, y)
+    pred = pipeline.predict(X)
+    profile = build_profile(
+        {**{c: X[c].to_numpy() for c in FEATURES}, "prediction": pred},
+        sample_size=settings.features.profile_sample_size,
+    )
+    frame = X.assign(**{TARGET: y})
+    ref = registry.log_candidate(
+        settings,
+        run_name=f"bench-{candidate.name}",
+        model=pipeline,
+        X_train=X,
+        params=dict(candidate.params),
+        metrics={},
+        run_tags={"candidate": candidate.name, "purpose": "bench-serve"},
+        version_tags={"candidate": candidate.name},
+        train_frame=frame,
+        train_source=tmp / "train.parquet",
+        train_hash="0" * 64,
+        profile=profile,
+    )
+    registry.set_alias(settings, registry.CHAMPION, ref.version)
+    log(f"bench: registered version {ref.version} as champion in {tmp}")
+    return config
+
+
+# -------------------------------------------------------------------------- servers
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+# ---------------------------------------------------------------------- load driving
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(url: str, body: str, seconds: float, connections: int, tmp: Path) -> dict[str, Any]:
+    script = tmp / "post.lua"
+    script.write_text(WRK_LUA.format(body=body))
+    threads = min(2, connections)
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {
+        p: _ms(v, u) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+    }
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    return {
+        "tool": "wrk",
+        "rps": rps,
+        "p50_ms": pct.get("50"),
+        "p99_ms": pct.get("99"),
+        "requests": total,
+        "errors": errors,
+    }
+
+
+async def _python_load(url: str, body: bytes, seconds: float, connections: int) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        end = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, content=body, headers=headers)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - t0) * 1e3)
+                errors += 0 if ok else 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def q(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+
+    return {
+        "tool": "python-httpx",
+        "rps": len(latencies) / elapsed,
+        "p50_ms": q(0.50),
+        "p99_ms": q(0.99),
+        "requests": len(latencies),
+        "errors": errors,
+        "mean_ms": statistics.fmean(latencies) if latencies else None,
+    }
+
+
+def run_python_loadgen(url: str, body: str, seconds: float, connections: int) -> dict[str, Any]:
+    """The Python generator in its own process (so it does not share the server's GIL)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_loadgen",
+        json.dumps({"url": url, "body": body, "seconds": seconds, "connections": connections}),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def drive(
+    url: str, body: str, seconds: float, connections: int, tool: str, tmp: Path
+) -> dict[str, Any]:
+    if tool == "wrk":
+        return run_wrk(url, body, seconds, connections, tmp)
+    return run_python_loadgen(url, body, seconds, connections)
+
+
+# ---------------------------------------------------------------------------- main
+def bench_housing(config: Path, args: argparse.Namespace, tool: str, tmp: Path) -> dict[str, Any]:
+    from housing_mlops.config import load_config
+
+    settings = load_config(config)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log(f"bench: starting housing serve on {base}")
+    proc = subprocess.Popen(
+        [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = Path(settings.serve.request_log)
+    before = _count_rows(db)
+    try:
+        wait_http(f"{base}/ready", proc)
+        body = json.dumps(ROW)
+        drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
+        log(f"bench: driving housing serve for {args.duration:.0f} s with {tool}")
+        result = drive(f"{base}/predict", body, args.duration, args.connections, tool, tmp)
+    finally:
+        code = stop(proc)
+    result["exit_code"] = code
+    result["request_log_rows_added"] = _count_rows(db) - before
+    return result
+
+
+def _count_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("select count(*) from requests").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def bench_mlflow(config: Path, args: argparse.Namespace, tool: str, tmp: Path) -> dict[str, Any]:
+    from housing_mlops import registry
+    from housing_mlops.config import load_config
+
+    settings = load_config(config)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    uri = f"models:/{settings.mlflow.registered_model_name}@champion"
+    log(f"bench: starting mlflow models serve -m {uri} on {base}")
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH.
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registry.tracking_uri(settings),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log_file = tmp / "mlflow-serve.log"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("wb"),
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        try:
+            wait_http(f"{base}/ping", proc)
+        except RuntimeError:
+            log(log_file.read_text(errors="replace")[-3000:])
+            raise
+        body = json.dumps({"dataframe_records": [ROW]})
+        drive(f"{base}/invocations", body, args.warmup, args.connections, tool, tmp)
+        log(f"bench: driving mlflow models serve for {args.duration:.0f} s with {tool}")
+        return drive(f"{base}/invocations", body, args.duration, args.connections, tool, tmp)
+    finally:
+        # mlflow serve spawns uvicorn as a child: stop the whole session it leads.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per server")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--temp-store", action="store_true", help="never use the config's store")
+    parser.add_argument("--only", choices=["housing", "mlflow"], default=None)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--_loadgen", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._loadgen:
+        spec = json.loads(args._loadgen)
+        result = asyncio.run(
+            _python_load(spec["url"], spec["body"].encode(), spec["seconds"], spec["connections"])
+        )
+        print(json.dumps(result))
+        return 0
+
+    from housing_mlops.config import load_config
+
+    tool = args.loadgen
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "python"
+    tmp = Path(tempfile.mkdtemp(prefix="housing-bench-"))
+    load_before = os.getloadavg()
+    try:
+        config = args.config.resolve()
+        settings = load_config(config)
+        if args.temp_store or not has_champion(settings):
+            config = make_temp_store(config, tmp)
+            store = f"temporary store {tmp}"
+        else:
+            store = f"the config's store ({settings.mlflow.tracking_uri})"
+        results: dict[str, Any] = {}
+        if args.only in (None, "housing"):
+            results["housing serve"] = bench_housing(config, args, tool, tmp)
+        if args.only in (None, "mlflow"):
+            results["mlflow models serve"] = bench_mlflow(config, args, tool, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()
+    summary: dict[str, Any] = {
+        "model_store": store,
+        "load_generator": tool,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "results": results,
+    }
+    if len(results) == 2:
+        h, m = results["housing serve"]["rps"], results["mlflow models serve"]["rps"]
+        summary["ratio_rps"] = h / m if m else None
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"bench-serve: {args.connections} connections, {args.duration:.0f} s each, {tool}")
+    print(f"model: champion of {store}")
+    print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:<22}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
+        )
+    if "ratio_rps" in summary and summary["ratio_rps"]:
+        print(f"ratio (housing / mlflow requests/s): {summary['ratio_rps']:.1f}x")
+    h = results.get("housing serve")
+    if h:
+        print(f"housing request log: {h['request_log_rows_added']} rows added (logging on)")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
