@@ -1,0 +1,213 @@
+"""`housing drift` end to end: a real MLflow store with a trained model, a real request log.
+
+A module-scoped fixture trains one ridge pipeline on synthetic data (the train helper's
+``train``), so the reference is the version's own training profile with its predictions.
+Requests are written to the log as the service writes them, with the model's real
+predictions: the test split in one window, the test split with MedInc x 1.2 in another.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synthetic import write_config
+from test_registry import write_processed
+
+from housing_mlops import drift, store
+from housing_mlops.cli import run
+from housing_mlops.config import load_config
+
+FEATURES = list(drift.FEATURES)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def log_frame(db: Any, frame: Any, preds: Any, start: float, version: str = "1") -> None:
+    rows = [
+        {
+            "ts": start + i * 0.01,
+            "request_id": f"v{version}-{start}-{i}",
+            "row_index": 0,
+            "model_name": "test-housing",
+            "model_version": version,
+            **{c: float(frame[c].iloc[i]) for c in FEATURES},
+            "prediction": float(preds[i]),
+            "latency_ms": 2.0,
+            "status": 200,
+        }
+        for i in range(len(frame))
+    ]
+    store.insert_requests(db, rows)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from housing_mlops import data, registry
+    from housing_mlops.train import train
+
+    tmp = tmp_path_factory.mktemp("drift-cli")
+    config = write_config(tmp, {"features": {"profile_sample_size": 3000}})
+    settings = load_config(config)
+    write_processed(settings, n=5000, seed=0)
+    train(settings, only=["ridge"])
+    ref = registry.resolve(settings, version=1)
+    model = registry.load_model(settings, ref)
+    x_test, _ = data.load_split(settings, "test")
+    shifted = x_test.copy()
+    shifted["MedInc"] *= 1.2
+
+    anchor = time.time() - 6 * 3600  # windows are given as ISO timestamps around this
+    db = store.open_db(settings.serve.request_log)
+    log_frame(db, x_test, model.predict(x_test), anchor)  # [anchor, anchor + 10 s)
+    log_frame(db, shifted, model.predict(shifted), anchor + 3600)  # an hour later
+    log_frame(db, x_test.iloc[:10], model.predict(x_test.iloc[:10]), anchor + 7200)  # tiny
+    log_frame(db, x_test.iloc[:300], model.predict(x_test.iloc[:300]), anchor + 10800, "9")
+    db.close()
+    return {"config": config, "settings": settings, "anchor": anchor, "rows": len(x_test)}
+
+
+def window_args(project: dict[str, Any], start: float, end: float) -> list[str]:
+    a = project["anchor"]
+    return ["--since", iso(a + start), "--until", iso(a + end)]
+
+
+def drift_json(project, capsys, *args: str) -> tuple[int, dict[str, Any], str]:  # type: ignore[no-untyped-def]
+    code = run(["--config", str(project["config"]), "drift", "--json", *args])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
+
+
+def marks(result: dict[str, Any]) -> dict[str, str]:
+    return {s["feature"]: s["verdict"] for s in result["scores"]}
+
+
+def test_the_test_split_drifts_nowhere_exit_0(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, result, err = drift_json(project, capsys, *window_args(project, -60, 60))
+    assert code == 0, err
+    assert result["rows"] == project["rows"] and result["model_version"] == "1"
+    assert result["reference"]["source"] == "registry:test-housing/1"
+    assert "drift" not in marks(result).values(), marks(result)
+    assert set(marks(result)) == {*FEATURES, "prediction"}
+    assert result["dataset_drift"] is False and result["any_drift"] is False
+
+
+def test_medinc_shift_drifts_medinc_and_prediction_exit_6(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, result, err = drift_json(project, capsys, *window_args(project, 3500, 3700))
+    assert code == 6, err
+    marked = marks(result)
+    assert marked["MedInc"] == "drift" and marked["prediction"] == "drift", marked
+    assert [f for f in FEATURES if marked[f] == "drift"] == ["MedInc"], marked
+    assert result["drifting_features"] == ["MedInc"] and result["verdict"] == "drift"
+    # Stored: the latest run is this one, with every score.
+    db = store.connect(project["settings"].serve.request_log)
+    latest = store.latest_drift_run(db)
+    db.close()
+    assert latest is not None and latest["id"] == result["run_id"]
+    assert latest["rows"] == project["rows"] and latest["any_drift"] is True
+    stored = {s["feature"]: s for s in latest["scores"]}
+    assert stored["MedInc"]["verdict"] == "drift"
+    assert stored["MedInc"]["psi"] == pytest.approx(result["scores"][0]["psi"])
+
+
+def test_table_output_has_every_column_and_the_dataset_line(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = run(["--config", str(project["config"]), "drift", *window_args(project, 3500, 3700)])
+    out = capsys.readouterr().out
+    assert code == 6
+    header = next(line for line in out.splitlines() if line.startswith("feature"))
+    for column in ("rows", "ref mean", "cur mean", "PSI", "KS", "p", "Wasserstein", "verdict"):
+        assert column in header
+    medinc = next(line for line in out.splitlines() if line.startswith("MedInc"))
+    assert medinc.rstrip().endswith("drift") and str(project["rows"]) in medinc
+    assert "Dataset drift: no (1/8 features drifting" in out
+    assert "marked drift: MedInc, prediction" in out
+
+
+def test_the_reference_is_cached_after_the_first_check(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    drift_json(project, capsys, *window_args(project, -60, 60))
+    db = store.connect(project["settings"].serve.request_log)
+    rows = db.execute("SELECT model_name, model_version, run_id FROM drift_references").fetchall()
+    db.close()
+    assert [(r[0], r[1]) for r in rows] == [("test-housing", "1")] and rows[0][2]
+
+
+def test_window_with_two_versions_judges_the_majority_and_lists_the_other(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, result, _ = drift_json(project, capsys, *window_args(project, 3500, 11000))
+    assert result["model_version"] == "1"  # 1010 rows of version 1, 300 of version 9
+    assert result["other_versions"] == {"9": 300}
+    assert code == 6
+
+
+def test_version_without_a_reference_is_insufficient_data_exit_7(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = drift_json(project, capsys, "--model-version", "9", "--since", "1d")
+    assert code == 7
+    assert err.startswith("Error: no reference profile for model version 9: ")
+
+
+def test_tiny_window_exit_7(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = drift_json(project, capsys, *window_args(project, 7100, 7300))
+    assert code == 7
+    assert "Error: only 10 answered request(s) from model version 1" in err
+    assert "drift needs at least 50 (drift.min_rows)" in err
+
+
+def test_empty_window_and_unknown_version_exit_7(project, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = drift_json(project, capsys, "--since", "2020-01-01", "--until", "2020-01-02")
+    assert code == 7
+    assert err.startswith(
+        "Error: no answered requests between 2020-01-01T00:00:00Z and 2020-01-02T00:00:00Z"
+    )
+    code, _, err = drift_json(project, capsys, "--since", "1d", "--model-version", "2")
+    assert code == 7 and "no answered requests served by model version 2" in err
+
+
+def test_missing_log_exit_7(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    code = run(["--config", str(config), "drift"])
+    err = capsys.readouterr().err
+    assert code == 7
+    assert f"Error: no request log at {tmp_path / 'data' / 'requests.db'}" in err
+    assert not (tmp_path / "data" / "requests.db").exists()  # drift never creates the log
+
+
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: str) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    code = run(["--config", str(config), "drift", option, "last week"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (
+        f"Error: {option} 'last week' is not a time: use a duration such as 30m, 12h, 7d or "
+        "2w (units s, m, h, d, w), or an ISO-8601 timestamp such as 2026-01-31 or "
+        "2026-01-31T12:00:00Z (no zone means UTC)"
+    )
+
+
+def test_installed_command_exits_6_on_drift(project) -> None:  # type: ignore[no-untyped-def]
+    exe = Path(sys.executable).parent / "housing"
+    a = project["anchor"]
+    proc = subprocess.run(
+        [
+            str(exe),
+            "--config",
+            str(project["config"]),
+            "drift",
+            "--since",
+            iso(a + 3500),
+            "--until",
+            iso(a + 3700),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 6, proc.stderr
+    assert "MedInc" in proc.stdout and "Dataset drift:" in proc.stdout
