@@ -47,7 +47,11 @@ def build_estimator(kind: str, params: dict[str, Any], seed: int, n_jobs: int = 
     if kind == "random_forest":
         from sklearn.ensemble import RandomForestRegressor
 
-        params.setdefault("n_jobs", n_jobs)
+        # One thread unless the config says otherwise: a threaded forest sums its trees in
+        # whatever order the threads finish, so predictions wobble in the last bit (a reloaded
+        # model would not predict *exactly* the same), and serving one row through a thread
+        # pool costs more than it saves.
+        params.setdefault("n_jobs", 1)
         params.setdefault("random_state", seed)
         return RandomForestRegressor(**params)
     if kind == "hist_gradient_boosting":

@@ -1,0 +1,184 @@
+"""The feature transformer: fitted on train only, no target leakage, same output however called."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from synthetic import make_frame
+
+from housing_mlops.config import FeaturesConfig
+from housing_mlops.features import FEATURES, TARGET, SpatialFeatures, build_preprocessor
+
+
+def real_frame(archive: Path) -> pd.DataFrame:
+    """The sklearn-style frame built straight from the StatLib archive."""
+    with tarfile.open(archive) as tf:
+        member = tf.extractfile("CaliforniaHousing/cal_housing.data")
+        assert member is not None
+        raw = np.loadtxt(io.BytesIO(member.read()), delimiter=",")
+    lon, lat, age, rooms, bedrms, pop, hh, inc, val = raw.T
+    return pd.DataFrame(
+        {
+            "MedInc": inc,
+            "HouseAge": age,
+            "AveRooms": rooms / hh,
+            "AveBedrms": bedrms / hh,
+            "Population": pop,
+            "AveOccup": pop / hh,
+            "Latitude": lat,
+            "Longitude": lon,
+            TARGET: val / 1e5,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return make_frame(600, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(frame: pd.DataFrame) -> SpatialFeatures:
+    return build_preprocessor(FeaturesConfig(), seed=7).fit(frame[FEATURES], frame[TARGET])
+
+
+def _state(t: SpatialFeatures) -> dict[str, object]:
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(t).items()}
+
+
+def test_output_width_matches_feature_names(fitted: SpatialFeatures, frame: pd.DataFrame) -> None:
+    out = fitted.transform(frame[FEATURES])
+    names = fitted.get_feature_names_out()
+    assert out.shape == (len(frame), len(names))
+    assert list(names[:8]) == FEATURES
+    assert "knn8_target_mean" in names and "knn32_target_mean" in names
+    assert len(set(names)) == len(names)
+
+
+def test_transform_of_unseen_data_does_not_change_the_fitted_state(
+    fitted: SpatialFeatures,
+) -> None:
+    before = _state(fitted)
+    other = make_frame(300, seed=99)
+    first = fitted.transform(make_frame(50, seed=5)[FEATURES])
+    fitted.transform(other[FEATURES])
+    after = _state(fitted)
+    for key, value in before.items():
+        if key.startswith("_tree"):
+            continue  # lazily built lookup cache, derived from the fitted arrays
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, after[key])
+        else:
+            assert value == after[key], key
+    np.testing.assert_array_equal(first, fitted.transform(make_frame(50, seed=5)[FEATURES]))
+    # the fitted neighbour set is the training rows, not whatever was transformed later
+    assert fitted.knn_points_.shape[0] == 600
+
+
+def test_neighbour_means_in_fit_transform_exclude_each_rows_own_target() -> None:
+    # Every block sits alone on a wide grid and its target is pure noise: the 1-nearest
+    # neighbour of a training row is the row itself, so a leaking feature would equal y.
+    rng = np.random.default_rng(0)
+    n = 400
+    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
+    X = make_frame(n, seed=3)[FEATURES].copy()
+    X["Latitude"] = 33.0 + gy.ravel() * 0.2
+    X["Longitude"] = -122.0 + gx.ravel() * 0.2
+    y = rng.normal(2.0, 1.0, n)
+    t = SpatialFeatures(knn_neighbors=(1, 4), knn_folds=5, random_state=0)
+    col = list(t.fit(X, y).get_feature_names_out()).index("knn1_target_mean")
+
+    in_sample = t.fit_transform(X, y)[:, col]
+    assert not np.any(np.isclose(in_sample, y))
+    assert abs(np.corrcoef(in_sample, y)[0, 1]) < 0.2
+
+    # transform (serving) uses the whole train set: the same rows now find themselves,
+    # which is exactly what fit_transform must not do.
+    np.testing.assert_allclose(t.transform(X)[:, col], y)
+
+
+def test_one_row_gives_the_same_output_as_that_row_inside_a_frame(
+    fitted: SpatialFeatures, frame: pd.DataFrame
+) -> None:
+    batch = fitted.transform(frame[FEATURES])
+    for i in (0, 17, 599):
+        one = fitted.transform(frame[FEATURES].iloc[[i]])
+        np.testing.assert_array_equal(one[0], batch[i])
+        np.testing.assert_array_equal(
+            fitted.transform(frame[FEATURES].to_numpy()[i : i + 1])[0], batch[i]
+        )
+
+
+def test_numpy_input_in_feature_order_equals_dataframe_in_any_column_order(
+    fitted: SpatialFeatures, frame: pd.DataFrame
+) -> None:
+    shuffled = frame[list(reversed(FEATURES)) + [TARGET]]
+    from_frame = fitted.transform(shuffled)
+    from_numpy = fitted.transform(frame[FEATURES].to_numpy())
+    np.testing.assert_array_equal(from_frame, from_numpy)
+
+    a = SpatialFeatures(random_state=3).fit_transform(shuffled, frame[TARGET])
+    b = SpatialFeatures(random_state=3).fit_transform(frame[FEATURES].to_numpy(), frame[TARGET])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_missing_column_or_wrong_width_is_a_clear_error(fitted: SpatialFeatures) -> None:
+    frame = make_frame(5)[FEATURES].drop(columns=["AveOccup"])
+    with pytest.raises(ValueError, match="AveOccup"):
+        fitted.transform(frame)
+    with pytest.raises(ValueError, match="8 columns"):
+        fitted.transform(np.zeros((2, 7)))
+
+
+def test_fit_transform_is_deterministic_given_the_seed(frame: pd.DataFrame) -> None:
+    X, y = frame[FEATURES], frame[TARGET]
+    a = SpatialFeatures(random_state=1).fit_transform(X, y)
+    b = SpatialFeatures(random_state=1).fit_transform(X, y)
+    c = SpatialFeatures(random_state=2).fit_transform(X, y)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[:, -1], c[:, -1])  # a different fold assignment
+
+
+def test_clone_and_get_params_round_trip(fitted: SpatialFeatures, frame: pd.DataFrame) -> None:
+    params = fitted.get_params()
+    assert params["knn_neighbors"] == (8, 32) and params["random_state"] == 7
+    twin = clone(fitted)
+    assert not hasattr(twin, "knn_points_")
+    assert twin.get_params() == params
+    refit = twin.fit(frame[FEATURES], frame[TARGET])
+    np.testing.assert_array_equal(
+        refit.transform(frame[FEATURES]), fitted.transform(frame[FEATURES])
+    )
+    twin.set_params(knn_neighbors=(4,), rotations_deg=(45.0,), city_distances=False)
+    out = twin.fit(frame[FEATURES], frame[TARGET]).transform(frame[FEATURES])
+    assert out.shape[1] == len(twin.get_feature_names_out())
+    assert list(twin.get_feature_names_out()[-1:]) == ["knn4_target_mean"]
+
+
+def test_raw_mode_passes_the_eight_features_through(frame: pd.DataFrame) -> None:
+    t = build_preprocessor(FeaturesConfig(), engineered=False).fit(frame[FEATURES])
+    np.testing.assert_array_equal(t.transform(frame[FEATURES]), frame[FEATURES].to_numpy())
+    assert list(t.get_feature_names_out()) == FEATURES
+
+
+def test_neighbour_means_need_a_target(frame: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="needs y"):
+        SpatialFeatures().fit(frame[FEATURES])
+
+
+def test_no_nan_or_inf_on_the_real_data(real_archive: Path) -> None:
+    df = real_frame(real_archive)
+    t = build_preprocessor(FeaturesConfig(), seed=42)
+    train, test = df.iloc[:16000], df.iloc[16000:]
+    fitted_out = t.fit_transform(train[FEATURES], train[TARGET])
+    assert np.isfinite(fitted_out).all()
+    assert np.isfinite(t.transform(test[FEATURES])).all()
+    # neighbour means are averages of real targets, so they stay inside the target range
+    knn = t.transform(test[FEATURES])[:, -2:]
+    assert knn.min() >= df[TARGET].min() and knn.max() <= df[TARGET].max()
