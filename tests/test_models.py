@@ -1,4 +1,4 @@
-"""The pipeline factory: every estimator builds, fits, and survives a skops round trip via MLflow."""
+"""The pipeline factory: every estimator builds, fits and survives a skops round trip."""
 
 from __future__ import annotations
 
