@@ -495,7 +495,23 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a self-contained HTML report and its Markdown twin."""
-    _not_yet("report", "the drift/report issue")
+    from housing_mlops.output import print_json, print_kv
+    from housing_mlops.report import build_report
+
+    settings = _state(ctx).settings()
+    result = build_report(settings, out)
+    if as_json:
+        print_json(result)
+    else:
+        print_kv(
+            {
+                "html": result["html"],
+                "markdown": result["markdown"],
+                "images": f"{result['images']} (embedded; also in {result['assets']})",
+                **{f"section {k}": v for k, v in result["sections"].items()},
+            },
+            title="housing report",
+        )
 
 
 # ---------------------------------------------------------------------- entry point
