@@ -462,6 +462,18 @@ def test_ci_workflow_runs_every_gate() -> None:
     assert uploads and uploads[0]["with"]["path"].startswith("reports")
 
 
+def test_bandit_as_ci_runs_it_finds_no_medium_or_high_issue() -> None:
+    """The security job's bandit command, run here so a finding fails before CI does."""
+    bandit = _must_have("bandit", "pip install bandit (dev extra)")
+    [step] = [
+        s for s in _workflow("ci.yml")["jobs"]["security"]["steps"] if "bandit" in s.get("run", "")
+    ]
+    args = step["run"].split()
+    assert args[:3] == ["bandit", "-r", "housing_mlops"]
+    result = _run([bandit, *args[1:]], cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
 def test_release_workflow_pushes_the_image_to_ghcr_on_version_tags() -> None:
     wf = _workflow("release.yml")
     on = wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as True
