@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# fetch -> featurize -> train -> evaluate -> promote -> serve + traffic -> drift -> report
 demo: $(STAMP)
-	$(BIN)/housing fetch
-	$(BIN)/housing featurize
+	BIN=$(BIN) bash scripts/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
