@@ -49,6 +49,13 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"pipes": pipes, "profile": profile, "X": X}
 
 
+def wait_until(condition: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
 class Server:
     """uvicorn in a background thread (signal handlers are only installed in main)."""
 
@@ -126,13 +133,15 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path, versions: dict[str
         threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        wait_until(lambda: all(seen.get(n) for n in range(8)), "every client got an answer")
         alias["version"] = "2"
         deadline = time.time() + 10
         while httpx.get(f"{base}/model/info").json()["version"] != "2":
             assert time.time() < deadline, "the watcher did not switch to version 2"
             time.sleep(0.05)
-        time.sleep(0.4)
+        wait_until(
+            lambda: all(seen[n][-1][0] == "2" for n in range(8)), "every client saw version 2"
+        )
         # A broken version: the old model keeps serving.
         alias["version"] = "3"
         deadline = time.time() + 10

@@ -19,10 +19,15 @@ Status codes of ``/predict`` (bad input never gives a 500):
 token, 403 with a wrong one, 409 when a ``--model-version`` is pinned, 200 with the
 result, 500 when loading the new version failed (the old one keeps serving).
 
-The hot path stays lean: a pure ASGI middleware (no ``BaseHTTPMiddleware``) times every
-request and, for ``/predict``, checks content type and size while reading the body; the
-route validates the raw bytes with pydantic, predicts through the micro-batcher and
-answers with orjson-encoded bytes. Request-log rows are queued for a background writer.
+The hot path stays lean: a pure ASGI middleware (``ServingMiddleware``, no
+``BaseHTTPMiddleware``) times every request for the metrics and answers ``POST /predict``
+itself: it checks content type and size while reading the body, then
+``Service.answer_predict`` validates the raw bytes with pydantic (in Rust), predicts through
+the micro-batcher and answers with orjson-encoded bytes, skipping FastAPI's routing,
+dependency and exception layers (the FastAPI route exists for the OpenAPI docs and calls
+the same function). 422 bodies are shaped in one place (``Service.validation_failure``),
+also used by FastAPI's ``RequestValidationError`` handler. Request-log rows are queued for
+a background writer.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import logging
 import os
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +120,8 @@ class Service:
             serve.reload_interval_s,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        self._rid_prefix = secrets.token_hex(6)
+        self._rid_counter = itertools.count(1)
 
     # -- registry access (only through housing_mlops.registry)
     def _registry_loader(self, version: str | None) -> LoadedModel:
@@ -167,12 +175,88 @@ class Service:
         await asyncio.to_thread(self.writer.close)
         self.metrics.process_exit()
 
+    # -- /predict
+    def new_request_id(self) -> str:
+        # A random per-process prefix and a counter: unique, and cheaper than uuid4.
+        return f"{self._rid_prefix}{next(self._rid_counter):x}"
+
+    def validation_failure(
+        self, scope: Scope, errors: list[dict[str, Any]]
+    ) -> tuple[int, bytes, str]:
+        """The 422 answer: every bad field with path and reason; counted and logged."""
+        shaped = format_errors(errors, self.settings.serve.max_batch_size)
+        for err in shaped:
+            self.metrics.validation_errors.labels(metric_field(err)).inc()
+        rid = scope.get("housing.request_id") or self.new_request_id()
+        if scope.get("path") == "/predict":
+            summary = "; ".join(f"{e['field']}: {e['msg']}" for e in shaped)
+            self.log_rejected(scope, 422, summary)
+        return 422, orjson.dumps({"detail": shaped, "request_id": rid}), rid
+
+    async def answer_predict(self, scope: Scope, body: bytes) -> tuple[int, bytes, str]:
+        """Validate, predict (micro-batched), log; returns (status, JSON bytes, request id)."""
+        rid = scope.get("housing.request_id") or self.new_request_id()
+        model = self.holder.model
+        if model is None:
+            self.log_rejected(scope, 503, "no model loaded yet")
+            return 503, orjson.dumps({"detail": "no model loaded yet", "request_id": rid}), rid
+        try:
+            if b'"instances"' in body:
+                batch = model.requests.batch.model_validate_json(body)
+                rows = batch.instances  # type: ignore[attr-defined]
+                single = False
+            else:
+                rows = [model.requests.house.model_validate_json(body)]
+                single = True
+        except ValidationError as exc:
+            return self.validation_failure(scope, exc.errors(include_url=False))  # type: ignore[arg-type]
+        values = [tuple(r.__dict__.values()) for r in rows]
+        X = np.array(values, dtype=np.float64)
+        try:
+            preds, used = await self.batcher.predict(X)
+        except Exception as exc:  # noqa: BLE001 - a model failure, not bad input
+            log.exception("prediction failed")
+            self.log_rejected(scope, 500, f"prediction failed: {exc}")
+            return 500, orjson.dumps({"detail": "prediction failed", "request_id": rid}), rid
+        version = used.meta.version
+        name = used.meta.name
+        pred_list = preds.tolist()
+        if single:
+            p = pred_list[0]
+            payload: dict[str, Any] = {
+                "request_id": rid,
+                "model_name": name,
+                "model_version": version,
+                "prediction": p,
+                "prediction_usd": round(p * 100_000.0, 2),
+            }
+        else:
+            payload = {
+                "request_id": rid,
+                "model_name": name,
+                "model_version": version,
+                "count": len(pred_list),
+                "predictions": pred_list,
+                "predictions_usd": [round(p * 100_000.0, 2) for p in pred_list],
+            }
+        content = orjson.dumps(payload)
+        self.metrics.observe_predictions(version, pred_list)
+        ts = scope["housing.ts"]
+        latency = (time.perf_counter() - scope["housing.t0"]) * 1000.0
+        self.writer.submit(
+            [
+                (ts, rid, i, name, version, *row, pred, latency, 200, None)
+                for i, (row, pred) in enumerate(zip(values, pred_list, strict=True))
+            ]
+        )
+        return 200, content, rid
+
     # -- request log
     def log_rejected(self, scope: Scope, status: int, error: str) -> None:
         ts = scope.get("housing.ts") or time.time()
         t0 = scope.get("housing.t0")
         latency = (time.perf_counter() - t0) * 1000.0 if t0 else None
-        rid = scope.get("housing.request_id") or uuid.uuid4().hex
+        rid = scope.get("housing.request_id") or self.new_request_id()
         self.writer.submit(
             [
                 (
@@ -219,16 +303,30 @@ class ServingMiddleware:
             if method == "POST" and path == "/predict":
                 scope["housing.t0"] = t0
                 scope["housing.ts"] = time.time()
-                receive = await self._gate(scope, receive, send_wrapper)
-                if receive is None:
+                body = await self._gate(scope, receive, send_wrapper)
+                if body is None:
                     return
+                status, content, rid = await self.service.answer_predict(scope, body)
+                await send_wrapper(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(content)).encode()),
+                            (b"x-request-id", rid.encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": content})
+                return
             await self.app(scope, receive, send_wrapper)
         finally:
             self.service.metrics.observe_http(
                 path if path in HANDLERS else "other", method, status, time.perf_counter() - t0
             )
 
-    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """Check and read a /predict body; None when a response has already been sent."""
         content_type = b""
         content_length = -1
@@ -245,7 +343,7 @@ class ServingMiddleware:
                 text = value.decode("latin-1")
                 if _REQUEST_ID.match(text):
                     request_id = text
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or self.service.new_request_id()
         scope["housing.request_id"] = request_id
         media = content_type.split(b";", 1)[0].strip().lower()
         if media != b"application/json" and not (
@@ -277,16 +375,7 @@ class ServingMiddleware:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         scope["housing.body"] = body
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay
+        return body
 
     def _too_large(self, length: int | None) -> str:
         got = f"{length} bytes" if length is not None else "more than that"
@@ -349,23 +438,15 @@ def create_app(
     )
     app.state.service = service
     holder = service.holder
-    batcher = service.batcher
-    writer = service.writer
     metrics = service.metrics
     serve_cfg = settings.serve
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = format_errors(list(exc.errors()), serve_cfg.max_batch_size)
-        for err in errors:
-            metrics.validation_errors.labels(metric_field(err)).inc()
-        scope = request.scope
-        rid = scope.get("housing.request_id")
-        if scope.get("path") == "/predict":
-            summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors)
-            service.log_rejected(scope, 422, summary)
-        headers = {"x-request-id": rid} if rid else None
-        return _json(422, {"detail": errors, "request_id": rid}, headers)
+        status, content, rid = service.validation_failure(request.scope, list(exc.errors()))
+        return Response(
+            content, status_code=status, media_type=_JSON, headers={"x-request-id": rid}
+        )
 
     @app.post(
         "/predict",
@@ -380,64 +461,16 @@ def create_app(
         },
     )
     async def predict(request: Request) -> Response:
+        # Documentation and a fallback: ServingMiddleware answers /predict itself (same
+        # Service.answer_predict) without FastAPI's routing and exception layers.
         scope = request.scope
         body = scope.get("housing.body")
-        if body is None:  # pragma: no cover - the middleware always sets it
+        if body is None:
             body = await request.body()
-        rid = scope.get("housing.request_id") or uuid.uuid4().hex
-        model = holder.model
-        if model is None:
-            service.log_rejected(scope, 503, "no model loaded yet")
-            return _json(503, {"detail": "no model loaded yet", "request_id": rid})
-        try:
-            if b'"instances"' in body:
-                rows = model.requests.batch.model_validate_json(body).instances  # type: ignore[attr-defined]
-                single = False
-            else:
-                rows = [model.requests.house.model_validate_json(body)]
-                single = True
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from None
-        values = [tuple(r.__dict__.values()) for r in rows]
-        X = np.array(values, dtype=np.float64)
-        try:
-            preds, used = await batcher.predict(X)
-        except Exception as exc:  # noqa: BLE001 - a model failure, not bad input
-            log.exception("prediction failed")
-            service.log_rejected(scope, 500, f"prediction failed: {exc}")
-            return _json(500, {"detail": "prediction failed", "request_id": rid})
-        version = used.meta.version
-        name = used.meta.name
-        pred_list = preds.tolist()
-        if single:
-            p = pred_list[0]
-            payload: dict[str, Any] = {
-                "request_id": rid,
-                "model_name": name,
-                "model_version": version,
-                "prediction": p,
-                "prediction_usd": round(p * 100_000.0, 2),
-            }
-        else:
-            payload = {
-                "request_id": rid,
-                "model_name": name,
-                "model_version": version,
-                "count": len(pred_list),
-                "predictions": pred_list,
-                "predictions_usd": [round(p * 100_000.0, 2) for p in pred_list],
-            }
-        content = orjson.dumps(payload)
-        metrics.observe_predictions(version, pred_list)
-        ts = scope["housing.ts"]
-        latency = (time.perf_counter() - scope["housing.t0"]) * 1000.0
-        writer.submit(
-            [
-                (ts, rid, i, name, version, *row, pred, latency, 200, None)
-                for i, (row, pred) in enumerate(zip(values, pred_list, strict=True))
-            ]
+        status, content, rid = await service.answer_predict(scope, body)
+        return Response(
+            content, status_code=status, media_type=_JSON, headers={"x-request-id": rid}
         )
-        return Response(content, media_type=_JSON, headers={"x-request-id": rid})
 
     @app.get("/health", summary="The process is alive")
     async def health() -> Response:
