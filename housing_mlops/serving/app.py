@@ -41,7 +41,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,8 @@ _NO_FEATURES = (None,) * 8
 _JSON = "application/json"
 assert len(LOG_COLUMNS) == 17  # noqa: S101 - the row tuples below follow this layout
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -502,6 +502,13 @@ def create_app(
                 "last_reload_error": holder.last_reload_error,
                 "input_schema": model.requests.input_schema(),
                 "max_body_bytes": serve_cfg.max_body_bytes,
+                "microbatch": {
+                    "window_ms": serve_cfg.microbatch_window_ms,
+                    "max_rows": serve_cfg.microbatch_max_rows,
+                    "predictor_threads": serve_cfg.predictor_threads,
+                    "batches": service.batcher.batches,
+                    "rows": service.batcher.rows,
+                },
             }
         )
         return _json(200, info)

@@ -59,7 +59,9 @@ class ModelMeta:
             source=getattr(ref, "source", None),
             metrics=dict(getattr(ref, "metrics", None) or {}),
             data_version=getattr(ref, "data_version", None),
-            created_at=created.isoformat() if hasattr(created, "isoformat") else created,
+            created_at=created.isoformat()
+            if created is not None and hasattr(created, "isoformat")
+            else created,
             tags=dict(getattr(ref, "tags", None) or {}),
         )
 

@@ -187,7 +187,7 @@ def build_request_models(
         __doc__="One census block group: the 8 raw features.",
         __validators__={
             "bedrooms_not_above_rooms": field_validator("AveBedrms")(
-                classmethod(_bedrooms_not_above_rooms)
+                classmethod(_bedrooms_not_above_rooms)  # type: ignore[dict-item]
             )
         },
         **fields,
@@ -196,7 +196,7 @@ def build_request_models(
         "Batch",
         __config__=_STRICT,
         __doc__=f"Several houses at once (1 to {max_batch_size}).",
-        instances=(list[house], Field(..., min_length=1, max_length=max_batch_size)),
+        instances=(list[house], Field(..., min_length=1, max_length=max_batch_size)),  # type: ignore[valid-type]
     )
     return RequestModels(house=house, batch=batch, ranges=ranges, max_batch_size=max_batch_size)
 
