@@ -124,7 +124,11 @@ def _champion_and_leaderboard(settings: Any) -> tuple[Section, Section, Any]:
 
     champion = Section("champion", "Champion")
     board = Section("leaderboard", "Leaderboard")
-    versions = registry.list_versions(settings)
+    uri = registry.tracking_uri(settings)
+    # A local SQLite store that does not exist holds no model: say so without letting
+    # MLflow create (and migrate) an empty database as a side effect of reading.
+    no_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()
+    versions = [] if no_store else registry.list_versions(settings)
     if not versions:
         msg = "No model is registered yet: run `housing train`, `housing evaluate` and "
         msg += "`housing promote`."

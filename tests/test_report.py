@@ -1,0 +1,227 @@
+"""`housing report`: empty, partial and full state; self-contained HTML and a Markdown twin.
+
+The full state is real: the shared synthetic MLflow store of test_registry (copied),
+evaluated and promoted with the train helper's functions, a request log written as the
+service writes it, and two stored drift runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from synthetic import write_config
+from test_registry import copy_store, trained_store
+
+from housing_mlops import drift, store
+from housing_mlops.cli import run
+from housing_mlops.config import load_config
+from housing_mlops.report import build_report
+
+FEATURES = list(drift.FEATURES)
+
+
+def assert_self_contained(html: str) -> None:
+    assert not re.search(r"https?://", html), "the report must not reference the network"
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+    for src in re.findall(r'<img[^>]*src="([^"]+)"', html):
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_empty_state_gives_sections_that_say_what_to_run(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    code = run(["--config", str(config), "report", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["html"] == str(tmp_path / "reports" / "report.html")
+    assert set(result["sections"].values()) == {"empty"}
+    html = Path(result["html"]).read_text()
+    markdown = Path(result["markdown"]).read_text()
+    for text in (html, markdown):
+        assert "No model is registered yet: run `housing train`" in text.replace(
+            "<code>", "`"
+        ).replace("</code>", "`")
+        assert "no traffic yet" in text
+        assert "No request log at" in text
+    assert_self_contained(html)
+    assert "<img" not in html
+    # Reading never creates the request log or an MLflow store.
+    assert not (tmp_path / "data" / "requests.db").exists()
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.fixture(scope="module")
+def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from housing_mlops import data, registry
+    from housing_mlops.evaluate import evaluate
+    from housing_mlops.promote import promote
+
+    base, _ = trained_store(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("report")
+    settings = copy_store(base, tmp)
+    settings = load_config(
+        write_config(
+            tmp,
+            {
+                "paths": settings.paths.model_dump(mode="json"),
+                "mlflow": settings.mlflow.model_dump(mode="json"),
+                "promote": settings.promote.model_dump(mode="json"),
+                "serve": {"request_log": str(tmp / "requests.db")},
+                "drift": {"min_rows": 50},
+            },
+        )
+    )
+    evaluate(settings, all_versions=True)
+    promote(settings)
+    champion = registry.resolve(settings)
+    model = registry.load_model(settings, champion)
+    x_test, _ = data.load_split(settings, "test")
+    shifted = x_test.copy()
+    shifted["MedInc"] *= 1.3
+    db = store.open_db(settings.serve.request_log)
+    now = time.time()
+    for day, frame in ((2, x_test), (1, shifted)):
+        preds = model.predict(frame)
+        store.insert_requests(
+            db,
+            [
+                {
+                    "ts": now - day * 86400 + i,
+                    "request_id": f"d{day}-{i}",
+                    "row_index": 0,
+                    "model_name": champion.name,
+                    "model_version": champion.version,
+                    **{c: float(frame[c].iloc[i]) for c in FEATURES},
+                    "prediction": float(preds[i]),
+                    "latency_ms": 1.0 + (i % 10),
+                    "status": 200,
+                }
+                for i in range(len(frame))
+            ]
+            + [
+                {
+                    "ts": now - day * 86400 + 500,
+                    "request_id": f"bad{day}",
+                    "row_index": 0,
+                    "latency_ms": 0.5,
+                    "status": 422,
+                    "error": "MedInc: must be > 0",
+                }
+            ],
+        )
+    db.close()
+    day_before = datetime.fromtimestamp(now - 2 * 86400 - 10, tz=UTC).isoformat()
+    day_after = datetime.fromtimestamp(now - 86400 - 10, tz=UTC).isoformat()
+    drift.check_drift(settings, since=day_before, until=day_after)
+    drift.check_drift(settings, since="36h")
+    return {"settings": settings, "champion": champion, "tmp": tmp, "test_rows": len(x_test)}
+
+
+@pytest.fixture(scope="module")
+def full_report(full_state, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The report of the full state, written through the CLI (`housing report --out --json`)."""
+    out = tmp_path_factory.mktemp("full-report") / "out"
+    config = full_state["tmp"] / "config.yaml"
+    captured = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "housing"),
+            "--config",
+            str(config),
+            "report",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert captured.returncode == 0, captured.stderr
+    return {**json.loads(captured.stdout), "out": out}
+
+
+def test_full_report_has_every_section_with_embedded_images(full_state, full_report) -> None:  # type: ignore[no-untyped-def]
+    result, out = full_report, full_report["out"]
+    assert result["html"] == str(out / "report.html")
+    assert result["markdown"] == str(out / "report.md")
+    assert result["sections"] == {
+        "champion": "ok",
+        "leaderboard": "ok",
+        "evaluation": "ok",
+        "drift": "ok",
+        "serving": "ok",
+    }
+    html = Path(result["html"]).read_text()
+    assert_self_contained(html)
+    for heading in (
+        "Champion",
+        "Promotion history",
+        "Leaderboard",
+        "Predicted vs actual",
+        "Error by slice",
+        "Permutation feature importance",
+        "Drift history",
+        "Reference vs current",
+        "Requests per day",
+        "latency p99 (ms)",
+        "error rate (rows)",
+        "Distribution of predictions",
+    ):
+        assert heading in html, heading
+    assert html.count('src="data:image/png;base64,') == result["images"] >= 8
+    champion = full_state["champion"]
+    assert f"<td>version</td><td>{champion.version}</td>" in html
+    # The leaderboard lists both versions with CV and holdout metrics.
+    board = html.split('id="leaderboard"')[1].split("<h2")[0]
+    assert board.count("<tr>") == 3 and "holdout RMSE" in board and "cv RMSE" in board
+    # The drift table shows the latest run: MedInc x 1.3 marked drift.
+    drift_part = html.split('id="drift"')[1].split("<h2")[0]
+    assert re.search(
+        r"<td>MedInc</td>(<td>[^<]*</td>){7}<td><span class=\"drift\">drift", drift_part
+    )
+    # Serving: two days of traffic, one rejected request per day.
+    serving = html.split('id="serving"')[1]
+    rows = 2 * (full_state["test_rows"] + 1)
+    assert f"<td>logged rows</td><td>{rows}</td>" in serving
+    assert f"<td>error rate (rows)</td><td>{100 * 2 / rows:.2f} %</td>" in serving
+    markdown = Path(result["markdown"]).read_text()
+    images = re.findall(r"!\[[^\]]*\]\((report_files/[^)]+\.png)\)", markdown)
+    assert len(images) == result["images"]
+    for rel in images:
+        assert (out / rel).read_bytes()[:4] == b"\x89PNG"
+    assert "## Drift" in markdown and "| MedInc |" in markdown
+
+
+def test_rerun_replaces_the_report_atomically(full_state, full_report) -> None:  # type: ignore[no-untyped-def]
+    out = full_report["out"]
+    (out / "report_files" / "stale.png").write_bytes(b"old")
+    before = Path(full_report["html"]).stat().st_mtime_ns
+    second = build_report(full_state["settings"], out)
+    assert second["html"] == out / "report.html"
+    assert Path(second["html"]).stat().st_mtime_ns >= before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp files
+    assert not (out / "report_files" / "stale.png").exists()
+    assert (Path(second["html"]).stat().st_mode & 0o044) == 0o044  # readable by others
+
+
+def test_model_without_traffic_says_so(full_state, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = full_state["settings"]
+    quiet = settings.model_copy(
+        update={"serve": settings.serve.model_copy(update={"request_log": tmp_path / "none.db"})}
+    )
+    result = build_report(quiet, tmp_path / "out")
+    assert result["sections"]["champion"] == "ok" and result["sections"]["evaluation"] == "ok"
+    assert result["sections"]["drift"] == "empty" and result["sections"]["serving"] == "empty"
+    html = Path(result["html"]).read_text()
+    assert "no drift run" in html and "no traffic yet" in html
+    assert_self_contained(html)
