@@ -105,13 +105,21 @@ _LAT0 = 36.0
 _LON_SCALE = math.cos(math.radians(_LAT0))
 
 
-def _haversine_km(lat: np.ndarray, lon: np.ndarray, lat2: float, lon2: float) -> np.ndarray:
-    phi1 = np.radians(lat)
-    phi2 = math.radians(lat2)
-    dphi = phi1 - phi2
-    dlmb = np.radians(lon) - math.radians(lon2)
-    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * math.cos(phi2) * np.sin(dlmb / 2) ** 2
-    return 2 * _EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+_CITY_LAT = np.radians([lat for _, lat, _ in CITIES])
+_CITY_LON = np.radians([lon for _, _, lon in CITIES])
+_COAST_LAT = np.radians([lat for lat, _ in COAST])
+_COAST_LON = np.radians([lon for _, lon in COAST])
+
+
+def _haversine_km(
+    lat: np.ndarray, lon: np.ndarray, ref_lat: np.ndarray, ref_lon: np.ndarray
+) -> np.ndarray:
+    """Great-circle km from each (lat, lon) in degrees to each reference point (radians)."""
+    phi = np.radians(lat)[:, None]
+    dphi = phi - ref_lat
+    dlmb = np.radians(lon)[:, None] - ref_lon
+    a = np.sin(dphi * 0.5) ** 2 + np.cos(phi) * np.cos(ref_lat) * np.sin(dlmb * 0.5) ** 2
+    return (2 * _EARTH_KM) * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
 
 
 def _as_matrix(X: Any) -> np.ndarray:
@@ -120,7 +128,9 @@ def _as_matrix(X: Any) -> np.ndarray:
         missing = [c for c in FEATURES if c not in X.columns]
         if missing:
             raise ValueError(f"input is missing feature column(s): {missing}")
-        return np.column_stack([np.asarray(X[c], dtype=np.float64) for c in FEATURES])
+        if list(X.columns) == FEATURES:
+            return np.asarray(X.to_numpy(dtype=np.float64))  # fast path (serving)
+        return np.asarray(X[FEATURES].to_numpy(dtype=np.float64))
     arr = np.asarray(X, dtype=np.float64)
     if arr.ndim == 1 and arr.shape[0] == len(FEATURES):
         arr = arr.reshape(1, -1)
@@ -220,10 +230,8 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         kmax = min(max(ks), tree.n)
         _, idx = tree.query(query, k=kmax)
         idx = np.asarray(idx).reshape(query.shape[0], kmax)
-        vals = targets[idx]
-        csum = np.cumsum(vals, axis=1)
-        cols = [csum[:, min(k, kmax) - 1] / min(k, kmax) for k in ks]
-        return np.column_stack(cols)
+        kk = np.minimum(np.asarray(ks), kmax)
+        return np.cumsum(targets[idx], axis=1)[:, kk - 1] / kk
 
     @staticmethod
     def _project(M: np.ndarray) -> np.ndarray:
@@ -261,30 +269,39 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         return np.hstack([base, knn])
 
     def _base_features(self, M: np.ndarray) -> np.ndarray:
+        # One preallocated output and a handful of vectorised operations: serving calls
+        # this for single rows, where per-operation overhead dominates.
         if not self.engineered:
             return M.copy()
+        n = M.shape[0]
+        angles = np.radians(np.asarray(self.rotations_deg, dtype=np.float64))
+        n_dist = len(CITIES) + 2 if self.city_distances else 0
+        out = np.empty((n, len(FEATURES) + 4 + 2 * angles.size + n_dist), dtype=np.float64)
+        out[:, :8] = M
         lat = M[:, _I_LAT]
         lon = M[:, _I_LON]
         rooms = M[:, _I_ROOMS]
         occup = M[:, _I_OCCUP]
-        cols = [
-            M,
-            _safe_div(M[:, _I_BEDRMS], rooms)[:, None],  # bedrooms per room
-            _safe_div(rooms, occup)[:, None],  # rooms per person
-            _safe_div(M[:, _I_POP], occup)[:, None],  # households
-            np.log1p(np.clip(M[:, _I_POP], 0.0, None))[:, None],
-        ]
-        for deg in self.rotations_deg:
-            theta = math.radians(float(deg))
-            cols.append((lon * math.cos(theta) + lat * math.sin(theta))[:, None])
-            cols.append((lat * math.cos(theta) - lon * math.sin(theta))[:, None])
+        out[:, 8] = _safe_div(M[:, _I_BEDRMS], rooms)  # bedrooms per room
+        out[:, 9] = _safe_div(rooms, occup)  # rooms per person
+        out[:, 10] = _safe_div(M[:, _I_POP], occup)  # households
+        out[:, 11] = np.log1p(np.maximum(M[:, _I_POP], 0.0))
+        j = 12
+        if angles.size:
+            cos, sin = np.cos(angles), np.sin(angles)
+            # Elementwise, not a matrix product: BLAS may round a 1-row product differently
+            # from the same row inside a batch. Interleaved (x, y) per angle.
+            lon_c, lat_c = lon[:, None], lat[:, None]
+            out[:, j : j + 2 * angles.size : 2] = lon_c * cos + lat_c * sin
+            out[:, j + 1 : j + 2 * angles.size : 2] = lat_c * cos - lon_c * sin
+            j += 2 * angles.size
         if self.city_distances:
-            dists = [_haversine_km(lat, lon, clat, clon) for _, clat, clon in CITIES]
-            cols.extend(d[:, None] for d in dists)
-            cols.append(np.min(np.column_stack(dists), axis=1)[:, None])
-            coast = np.column_stack([_haversine_km(lat, lon, a, b) for a, b in COAST])
-            cols.append(coast.min(axis=1)[:, None])
-        return np.hstack(cols)
+            n_city = len(CITIES)
+            cities = _haversine_km(lat, lon, _CITY_LAT, _CITY_LON)
+            out[:, j : j + n_city] = cities
+            out[:, j + n_city] = cities.min(axis=1)
+            out[:, j + n_city + 1] = _haversine_km(lat, lon, _COAST_LAT, _COAST_LON).min(axis=1)
+        return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         names = list(FEATURES)
