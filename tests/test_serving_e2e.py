@@ -41,8 +41,11 @@ def register_champion(config: Path) -> str:
     frame = make_frame(500, seed=4)
     X, y = frame[FEATURES], frame["MedHouseVal"]
     candidate = settings.train.candidates[1]  # hist_gb, 30 iterations
-    pipeline = build_pipeline(candidate, settings.features, 42, n_jobs=1).fit(X, y)
-    pred = pipeline.predict(X)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # OpenMP pools spin on a busy 2-core machine
+        pipeline = build_pipeline(candidate, settings.features, 42, n_jobs=1).fit(X, y)
+        pred = pipeline.predict(X)
     profile = build_profile({**{c: X[c].to_numpy() for c in FEATURES}, "prediction": pred}, 200)
     ref = registry.log_candidate(
         settings,

@@ -36,6 +36,15 @@ CANDIDATES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def data() -> tuple[Any, Any, dict[str, Any]]:
     frame = make_frame(400, seed=3)
@@ -50,7 +59,7 @@ def test_fast_path_equals_pipeline_predict(
 ) -> None:
     X, y, profile = data
     cand = CandidateConfig(name="c", estimator=estimator, params=CANDIDATES[estimator])
-    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=2).fit(X, y)
+    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
     predict, fast = choose_predict(pipeline, profile, threads=1)
     assert fast, f"{estimator}: the fast path should be used"
     expected = pipeline.predict(X)
@@ -88,7 +97,7 @@ def test_a_disagreeing_fast_path_falls_back_to_the_pipeline(
 def test_micro_batching_groups_concurrent_calls(data: tuple[Any, Any, dict[str, Any]]) -> None:
     X, y, profile = data
     cand = CandidateConfig(name="c", estimator="hist_gradient_boosting", params={"max_iter": 10})
-    pipeline = build_pipeline(cand, FEATURES_CFG, 42).fit(X, y)
+    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
     model = build_loaded_model(pipeline, ModelMeta("m", "7"), profile)
     expected = pipeline.predict(X.iloc[:60])
     A = X.to_numpy(dtype=np.float64)
@@ -171,3 +180,43 @@ def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     assert _count(db) == 10
     assert writer.dropped == 6
     assert sum(f[1] for f in flushes) == 6
+
+
+KILL_SCRIPT = """
+import sys, time
+from housing_mlops.store import RequestLogWriter
+writer = RequestLogWriter(sys.argv[1], flush_interval_s=0.05)
+writer.start()
+i = 0
+while True:
+    writer.submit([(time.time(), f"r{i}", 0, "m", "1", *[1.0] * 8, 1.5, 0.3, 200, None)] * 50)
+    i += 1
+    if writer.written and i % 20 == 0:
+        print(writer.written, flush=True)
+    time.sleep(0.001)
+"""
+
+
+def test_sigkill_leaves_an_intact_database(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "log.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    flushed = 0
+    deadline = time.time() + 30
+    while flushed < 2000 and time.time() < deadline:  # several flushes happened
+        flushed = int(proc.stdout.readline() or 0)
+    proc.send_signal(signal.SIGKILL)  # mid-stream, maybe mid-transaction
+    proc.wait(10)
+    assert flushed >= 2000
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert _count(db) >= flushed
+    finally:
+        conn.close()

@@ -34,6 +34,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two genuinely different fitted pipelines: version 1 (hist GB) and 2 (ridge)."""
