@@ -262,19 +262,25 @@ def evaluate(
         bad = [name for name, c in r["checks"].items() if not c["passed"]]
         return "pass" if not bad else "FAIL: " + ", ".join(bad)
 
+    def versus(r: dict) -> str:  # type: ignore[type-arg]
+        if r["version"] == r["champion_version"]:
+            return "champion"
+        return "-" if r["rmse_vs_champion"] is None else f"{r['rmse_vs_champion']:+.4f}"
+
     table = [
         {
             **{k: r[k] for k in ("version", "candidate", "rmse", "mae", "r2", "mape")},
-            "max err": r["max_error"],
             "checks": failed(r),
-            "vs champion": "-"
-            if r["rmse_vs_champion"] is None
-            else f"{r['rmse_vs_champion']:+.4f} (v{r['champion_version']})",
+            "Δrmse": versus(r),
         }
         for r in rows
     ]
-    cols = ["version", "candidate", "rmse", "mae", "r2", "mape", "max err", "checks"]
-    print_table(table, [*cols, "vs champion"], title="housing evaluate: holdout (test split)")
+    champion = rows[0]["champion_version"] if rows else None
+    title = "housing evaluate: holdout (test split); Δrmse vs " + (
+        f"champion v{champion}" if champion else "champion (none yet)"
+    )
+    cols = ["version", "candidate", "rmse", "mae", "r2", "mape", "checks", "Δrmse"]
+    print_table(table, cols, title=title)
     for r in rows:
         slices = [{"slice": name, **m} for name, m in r["slices"].items()]
         print_table(
