@@ -279,10 +279,16 @@ class Service:
 class ServingMiddleware:
     """Pure ASGI: HTTP metrics for every request; size/type checks and body for /predict."""
 
-    def __init__(self, app: Any, service: Service) -> None:
+    def __init__(self, app: FastAPI, service: Service) -> None:
         self.app = app
+        self.fastapi = app
         self.service = service
         self.max_body = service.settings.serve.max_body_bytes
+
+    @property
+    def state(self) -> Any:
+        """The FastAPI app's state (``state.service`` is the ``Service``)."""
+        return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -409,8 +415,11 @@ def create_app(
     loader: Callable[[str | None], LoadedModel] | None = None,
     alias_version: Callable[[], str | None] | None = None,
     wait_for_model: bool = False,
-) -> FastAPI:
-    """The FastAPI app serving ``model`` (or the registry's champion, loaded at startup).
+) -> ServingMiddleware:
+    """The ASGI app serving ``model`` (or the registry's champion, loaded at startup).
+
+    It is the FastAPI app wrapped in ``ServingMiddleware`` (``.fastapi`` is the FastAPI
+    app, ``.state.service`` the ``Service``).
 
     ``loader(version or None)`` and ``alias_version()`` default to the registry; tests
     pass their own to serve in-memory pipelines. ``model_version`` pins a version (the
@@ -555,8 +564,9 @@ def create_app(
         result = await service.watcher.check()
         return _json(500 if result.error else 200, result.as_dict())
 
-    app.add_middleware(ServingMiddleware, service=service)
-    return app
+    # Outermost, so /predict also skips FastAPI's own per-request work (telemetry checks,
+    # error middleware); everything else passes through to FastAPI.
+    return ServingMiddleware(app, service)
 
 
 def app_from_env() -> Any:
@@ -645,6 +655,7 @@ def run_server(
         "http": "auto",  # httptools when installed
         "lifespan": "on",
         "access_log": False,
+        "proxy_headers": False,  # client addresses are not used; saves a layer per request
         "log_level": "info",
         "timeout_graceful_shutdown": 30,
     }
