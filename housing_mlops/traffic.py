@@ -74,10 +74,12 @@ def prepare_rows(
     values = np.asarray(frame[list(FEATURES)], dtype=float)
     if len(values) == 0:
         raise UsageError("no rows to send: the source frame is empty")
+    if n == 0:
+        return []
     rng = np.random.default_rng(seed)
-    reps = -(-n // len(values)) if n else 0
+    reps = -(-n // len(values))
     order = np.concatenate([rng.permutation(len(values)) for _ in range(reps)])[:n]
-    chosen = values[order.astype(int)] if n else np.empty((0, len(FEATURES)))
+    chosen = values[order]
     for name, factor in (shift or {}).items():
         chosen[:, FEATURES.index(name)] *= factor
     return [dict(zip(FEATURES, map(float, row), strict=True)) for row in chosen]

@@ -1,0 +1,242 @@
+"""The traffic generator: shifts, pacing, batching, status counting, and the demo path.
+
+Most tests drive a small stand-in service on a real uvicorn server (127.0.0.1, free port)
+that records what it receives: what is under test here is what the generator sends and
+how fast, which the real service's answers would only hide. The last test runs the whole
+demo path with the real ``housing serve``: traffic -> request log -> ``housing drift``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import Request  # module level: the route's annotation is resolved from here
+from synthetic import make_frame, write_config
+
+from housing_mlops.config import load_config
+from housing_mlops.errors import UsageError
+from housing_mlops.traffic import FEATURES, main, parse_shift, prepare_rows, send_rows
+
+HOUSING = str(Path(sys.executable).with_name("housing"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Any:
+    """A recording /predict on real uvicorn: 422 for MedInc > 100, else 200."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    received: list[list[dict[str, float]]] = []
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        body = await request.json()
+        rows = body["instances"] if "instances" in body else [body]
+        received.append(rows)
+        if any(r["MedInc"] > 100 for r in rows):
+            return JSONResponse({"detail": "MedInc out of range"}, status_code=422)
+        return {"predictions": [1.0] * len(rows)}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield {"url": f"http://127.0.0.1:{port}", "received": received}
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_parse_shift_reads_feature_factor_pairs() -> None:
+    assert parse_shift(["MedInc=1.2", "AveRooms=0.9"]) == {"MedInc": 1.2, "AveRooms": 0.9}
+    assert parse_shift([]) == {}
+    for bad in ("MedInc", "Income=1.2", "MedInc=abc", "MedInc=inf"):
+        with pytest.raises(UsageError, match="--shift"):
+            parse_shift([bad])
+
+
+def test_prepare_rows_cycles_through_the_split_and_shifts_one_feature() -> None:
+    frame = make_frame(50, seed=3)
+    rows = prepare_rows(frame, 120, {"MedInc": 1.2}, seed=1)
+    assert len(rows) == 120 and list(rows[0]) == list(FEATURES)
+    # Key each original row by its untouched features; MedInc must come back x 1.2.
+    originals = {
+        tuple(row[f] for f in FEATURES if f != "MedInc"): row["MedInc"]
+        for row in frame[list(FEATURES)].to_dict("records")
+    }
+    used = set()
+    for r in rows:
+        key = tuple(r[f] for f in FEATURES if f != "MedInc")
+        assert r["MedInc"] == pytest.approx(1.2 * originals[key])
+        used.add(key)
+    assert used == set(originals)  # 120 rows from 50: every row used, in shuffled cycles
+    first_cycle = {tuple(r[f] for f in FEATURES if f != "MedInc") for r in rows[:50]}
+    assert first_cycle == set(originals)  # no repeat before every row was sent once
+    assert prepare_rows(frame, 10, seed=1) == prepare_rows(frame, 10, seed=1)
+    assert prepare_rows(frame, 0) == []
+
+
+def test_rows_are_sent_paced_and_all_answered(stand_in) -> None:  # type: ignore[no-untyped-def]
+    stand_in["received"].clear()
+    rows = prepare_rows(make_frame(40, seed=5), 40)
+    summary = send_rows(stand_in["url"], rows, rate=100, concurrency=4)
+    assert summary["rows"] == summary["ok_rows"] == 40 and summary["requests"] == 40, summary
+    assert summary["row_status"] == {"200": 40}
+    assert summary["elapsed_s"] >= 0.38  # 40 rows at 100 rows/s: the last leaves at 0.39 s
+    got = sorted(json.dumps(r, sort_keys=True) for batch in stand_in["received"] for r in batch)
+    assert got == sorted(json.dumps(r, sort_keys=True) for r in rows)
+
+
+def test_batches_go_as_instances_and_rejections_are_counted(stand_in) -> None:  # type: ignore[no-untyped-def]
+    stand_in["received"].clear()
+    rows = prepare_rows(make_frame(30, seed=6), 30)
+    summary = send_rows(stand_in["url"], rows, rate=0, batch_size=10)
+    assert summary["requests"] == 3 and [len(b) for b in stand_in["received"]] == [10, 10, 10]
+    bad = prepare_rows(make_frame(5, seed=6), 5, {"MedInc": 1000.0})
+    summary = send_rows(stand_in["url"], bad, rate=0)
+    assert summary["row_status"] == {"422": 5} and summary["ok_rows"] == 0
+
+
+@pytest.fixture
+def processed_config(tmp_path: Path) -> Path:
+    from test_registry import write_processed
+
+    config = write_config(tmp_path)
+    write_processed(load_config(config), n=200, seed=0)
+    return config
+
+
+def test_main_sends_the_shifted_test_split(stand_in, processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
+    from housing_mlops import data
+
+    stand_in["received"].clear()
+    code = main(
+        [
+            "--config",
+            str(processed_config),
+            "--url",
+            stand_in["url"],
+            "--rows",
+            "40",
+            "--rate",
+            "0",
+            "--shift",
+            "MedInc=1.2",
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["ok_rows"] == 40 and summary["shift"] == {"MedInc": 1.2}
+    x_test, _ = data.load_split(load_config(processed_config), "test")
+    sent = sorted(r["MedInc"] for b in stand_in["received"] for r in b)
+    assert sent == pytest.approx(sorted(x_test["MedInc"] * 1.2))  # 40 rows: the whole split
+
+
+def test_main_without_a_server_exits_1_and_says_why(processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
+    url = f"http://127.0.0.1:{free_port()}"
+    code = main(["--config", str(processed_config), "--url", url, "--rows", "3", "--rate", "0"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"Error: no row was answered by {url}/predict" in err
+    assert "is `housing serve` running?" in err
+
+
+def test_main_rejects_a_bad_shift_with_exit_2(processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = main(["--config", str(processed_config), "--shift", "Income=2"])
+    assert code == 2
+    assert "Error: --shift 'Income=2': use FEATURE=FACTOR" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- the demo path
+@pytest.mark.slow
+def test_demo_path_traffic_to_real_service_then_drift(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The shared synthetic store (test_registry), version 1 (ridge) served for real."""
+    from test_registry import copy_store, trained_store
+
+    from housing_mlops.cli import run
+
+    base, _ = trained_store(tmp_path_factory)
+    copied = copy_store(base, tmp_path)
+    config = write_config(
+        tmp_path,
+        {
+            "paths": copied.paths.model_dump(mode="json"),
+            "mlflow": copied.mlflow.model_dump(mode="json"),
+            "serve": {"request_log": str(tmp_path / "requests.db")},
+        },
+    )
+    version = "1"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HOUSING_RELOAD_TOKEN": ""}
+    server = subprocess.Popen(
+        [
+            HOUSING,
+            "--config",
+            str(config),
+            "serve",
+            "--port",
+            str(port),
+            "--model-version",
+            version,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.communicate()[1]
+            time.sleep(0.3)
+        common = ["--config", str(config), "--url", url, "--rate", "0", "--batch-size", "20"]
+        assert main([*common, "--rows", "120"]) == 0  # the synthetic test split, once
+        time.sleep(1.1)
+        middle = datetime.now(tz=UTC).isoformat()
+        time.sleep(0.1)
+        assert main([*common, "--rows", "600", "--shift", "MedInc=1.2"]) == 0
+    finally:
+        server.send_signal(signal.SIGTERM)  # flushes the request log
+        server.communicate(timeout=60)
+    capsys.readouterr()
+    code = run(["--config", str(config), "drift", "--until", middle, "--json"])
+    plain = json.loads(capsys.readouterr().out)
+    assert code == 0 and plain["rows"] == 120 and plain["model_version"] == version
+    code = run(["--config", str(config), "drift", "--since", middle, "--json"])
+    shifted = json.loads(capsys.readouterr().out)
+    marks = {s["feature"]: s["verdict"] for s in shifted["scores"]}
+    assert code == 6 and shifted["rows"] >= 590, marks  # a few rows may leave the valid range
+    assert marks["MedInc"] == "drift" and marks["prediction"] == "drift", marks
