@@ -238,6 +238,14 @@ def test_batch_errors_carry_the_row_path(client: Any, trained: dict[str, Any]) -
     ]
 
 
+def test_the_word_instances_inside_a_single_house_is_not_a_batch(
+    client: Any, trained: dict[str, Any]
+) -> None:
+    r = client.post("/predict", json={**_row(trained), "note": "instances"})
+    assert r.status_code == 422
+    assert [d["field"] for d in r.json()["detail"]] == ["note"]
+
+
 def test_batch_over_the_limit_names_the_limit(client: Any, trained: dict[str, Any]) -> None:
     rows = [_row(trained, 0)] * 21
     r = client.post("/predict", json={"instances": rows})

@@ -202,9 +202,19 @@ class Service:
             return 503, orjson.dumps({"detail": "no model loaded yet", "request_id": rid}), rid
         try:
             if b'"instances"' in body:
-                batch = model.requests.batch.model_validate_json(body)
-                rows = batch.instances  # type: ignore[attr-defined]
-                single = False
+                try:
+                    batch = model.requests.batch.model_validate_json(body)
+                except ValidationError as exc:
+                    errors = exc.errors(include_url=False)
+                    if any(e["type"] == "missing" and e["loc"] == ("instances",) for e in errors):
+                        # "instances" only appeared inside a value: report it as one house.
+                        rows = [model.requests.house.model_validate_json(body)]
+                        single = True
+                    else:
+                        raise
+                else:
+                    rows = batch.instances  # type: ignore[attr-defined]
+                    single = False
             else:
                 rows = [model.requests.house.model_validate_json(body)]
                 single = True
