@@ -8,7 +8,7 @@ sample (the same rows for every column).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -261,7 +261,7 @@ def compare_column(
     }
 
 
-def dataset_verdict(scores: list[Mapping[str, Any]], thresholds: Any) -> dict[str, Any]:
+def dataset_verdict(scores: Sequence[Mapping[str, Any]], thresholds: Any) -> dict[str, Any]:
     """Dataset-level verdict from per-column scores.
 
     Dataset drift when the share of *input features* marked drift reaches ``drift_share``,
@@ -465,12 +465,12 @@ def check_drift(
     which = f" served by model version {version}" if version else ""
 
     log_path = settings.serve.request_log
-    if not log_path.is_file():
+    db = store.connect(log_path)  # None when there is no log: drift never creates one
+    if db is None:
         raise InsufficientDataError(
             f"no request log at {log_path}: start `housing serve` and send it traffic "
             "(for example `python -m housing_mlops.traffic --rows 500`) first"
         )
-    db = store.connect(log_path)
     try:
         counts = store.window_counts(db, since_ts, until_ts, version)
         if not counts:
