@@ -134,11 +134,23 @@ def main() -> int:
         tmp_path = Path(tmp)
         log = tmp_path / "requests.db"
         if args.project_config:
-            from housing_mlops import registry
-
             settings = load_config(args.project_config)
-            ref = registry.resolve(settings)
-            name, version, extra = ref.name, ref.version, []
+            # In a child: importing MLflow here would inflate every later child's peak RSS
+            # (a forked child starts out sharing, and counting, the parent's memory).
+            name, version = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from housing_mlops import registry; "
+                    "from housing_mlops.config import load_config; "
+                    "r = registry.resolve(load_config(sys.argv[1])); print(r.name, r.version)",
+                    str(args.project_config),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            extra = []
             mode = f"registry champion {name} v{version} (first run cold, then cached)"
         else:
             settings = load_config(ROOT / "configs" / "default.yaml")
