@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic import FEATURES, make_frame, write_config
-from test_registry import copy_store, trained_store
+from synthetic import FEATURES, make_frame
+from test_registry import copy_store, empty_store_config, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run
@@ -22,6 +22,18 @@ from housing_mlops.evaluate import (
     distance_to_coast_km,
     slice_masks,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():  # type: ignore[no-untyped-def]
+    # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
+    # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
+    import lightgbm  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 # ----------------------------------------------------------------------- pure parts
@@ -174,7 +186,7 @@ def test_cli_json_for_one_version_compares_with_the_champion(
 
 
 def test_cli_table_and_errors(
-    evaluated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    evaluated, tmp_path_factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = copy_store(evaluated[0], tmp_path / "copy")
     assert run(["--config", str(settings.source), "evaluate", "--version", "1"]) == 0
@@ -184,7 +196,6 @@ def test_cli_table_and_errors(
     assert run(["--config", str(settings.source), "evaluate", "--version", "9"]) == 5
     assert "no model version 9 (registered versions: 1, 2)" in capsys.readouterr().err
 
-    (tmp_path / "empty").mkdir()
-    empty = write_config(tmp_path / "empty")
+    empty = empty_store_config(tmp_path_factory, tmp_path / "empty")
     assert run(["--config", str(empty), "evaluate"]) == 5
     assert "Error: no trained model versions: run `housing train` first" in capsys.readouterr().err

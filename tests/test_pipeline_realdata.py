@@ -24,6 +24,18 @@ CHAMPION_CANDIDATE = "lightgbm"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():  # type: ignore[no-untyped-def]
+    # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
+    # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
+    import lightgbm  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def _cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> Any:
     code = run(["--config", str(config), *args, "--json"])
     captured = capsys.readouterr()

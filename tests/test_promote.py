@@ -8,12 +8,24 @@ from typing import Any
 
 import pytest
 from synthetic import write_config
-from test_registry import copy_store, trained_store
+from test_registry import copy_store, empty_store_config, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run
 from housing_mlops.config import PromoteConfig, Settings
 from housing_mlops.promote import should_promote
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():  # type: ignore[no-untyped-def]
+    # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
+    # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
+    import lightgbm  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def _m(rmse: float, r2: float = 0.9, **extra: float) -> dict[str, float]:
@@ -171,14 +183,15 @@ def test_gate_thresholds_from_config_reject_with_exit_6(stores, tmp_path: Path, 
     assert _aliases(settings) == (None, None)
 
 
-def test_nothing_to_promote_says_what_to_run(stores, tmp_path: Path, capsys) -> None:
+def test_nothing_to_promote_says_what_to_run(
+    stores, tmp_path_factory, tmp_path: Path, capsys
+) -> None:
     trained_only = copy_store(stores["trained"], tmp_path / "t")
     code, (_, err) = _cli(capsys, trained_only)
     assert code == 5
     assert "Error: no evaluated candidate: run `housing evaluate` first" in err
 
-    (tmp_path / "empty").mkdir()
-    empty = write_config(tmp_path / "empty")
+    empty = empty_store_config(tmp_path_factory, tmp_path / "empty")
     assert run(["--config", str(empty), "promote"]) == 5
     assert "run `housing train` first" in capsys.readouterr().err
 

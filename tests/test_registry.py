@@ -24,6 +24,18 @@ from housing_mlops.errors import ModelError
 DATA_VERSION = "d" * 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():  # type: ignore[no-untyped-def]
+    # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
+    # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
+    import lightgbm  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def write_processed(settings: Settings, n: int = 600, seed: int = 0) -> None:
     """train/test parquet + manifest exactly as `housing featurize` writes them."""
     from housing_mlops.data import frame_content_hash
@@ -77,6 +89,19 @@ def copy_store(settings: Settings, tmp_path: Path) -> Settings:
 
 
 _TRAINED: dict[str, tuple[Settings, list[dict[str, Any]]]] = {}
+_EMPTY: dict[str, Path] = {}
+
+
+def empty_store_config(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A config in tmp_path whose store has no model yet. The SQLite schema migration
+    (seconds) runs once per session; each caller gets a copy of that database."""
+    if "db" not in _EMPTY:
+        first = tmp_path_factory.mktemp("empty")
+        registry.configure(load_config(write_config(first)))
+        _EMPTY["db"] = first / "mlruns" / "mlflow.db"
+    (tmp_path / "mlruns").mkdir(parents=True, exist_ok=True)
+    shutil.copy(_EMPTY["db"], tmp_path / "mlruns" / "mlflow.db")
+    return write_config(tmp_path)
 
 
 def trained_store(

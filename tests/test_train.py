@@ -15,6 +15,18 @@ from housing_mlops.errors import UsageError
 from housing_mlops.train import select_candidates, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():  # type: ignore[no-untyped-def]
+    # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
+    # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
+    import lightgbm  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def test_unknown_model_is_a_usage_error_listing_valid_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
