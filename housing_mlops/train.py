@@ -61,6 +61,21 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit if out.returncode == 0 and len(commit) == 40 else None
 
 
+def limit_threads(n_jobs: int) -> Any:
+    """Cap OpenMP/BLAS pools at ``train.n_jobs`` while training (HistGradientBoosting uses
+    every core otherwise, and oversubscribed OpenMP pools spin: on a busy 2-core machine a
+    fit can be 20x slower). Returns the limiter; call ``restore_original_limits()``."""
+    # threadpoolctl only sees libraries that are loaded, so load the OpenMP users first.
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import lightgbm  # noqa: F401
+    except ImportError:  # pragma: no cover - lightgbm is a dependency
+        pass
+    return threadpool_limits(limits=n_jobs)
+
+
 def new_batch_id() -> str:
     return f"{datetime.now(tz=UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
@@ -157,78 +172,82 @@ def train(
     train_frame = pd.concat([X, y.rename(TARGET)], axis=1)
 
     results: list[dict[str, Any]] = []
-    for n, candidate in enumerate(candidates):
-        base = n * steps_per
+    limiter = limit_threads(settings.train.n_jobs)
+    try:
+        for n, candidate in enumerate(candidates):
+            base = n * steps_per
 
-        def report(desc: str, done: int, _base: int = base) -> None:
-            if progress:
-                progress(desc, _base + done, total)
+            def report(desc: str, done: int, _base: int = base) -> None:
+                if progress:
+                    progress(desc, _base + done, total)
 
-        report(f"{candidate.name}: cross-validation 0/{folds}", 0)
-        try:
-            cv = cross_validate(
-                settings,
-                candidate,
-                X,
-                y,
-                on_fold=lambda i, name=candidate.name: report(
-                    f"{name}: cross-validation {i}/{folds}", i
-                ),
-            )
-            report(f"{candidate.name}: fit on {len(X)} rows", folds)
-            model = models.build_pipeline(
-                candidate, settings.features, settings.train.seed, n_jobs=settings.train.n_jobs
-            )
-            started = time.perf_counter()
-            model.fit(X, y)
-            fit_time = time.perf_counter() - started
-            train_pred = model.predict(X)
-        except (ValueError, TypeError) as exc:
-            raise ModelError(
-                f"training candidate '{candidate.name}' failed: {exc} (check its params in "
-                "the config)"
-            ) from exc
-        report(f"{candidate.name}: logging to MLflow", folds + 1)
-        metrics = {
-            **cv,
-            "fit_time_s": fit_time,
-            "train_rmse": compute_metrics(y, train_pred)["rmse"],
-        }
-        profile = build_profile(
-            {**{f: X[f].to_numpy() for f in FEATURES}, "prediction": train_pred},
-            sample_size=settings.features.profile_sample_size,
-            seed=settings.split.seed,
-        )
-        ref = registry.log_candidate(
-            settings,
-            run_name=f"{candidate.name}-{batch}",
-            model=model,
-            X_train=X,
-            params=candidate_params(candidate, settings, len(X)),
-            metrics=metrics,
-            run_tags={**common_tags, "candidate": candidate.name},
-            version_tags={
-                "candidate": candidate.name,
-                "estimator": candidate.estimator,
-                "train_batch": batch,
-                "data_version": common_tags["data_version"],
-            },
-            train_frame=train_frame,
-            train_source=train_source,
-            train_hash=common_tags["train_hash"] or common_tags["data_version"],
-            profile=profile,
-        )
-        report(f"{candidate.name}: registered version {ref.version}", steps_per)
-        results.append(
-            {
-                "candidate": candidate.name,
-                "estimator": candidate.estimator,
-                "version": ref.version,
-                "run_id": ref.run_id,
+            report(f"{candidate.name}: cross-validation 0/{folds}", 0)
+            try:
+                cv = cross_validate(
+                    settings,
+                    candidate,
+                    X,
+                    y,
+                    on_fold=lambda i, name=candidate.name: report(
+                        f"{name}: cross-validation {i}/{folds}", i
+                    ),
+                )
+                report(f"{candidate.name}: fit on {len(X)} rows", folds)
+                model = models.build_pipeline(
+                    candidate, settings.features, settings.train.seed, n_jobs=settings.train.n_jobs
+                )
+                started = time.perf_counter()
+                model.fit(X, y)
+                fit_time = time.perf_counter() - started
+                train_pred = model.predict(X)
+            except (ValueError, TypeError) as exc:
+                raise ModelError(
+                    f"training candidate '{candidate.name}' failed: {exc} (check its params in "
+                    "the config)"
+                ) from exc
+            report(f"{candidate.name}: logging to MLflow", folds + 1)
+            metrics = {
                 **cv,
                 "fit_time_s": fit_time,
-                "train_batch": batch,
-                "data_version": common_tags["data_version"],
+                "train_rmse": compute_metrics(y, train_pred)["rmse"],
             }
-        )
+            profile = build_profile(
+                {**{f: X[f].to_numpy() for f in FEATURES}, "prediction": train_pred},
+                sample_size=settings.features.profile_sample_size,
+                seed=settings.split.seed,
+            )
+            ref = registry.log_candidate(
+                settings,
+                run_name=f"{candidate.name}-{batch}",
+                model=model,
+                X_train=X,
+                params=candidate_params(candidate, settings, len(X)),
+                metrics=metrics,
+                run_tags={**common_tags, "candidate": candidate.name},
+                version_tags={
+                    "candidate": candidate.name,
+                    "estimator": candidate.estimator,
+                    "train_batch": batch,
+                    "data_version": common_tags["data_version"],
+                },
+                train_frame=train_frame,
+                train_source=train_source,
+                train_hash=common_tags["train_hash"] or common_tags["data_version"],
+                profile=profile,
+            )
+            report(f"{candidate.name}: registered version {ref.version}", steps_per)
+            results.append(
+                {
+                    "candidate": candidate.name,
+                    "estimator": candidate.estimator,
+                    "version": ref.version,
+                    "run_id": ref.run_id,
+                    **cv,
+                    "fit_time_s": fit_time,
+                    "train_batch": batch,
+                    "data_version": common_tags["data_version"],
+                }
+            )
+    finally:
+        limiter.restore_original_limits()
     return results
