@@ -382,6 +382,11 @@ def _drift(settings: Any) -> Section:
         f"{latest.get('reference')}. Verdict **{latest.get('verdict')}**; dataset drift: "
         f"**{'yes' if latest.get('dataset_drift') else 'no'}** "
         f"({latest.get('drifting')}/{latest.get('features')} features drifting)."
+        + (
+            f" Judged on a uniform sample of {latest.get('sampled_rows')} rows."
+            if (latest.get("sampled_rows") or 0) < (latest.get("rows") or 0)
+            else ""
+        )
     )
     rows = [
         {
@@ -457,8 +462,8 @@ def _histogram_png(score: dict[str, Any]) -> bytes:
     ax.bar(centers, hist["reference"], width=width, alpha=0.55, label="reference (training)")
     ax.bar(centers, hist["current"], width=width, alpha=0.55, label="current (requests)")
     ax.set_title(
-        f"{score['feature']}: {score['verdict']} (PSI {score['psi']:.3f}, "
-        f"Wasserstein/std {score['wasserstein_norm']:.3f})"
+        f"{score['feature']}: {score['verdict']} (PSI {_fmt(score.get('psi'))}, "
+        f"Wasserstein/std {_fmt(score.get('wasserstein_norm'))})"
     )
     ax.set_xlabel(score["feature"])
     ax.set_ylabel("share of rows")
@@ -524,8 +529,10 @@ def _serving(settings: Any) -> Section:
     fig = _figure(7.0, 3.0)
     ax = fig.add_subplot()
     days = [d["day"] for d in stats["per_day"]]
-    ax.bar(days, [d["rows"] for d in stats["per_day"]], color="steelblue", label="rows")
-    ax.bar(days, [d["errors"] or 0 for d in stats["per_day"]], color="crimson", label="errors")
+    width = 0.6 if len(days) < 4 else 0.8
+    ax.bar(days, [d["rows"] for d in stats["per_day"]], width, color="steelblue", label="rows")
+    errors = [d["errors"] or 0 for d in stats["per_day"]]
+    ax.bar(days, errors, width, color="crimson", label="errors")
     ax.set_ylabel("rows")
     ax.set_title("Traffic per day (UTC)")
     ax.tick_params(axis="x", labelrotation=30)
