@@ -69,6 +69,25 @@ def test_fast_path_equals_pipeline_predict(
     np.testing.assert_allclose(singles, expected[:25], rtol=1e-12, atol=1e-12)
 
 
+def test_vectorised_hist_gradient_boosting_is_bitwise_equal() -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from housing_mlops.serving.predictor import compile_hist_gradient_boosting
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    y = X[:, 0] * 2 + np.sin(X[:, 1]) + rng.normal(0, 0.1, 300)
+    X[::5, 2] = np.nan  # NaN in training: splits learn where missing values go
+    est = HistGradientBoostingRegressor(max_iter=40, random_state=0).fit(X, y)
+    walk = compile_hist_gradient_boosting(est)
+    assert walk is not None
+    Xq = rng.normal(size=(50, 5))
+    Xq[::3, 2] = np.nan
+    Xq[::4, 0] = np.nan
+    assert np.array_equal(walk(Xq), est.predict(Xq))
+    assert np.array_equal(walk(Xq[:1]), est.predict(Xq[:1]))
+
+
 @pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 def test_a_disagreeing_fast_path_falls_back_to_the_pipeline(
     data: tuple[Any, Any, dict[str, Any]],
