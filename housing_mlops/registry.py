@@ -174,11 +174,11 @@ def configure(settings: Settings) -> str:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     finally:
-        for key, value in exported.items():
+        for name, value in exported.items():
             if value is None:
-                os.environ.pop(key, None)
+                os.environ.pop(name, None)
             else:
-                os.environ[key] = value
+                os.environ[name] = value
     key = (uri, settings.mlflow.experiment_name)
     if key in _experiments:
         return _experiments[key]
@@ -414,11 +414,11 @@ def _pip_requirements() -> list[str]:
 
 
 def _dataset(frame: pd.DataFrame, source: Path, name: str, content_hash: str) -> Any:
-    import mlflow.data
+    from mlflow.data.pandas_dataset import from_pandas
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
-        return mlflow.data.from_pandas(
+        return from_pandas(
             frame,
             source=source.resolve().as_uri(),
             name=name,

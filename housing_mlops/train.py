@@ -181,17 +181,12 @@ def train(
                 if progress:
                     progress(desc, _base + done, total)
 
-            report(f"{candidate.name}: cross-validation 0/{folds}", 0)
+            def on_fold(i: int, name: str = candidate.name) -> None:
+                report(f"{name}: cross-validation {i}/{folds}", i)
+
+            on_fold(0)
             try:
-                cv = cross_validate(
-                    settings,
-                    candidate,
-                    X,
-                    y,
-                    on_fold=lambda i, name=candidate.name: report(
-                        f"{name}: cross-validation {i}/{folds}", i
-                    ),
-                )
+                cv = cross_validate(settings, candidate, X, y, on_fold=on_fold)
                 report(f"{candidate.name}: fit on {len(X)} rows", folds)
                 model = models.build_pipeline(
                     candidate, settings.features, settings.train.seed, n_jobs=settings.train.n_jobs
