@@ -63,7 +63,16 @@ log = logging.getLogger(__name__)
 CONFIG_ENV = "HOUSING_SERVE_CONFIG"
 MODEL_VERSION_ENV = "HOUSING_SERVE_MODEL_VERSION"
 HANDLERS = frozenset(
-    {"/predict", "/health", "/ready", "/model/info", "/model/reload", "/metrics", "/docs"}
+    {
+        "/predict",
+        "/health",
+        "/ready",
+        "/model/info",
+        "/model/reload",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+    }
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _NO_FEATURES = (None,) * 8

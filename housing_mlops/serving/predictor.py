@@ -334,7 +334,8 @@ def load_from_registry(settings: Any, version: int | str | None = None) -> Loade
         )
         profile = None
     meta = ModelMeta.from_ref(ref)
-    if meta.alias is None and version is None:
+    if meta.alias is None and "champion" in (getattr(ref, "aliases", None) or ()):
+        # Resolved by version (hot reload, --model-version) but it is the champion.
         meta = ModelMeta(**{**meta.__dict__, "alias": "champion"})
     return build_loaded_model(
         pipeline,
