@@ -1,6 +1,7 @@
 """End to end: the real ``housing serve`` command on a free port, serving a champion from a
-real MLflow registry (SQLite store in tmp_path); SIGTERM flushes every answered request
-to the log. Also: no champion -> exit 5 before binding; several workers share metrics.
+real MLflow registry (SQLite store in tmp_path); a new champion is picked up through
+``POST /model/reload``; SIGTERM flushes every answered request to the log. Also: no
+champion -> exit 5 before binding; several workers share metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def register_champion(config: Path) -> str:
+def register_champion(config: Path, seed: int = 4) -> str:
     """Fit a small pipeline on synthetic data, register it and make it the champion."""
     from housing_mlops import registry
     from housing_mlops.drift import build_profile
@@ -38,7 +39,7 @@ def register_champion(config: Path) -> str:
     from housing_mlops.models import build_pipeline
 
     settings = load_config(config)
-    frame = make_frame(500, seed=4)
+    frame = make_frame(500, seed=seed)
     X, y = frame[FEATURES], frame["MedHouseVal"]
     candidate = settings.train.candidates[1]  # hist_gb, 30 iterations
     from threadpoolctl import threadpool_limits
@@ -73,8 +74,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"config": config, "version": version, "tmp": tmp}
 
 
-def start(config: Path, port: int, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "HOUSING_RELOAD_TOKEN": ""}
+def start(config: Path, port: int, *extra: str, token: str = "") -> subprocess.Popen[str]:
+    env = {**os.environ, "HOUSING_RELOAD_TOKEN": token}
     return subprocess.Popen(
         [HOUSING, "--config", str(config), "serve", "--port", str(port), *extra],
         stdout=subprocess.PIPE,
@@ -130,7 +131,7 @@ def test_no_champion_exits_5_before_binding(tmp_path: Path) -> None:
 def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[str, Any]) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(store["config"], port)
+    proc = start(store["config"], port, token="e2e-token")
     try:
         wait_ready(proc, base)
         info = httpx.get(f"{base}/model/info").json()
@@ -151,6 +152,17 @@ def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[st
             answered += 7
             bad = http.post("/predict", json={**rows(1)[0], "Latitude": 60.0})
             assert bad.status_code == 422
+            # A new champion, picked up on demand through the real registry.
+            new_version = register_champion(store["config"], seed=5)
+            headers = {"authorization": "Bearer e2e-token"}
+            r = http.post("/model/reload", headers=headers, timeout=120)
+            assert r.status_code == 200, r.text
+            assert r.json()["reloaded"] is True
+            assert r.json()["version"] == new_version
+            r = http.post("/predict", json=rows(1)[0])
+            assert r.json()["model_version"] == new_version
+            answered += 1
+            assert http.get("/model/info").json()["alias"] == "champion"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -160,7 +172,7 @@ def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[st
     ok = [r for r in logged if r["status"] == 200]
     assert len(ok) == answered
     assert [r["request_id"] for r in ok[:30]] == request_ids
-    assert all(r["model_version"] == store["version"] for r in ok)
+    assert [r["model_version"] for r in ok] == [store["version"]] * (answered - 1) + [new_version]
     assert [r["status"] for r in logged if r["status"] != 200] == [422]
 
 
