@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The Compose Specification schema for tests/test_delivery.py ships in this wheel
+	# (downloaded, not installed: its pins clash with ours).
+	$(BIN)/python -m pip download -q --no-deps docker-compose==1.29.2 -d $(VENV)/schemas
 	touch $(STAMP)
 
 install: $(STAMP)
