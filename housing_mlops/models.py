@@ -35,7 +35,7 @@ SKOPS_TRUSTED_TYPES: list[str] = [
 ESTIMATORS = ("ridge", "random_forest", "hist_gradient_boosting", "lightgbm")
 
 
-def build_estimator(kind: str, params: dict[str, Any], seed: int, n_jobs: int = 2) -> Any:
+def build_estimator(kind: str, params: dict[str, Any], seed: int, n_jobs: int = 1) -> Any:
     """The bare estimator for ``kind`` with the candidate's params over our defaults."""
     params = dict(params)
     if kind == "ridge":
@@ -71,7 +71,7 @@ def build_estimator(kind: str, params: dict[str, Any], seed: int, n_jobs: int = 
     raise ValueError(f"unknown estimator {kind!r}; expected one of {ESTIMATORS}")
 
 
-def build_pipeline(candidate_cfg: Any, features_cfg: Any, seed: int, n_jobs: int = 2) -> Any:
+def build_pipeline(candidate_cfg: Any, features_cfg: Any, seed: int, n_jobs: int = 1) -> Any:
     """A Pipeline (steps "features", "model") for one candidate of the ``train:`` section."""
     from sklearn.pipeline import Pipeline
 

@@ -40,12 +40,15 @@ def _candidate(estimator: str, engineered: bool = True) -> CandidateConfig:
 
 @pytest.fixture(scope="module")
 def fitted(frame: pd.DataFrame) -> dict[str, object]:
-    return {
-        est: build_pipeline(_candidate(est), FEATURES_CFG, seed=42).fit(
-            frame[FEATURES], frame[TARGET]
-        )
-        for est in SMALL
-    }
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # HistGradientBoosting's OpenMP crawls on a busy box
+        return {
+            est: build_pipeline(_candidate(est), FEATURES_CFG, seed=42).fit(
+                frame[FEATURES], frame[TARGET]
+            )
+            for est in SMALL
+        }
 
 
 @pytest.mark.parametrize("estimator", list(SMALL))
@@ -63,10 +66,10 @@ def test_pipeline_has_features_then_model_and_learns(
 
 
 def test_lightgbm_is_quiet_and_deterministic() -> None:
-    pipe = build_pipeline(_candidate("lightgbm"), FEATURES_CFG, seed=3, n_jobs=1)
+    pipe = build_pipeline(_candidate("lightgbm"), FEATURES_CFG, seed=3, n_jobs=2)
     params = pipe.named_steps["model"].get_params()
     assert params["verbose"] == -1 and params["deterministic"] is True
-    assert params["random_state"] == 3 and params["n_jobs"] == 1
+    assert params["random_state"] == 3 and params["n_jobs"] == 2
 
 
 def test_same_seed_same_predictions(frame: pd.DataFrame) -> None:
