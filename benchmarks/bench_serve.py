@@ -87,7 +87,7 @@ def has_champion(settings: Any) -> bool:
         return False
 
 
-def make_temp_store(base_config: Path, tmp: Path) -> Path:
+def make_temp_store(base_config: Path, tmp: Path, candidate_name: str | None = None) -> Path:
     """A config whose MLflow store (in ``tmp``) has a hist_gb champion; returns its path."""
     import yaml
 
@@ -142,10 +142,17 @@ def make_temp_store(base_config: Path, tmp: Path) -> Path:
         frame = make_frame(16_512, seed=0)
         X, y = frame[FEATURES], frame[TARGET]
         source = "synthetic rows (run `housing featurize` for the real split)"
-    candidate = next(
-        (c for c in settings.train.candidates if c.estimator == "hist_gradient_boosting"),
-        settings.train.candidates[0],
-    )
+    if candidate_name:
+        matches = [c for c in settings.train.candidates if c.name == candidate_name]
+        if not matches:
+            names = ", ".join(c.name for c in settings.train.candidates)
+            raise SystemExit(f"bench: no candidate '{candidate_name}' in the config ({names})")
+        candidate = matches[0]
+    else:
+        candidate = next(
+            (c for c in settings.train.candidates if c.estimator == "hist_gradient_boosting"),
+            settings.train.candidates[0],
+        )
     log(f"bench: fitting '{candidate.name}' on {len(X)} {source} ...")
     pipeline = build_pipeline(candidate, settings.features, settings.train.seed).fit(X, y)
     pred = pipeline.predict(X)
@@ -409,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--temp-store", action="store_true", help="never use the config's store")
+    parser.add_argument(
+        "--candidate",
+        default=None,
+        help="candidate fitted for the throwaway store (default: the hist_gradient_boosting one)",
+    )
     parser.add_argument("--only", choices=["housing", "mlflow"], default=None)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--_loadgen", help=argparse.SUPPRESS)
@@ -433,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         config = args.config.resolve()
         settings = load_config(config)
         if args.temp_store or not has_champion(settings):
-            config = make_temp_store(config, tmp)
+            config = make_temp_store(config, tmp, args.candidate)
             store = f"temporary store {tmp}"
         else:
             store = f"the config's store ({settings.mlflow.tracking_uri})"
