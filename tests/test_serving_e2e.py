@@ -127,6 +127,33 @@ def test_no_champion_exits_5_before_binding(tmp_path: Path) -> None:
     assert err.strip().splitlines()[-1].startswith("Error: ")
 
 
+def test_port_in_use_and_unwritable_log_fail_before_serving(
+    store: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from housing_mlops.cli import run
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = run(["--config", str(store["config"]), "serve", "--port", str(port)])
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log's folder should be")
+    config = write_config(
+        tmp_path,
+        {
+            "serve": {"request_log": str(blocker / "requests.db")},
+            "mlflow": load_config(store["config"]).mlflow.model_dump(),
+        },
+    )
+    code = run(["--config", str(config), "serve", "--port", str(free_port())])
+    assert code == 3
+    assert "cannot open the request log" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[str, Any]) -> None:
     port = free_port()

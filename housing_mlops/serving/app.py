@@ -637,6 +637,20 @@ def _graceful_server_class() -> type:
     return GracefulServer
 
 
+def _check_request_log(path: Path) -> None:
+    import sqlite3
+
+    from housing_mlops.errors import ConfigError
+    from housing_mlops.store import open_db
+
+    try:
+        open_db(path).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"cannot open the request log {path}: {exc} (check serve.request_log)"
+        ) from None
+
+
 def run_server(
     settings: Any,
     *,
@@ -667,6 +681,7 @@ def run_server(
     # Before binding anything: is there a model to serve? (ModelError -> exit 5)
     ref = registry.resolve(settings, version=model_version)
     _check_port_free(host, port)
+    _check_request_log(Path(serve.request_log))
     common: dict[str, Any] = {
         "host": host,
         "port": port,
