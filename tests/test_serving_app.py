@@ -272,6 +272,27 @@ def test_malformed_bodies_get_422(client: Any, body: bytes, msg: str) -> None:
     assert msg in r.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe\x00garbage",
+        b"{" * 5000,
+        b"[" * 5000 + b"]" * 5000,
+        b"null",
+        b'{"instances": null}',
+        b'{"instances": [null, 1, "x", {}]}',
+        b'{"instances": {"MedInc": 1}}',
+        b'{"MedInc": ' + b"9" * 5000 + b"}",
+        b'{"MedInc": {"nested": [1, 2, {"deeper": true}]}}',
+        b'{"": 1, "\u0000": 2}',
+    ],
+)
+def test_hostile_bodies_get_422_never_500(client: Any, body: bytes) -> None:
+    r = _post_raw(client, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
 def test_wrong_content_type_gets_415(
     client: Any, trained: dict[str, Any], content_type: str
