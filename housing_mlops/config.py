@@ -59,6 +59,8 @@ class FeaturesConfig(_Section):
     city_distances: bool = True
     knn_neighbors: list[int] = Field(default_factory=lambda: [8, 32])
     knn_folds: int = Field(5, ge=2)
+    # Also give the distance to the k-th neighbour (local density) for each k.
+    knn_distances: bool = True
     profile_sample_size: int = Field(5000, ge=100)
 
 

@@ -103,6 +103,7 @@ _EARTH_KM = 6371.0
 # Neighbour search works in a local equirectangular projection (km-ish units).
 _LAT0 = 36.0
 _LON_SCALE = math.cos(math.radians(_LAT0))
+_KM_PER_DEGREE = math.pi * _EARTH_KM / 180.0
 
 
 _CITY_LAT = np.radians([lat for _, lat, _ in CITIES])
@@ -158,6 +159,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         city_distances: bool = True,
         knn_neighbors: tuple[int, ...] = (8, 32),
         knn_folds: int = 5,
+        knn_distances: bool = True,
         random_state: int = 0,
     ) -> None:
         self.engineered = engineered
@@ -165,6 +167,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         self.city_distances = city_distances
         self.knn_neighbors = knn_neighbors
         self.knn_folds = knn_folds
+        self.knn_distances = knn_distances
         self.random_state = random_state
 
     # --- fitting -----------------------------------------------------------------------
@@ -215,23 +218,30 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         folds = max(2, int(self.knn_folds))
         rng = np.random.default_rng(self.random_state)
         assignment = rng.permutation(n) % folds
-        out = np.empty((n, len(ks)), dtype=np.float64)
+        out = np.empty((n, len(ks) * (2 if self.knn_distances else 1)), dtype=np.float64)
         for fold in range(folds):
             held = np.flatnonzero(assignment == fold)
             kept = np.flatnonzero(assignment != fold)
             if held.size == 0:
                 continue
             tree = cKDTree(points[kept])
-            out[held] = self._knn_means(tree, targets[kept], points[held], ks)
+            out[held] = self._knn_stats(tree, targets[kept], points[held], ks)
         return out
 
-    @staticmethod
-    def _knn_means(tree: Any, targets: np.ndarray, query: np.ndarray, ks: list[int]) -> np.ndarray:
+    def _knn_stats(
+        self, tree: Any, targets: np.ndarray, query: np.ndarray, ks: list[int]
+    ) -> np.ndarray:
+        """Mean target of the k nearest blocks for each k; then (optionally) the distance in
+        km to the k-th one, a local density (dense = urban) that trees use alongside."""
         kmax = min(max(ks), tree.n)
-        _, idx = tree.query(query, k=kmax)
+        dist, idx = tree.query(query, k=kmax)
         idx = np.asarray(idx).reshape(query.shape[0], kmax)
         kk = np.minimum(np.asarray(ks), kmax)
-        return np.cumsum(targets[idx], axis=1)[:, kk - 1] / kk
+        means = np.cumsum(targets[idx], axis=1)[:, kk - 1] / kk
+        if not self.knn_distances:
+            return means
+        dist = np.asarray(dist).reshape(query.shape[0], kmax)
+        return np.hstack([means, dist[:, kk - 1] * _KM_PER_DEGREE])
 
     @staticmethod
     def _project(M: np.ndarray) -> np.ndarray:
@@ -265,7 +275,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         ks = self._knn_ks()
         if not ks:
             return base
-        knn = self._knn_means(self._get_tree(), self.knn_targets_, self._project(M), ks)
+        knn = self._knn_stats(self._get_tree(), self.knn_targets_, self._project(M), ks)
         return np.hstack([base, knn])
 
     def _base_features(self, M: np.ndarray) -> np.ndarray:
@@ -313,6 +323,8 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
                 names += [f"dist_{name}_km" for name, _, _ in CITIES]
                 names += ["dist_nearest_city_km", "dist_coast_km"]
             names += [f"knn{k}_target_mean" for k in self._knn_ks()]
+            if self.knn_distances:
+                names += [f"knn{k}_distance_km" for k in self._knn_ks()]
         return np.asarray(names, dtype=object)
 
     # --- serialisation -----------------------------------------------------------------
@@ -342,5 +354,6 @@ def build_preprocessor(features_cfg: Any = None, engineered: bool = True, seed: 
         city_distances=bool(features_cfg.city_distances),
         knn_neighbors=tuple(int(k) for k in features_cfg.knn_neighbors),
         knn_folds=int(features_cfg.knn_folds),
+        knn_distances=bool(getattr(features_cfg, "knn_distances", True)),
         random_state=seed,
     )

@@ -58,6 +58,7 @@ def test_output_width_matches_feature_names(fitted: SpatialFeatures, frame: pd.D
     assert out.shape == (len(frame), len(names))
     assert list(names[:8]) == FEATURES
     assert "knn8_target_mean" in names and "knn32_target_mean" in names
+    assert "knn32_distance_km" in names
     assert len(set(names)) == len(names)
 
 
@@ -92,15 +93,19 @@ def test_neighbour_means_in_fit_transform_exclude_each_rows_own_target() -> None
     X["Longitude"] = -122.0 + gx.ravel() * 0.2
     y = rng.normal(2.0, 1.0, n)
     t = SpatialFeatures(knn_neighbors=(1, 4), knn_folds=5, random_state=0)
-    col = list(t.fit(X, y).get_feature_names_out()).index("knn1_target_mean")
+    names = list(t.fit(X, y).get_feature_names_out())
+    col, dist = names.index("knn1_target_mean"), names.index("knn1_distance_km")
 
-    in_sample = t.fit_transform(X, y)[:, col]
-    assert not np.any(np.isclose(in_sample, y))
-    assert abs(np.corrcoef(in_sample, y)[0, 1]) < 0.2
+    fitted = t.fit_transform(X, y)
+    assert not np.any(np.isclose(fitted[:, col], y))
+    assert abs(np.corrcoef(fitted[:, col], y)[0, 1]) < 0.2
+    assert fitted[:, dist].min() > 10  # the nearest OTHER block is a grid step (~20 km) away
 
     # transform (serving) uses the whole train set: the same rows now find themselves,
     # which is exactly what fit_transform must not do.
-    np.testing.assert_allclose(t.transform(X)[:, col], y)
+    served = t.transform(X)
+    np.testing.assert_allclose(served[:, col], y)
+    np.testing.assert_allclose(served[:, dist], 0.0)
 
 
 def test_one_row_gives_the_same_output_as_that_row_inside_a_frame(
@@ -142,7 +147,8 @@ def test_fit_transform_is_deterministic_given_the_seed(frame: pd.DataFrame) -> N
     b = SpatialFeatures(random_state=1).fit_transform(X, y)
     c = SpatialFeatures(random_state=2).fit_transform(X, y)
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a[:, -1], c[:, -1])  # a different fold assignment
+    col = list(SpatialFeatures().fit(X, y).get_feature_names_out()).index("knn8_target_mean")
+    assert not np.array_equal(a[:, col], c[:, col])  # a different fold assignment
 
 
 def test_clone_and_get_params_round_trip(fitted: SpatialFeatures, frame: pd.DataFrame) -> None:
@@ -155,7 +161,9 @@ def test_clone_and_get_params_round_trip(fitted: SpatialFeatures, frame: pd.Data
     np.testing.assert_array_equal(
         refit.transform(frame[FEATURES]), fitted.transform(frame[FEATURES])
     )
-    twin.set_params(knn_neighbors=(4,), rotations_deg=(45.0,), city_distances=False)
+    twin.set_params(
+        knn_neighbors=(4,), rotations_deg=(45.0,), city_distances=False, knn_distances=False
+    )
     out = twin.fit(frame[FEATURES], frame[TARGET]).transform(frame[FEATURES])
     assert out.shape[1] == len(twin.get_feature_names_out())
     assert list(twin.get_feature_names_out()[-1:]) == ["knn4_target_mean"]
@@ -180,8 +188,13 @@ def test_no_nan_or_inf_on_the_real_data(real_archive: Path) -> None:
     assert np.isfinite(fitted_out).all()
     assert np.isfinite(t.transform(test[FEATURES])).all()
     # neighbour means are averages of real targets, so they stay inside the target range
-    knn = t.transform(test[FEATURES])[:, -2:]
+    names = list(t.get_feature_names_out())
+    out = t.transform(test[FEATURES])
+    knn = out[:, [names.index("knn8_target_mean"), names.index("knn32_target_mean")]]
     assert knn.min() >= df[TARGET].min() and knn.max() <= df[TARGET].max()
+    # distances in km: inside California (~1,200 km long), never negative
+    km = out[:, names.index("knn32_distance_km")]
+    assert 0 <= km.min() and km.max() < 400
 
 
 def test_spatial_features_beat_the_raw_features_on_the_canonical_split(
