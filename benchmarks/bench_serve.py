@@ -322,15 +322,20 @@ def bench_housing(config: Path, args: argparse.Namespace, tool: str, tmp: Path) 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log(f"bench: starting housing serve on {base}")
+    log_file = tmp / "housing-serve.log"
     proc = subprocess.Popen(
         [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log_file.open("wb"),
     )
     db = Path(settings.serve.request_log)
     before = _count_rows(db)
     try:
-        wait_http(f"{base}/ready", proc)
+        try:
+            wait_http(f"{base}/ready", proc)
+        except RuntimeError:
+            log(log_file.read_text(errors="replace")[-3000:])
+            raise
         body = json.dumps(ROW)
         drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
         log(f"bench: driving housing serve for {args.duration:.0f} s with {tool}")
