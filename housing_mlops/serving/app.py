@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -600,20 +601,22 @@ def app_from_env() -> Any:
 
 
 # --------------------------------------------------------------------------- server
-def _check_port_free(host: str, port: int) -> None:
-    import socket
-
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a busy port is a clear error (exit 2), and nobody
+    can take the port while the model loads."""
     from housing_mlops.errors import UsageError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port"
-            ) from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port"
+        ) from None
+    return sock
 
 
 def _graceful_server_class() -> type:
@@ -680,8 +683,8 @@ def run_server(
         raise UsageError("--workers must be at least 1")
     # Before binding anything: is there a model to serve? (ModelError -> exit 5)
     ref = registry.resolve(settings, version=model_version)
-    _check_port_free(host, port)
     _check_request_log(Path(serve.request_log))
+    sock = _bind(host, port)
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -701,12 +704,15 @@ def run_server(
         "request_log": str(serve.request_log),
     }
     if workers == 1:
-        model = load_from_registry(settings, model_version)
-        app = create_app(settings, model, model_version=model_version)
-        if on_ready:
-            on_ready(summary)
-        _Server(uvicorn.Config(app, **common)).run()
+        with sock:
+            model = load_from_registry(settings, model_version)
+            app = create_app(settings, model, model_version=model_version)
+            if on_ready:
+                on_ready(summary)
+            _Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
+    # uvicorn's supervisor binds the port itself for its workers (checked free just now).
+    sock.close()
     source = config_path or settings.source
     if source is None:
         raise UsageError("--workers > 1 needs a config file (--config)")
