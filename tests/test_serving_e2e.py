@@ -201,6 +201,14 @@ def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[st
     assert [r["request_id"] for r in ok[:30]] == request_ids
     assert [r["model_version"] for r in ok] == [store["version"]] * (answered - 1) + [new_version]
     assert [r["status"] for r in logged if r["status"] != 200] == [422]
+    # Both served versions' training profiles wait in the drift cache, so `housing drift`
+    # needs no MLflow round trip for them.
+    conn = sqlite3.connect(store["tmp"] / "requests.db")
+    try:
+        cached = {v for (v,) in conn.execute("select model_version from drift_references")}
+    finally:
+        conn.close()
+    assert cached == {store["version"], new_version}
 
 
 @pytest.mark.slow

@@ -333,6 +333,8 @@ def load_from_registry(settings: Any, version: int | str | None = None) -> Loade
             exc,
         )
         profile = None
+    if profile is not None:
+        _cache_reference_for_drift(settings, ref, profile)
     meta = ModelMeta.from_ref(ref)
     if meta.alias is None and "champion" in (getattr(ref, "aliases", None) or ()):
         # Resolved by version (hot reload, --model-version) but it is the champion.
@@ -344,6 +346,25 @@ def load_from_registry(settings: Any, version: int | str | None = None) -> Loade
         max_batch_size=settings.serve.max_batch_size,
         threads=settings.serve.predictor_threads,
     )
+
+
+def _cache_reference_for_drift(settings: Any, ref: Any, profile: dict[str, Any]) -> None:
+    """Keep the served version's training profile in the request log's drift cache.
+
+    `housing drift` then finds it without importing MLflow (seconds saved on its first
+    check of a version). A failure only costs that speed-up, so it is logged, not raised.
+    """
+    from housing_mlops import registry, store
+
+    try:
+        db = store.open_db(settings.serve.request_log)
+        try:
+            uri = registry.tracking_uri(settings)
+            store.cache_reference(db, uri, ref.name, str(ref.version), ref.run_id, profile)
+        finally:
+            db.close()
+    except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason not to serve
+        log.warning("could not cache the reference profile for drift: %s", exc)
 
 
 # --------------------------------------------------------------------- micro-batching
