@@ -386,13 +386,14 @@ def load_reference_profile(settings: Settings, ref: ModelRef) -> dict[str, Any]:
     """The reference profile stored with the version's run at training time."""
     client = _client(settings)
     with tempfile.TemporaryDirectory(prefix="housing-profile-") as tmp:
-        try:
+        with _mlflow_errors(f"reading the reference profile of version {ref.version}"):
+            listed = {a.path for a in client.list_artifacts(ref.run_id, "reference")}
+            if PROFILE_ARTIFACT not in listed:
+                raise ModelError(
+                    f"model '{ref.name}' version {ref.version} has no {PROFILE_ARTIFACT} "
+                    "artifact (retrain with `housing train`)"
+                )
             local = client.download_artifacts(ref.run_id, PROFILE_ARTIFACT, tmp)
-        except Exception:  # noqa: BLE001 - missing artifact or store problem
-            raise ModelError(
-                f"model '{ref.name}' version {ref.version} has no {PROFILE_ARTIFACT} artifact "
-                "(retrain with `housing train`)"
-            ) from None
         return json.loads(Path(local).read_text())
 
 

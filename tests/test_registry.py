@@ -7,6 +7,7 @@ test_evaluate and test_promote: processed data written per the data contract fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -190,6 +191,13 @@ def test_reference_profile_covers_features_and_train_predictions(trained) -> Non
     assert "prediction" in profile["columns"]
     assert "MedInc" in profile["columns"]
     assert len(profile["columns"]["prediction"]["sample"]) == 200
+    import mlflow
+
+    with mlflow.start_run(experiment_id=registry.configure(settings)) as bare:
+        pass  # a run without a profile
+    orphan = dataclasses.replace(ref, run_id=bare.info.run_id)
+    with pytest.raises(ModelError, match="has no reference/profile.json artifact"):
+        registry.load_reference_profile(settings, orphan)
 
 
 def test_load_refuses_types_outside_the_allow_list(trained) -> None:
