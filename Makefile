@@ -31,9 +31,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check housing_mlops tests
 	$(BIN)/ruff format --check housing_mlops tests
+	$(BIN)/mypy housing_mlops
 
 format: $(STAMP)
 	$(BIN)/ruff format housing_mlops tests

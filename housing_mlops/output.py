@@ -54,8 +54,7 @@ def print_table(
     """Print rows (dicts) as a Rich table with the given columns, in order."""
     table = Table(title=title, show_lines=False)
     for col in columns:
-        justify = "left"
-        table.add_column(col, justify=justify, style=(styles or {}).get(col), overflow="fold")
+        table.add_column(col, justify="left", style=(styles or {}).get(col), overflow="fold")
     for row in rows:
         table.add_row(*[_fmt(row.get(col)) for col in columns])
     stdout.print(table)
