@@ -32,7 +32,9 @@ class PathsConfig(_Section):
 
 
 class DataConfig(_Section):
-    urls: list[str] = Field(default_factory=lambda: ["https://ndownloader.figshare.com/files/5976036"])
+    urls: list[str] = Field(
+        default_factory=lambda: ["https://ndownloader.figshare.com/files/5976036"]
+    )
     sha256: str = STATLIB_SHA256
     archive_name: str = "cal_housing.tgz"
     timeout_s: float = Field(30.0, gt=0)

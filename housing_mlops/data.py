@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from housing_mlops import __version__
+from housing_mlops.columns import FEATURES, TARGET
 from housing_mlops.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -38,17 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURES = [
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-]
-TARGET = "MedHouseVal"
 COLUMNS = [*FEATURES, TARGET]
 
 ARCHIVE_MEMBER = "CaliforniaHousing/cal_housing.data"

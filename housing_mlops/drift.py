@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from housing_mlops.columns import FEATURES
+
 PROFILE_FORMAT = 1
 
 
@@ -65,16 +67,6 @@ def build_profile(
 # default), its 101 quantiles (exact over the full train split) and its exact std.
 
 #: Columns judged, in display order: the 8 raw features, then the model's prediction.
-FEATURES = (
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-)
 PREDICTION = "prediction"
 
 #: Bin share used in place of 0 in PSI (an empty bin would make the log infinite).

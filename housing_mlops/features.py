@@ -29,17 +29,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-FEATURES: list[str] = [
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-]
-TARGET = "MedHouseVal"
+from housing_mlops.columns import FEATURES, TARGET  # noqa: F401 - TARGET re-exported
 
 _I_INC, _I_AGE, _I_ROOMS, _I_BEDRMS, _I_POP, _I_OCCUP, _I_LAT, _I_LON = range(8)
 

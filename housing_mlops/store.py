@@ -31,16 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-FEATURE_COLUMNS = [
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-]
+from housing_mlops.columns import FEATURES as FEATURE_COLUMNS
 
 REQUEST_COLUMNS: dict[str, type] = {
     "id": int,

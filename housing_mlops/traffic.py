@@ -29,18 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from housing_mlops.columns import FEATURES
 from housing_mlops.errors import HousingError, UsageError
-
-FEATURES = (
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-)
 
 
 def parse_shift(values: Sequence[str] | None) -> dict[str, float]:

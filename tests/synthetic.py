@@ -7,17 +7,7 @@ from typing import Any
 
 import numpy as np
 
-FEATURES = [
-    "MedInc",
-    "HouseAge",
-    "AveRooms",
-    "AveBedrms",
-    "Population",
-    "AveOccup",
-    "Latitude",
-    "Longitude",
-]
-TARGET = "MedHouseVal"
+from housing_mlops.columns import FEATURES, TARGET  # noqa: F401 - re-exported for tests
 
 
 def make_frame(n: int = 600, seed: int = 0):  # type: ignore[no-untyped-def]
