@@ -43,18 +43,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from housing_mlops.serving.schemas import EXAMPLE_HOUSE
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ROW = {
-    "MedInc": 8.3252,
-    "HouseAge": 41.0,
-    "AveRooms": 6.984,
-    "AveBedrms": 1.024,
-    "Population": 322.0,
-    "AveOccup": 2.556,
-    "Latitude": 37.88,
-    "Longitude": -122.23,
-}
+# The same single-row body the OpenAPI docs show (a real block group from the data set).
+ROW = EXAMPLE_HOUSE
 
 
 def log(msg: str) -> None:
