@@ -525,20 +525,25 @@ def validate_frame(df: pd.DataFrame, label: str = "raw data", max_rows: int = 5)
 
 
 # ------------------------------------------------------------------------ featurize
+def _read_parquet(path: Path, rebuild_with: str) -> pd.DataFrame:
+    """Read a parquet file we wrote; an unreadable one is a DataError naming the fix."""
+    import pandas as pd  # after the callers' checks: a missing file should fail fast
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
+        raise DataError(
+            f"cannot read {path} ({type(exc).__name__}); rerun `{rebuild_with}`"
+        ) from None
+
+
 def _read_raw_frame(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
     raw_dir = Path(settings.paths.raw_dir)
     parquet = raw_dir / RAW_PARQUET
     if not parquet.is_file():
         raise DataError(f"no raw data at {parquet}: run `housing fetch` first")
     manifest = read_raw_manifest(settings)
-    import pandas as pd  # after the checks: a missing file should fail fast
-
-    try:
-        frame = pd.read_parquet(parquet)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
-        raise DataError(
-            f"cannot read {parquet} ({type(exc).__name__}); rerun `housing fetch --force`"
-        ) from None
+    frame = _read_parquet(parquet, "housing fetch --force")
     expected = manifest.get("content_hash")
     if [str(c) for c in frame.columns] == COLUMNS:
         got = frame_content_hash(frame)
@@ -621,14 +626,7 @@ def load_split(settings: Settings, name: str) -> tuple[pd.DataFrame, pd.Series]:
     if not path.is_file():
         raise DataError(f"no {name} split at {path}: run `housing featurize` first")
     manifest = read_processed_manifest(settings)
-    import pandas as pd
-
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
-        raise DataError(
-            f"cannot read {path} ({type(exc).__name__}); rerun `housing featurize`"
-        ) from None
+    frame = _read_parquet(path, "housing featurize")
     if frame_content_hash(frame) != manifest.get(f"{name}_hash"):
         raise DataError(
             f"{path} does not match {Path(settings.paths.processed_dir) / MANIFEST}: "
