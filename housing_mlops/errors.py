@@ -17,9 +17,19 @@ EXIT_INSUFFICIENT = 7
 
 
 class HousingError(Exception):
-    """Base class: an expected failure with a message meant for the user."""
+    """Base class: an expected failure with a message meant for the user.
+
+    ``label`` starts the line ``cli.run`` prints on stderr (``Error: ...``); a decision
+    (a gate saying no, drift found) is not a failure and says so with its own label.
+    ``payload`` is the structured result behind a decision, printed by ``--json``.
+    """
 
     exit_code = EXIT_UNEXPECTED
+    label = "Error"
+
+    def __init__(self, message: str = "", *, payload: object | None = None) -> None:
+        super().__init__(message)
+        self.payload = payload
 
 
 class UsageError(HousingError):
@@ -47,9 +57,17 @@ class ModelError(HousingError):
 
 
 class GateRejected(HousingError):
-    """A gate said no: promotion rejected."""
+    """A gate said no: promotion rejected (a decision; ``payload`` is the decision object)."""
 
     exit_code = EXIT_GATE
+    label = "Refused"
+
+
+class DriftFound(HousingError):
+    """Drift check verdict: a feature or the prediction marked drift (a finding, exit 6)."""
+
+    exit_code = EXIT_GATE
+    label = "Drift"
 
 
 class InsufficientDataError(HousingError):
