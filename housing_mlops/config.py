@@ -241,6 +241,11 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Settings:
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config {path} is not UTF-8 text (undecodable byte at offset {exc.start}): "
+            "pass the YAML config with --config PATH"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -97,6 +97,21 @@ def test_bad_yaml_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert config_error(capsys, path) == f"Error: config {path} is not valid YAML at line 3"
 
 
+@pytest.mark.parametrize(
+    "blob",
+    [b"\xff\xfe\x00garbage", b"\x1f\x8b\x08\x00" + bytes(range(256))],
+    ids=["not-utf8", "gzip-binary"],
+)
+def test_binary_config_is_a_config_error_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], blob: bytes
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(blob)
+    line = config_error(capsys, path)
+    assert line.startswith(f"Error: config {path} is not UTF-8 text (undecodable byte at offset ")
+    assert line.endswith("pass the YAML config with --config PATH")
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("- just\n- a list\n")
