@@ -257,10 +257,12 @@ def dataset_verdict(scores: Sequence[Mapping[str, Any]], thresholds: Any) -> dic
     """Dataset-level verdict from per-column scores.
 
     Dataset drift when the share of *input features* marked drift reaches ``drift_share``,
-    or when any input feature passes a hard limit (PSI >= hard_limit_psi or normalised
-    Wasserstein >= hard_limit_wasserstein). The prediction is judged and shown like a
-    feature, and a drifting prediction fails the check (exit 6), but it does not count
-    towards the feature share.
+    or when an input feature *marked drift* passes a hard limit (PSI >= hard_limit_psi or
+    normalised Wasserstein >= hard_limit_wasserstein). A feature kept at warn by the KS
+    guard never counts, however far it moved: on a small window that distance is noise.
+    So dataset drift always comes with at least one column marked drift (exit 6). The
+    prediction is judged and shown like a feature, and a drifting prediction fails the
+    check (exit 6), but it does not count towards the feature share.
     """
     features = [s for s in scores if s.get("kind", "feature") == "feature"]
     drifting = [s["feature"] for s in features if s["verdict"] == "drift"]
@@ -269,8 +271,10 @@ def dataset_verdict(scores: Sequence[Mapping[str, Any]], thresholds: Any) -> dic
         s["feature"]
         for s in features
         if s["verdict"] == "drift"
-        and s["psi"] >= thresholds.hard_limit_psi
-        or s["wasserstein_norm"] >= thresholds.hard_limit_wasserstein
+        and (
+            s["psi"] >= thresholds.hard_limit_psi
+            or s["wasserstein_norm"] >= thresholds.hard_limit_wasserstein
+        )
     ]
     share = len(drifting) / len(features) if features else 0.0
     dataset_drift = bool(features) and (share >= thresholds.drift_share or bool(hard))

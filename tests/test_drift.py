@@ -131,6 +131,22 @@ def test_dataset_drift_by_share_or_by_a_hard_limit() -> None:
     assert result["verdict"] == "drift"
 
 
+def test_hard_limit_counts_only_for_features_marked_drift() -> None:
+    """A *warn* feature past the Wasserstein hard limit is not dataset drift (README rule)."""
+    # KS guard kept it warn: a huge distance on a tiny window, not significant.
+    noisy = {"kind": "feature", "verdict": "warn", "psi": 0.05, "wasserstein_norm": 0.9}
+    quiet = {"kind": "feature", "verdict": "ok", "psi": 0.01, "wasserstein_norm": 0.01}
+    scores = [{"feature": "MedInc", **noisy}] + [{"feature": f, **quiet} for f in FEATURES[1:]]
+    result = drift.dataset_verdict(scores, CFG)
+    assert result["hard_limit_features"] == []
+    assert result["dataset_drift"] is False and result["any_drift"] is False
+    assert result["verdict"] == "warn"
+    # The same distance on a feature marked drift passes the hard limit.
+    scores[0] = {**scores[0], "verdict": "drift"}
+    result = drift.dataset_verdict(scores, CFG)
+    assert result["hard_limit_features"] == ["MedInc"] and result["dataset_drift"] is True
+
+
 # ------------------------------------------------------------- windows vs a profile
 def test_a_window_from_the_training_distribution_drifts_nowhere(synthetic_profile) -> None:
     for seed, n in ((1, 3000), (2, 1000), (3, 300)):
