@@ -326,7 +326,9 @@ ACCEPTED_TIME_FORMS = (
 def parse_when(value: str, now: float, option: str = "--since") -> float:
     """Epoch seconds (UTC) for a duration back from ``now`` or an ISO-8601 timestamp.
 
-    Raises UsageError naming the accepted forms for anything else.
+    Raises UsageError naming the accepted forms for anything else, the empty string and
+    times outside the years 1 to 9999 included (``99999999999d`` back from now, or
+    9999-12-31 at UTC-14, which is year 10000 in UTC).
     """
     import re
     from datetime import UTC, datetime
@@ -336,14 +338,26 @@ def parse_when(value: str, now: float, option: str = "--since") -> float:
     text = (value or "").strip()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.lower())
     if match:
-        return now - float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        ts = now - float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise UsageError(
+                f"{option} {value!r} is not a time: use {ACCEPTED_TIME_FORMS}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ts = when.timestamp()
+    # Every time is printed back (window text, stored run), so it must be a datetime.
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{option} {value!r} is not a time: use {ACCEPTED_TIME_FORMS}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+        _iso(ts)
+    except (OverflowError, ValueError, OSError):
+        raise UsageError(
+            f"{option} {value!r} is out of range (times must fall in the years 1 to 9999 "
+            f"UTC): use {ACCEPTED_TIME_FORMS}"
+        ) from None
+    return ts
 
 
 def resolve_window(
@@ -352,10 +366,11 @@ def resolve_window(
     """(since_ts, until_ts) from the CLI values; until defaults to now. since < until."""
     from housing_mlops.errors import UsageError
 
-    until_ts = parse_when(until, now, "--until") if until else now
+    # None means the option was not given; an empty value was given and is malformed.
+    until_ts = parse_when(until, now, "--until") if until is not None else now
     # Durations count back from now for both ends (``--since 2h --until 1h`` is the hour
     # that ended an hour ago), as in journalctl and git.
-    since_ts = parse_when(since or default_since, now, "--since")
+    since_ts = parse_when(default_since if since is None else since, now, "--since")
     if since_ts >= until_ts:
         raise UsageError(
             f"the window is empty: --since ({_iso(since_ts)}) must be before "

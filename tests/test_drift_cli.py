@@ -191,6 +191,32 @@ def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: 
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--since", ""),
+        ("--until", ""),
+        ("--since", "99999999999d"),
+        ("--since", "9" * 400 + "d"),
+        ("--until", "1e30h"),
+        ("--since", "99999-01-01"),
+        ("--until", "9999-12-31T23:59:59-14:00"),
+        ("--since", "0001-01-01T00:00:00+14:00"),
+    ],
+)
+def test_empty_or_out_of_range_time_is_a_usage_error_exit_2(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, option: str, value: str
+) -> None:
+    config = write_config(tmp_path)
+    code = run(["--config", str(config), "drift", option, value])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {option} {value!r} "), lines
+    assert "30m, 12h, 7d or 2w" in lines[0] and "ISO-8601" in lines[0]
+    assert captured.out == ""
+
+
 def test_installed_command_exits_6_on_drift(project) -> None:  # type: ignore[no-untyped-def]
     exe = Path(sys.executable).parent / "housing"
     a = project["anchor"]
