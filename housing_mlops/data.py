@@ -377,7 +377,36 @@ def fetch(
 ) -> dict[str, Any]:
     """Download (or reuse) and verify the archive; write the raw parquet and its manifest."""
     raw_dir = Path(settings.paths.raw_dir)
-    _ensure_dir(raw_dir)
+    # Folders this run creates; a failed run removes them again when they are still empty,
+    # so a typo in --from or an unreachable mirror leaves no empty data/raw/ behind.
+    created = _missing_dirs(raw_dir)
+    try:
+        _ensure_dir(raw_dir)
+        return _fetch_into(raw_dir, settings, source, force, progress)
+    except BaseException:
+        for folder in created:  # deepest first; rmdir refuses a folder that is not empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _fetch_into(
+    raw_dir: Path,
+    settings: Settings,
+    source: str | None,
+    force: bool,
+    progress: ProgressHook | None,
+) -> dict[str, Any]:
     archive = raw_dir / settings.data.archive_name
     expected = settings.data.sha256
     sources, origin = _sources(settings, source)

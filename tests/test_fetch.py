@@ -329,6 +329,35 @@ def test_slow_server_times_out(tmp_path: Path, server: ArchiveServer, hits: list
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("case", ["bad-from", "checksum-mismatch", "unreachable"])
+def test_failed_fetch_leaves_no_empty_data_folder(
+    tmp_path: Path,
+    server: ArchiveServer,
+    hits: list[str],
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    urls = {
+        "bad-from": ["http://127.0.0.1:9/never-used"],
+        "checksum-mismatch": [server.url("/other.tgz")],
+        "unreachable": ["http://127.0.0.1:9/cal_housing.tgz"],
+    }[case]
+    cfg = make_config(tmp_path, urls, retries=1)
+    args = ["--from", str(tmp_path / "typo.tgz")] if case == "bad-from" else []
+    fetch_error(cfg, capsys, *args)
+    # Neither data/raw/ nor data/ was there before; the failed run leaves neither.
+    assert not (tmp_path / "data").exists()
+
+
+def test_failed_fetch_keeps_a_folder_that_was_already_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw_dir(tmp_path).mkdir(parents=True)
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/cal_housing.tgz"], retries=1)
+    fetch_error(cfg, capsys)
+    assert raw_dir(tmp_path).is_dir() and list(raw_dir(tmp_path).iterdir()) == []
+
+
 # --------------------------------------------------------------- offline routes
 def test_from_local_file_needs_no_network(
     tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
