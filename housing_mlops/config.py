@@ -40,6 +40,9 @@ class DataConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=1)
     backoff_s: float = Field(1.0, ge=0)
+    # A download or copy larger than this is aborted: a hostile or broken mirror must not
+    # fill the disk before the checksum can fail. The real archive is 441,963 bytes.
+    max_archive_bytes: int = Field(5_000_000, ge=1)
 
     @field_validator("sha256")
     @classmethod

@@ -187,14 +187,29 @@ def _local_path(source: str) -> Path | None:
     return Path(source).expanduser().resolve()
 
 
+def _too_large(limit: int) -> _SourceFailed:
+    return _SourceFailed(
+        f"more than {limit} bytes (data.max_archive_bytes): not the archive, which is about "
+        "442 kB; aborted",
+        retry=False,
+    )
+
+
 def _copy_stream(
     src: IO[bytes],
     dest: Path,
     total: int | None,
     label: str,
     progress: ProgressHook | None,
+    limit: int,
 ) -> tuple[int, str]:
-    """Copy ``src`` into ``dest`` while hashing; returns (bytes, sha256)."""
+    """Copy ``src`` into ``dest`` while hashing; returns (bytes, sha256).
+
+    Stops with ``_SourceFailed`` as soon as more than ``limit`` bytes arrive (an endless
+    body), or at once when the announced ``total`` is already larger.
+    """
+    if total is not None and total > limit:
+        raise _too_large(limit)
     digest = hashlib.sha256()
     done = 0
     if progress:
@@ -204,6 +219,8 @@ def _copy_stream(
             chunk = src.read(_CHUNK)
             if not chunk:
                 break
+            if done + len(chunk) > limit:
+                raise _too_large(limit)
             out.write(chunk)
             digest.update(chunk)
             done += len(chunk)
@@ -213,7 +230,7 @@ def _copy_stream(
 
 
 def _download_once(
-    url: str, dest: Path, timeout: float, progress: ProgressHook | None
+    url: str, dest: Path, timeout: float, progress: ProgressHook | None, limit: int
 ) -> tuple[int, str]:
     # Only http(s) URLs reach here (_local_path handles paths and file://).
     headers = {"User-Agent": f"housing-mlops/{__version__}"}
@@ -223,7 +240,7 @@ def _download_once(
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             label = f"download from {urllib.parse.urlsplit(url).netloc}"
-            size, sha = _copy_stream(response, dest, total, label, progress)
+            size, sha = _copy_stream(response, dest, total, label, progress, limit)
     except urllib.error.HTTPError as exc:
         transient = exc.code >= 500 or exc.code in (408, 429)
         raise _SourceFailed(f"HTTP {exc.code} {exc.reason}", retry=transient) from None
@@ -246,19 +263,20 @@ def _fetch_source(
 ) -> None:
     """Put the archive from ``source`` into ``dest`` and verify its checksum."""
     expected = settings.data.sha256
+    limit = settings.data.max_archive_bytes
     path = _local_path(source)
     if path is not None:
         try:
             with path.open("rb") as fh:
                 size = path.stat().st_size
-                _, sha = _copy_stream(fh, dest, size, f"copy {path.name}", progress)
+                _, sha = _copy_stream(fh, dest, size, f"copy {path.name}", progress, limit)
         except OSError as exc:
             raise _SourceFailed(f"cannot read {path}: {exc.strerror}", retry=False) from None
     else:
         attempts = settings.data.retries
         for attempt in range(1, attempts + 1):
             try:
-                _, sha = _download_once(source, dest, settings.data.timeout_s, progress)
+                _, sha = _download_once(source, dest, settings.data.timeout_s, progress, limit)
                 break
             except _SourceFailed as exc:
                 if not exc.retry or attempt == attempts:

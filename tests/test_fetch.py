@@ -85,6 +85,7 @@ class ArchiveServer:
 
     def __init__(self) -> None:
         self.hits: list[str] = []
+        self.sent: dict[str, int] = {}  # body bytes written per path (endless routes)
         self.routes: dict[str, tuple[str, Any]] = {
             "/good.tgz": ("body", GOOD),
             "/other.tgz": ("body", OTHER),
@@ -92,6 +93,8 @@ class ArchiveServer:
             "/error.tgz": ("status", 500),
             "/missing.tgz": ("status", 404),
             "/slow.tgz": ("sleep", 5.0),
+            "/endless.tgz": ("endless", None),
+            "/announced-huge.tgz": ("announce", 10**12),
         }
         server = self
 
@@ -109,6 +112,9 @@ class ArchiveServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/gzip")
+                if kind in ("endless", "announce"):
+                    self._stream_forever(announce=arg)
+                    return
                 if kind == "truncate":
                     # Promise the whole file, send a third of it, then hang up.
                     self.send_header("Content-Length", str(len(arg)))
@@ -120,6 +126,20 @@ class ArchiveServer:
                 self.send_header("Content-Length", str(len(arg)))
                 self.end_headers()
                 self.wfile.write(arg)
+
+            def _stream_forever(self, announce: int | None) -> None:
+                """A hostile mirror: bytes until the client hangs up (64 MB at most)."""
+                if announce is not None:
+                    self.send_header("Content-Length", str(announce))
+                self.end_headers()
+                chunk = random.Random(1).randbytes(64 * 1024)
+                sent = 0
+                with contextlib.suppress(OSError):
+                    while sent < 64 * 1024 * 1024:
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        server.sent[self.path] = sent
+                self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -329,7 +349,45 @@ def test_slow_server_times_out(tmp_path: Path, server: ArchiveServer, hits: list
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("case", ["bad-from", "checksum-mismatch", "unreachable"])
+def test_endless_body_is_cut_off_at_the_size_cap(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No Content-Length, and the body never ends: only the cap stops the download.
+    cap = 1_000_000
+    cfg = make_config(tmp_path, [server.url("/endless.tgz")], max_archive_bytes=cap)
+    line = fetch_error(cfg, capsys)
+    assert line.startswith(
+        f"Error: could not fetch {server.url('/endless.tgz')}: more than {cap} bytes "
+        "(data.max_archive_bytes): not the archive"
+    )
+    assert hits == ["/endless.tgz"]  # a body that is too large is not retried
+    assert leftovers(tmp_path) == []
+    assert not (raw_dir(tmp_path) / "cal_housing.tgz").exists()
+    # The client hung up near the cap (socket buffers hold a few MB), not at 64 MB.
+    deadline = time.monotonic() + 10
+    while server.sent.get("/endless.tgz", 0) < cap and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cap <= server.sent["/endless.tgz"] < 32 * 1024 * 1024
+
+
+def test_announced_size_over_the_cap_is_refused_before_reading(
+    tmp_path: Path, server: ArchiveServer, hits: list[str]
+) -> None:
+    cfg = make_config(tmp_path, [server.url("/announced-huge.tgz")], max_archive_bytes=500_000)
+    with pytest.raises(DataError, match=r"more than 500000 bytes \(data.max_archive_bytes\)"):
+        data.fetch(load_config(cfg))
+    assert hits == ["/announced-huge.tgz"]
+    assert leftovers(tmp_path) == []
+
+
+def test_default_cap_admits_the_real_archive_size() -> None:
+    # The StatLib archive is 441,963 bytes; the default cap leaves about 10x headroom.
+    from housing_mlops.config import DataConfig
+
+    assert 4_000_000 <= DataConfig().max_archive_bytes <= 10_000_000
+
+
+@pytest.mark.parametrize("case", ["bad-from", "checksum-mismatch", "unreachable", "too-large"])
 def test_failed_fetch_leaves_no_empty_data_folder(
     tmp_path: Path,
     server: ArchiveServer,
@@ -341,8 +399,9 @@ def test_failed_fetch_leaves_no_empty_data_folder(
         "bad-from": ["http://127.0.0.1:9/never-used"],
         "checksum-mismatch": [server.url("/other.tgz")],
         "unreachable": ["http://127.0.0.1:9/cal_housing.tgz"],
+        "too-large": [server.url("/endless.tgz")],
     }[case]
-    cfg = make_config(tmp_path, urls, retries=1)
+    cfg = make_config(tmp_path, urls, retries=1, max_archive_bytes=1_000_000)
     args = ["--from", str(tmp_path / "typo.tgz")] if case == "bad-from" else []
     fetch_error(cfg, capsys, *args)
     # Neither data/raw/ nor data/ was there before; the failed run leaves neither.
