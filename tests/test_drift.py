@@ -147,6 +147,99 @@ def test_hard_limit_counts_only_for_features_marked_drift() -> None:
     assert result["hard_limit_features"] == ["MedInc"] and result["dataset_drift"] is True
 
 
+def judged(verdicts: dict[str, str], w: float = 0.2, **extra: Any) -> dict[str, Any]:
+    """A drift result as check_drift returns it, from verdicts per column (others ok)."""
+    scores = [
+        {
+            "feature": name,
+            "kind": "prediction" if name == "prediction" else "feature",
+            "verdict": verdicts.get(name, "ok"),
+            "psi": 0.3 if verdicts.get(name, "ok") != "ok" else 0.01,
+            "wasserstein_norm": w if verdicts.get(name, "ok") != "ok" else 0.01,
+        }
+        for name in [*FEATURES, "prediction"]
+    ]
+    thresholds = {k: getattr(CFG, k) for k in ("drift_share", "hard_limit_psi")}
+    thresholds["hard_limit_wasserstein"] = CFG.hard_limit_wasserstein
+    return {
+        "rows": 1000,
+        "sampled_rows": 1000,
+        "other_versions": {},
+        "thresholds": thresholds,
+        "scores": scores,
+        **drift.dataset_verdict(scores, CFG),
+        **extra,
+    }
+
+
+def test_summary_explains_exit_6_when_columns_drift_without_dataset_drift() -> None:
+    result = judged({"MedInc": "drift", "prediction": "drift"}, run_id=12)
+    assert drift.summary_lines(result) == [
+        "Dataset drift: no (1/8 features drifting, share 0.12, threshold 0.50; no drifting "
+        "feature past the hard limits, PSI 1 or Wasserstein 0.5)",
+        "Columns marked drift: MedInc, prediction",
+        "Verdict: drift, exit 6: MedInc and the prediction are marked drift (a column marked "
+        "drift fails the check even without dataset drift)",
+        "Stored as drift run 12",
+    ]
+
+
+def test_summary_of_dataset_drift_by_a_hard_limit_and_of_a_drifting_prediction() -> None:
+    lines = drift.summary_lines(judged({"MedInc": "drift", "HouseAge": "warn"}, w=0.9))
+    assert lines == [
+        "Dataset drift: YES (1/8 features drifting, share 0.12, threshold 0.50; hard limit "
+        "passed by MedInc)",
+        "Columns marked drift: MedInc",
+        "Columns marked warn: HouseAge",
+        "Verdict: drift, exit 6: MedInc is marked drift",
+    ]
+    lines = drift.summary_lines(judged({"prediction": "drift"}))
+    assert lines[1:] == [
+        "Columns marked drift: prediction",
+        "Verdict: drift, exit 6: the prediction is marked drift (a column marked drift "
+        "fails the check even without dataset drift)",
+    ]
+
+
+def test_summary_of_a_clean_or_warn_only_window_says_exit_0_and_notes_the_window() -> None:
+    # A warn past the hard limit (the KS guard held it back) is no dataset drift.
+    result = judged(
+        {"MedInc": "warn", "AveRooms": "warn"},
+        w=0.9,
+        rows=120_000,
+        sampled_rows=50_000,
+        other_versions={"9": 300},
+    )
+    assert drift.summary_lines(result) == [
+        "Dataset drift: no (0/8 features drifting, share 0.00, threshold 0.50; no drifting "
+        "feature past the hard limits, PSI 1 or Wasserstein 0.5)",
+        "Columns marked drift: none",
+        "Columns marked warn: MedInc, AveRooms",
+        "Verdict: warn, exit 0: no column is marked drift (MedInc and AveRooms only warn)",
+        "Judged on a uniform sample of 50000 of 120000 rows",
+        "Other versions in the window (v9: 300 rows): judge them with --model-version N",
+    ]
+    assert drift.summary_lines(judged({}))[1:] == [
+        "Columns marked drift: none",
+        "Verdict: ok, exit 0: no column is marked drift or warn",
+    ]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_summary_lines_never_contradict_each_other(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    names = [*FEATURES, "prediction"]
+    verdicts = dict(zip(names, rng.choice(["ok", "warn", "drift"], len(names)), strict=True))
+    lines = drift.summary_lines(judged(verdicts, w=float(rng.choice([0.2, 0.9]))))
+    verdict_line = next(line for line in lines if line.startswith("Verdict: "))
+    exits_6 = "drift" in verdicts.values()
+    assert verdict_line.startswith("Verdict: drift, exit 6") == exits_6, (verdicts, lines)
+    if lines[0].startswith("Dataset drift: YES"):
+        assert exits_6, lines
+    marked = [n for n in names if verdicts[n] == "drift"]
+    assert lines[1] == f"Columns marked drift: {', '.join(marked) or 'none'}"
+
+
 # ------------------------------------------------------------- windows vs a profile
 def test_a_window_from_the_training_distribution_drifts_nowhere(synthetic_profile) -> None:
     for seed, n in ((1, 3000), (2, 1000), (3, 300)):
