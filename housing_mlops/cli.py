@@ -17,21 +17,29 @@ import typer
 
 from housing_mlops import __version__
 from housing_mlops.errors import (
+    EXIT_OK,
     EXIT_UNEXPECTED,
+    EXIT_USAGE,
     HousingError,
     NotAvailableYet,
 )
 
+# Plain Click help and errors (no Rich panels): one `Error:` line is the contract, and
+# boolean flags show no `<bool>` metavar.
 app = typer.Typer(
     name="housing",
     help="California Housing from raw data to a monitored prediction service.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DEFAULT_CONFIG = Path("configs/default.yaml")
+CONFIG_HELP = "YAML config file (default configs/default.yaml)."
+VERBOSE_HELP = "Debug logging and tracebacks on errors."
 
 
 @dataclass
@@ -45,11 +53,39 @@ class AppState:
         return load_config(self.config_path)
 
 
+def _root_state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):  # invoked without the callback (tests)
+        root.obj = AppState(DEFAULT_CONFIG, False)
+    return root.obj
+
+
 def _state(ctx: typer.Context) -> AppState:
-    state = ctx.find_root().obj
-    if not isinstance(state, AppState):  # invoked without the callback (tests)
-        state = AppState(Path("configs/default.yaml"), False)
-    return state
+    return _root_state(ctx)
+
+
+def _set_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    if value is not None:  # given after the subcommand: wins over the one before it
+        _root_state(ctx).config_path = value
+    return value
+
+
+def _set_verbose(ctx: typer.Context, value: bool) -> bool:
+    if value:
+        _root_state(ctx).verbose = True
+        _configure_logging(True)
+    return value
+
+
+# Declared once, accepted by every subcommand too (like DVC's parent parser), so
+# `housing train --config x.yaml` and `housing --config x.yaml train` mean the same.
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", metavar="PATH", help=CONFIG_HELP, callback=_set_config),
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP, callback=_set_verbose)
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -63,11 +99,9 @@ def main_callback(
     ctx: typer.Context,
     config: Annotated[
         Path,
-        typer.Option("--config", "-c", help="YAML config file.", show_default=True),
-    ] = Path("configs/default.yaml"),
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Debug logging and tracebacks on errors.")
-    ] = False,
+        typer.Option("--config", "-c", metavar="PATH", help=CONFIG_HELP, show_default=False),
+    ] = DEFAULT_CONFIG,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -75,7 +109,11 @@ def main_callback(
         ),
     ] = False,
 ) -> None:
-    """California Housing from raw data to a monitored prediction service."""
+    """California Housing from raw data to a monitored prediction service.
+
+    --config/-c and --verbose/-v work before or after the command:
+    `housing train --config configs/default.yaml` = `housing -c configs/default.yaml train`.
+    """
     ctx.obj = AppState(config_path=config, verbose=verbose)
     _configure_logging(verbose)
 
@@ -105,12 +143,15 @@ def fetch(
         str | None,
         typer.Option(
             "--from",
+            metavar="PATH_OR_URL",
             help="Local path, file:// or http(s):// URL of the archive (offline route). "
             "Default: $HOUSING_DATA_ARCHIVE, else the configured URLs.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download even if cached.")] = False,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Download and verify the California Housing archive; write data/raw/."""
     from rich.progress import (
@@ -123,7 +164,7 @@ def fetch(
     )
 
     from housing_mlops.data import fetch as fetch_archive
-    from housing_mlops.output import print_json, print_kv, stderr
+    from housing_mlops.output import StageProgress, print_json, print_kv, stderr
 
     settings = _state(ctx).settings()
     bar = Progress(
@@ -143,10 +184,12 @@ def fetch(
             tasks[label] = bar.add_task(label, total=total)
         bar.update(tasks[label], completed=done, total=total)
 
+    # A bar on a terminal; a line per source elsewhere (a bar leaves blank lines there).
+    lines = StageProgress("fetch", terminal=False)
     try:
-        # No bar when stderr is a log file or pipe: it would only leave blank lines there.
-        hook = progress if stderr.is_terminal else None
-        result = fetch_archive(settings, source=source, force=force, progress=hook)
+        with lines:
+            hook = progress if stderr.is_terminal else lines
+            result = fetch_archive(settings, source=source, force=force, progress=hook)
     finally:
         if tasks:
             bar.stop()
@@ -170,7 +213,12 @@ def fetch(
 
 # ----------------------------------------------------------------------- featurize
 @app.command()
-def featurize(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def featurize(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """Validate the raw data, split train/test, write data/processed/ and a reference profile."""
     from housing_mlops.data import featurize as featurize_raw
     from housing_mlops.output import print_json, print_kv
@@ -201,22 +249,20 @@ def train(
     ctx: typer.Context,
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="Train only this candidate (repeatable)."),
+        typer.Option(
+            "--model", "-m", metavar="NAME", help="Train only this candidate (repeatable)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Cross-validate and fit every configured candidate; log and register them in MLflow."""
-    from housing_mlops.output import make_progress, print_json, print_table
+    from housing_mlops.output import StageProgress, print_json, print_table
     from housing_mlops.train import train as train_candidates
 
     settings = _state(ctx).settings()
-    bar = make_progress()
-    task = bar.add_task("training", total=None)
-
-    def progress(description: str, done: int, total: int) -> None:
-        bar.update(task, description=description, completed=done, total=total)
-
-    with bar:
+    with StageProgress("train") as progress:
         rows = train_candidates(settings, only=model, progress=progress)
     if as_json:
         print_json(rows)
@@ -244,9 +290,13 @@ def train(
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    version: Annotated[int | None, typer.Option("--version", help="Model version.")] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", metavar="N", min=1, help="Model version.")
+    ] = None,
     all_versions: Annotated[bool, typer.Option("--all", help="Every version.")] = False,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Holdout metrics, slices, plots and behavioural checks for registered versions."""
     from housing_mlops.evaluate import evaluate as evaluate_versions
@@ -294,13 +344,17 @@ def evaluate(
 @app.command()
 def promote(
     ctx: typer.Context,
-    version: Annotated[int | None, typer.Option("--version", help="Model version.")] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", metavar="N", min=1, help="Model version.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge, change nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Override the gate.")] = False,
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Swap champion and previous-champion.")
     ] = False,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Move the `champion` alias to the best evaluated candidate if it passes the gate."""
     from housing_mlops.output import print_json, print_kv
@@ -339,12 +393,44 @@ def promote(
 @app.command()
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option("--host", help="Bind address.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="TCP port.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Uvicorn workers.")] = None,
-    model_version: Annotated[
-        int | None, typer.Option("--model-version", help="Serve this version, not @champion.")
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="HOST",
+            help="Bind address.",
+            show_default="serve.host in the config, 127.0.0.1",
+        ),
     ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="TCP port, 1-65535.",
+            show_default="serve.port in the config, 8000",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            help="Uvicorn worker processes.",
+            show_default="serve.workers, 1",
+        ),
+    ] = None,
+    model_version: Annotated[
+        int | None,
+        typer.Option(
+            "--model-version", metavar="N", min=1, help="Serve this version, not @champion."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve the champion model over HTTP (FastAPI on uvicorn)."""
     state = _state(ctx)
@@ -375,18 +461,29 @@ def serve(
 def drift(
     ctx: typer.Context,
     since: Annotated[
-        str | None, typer.Option("--since", help="Window start: 30m, 12h, 7d, 2w or ISO-8601.")
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Window start: 30m, 12h, 7d, 2w or ISO-8601.",
+            show_default="drift.default_since in the config, 7d",
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", help="Window end (default now); same forms.")
+        str | None,
+        typer.Option("--until", metavar="WHEN", help="Window end; same forms.", show_default="now"),
     ] = None,
     model_version: Annotated[
-        int | None, typer.Option("--model-version", help="Only requests served by this version.")
+        int | None,
+        typer.Option(
+            "--model-version", metavar="N", min=1, help="Only requests served by this version."
+        ),
     ] = None,
     reference: Annotated[
         Path | None,
         typer.Option(
             "--reference",
+            metavar="PATH",
             help="Profile JSON to compare with instead of the serving version's training "
             "profile (e.g. data/processed/reference_profile.json).",
         ),
@@ -398,6 +495,8 @@ def drift(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Compare logged requests with the training data; exit 6 when drift is found.
 
@@ -405,6 +504,7 @@ def drift(
     7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
     """
     from housing_mlops.drift import check_drift
+    from housing_mlops.errors import DriftFound
     from housing_mlops.output import print_json, stdout
 
     settings = _state(ctx).settings()
@@ -444,14 +544,18 @@ def drift(
         )
         stdout.print(_dataset_line(result), highlight=False)
     if result["any_drift"]:
-        raise typer.Exit(code=6)
+        marked = [s["feature"] for s in result["scores"] if s["verdict"] == "drift"]
+        raise DriftFound(
+            f"{', '.join(marked)} marked drift (exit 6); see the table above "
+            "and the README's drift section"
+        )
 
 
 def _print_drift_table(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
     from rich import box
     from rich.table import Table
 
-    from housing_mlops.output import stdout
+    from housing_mlops.output import print_renderable, stdout
 
     columns = ["feature", "rows", "ref mean", "cur mean", "PSI", "KS", "p", "Wasserstein"]
     table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
@@ -459,8 +563,8 @@ def _print_drift_table(rows: list[dict], title: str) -> None:  # type: ignore[ty
         table.add_column(col, no_wrap=True, justify="left" if col == "feature" else "right")
     for row in rows:
         table.add_row(*[str(row[c]) for c in [*columns, "verdict"]])
-    stdout.print(title, highlight=False)
-    stdout.print(table)
+    stdout.print(title, highlight=False, soft_wrap=True)
+    print_renderable(table)
 
 
 def _drop_hist(score: dict) -> dict:  # type: ignore[type-arg]
@@ -497,8 +601,15 @@ def _dataset_line(result: dict) -> str:  # type: ignore[type-arg]
 @app.command()
 def report(
     ctx: typer.Context,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", metavar="DIR", help="Output folder.", show_default="paths.reports_dir, reports"
+        ),
+    ] = None,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write a self-contained HTML report and its Markdown twin."""
     from housing_mlops.output import print_json, print_kv
@@ -521,31 +632,66 @@ def report(
 
 
 # ---------------------------------------------------------------------- entry point
+def _click_exception_types() -> tuple[type[Exception], type[Exception]]:
+    """Click's exception base and its usage error (Typer >= 0.29 carries its own Click)."""
+    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import UsageError as ClickUsageError
+
+    return ClickException, ClickUsageError
+
+
+def _usage_error_lines(exc: Exception, usage_type: type[Exception]) -> list[str]:
+    message = exc.format_message()  # type: ignore[attr-defined]
+    lines = [f"Error: {message}"]
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, usage_type) and ctx is not None:
+        lines.append(f"Try '{ctx.command_path} -h' for help.")
+    return lines
+
+
+def _print_decision(exc: HousingError, as_json: bool) -> None:
+    """A decision (exit 6) prints its object on stdout under --json, then its line."""
+    if as_json and exc.payload is not None:
+        from housing_mlops.output import print_json
+
+        print_json(exc.payload)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code: the one place errors become exit codes."""
+    """Run the CLI and return its exit code: the one place errors become exit codes.
+
+    Every failure is one line on stderr, `Error: ...` (a usage error adds a
+    `Try 'housing X -h' for help.` hint), and a documented exit code. A decision that is
+    not a failure (the gate refusing, drift found) prints its own label instead.
+    """
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in args)
+    as_json = "--json" in args
+    click_error, click_usage_error = _click_exception_types()
     try:
-        # Standalone mode lets Typer print usage errors itself (exit 2) and turns
-        # typer.Exit(code) into SystemExit; our own errors propagate to the handlers below.
-        command.main(args=args, prog_name="housing", standalone_mode=True)
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            return 0
-        return code if isinstance(code, int) else EXIT_UNEXPECTED
+        result = command.main(args=args, prog_name="housing", standalone_mode=False)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         return 130
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `housing`: the help, exit 0
+            print(exc.format_message())  # type: ignore[attr-defined]
+            return EXIT_OK
+        print("\n".join(_usage_error_lines(exc, click_usage_error)), file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_USAGE))
     except HousingError as exc:
         if verbose:
             import traceback
 
             traceback.print_exc()
-        print(f"Error: {exc}", file=sys.stderr)
+        _print_decision(exc, as_json)
+        print(f"{exc.label}: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if type(exc).__name__ == "Abort":  # Click's abort (Ctrl+D at a prompt)
+            print("Error: aborted", file=sys.stderr)
+            return 130
         if verbose:
             import traceback
 
@@ -555,7 +701,8 @@ def run(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_UNEXPECTED
-    return 0
+    # Without standalone mode Click returns typer.Exit's code (or the command's None).
+    return result if isinstance(result, int) else EXIT_OK
 
 
 def main() -> None:

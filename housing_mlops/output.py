@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-stdout = Console(soft_wrap=True)
+# Width for stdout when it is a pipe or file (and $COLUMNS is unset): Rich would otherwise
+# assume 80 columns and fold table cells in the middle of words; a table is only as wide
+# as its content needs.
+PIPE_WIDTH = 10_000
+
+
+def _stdout_width() -> int | None:
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return PIPE_WIDTH
+
+
+stdout = Console(soft_wrap=True, width=_stdout_width())
 stderr = Console(stderr=True)
+
+
+def _table_width() -> int | None:
+    return None if stdout.is_terminal else PIPE_WIDTH
 
 
 def _jsonable(value: Any) -> Any:
@@ -57,7 +77,12 @@ def print_table(
         table.add_column(col, justify="left", style=(styles or {}).get(col), overflow="fold")
     for row in rows:
         table.add_row(*[_fmt(row.get(col)) for col in columns])
-    stdout.print(table)
+    stdout.print(table, width=_table_width())
+
+
+def print_renderable(renderable: Any) -> None:
+    """Print a Rich renderable (a table) on stdout, unwrapped when stdout is a pipe."""
+    stdout.print(renderable, width=_table_width())
 
 
 def print_kv(pairs: Mapping[str, Any], title: str | None = None) -> None:
@@ -85,3 +110,58 @@ def make_progress(transient: bool = True):  # type: ignore[no-untyped-def]
         console=stderr,
         transient=transient,
     )
+
+
+class StageProgress:
+    """Progress of a long command on stderr, called as ``progress(description, done, total)``.
+
+    On a terminal: a Rich bar. Elsewhere (CI logs, pipes) a bar would only leave blank
+    lines, so it prints one line per stage instead (each time the description changes),
+    with the elapsed seconds, so a 60 s step is never 60 s of silence.
+    """
+
+    def __init__(self, title: str, *, terminal: bool | None = None) -> None:
+        self.title = title
+        self.terminal = stderr.is_terminal if terminal is None else terminal
+        self._bar: Any = None
+        self._task: Any = None
+        self._last: str | None = None
+        self._started = time.monotonic()
+
+    def __enter__(self) -> StageProgress:
+        if self.terminal:
+            self._bar = make_progress()
+            self._bar.start()
+            self._task = self._bar.add_task(self.title, total=None)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        elif self._last is not None and exc_type is None:
+            self._line(f"done in {time.monotonic() - self._started:.1f}s")
+
+    def __call__(
+        self, description: str, done: int | float = 0, total: int | float | None = None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=description, completed=done, total=total)
+            return
+        if description != self._last:
+            self._last = description
+            self._line(description)
+
+    def stage(self, description: str) -> None:
+        """A stage without a count (report, evaluate)."""
+        self(description)
+
+    def _line(self, text: str) -> None:
+        elapsed = time.monotonic() - self._started
+        stderr.print(
+            f"{self.title}: {text} [{elapsed:.0f}s]", highlight=False, markup=False, soft_wrap=True
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -117,8 +118,10 @@ def test_fetch_table_output(
 
 # ------------------------------------------------------------ the installed command
 def _housing(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # As from a shell: bash sets COLUMNS without exporting it (pytest's children see 80).
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run(
-        [str(HOUSING), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        [str(HOUSING), *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
     )
 
 
@@ -150,3 +153,103 @@ def test_installed_fetch_from_missing_path(tmp_path: Path) -> None:
     proc = _housing("-c", str(cfg), "fetch", "--from", "nowhere.tgz", cwd=tmp_path)
     assert proc.returncode == 4
     assert proc.stderr == f"Error: --from path not found: {tmp_path.resolve() / 'nowhere.tgz'}\n"
+
+
+# ------------------------------------------- common options after the subcommand (#9)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_config_and_verbose_after_its_name(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(tmp_path)
+    assert run([command, "--config", str(cfg), "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"Usage: housing {command}" in out
+    assert "-c, --config PATH" in out and "-v, --verbose" in out
+    assert "<bool>" not in out  # flags take no value, so show none
+
+
+def test_config_after_the_subcommand_is_the_one_used(
+    offline_config: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, archive = offline_config
+    assert run(["fetch", "--from", str(archive), "--config", str(cfg), "--json"]) == 0
+    fetched = json.loads(capsys.readouterr().out)
+    assert Path(fetched["parquet"]).is_relative_to(cfg.parent)
+    # `-c` after the name wins over the one before it, as a user fixing a call expects.
+    args = ["-c", str(cfg.parent / "missing.yaml"), "featurize", "-c", str(cfg), "--json"]
+    assert run(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["train_rows"] + result["test_rows"] == 7
+    assert Path(result["train_path"]).is_relative_to(cfg.parent)
+
+
+def test_missing_config_after_the_subcommand_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert run(["featurize", "--config", str(missing)]) == 3
+    assert capsys.readouterr().err.startswith(f"Error: config file not found: {missing}")
+
+
+# ---------------------------------------------------- one error format, exit 2 (#9)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bogus"], "No such command 'bogus'"),
+        (["fetch", "--bogus"], "No such option: --bogus"),
+        (["drift", "--since"], "Option '--since' requires an argument"),
+        (["promote", "--version", "abc"], "Invalid value for '--version'"),
+        (["serve", "--port", "abc"], "Invalid value for '--port'"),
+        (["serve", "--port", "0"], "Invalid value for '--port'"),
+        (["serve", "--port", "-1"], "Invalid value for '--port'"),
+        (["serve", "--port", "70000"], "Invalid value for '--port'"),
+        (["serve", "--workers", "0"], "Invalid value for '--workers'"),
+        (["evaluate", "--version", "0"], "Invalid value for '--version'"),
+    ],
+)
+def test_usage_errors_are_one_error_line_and_exit_2(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A config with no trained model: were the value accepted, serve would exit 5 instead.
+    cfg = write_config(tmp_path)
+    assert run(["-c", str(cfg), *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("Error: ") and message in lines[0], captured.err
+    assert all(line.startswith("Try 'housing") for line in lines[1:]), captured.err
+    assert len(lines) <= 2
+    assert "╭" not in captured.err and "Usage:" not in captured.err
+    assert captured.out == ""
+
+
+def test_bare_housing_prints_help_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([]) == 0
+    captured = capsys.readouterr()
+    assert "Usage: housing" in captured.out and "Error" not in captured.err
+
+
+def test_help_shows_defaults_and_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["serve", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # help text wraps at the terminal width
+    assert "--host HOST" in out and "127.0.0.1" in out
+    assert "--port PORT" in out and "8000" in out
+    assert run(["drift", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--since WHEN" in out and "7d" in out
+    assert run(["--help"]) == 0
+    assert "--install-completion" in capsys.readouterr().out
+
+
+# -------------------------------------------------- output on pipes and in CI logs (#9)
+@pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
+def test_piped_output_keeps_table_cells_whole_and_shows_progress_lines(
+    offline_config: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cfg, archive = offline_config
+    proc = _housing("fetch", "--from", str(archive), "--config", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # 64 hex characters on one line: a pipe is not an 80-column terminal.
+    assert sha256(GOOD) in proc.stdout
+    assert str(tmp_path / "data" / "raw" / "manifest.json") in proc.stdout
+    # stderr is a pipe here: a progress line per stage instead of a (blank) bar.
+    assert "fetch: " in proc.stderr and "done in" in proc.stderr
