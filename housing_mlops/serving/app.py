@@ -317,7 +317,7 @@ class ServingMiddleware:
         t0 = time.perf_counter()
         path = scope["path"]
         method = scope["method"]
-        status = 500
+        status = 0  # no answer sent (yet)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -347,10 +347,18 @@ class ServingMiddleware:
                 await send({"type": "http.response.body", "body": content})
                 return
             await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if not status:
+                status = 500  # uvicorn answers an app's exception with a 500
+            raise
         finally:
-            self.service.metrics.observe_http(
-                path if path in HANDLERS else "other", method, status, time.perf_counter() - t0
-            )
+            handler = path if path in HANDLERS else "other"
+            if status:
+                self.service.metrics.observe_http(handler, method, status, time.perf_counter() - t0)
+            else:
+                # The connection closed before any answer: the client left mid-body, or
+                # uvicorn rejected a malformed body with its own 400. Not a 5xx of ours.
+                self.service.metrics.observe_aborted(handler, method)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """Check and read a /predict body; None when a response has already been sent."""

@@ -59,6 +59,14 @@ class ServingMetrics:
             ["handler", "method", "status"],
             registry=r,
         )
+        self.http_aborted = Counter(
+            "housing_http_requests_aborted",
+            "Requests whose connection closed before the service answered (the client left "
+            "mid-body, or the HTTP server rejected a malformed body itself); they are not in "
+            "housing_http_requests_total, which counts answers sent.",
+            ["handler", "method"],
+            registry=r,
+        )
         self.http_duration = Histogram(
             "housing_http_request_duration_seconds",
             "Server-side HTTP request latency by handler.",
@@ -144,6 +152,10 @@ class ServingMetrics:
             self._http_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_aborted(self, handler: str, method: str) -> None:
+        """A request that got no answer from the service (rare: no cached child)."""
+        self.http_aborted.labels(handler, method).inc()
 
     def observe_predictions(self, version: str, values: Any) -> None:
         children = self._model_children.get(version)

@@ -1,0 +1,188 @@
+"""The prediction service on a real uvicorn server (what only a real server shows): requests
+that never get an answer from the service, and a property-based run of the service's own
+OpenAPI schema (schemathesis: positive and negative data for every operation).
+
+The model is a real fitted pipeline on synthetic data, served without MLflow
+(``create_app`` takes the loaded model); tests/test_serving_e2e.py covers the registry.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from synthetic import make_frame, write_config
+
+from housing_mlops.config import load_config
+from housing_mlops.drift import build_profile
+from housing_mlops.features import FEATURES
+from housing_mlops.models import build_pipeline
+from housing_mlops.serving.app import create_app
+from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
+
+MAX_BATCH = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Any:
+    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A fitted HistGradientBoosting pipeline with its training profile (hence ranges)."""
+    settings = load_config(write_config(tmp_path_factory.mktemp("model")))
+    frame = make_frame(500, seed=3)
+    X, y = frame[FEATURES], frame["MedHouseVal"]
+    pipeline = build_pipeline(settings.train.candidates[1], settings.features, 42, n_jobs=1)
+    pipeline.fit(X, y)
+    profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
+    meta = ModelMeta(name="test-housing", version="1", alias="champion", run_id="run1")
+    return build_loaded_model(pipeline, meta, profile, max_batch_size=MAX_BATCH)
+
+
+class Server:
+    """uvicorn in a background thread, configured like ``housing serve`` (httptools when
+    installed) unless ``http`` says otherwise."""
+
+    def __init__(self, app: Any, http: str = "auto") -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            http=http,  # type: ignore[arg-type]
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+def _settings(tmp_path: Path) -> Any:
+    overrides = {
+        "serve": {
+            "request_log": str(tmp_path / "requests.db"),
+            "max_batch_size": MAX_BATCH,
+            "max_body_bytes": 16384,
+            "reload_interval_s": 0,
+            "log_flush_interval_s": 0.2,
+        }
+    }
+    return load_config(write_config(tmp_path, overrides))
+
+
+def _samples(text: str, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of one metric in a Prometheus text exposition, keyed by its labels."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, rest = series.partition("{")
+        if name == metric:
+            out[tuple(sorted(re.findall(r'(\w+)="([^"]*)"', rest)))] = float(value)
+    return out
+
+
+def _raw_request(port: int, head: bytes, body_parts: list[bytes]) -> bytes:
+    """Send a hand-written request in parts, then read whatever comes back until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            time.sleep(0.05)  # separate packets: the app is reading the body by now
+            sock.sendall(part)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return answer
+
+
+# -------------------------------------------------- requests the service never answered
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_requests_without_an_answer_are_not_counted_as_server_errors(
+    tmp_path: Path, model: LoadedModel, http: str
+) -> None:
+    app = create_app(_settings(tmp_path), model)
+    with Server(app, http) as server:
+        # 1. A client that promises 500 bytes, sends 12 and leaves.
+        head = (
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 500\r\n\r\n"
+        )
+        assert _raw_request(server.port, head, [b'{"MedInc": 1']) == b""
+        # 2. A malformed chunked body: uvicorn itself answers 400 and closes.
+        head = (
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        answer = _raw_request(server.port, head, [b"zz\r\nnot a chunk\r\n0\r\n\r\n"])
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        # 3. A request that was answered, with its real status.
+        r = httpx.post(
+            f"{server.base}/predict", content=b"{}", headers={"content-type": "text/plain"}
+        )
+        assert r.status_code == 415
+
+        # Wait until the service has seen both connections close (counted somewhere).
+        deadline = time.time() + 10
+        while True:
+            text = httpx.get(f"{server.base}/metrics").text
+            predict = _predict_statuses(text)
+            aborted = _samples(text, "housing_http_requests_aborted_total").get(
+                (("handler", "/predict"), ("method", "POST")), 0.0
+            )
+            if aborted + sum(predict.values()) >= 3:
+                break
+            assert time.time() < deadline, f"the unanswered requests were not seen: {text}"
+            time.sleep(0.05)
+    # No phantom 5xx for the 5xx alert: only what the service really sent, with its status.
+    assert predict == {"415": 1.0}
+    assert aborted == 2
+    durations = _samples(text, "housing_http_request_duration_seconds_count")
+    assert durations[(("handler", "/predict"),)] == 1.0
+
+
+def _predict_statuses(text: str) -> dict[str, float]:
+    answered = _samples(text, "housing_http_requests_total")
+    return {
+        dict(labels)["status"]: value
+        for labels, value in answered.items()
+        if dict(labels)["handler"] == "/predict"
+    }
