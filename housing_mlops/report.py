@@ -701,8 +701,11 @@ def _safe(section: Section, build: Callable[[], Section]) -> Section:
 
 def build_report(settings: Any, out_dir: Path | str | None = None) -> dict[str, Any]:
     """Write the HTML report and its Markdown twin; returns their paths and section states."""
-    from housing_mlops import __version__
+    from housing_mlops import __version__, store
 
+    # A request log that is not a database is the user's to fix (exit 4), not a section
+    # note under an exit 0: check it before anything is built or written.
+    store.check_request_log(settings.serve.request_log)
     out = Path(out_dir) if out_dir is not None else Path(settings.paths.reports_dir)
     out.mkdir(parents=True, exist_ok=True)
 

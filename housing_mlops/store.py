@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from housing_mlops.columns import FEATURES as FEATURE_COLUMNS
+from housing_mlops.errors import DataError
 
 REQUEST_COLUMNS: dict[str, type] = {
     "id": int,
@@ -48,15 +49,95 @@ REQUEST_COLUMNS: dict[str, type] = {
 }
 
 
+# ------------------------------------------------------- is the path a request log?
+# Every way into the log (the service's writer, drift, the report, the /metrics collector)
+# goes through these checks, so a path that holds something else (a CSV, a directory,
+# random bytes) gives the same DataError everywhere instead of sqlite3's "file is not a
+# database" as an unexpected error, or a directory read as "no log yet". The file is
+# never written to: SQLite would otherwise leave -wal/-shm files beside it.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _not_a_log(path: Path, what: str) -> DataError:
+    return DataError(
+        f"the request log {path} {what}: move it away, or point serve.request_log "
+        "(or HOUSING_REQUEST_LOG) at a SQLite file (it is created when missing)"
+    )
+
+
+def _existing_log(path: Path) -> bool:
+    """True when ``path`` holds a SQLite file, False when nothing is there; else DataError.
+
+    Only the 16-byte header is read; an empty file counts (SQLite makes it a database).
+    """
+    if not path.exists():
+        return False
+    if path.is_dir():
+        raise _not_a_log(path, "is a directory, not a SQLite database")
+    if not path.is_file():
+        raise _not_a_log(path, "is not a regular file, so not a SQLite database")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise DataError(f"cannot read the request log {path}: {exc.strerror or exc}") from None
+    if head and head != SQLITE_HEADER:
+        raise _not_a_log(path, "is not a SQLite database")
+    return True
+
+
+def _verified(conn: Any, path: Path, statements: tuple[str, ...]) -> Any:
+    """Run the first statements on a new connection; a damaged database is a DataError.
+
+    OperationalError (locked, unable to open, read-only) is left to the caller: it says
+    nothing about what the file is.
+    """
+    import sqlite3
+
+    try:
+        for statement in statements:
+            conn.execute(statement).fetchall()
+    except sqlite3.OperationalError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:  # SQLITE_NOTADB, SQLITE_CORRUPT
+        conn.close()
+        raise _not_a_log(path, f"is not a usable SQLite database ({exc})") from None
+    return conn
+
+
+def check_request_log(path: Path | str) -> bool:
+    """True when ``path`` is a readable request log, False when it does not exist.
+
+    Raises DataError when something else is there (a text file, a directory, a damaged
+    database). Cheap: the file header and the schema page; never creates or writes. A
+    database that cannot be opened right now (locked, a WAL file in a read-only folder)
+    passes: it is a request log, and the reader that needs it reports its own error.
+    """
+    import sqlite3
+
+    try:
+        conn = connect(path, readonly=True)
+    except sqlite3.OperationalError:
+        return True
+    if conn is None:
+        return False
+    conn.close()
+    return True
+
+
 def open_db(path: Path | str) -> Any:
-    """Open (creating if needed) the request log with the schema in place; WAL mode."""
+    """Open (creating if needed) the request log with the schema in place; WAL mode.
+
+    Raises DataError when the path holds something that is not a SQLite database.
+    """
     import sqlite_utils
 
     path = Path(path)
+    _existing_log(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    _verified(db.conn, path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
     ensure_schema(db)
     return db
 
@@ -313,6 +394,8 @@ def _tables(db: Any) -> set[str]:
 def connect(path: Path | str, readonly: bool = False) -> Any | None:
     """A plain sqlite3 connection to an existing log (None when the file is missing).
 
+    Raises DataError when the path holds something that is not a SQLite database.
+
     Read-write connections switch to WAL and create the drift tables. The ``requests``
     table is left to ``open_db`` (the service creates it); readers treat it missing as
     an empty log.
@@ -320,13 +403,13 @@ def connect(path: Path | str, readonly: bool = False) -> Any | None:
     import sqlite3
 
     path = Path(path)
-    if not path.is_file():
+    if not _existing_log(path):
         return None
     if readonly:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        return _verified(conn, path, ("SELECT count(*) FROM sqlite_master",))
     conn = sqlite3.connect(path, timeout=10.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    _verified(conn, path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
     ensure_drift_schema(conn)
     return conn
 

@@ -217,6 +217,41 @@ def test_empty_or_out_of_range_time_is_a_usage_error_exit_2(  # type: ignore[no-
     assert captured.out == ""
 
 
+def not_a_database(tmp_path: Path, kind: str) -> Path:
+    """Something at the request log's path that is not a SQLite database."""
+    import os
+
+    path = tmp_path / "data" / "requests.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "text":
+        path.write_text("ts,request_id\n1,abc\n")
+    elif kind == "bytes":
+        path.write_bytes(os.urandom(8192))
+    elif kind == "short":
+        path.write_bytes(b"SQLite")
+    else:
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "bytes", "short", "directory"])
+def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, kind: str
+) -> None:
+    config = write_config(tmp_path)
+    path = not_a_database(tmp_path, kind)
+    before = None if path.is_dir() else path.read_bytes()
+    code = run(["--config", str(config), "drift", "--since", "1d"])
+    captured = capsys.readouterr()
+    assert code == 4, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: the request log {path} "), lines
+    assert "not a SQLite database" in lines[0] and "serve.request_log" in lines[0]
+    if before is not None:
+        assert path.read_bytes() == before  # never overwritten or "repaired"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["requests.db"]  # no -wal/-shm
+
+
 def test_installed_command_exits_6_on_drift(project) -> None:  # type: ignore[no-untyped-def]
     exe = Path(sys.executable).parent / "housing"
     a = project["anchor"]

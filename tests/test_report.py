@@ -60,6 +60,26 @@ def test_empty_state_gives_sections_that_say_what_to_run(tmp_path: Path, capsys)
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.parametrize("kind", ["text", "directory"])
+def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, kind: str
+) -> None:
+    config = write_config(tmp_path)
+    log = tmp_path / "data" / "requests.db"
+    log.parent.mkdir(parents=True)
+    if kind == "text":
+        log.write_text("not a database\n")
+    else:
+        log.mkdir()
+    code = run(["--config", str(config), "report"])
+    captured = capsys.readouterr()
+    assert code == 4, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: the request log {log} "), lines
+    assert "not a SQLite database" in lines[0]
+    assert not (tmp_path / "reports").exists()  # nothing written
+
+
 @pytest.fixture(scope="module")
 def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from housing_mlops import data, registry
