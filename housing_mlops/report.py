@@ -699,6 +699,38 @@ def _safe(section: Section, build: Callable[[], Section]) -> Section:
         return section.note(f"This section could not be built: {type(exc).__name__}: {exc}")
 
 
+def _prepare_out(out: Path, given: bool) -> None:
+    """Make sure ``out`` is a folder the report can be written to, before building it.
+
+    Creates it (and missing parents) when needed and proves a file can be created there;
+    a real attempt, because root passes os.access on folders it still cannot write
+    (/proc, /sys, read-only mounts). On failure the folders made here are removed again
+    and a UsageError (``--out``) or ConfigError (``paths.reports_dir``) says so.
+    """
+    from housing_mlops.errors import ConfigError, UsageError
+
+    name = "--out" if given else "paths.reports_dir"
+    error = UsageError if given else ConfigError
+    advice = "choose a folder you can write to"
+    if out.exists() and not out.is_dir():
+        raise error(f"{name} {out} is a file, not a folder: {advice}")
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".report-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        what = "cannot be created" if made and not out.is_dir() else "is not writable"
+        reason = exc.strerror or str(exc)
+        raise error(f"{name} {out} {what} ({reason}): {advice}") from None
+
+
 def build_report(settings: Any, out_dir: Path | str | None = None) -> dict[str, Any]:
     """Write the HTML report and its Markdown twin; returns their paths and section states."""
     from housing_mlops import __version__, store
@@ -707,7 +739,7 @@ def build_report(settings: Any, out_dir: Path | str | None = None) -> dict[str, 
     # note under an exit 0: check it before anything is built or written.
     store.check_request_log(settings.serve.request_log)
     out = Path(out_dir) if out_dir is not None else Path(settings.paths.reports_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out, given=out_dir is not None)
 
     state: dict[str, Any] = {"champ": None}
 

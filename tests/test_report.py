@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -78,6 +79,62 @@ def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(  # type: ignore[no
     assert len(lines) == 1 and lines[0].startswith(f"Error: the request log {log} "), lines
     assert "not a SQLite database" in lines[0]
     assert not (tmp_path / "reports").exists()  # nothing written
+
+
+def unwritable_out(tmp_path: Path, kind: str) -> Path:
+    """An --out value that cannot hold the report (tests run as root: chmod is no bar)."""
+    if kind == "existing file":
+        (tmp_path / "taken").write_text("keep me\n")
+        return tmp_path / "taken"
+    if kind == "under a file":
+        (tmp_path / "taken").write_text("keep me\n")
+        return tmp_path / "taken" / "reports"
+    folder = Path("/sys/kernel")  # a folder that not even root may create files in
+    if not folder.is_dir() or os.access(folder, os.W_OK) and _can_create(folder):
+        pytest.skip("no folder here that refuses new files")
+    return folder
+
+
+def _can_create(folder: Path) -> bool:
+    try:
+        (folder / ".housing-probe").touch()
+    except OSError:
+        return False
+    (folder / ".housing-probe").unlink()
+    return True
+
+
+@pytest.mark.parametrize("kind", ["existing file", "under a file", "read-only folder"])
+def test_out_that_is_not_a_writable_folder_is_a_usage_error_exit_2(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys, kind: str
+) -> None:
+    config = write_config(tmp_path)
+    out = unwritable_out(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = run(["--config", str(config), "report", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --out {out} "), lines
+    assert "choose a folder you can write to" in lines[0]
+    assert captured.out == ""
+    # No partial output: nothing new beside the config, the file untouched.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if kind != "read-only folder":
+        assert (tmp_path / "taken").read_text() == "keep me\n"
+    else:
+        assert not [p for p in out.iterdir() if p.name.startswith((".report", "report"))]
+
+
+def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "taken").write_text("keep me\n")
+    config = write_config(tmp_path, {"paths": {"reports_dir": str(tmp_path / "taken")}})
+    code = run(["--config", str(config), "report"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
 @pytest.fixture(scope="module")
