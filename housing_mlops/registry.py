@@ -104,6 +104,19 @@ def _artifact_location(settings: Settings, uri: str) -> str | None:
     return path.resolve().as_uri()
 
 
+# MLflow's HTTP client settings for a tracking server, applied only where the user has not
+# set the variable. MLflow's own defaults (120 s per request, 7 retries with exponential
+# backoff) keep a command waiting for many minutes when a server's /health answers but its
+# API hangs (a stuck database, a proxy that never answers). Here each request waits at most
+# 5 s for the connection or for the next bytes of the answer (not for a whole upload) and is
+# tried twice: about 11 s before exit 5. Set the variables yourself for a slow server.
+HTTP_CLIENT_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
 def _quiet_mlflow() -> None:
     # No run links, emoji or registration chatter on stdout; synchronous logging so a
     # finished command has really written everything.
@@ -111,9 +124,7 @@ def _quiet_mlflow() -> None:
         ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
         ("MLFLOW_PRINT_MODEL_URLS_ON_CREATION", "false"),
         ("MLFLOW_ENABLE_ASYNC_LOGGING", "false"),
-        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
-        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+        *HTTP_CLIENT_DEFAULTS.items(),
         ("GIT_PYTHON_REFRESH", "quiet"),
         # No usage telemetry to the internet (tests and air-gapped hosts).
         ("MLFLOW_DISABLE_TELEMETRY", "true"),
@@ -152,9 +163,37 @@ def _mlflow_errors(action: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - MlflowException, requests, sqlalchemy...
         from mlflow.exceptions import MlflowException
 
+        if _no_answer(exc):
+            import mlflow
+
+            uri = mlflow.get_tracking_uri()
+            timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+            raise ModelError(
+                f"cannot reach the MLflow tracking server at {uri}: {action} got no answer "
+                f"(MLFLOW_HTTP_REQUEST_TIMEOUT={timeout}s, MLFLOW_HTTP_REQUEST_MAX_RETRIES="
+                f"{retries}): check the server and its backend store, or fix "
+                "mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+            ) from exc
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         first_line = (message or type(exc).__name__).strip().splitlines()[0][:300]
         raise ModelError(f"{action} failed: {first_line}") from exc
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a timeout or lost connection to the server."""
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, requests.exceptions.SSLError):
+            return False  # it answered, with a certificate we refuse: not "no answer"
+        if isinstance(current, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def configure(settings: Settings) -> str:

@@ -264,3 +264,72 @@ def test_unreachable_tracking_server_is_a_quick_model_error(tmp_path: Path) -> N
     ):
         registry.resolve(settings)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_tracking_server_whose_api_hangs_is_reported_unreachable(tmp_path: Path) -> None:
+    """/health answers but every API call hangs: exit 5 in seconds, not minutes of retries.
+
+    A fake server is justified here: a real MLflow server cannot be made to hang on
+    purpose, and a hanging API behind a live /health (a stuck database, a proxy that
+    accepts and never answers) is exactly the hostile case under test.
+    """
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            self._answer()
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            self._answer()
+
+        def _answer(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            release.wait(120)  # the API hangs until the test is over
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_port}"
+    config = write_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    env["MLFLOW_TRACKING_URI"] = url
+    housing = Path(sys.executable).parent / "housing"
+    try:
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [str(housing), "--config", str(config), "evaluate"],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=tmp_path,
+                timeout=60,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("`housing evaluate` was still waiting for the hung server after 60 s")
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+    print(f"hanging tracking server reported after {elapsed:.1f}s")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 5, result.stderr[-2000:]
+    assert lines[-1].startswith(f"Error: cannot reach the MLflow tracking server at {url}")
+    assert elapsed < 30  # generous: the bound is ~11 s of MLflow timeouts plus start-up
