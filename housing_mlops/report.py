@@ -524,6 +524,13 @@ def _serving(settings: Any) -> Section:
         ],
         ["", "value"],
     )
+    if lat:
+        largest = stats["largest_batch"]
+        section.text(
+            f"Latency is per request (the server-side time of the whole request), over "
+            f"{lat['requests']} requests: a batch of N rows counts once, not N times"
+            + (f" (largest batch here: {largest} rows)." if largest > 1 else ".")
+        )
     section.heading("Requests per day")
     section.table(stats["per_day"], ["day", "requests", "rows", "errors"])
     fig = _figure(7.0, 3.0)

@@ -137,6 +137,60 @@ def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(  # typ
     assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
+def test_latency_percentiles_count_each_request_once_not_each_row(  # type: ignore[no-untyped-def]
+    tmp_path: Path, capsys
+) -> None:
+    """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms)."""
+    import numpy as np
+
+    config = write_config(tmp_path)
+    settings = load_config(config)
+    house = {c: 1.0 for c in FEATURES}
+    now = time.time()
+    batch = [
+        {
+            "ts": now,
+            "request_id": "batch",
+            "row_index": i,
+            "model_name": "m",
+            "model_version": "1",
+            **house,
+            "prediction": 2.0,
+            "latency_ms": 500.0,
+            "status": 200,
+        }
+        for i in range(1000)
+    ]
+    singles = [
+        {
+            "ts": now + ms,
+            "request_id": f"one-{ms}",
+            "row_index": 0,
+            "model_name": "m",
+            "model_version": "1",
+            **house,
+            "prediction": 2.0,
+            "latency_ms": float(ms),
+            "status": 200,
+        }
+        for ms in range(1, 100)
+    ]
+    db = store.open_db(settings.serve.request_log)
+    store.insert_requests(db, batch + singles)
+    db.close()
+    code = run(["--config", str(config), "report", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    markdown = Path(json.loads(captured.out)["markdown"]).read_text()
+    per_request = np.percentile([*range(1, 100), 500.0], [50, 95, 99])  # 50.5, 95.05, 103.01
+    for label, value in zip(("p50", "p95", "p99"), per_request, strict=True):
+        assert f"| latency {label} (ms) | {value:.4g} |" in markdown, markdown
+    assert "| logged rows | 1099 |" in markdown and "| requests | 100 |" in markdown
+    assert "Latency is per request" in markdown
+    assert "a batch of N rows counts once" in markdown
+    assert "largest batch here: 1000 rows" in markdown
+
+
 @pytest.fixture(scope="module")
 def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from housing_mlops import data, registry
