@@ -15,6 +15,12 @@ asks the gate and on success moves ``champion`` to it and the old champion to
 the human override, recorded on the version as ``promoted_by_force``/``forced_at`` tags.
 Each promotion also sets ``promoted_at``/``promotion_kind`` and appends to the version's
 ``promotion_history`` tag (JSON list), which the report shows.
+
+The result is one decision object (version, action, reason, metric, candidate and champion
+values, dry_run, promoted, ...); a refusal raises ``GateRejected`` carrying that same object
+as its ``payload``. Newer registered versions that were never evaluated are not candidates:
+``unevaluated_newer_versions`` lists them and the reason says so, so a dry run does not
+silently judge an old batch.
 """
 
 from __future__ import annotations
@@ -207,8 +213,9 @@ def promote(
 ) -> dict[str, Any]:
     """Move ``champion`` to the best evaluated candidate if the gate passes.
 
-    Raises GateRejected (exit 6) when the gate says no, ModelError when there is nothing
-    to promote or the version is unknown.
+    Raises GateRejected (exit 6) when the gate says no, with the decision object (the
+    dict a success returns, ``promoted`` false) as its payload; ModelError when there is
+    nothing to promote or the version is unknown.
     """
     from housing_mlops import registry
 
@@ -252,6 +259,23 @@ def promote(
     decision = should_promote(
         candidate.metrics, champion.metrics if champion is not None else None, settings.promote
     )
+    # The gate judged only evaluated versions: say so when newer ones were left out.
+    unevaluated = [
+        r.version
+        for r in refs
+        if int(r.version) > int(candidate.version)
+        and r.version != champion_version
+        and not _evaluated(r)
+    ]
+    notes = []
+    if unevaluated:
+        which = ", ".join(unevaluated)
+        notes.append(
+            f"newer version{'s' if len(unevaluated) > 1 else ''} {which} not evaluated, so "
+            "not considered: run `housing evaluate --all` first to include "
+            f"{'them' if len(unevaluated) > 1 else 'it'}"
+        )
+    reason = "; ".join([decision.reason, *(f"note: {n}" for n in notes)])
     result: dict[str, Any] = {
         "action": "force" if force else "gate",
         "version": candidate.version,
@@ -260,15 +284,20 @@ def promote(
         "candidate_value": decision.candidate_value,
         "champion_value": decision.champion_value,
         "gate_passed": decision.passed,
-        "reason": decision.reason,
+        "reason": reason,
         "champion_before": champion_version,
         "dry_run": dry_run,
         "decision": asdict(decision),
+        "unevaluated_newer_versions": unevaluated,
+        "notes": notes,
     }
     if not decision.passed and not force:
         against = f" against champion version {champion_version}" if champion else ""
         prefix = "dry run: " if dry_run else ""
-        raise GateRejected(f"{prefix}{_label(candidate)} not promoted{against}: {decision.reason}")
+        raise GateRejected(
+            f"{prefix}{_label(candidate)} not promoted{against}: {reason}",
+            payload={**result, "promoted": False, "champion_after": champion_version},
+        )
     if dry_run:
         return {**result, "promoted": False, "champion_after": champion_version}
 

@@ -13,7 +13,8 @@ from test_registry import copy_store, empty_store_config, trained_store
 from housing_mlops import registry
 from housing_mlops.cli import run
 from housing_mlops.config import PromoteConfig, Settings
-from housing_mlops.promote import should_promote
+from housing_mlops.errors import GateRejected
+from housing_mlops.promote import promote, should_promote
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,3 +208,60 @@ def test_bad_requests_are_clear_errors(stores, tmp_path: Path, capsys) -> None:
     trained_only = copy_store(stores["trained"], tmp_path / "t")
     code, (_, err) = _cli(capsys, trained_only, "--version", "1")
     assert code == 5 and "run `housing evaluate --version 1` first" in err
+
+
+def test_refusal_carries_the_same_decision_object_as_a_success(
+    stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = copy_store(stores["evaluated"], tmp_path)
+    would = promote(settings, dry_run=True)  # the shape a successful decision has
+    promote(settings)  # version 1 becomes champion; only the worse version 2 is left
+    v1 = registry.resolve(settings, version=1).metrics["holdout_rmse"]
+    v2 = registry.resolve(settings, version=2).metrics["holdout_rmse"]
+
+    with pytest.raises(GateRejected) as refused:
+        promote(settings, dry_run=True)
+    payload = refused.value.payload
+    assert isinstance(payload, dict)
+    assert set(payload) == set(would)
+    assert payload["version"] == "2" and payload["candidate"] == "hist_gb"
+    assert payload["action"] == "gate" and payload["dry_run"] is True
+    assert payload["promoted"] is False and payload["gate_passed"] is False
+    assert payload["metric"] == "holdout_rmse"
+    assert payload["candidate_value"] == pytest.approx(v2)
+    assert payload["champion_value"] == pytest.approx(v1)
+    assert payload["champion_before"] == payload["champion_after"] == "1"
+    assert "does not beat the champion's" in payload["reason"]
+
+    # Through the CLI: exit 6, the same object as JSON on stdout, the refusal on stderr.
+    code, (out, err) = _cli(capsys, settings, "--json")
+    assert code == 6, err
+    assert out == json.loads(json.dumps({**payload, "dry_run": False}))
+    assert err.strip().splitlines()[-1].startswith("Refused: version 2 (hist_gb) not promoted")
+    assert _aliases(settings) == ("1", None)
+
+
+def test_dry_run_names_newer_versions_that_were_not_evaluated(
+    stores, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from housing_mlops.evaluate import evaluate
+
+    # Versions 1 and 2 trained, only version 1 evaluated: the gate cannot see version 2.
+    settings = copy_store(stores["trained"], tmp_path)
+    evaluate(settings, version=1)
+    code, (out, err) = _cli(capsys, settings, "--dry-run", "--json")
+    assert code == 0, err
+    assert out["version"] == "1"
+    assert out["unevaluated_newer_versions"] == ["2"]
+    assert "newer version 2 not evaluated" in out["reason"]
+    assert "housing evaluate --all" in out["reason"]
+
+    code, (text, err) = _cli(capsys, settings, "--dry-run")
+    assert code == 0, err
+    assert "newer version 2 not evaluated" in text
+
+    # With every version evaluated there is nothing to mention.
+    evaluated = copy_store(stores["evaluated"], tmp_path / "all")
+    code, (out, err) = _cli(capsys, evaluated, "--dry-run", "--json")
+    assert code == 0, err
+    assert out["unevaluated_newer_versions"] == [] and "note:" not in out["reason"]
