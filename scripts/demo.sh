@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on this machine: fetch -> featurize -> train -> evaluate -> promote,
 # then a real `housing serve`, some normal and some shifted traffic, drift and the report.
-# Run through `make demo` (which creates .venv and installs first).
+# Run through `make demo` (which creates .venv and installs first). On a rerun the promote
+# step may print "Refused: ..." (exit 6, the gate keeps the champion): expected, not a failure.
 set -euo pipefail
 
 BIN="${BIN:-.venv/bin}"
@@ -20,10 +21,15 @@ step "train (all candidates in configs/default.yaml)"
 "$HOUSING" train
 step "evaluate"
 "$HOUSING" evaluate
-step "promote"
-# Exit 6 means the gate kept the current champion (for example on a rerun): not a failure here.
+step "promote (on a rerun the gate may refuse with exit 6: expected, not a failure)"
+# A rerun trains the same models again, and a tie never replaces the champion, so the gate
+# says "Refused: ..." and exits 6. The demo goes on with the current champion.
 set +e; "$HOUSING" promote; rc=$?; set -e
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 6 ]; then exit "$rc"; fi
+if [ "$rc" -eq 6 ]; then
+  echo "The gate kept the current champion (exit 6, expected on a rerun); the demo goes on." >&2
+elif [ "$rc" -ne 0 ]; then
+  exit "$rc"
+fi
 
 step "serve on ${URL} (background)"
 log="$(mktemp -t housing-serve.XXXXXX.log)"
