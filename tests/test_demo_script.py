@@ -21,7 +21,7 @@ DEMO = REPO / "scripts" / "demo.sh"
 STUB = """#!/usr/bin/env bash
 echo "stub: housing $*" >&2
 case "$1" in
-  promote) echo "Refused: version 5 (lightgbm) not promoted against champion version 1" >&2; exit 6 ;;
+  promote) echo "Refused: version 5 (lightgbm) not promoted" >&2; exit 6 ;;
   serve) exit 3 ;;
 esac
 exit 0
