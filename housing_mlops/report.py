@@ -738,9 +738,21 @@ def _prepare_out(out: Path, given: bool) -> None:
         raise error(f"{name} {out} {what} ({reason}): {advice}") from None
 
 
-def build_report(settings: Any, out_dir: Path | str | None = None) -> dict[str, Any]:
-    """Write the HTML report and its Markdown twin; returns their paths and section states."""
+def build_report(
+    settings: Any,
+    out_dir: Path | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write the HTML report and its Markdown twin; returns their paths and section states.
+
+    ``progress``, when given, is called with a short description as each stage starts
+    (MLflow, evaluation, drift, request log, writing): the CLI shows it on stderr.
+    """
     from housing_mlops import __version__, store
+
+    def stage(description: str) -> None:
+        if progress is not None:
+            progress(description)
 
     # A request log that is not a database is the user's to fix (exit 4), not a section
     # note under an exit 0: check it before anything is built or written.
@@ -756,21 +768,22 @@ def build_report(settings: Any, out_dir: Path | str | None = None) -> dict[str, 
         state["board"] = board
         return champion
 
+    stage("reading MLflow: champion and leaderboard")
     champion = _safe(Section("champion", "Champion"), models)
     board = state.get("board")
     if board is None:  # the registry failed: the same message for both sections
         board = Section("leaderboard", "Leaderboard", status=champion.status)
         board.blocks = list(champion.blocks)
-    sections = [
-        champion,
-        board,
-        _safe(
-            Section("evaluation", "Evaluation of the champion (test split)"),
-            lambda: _evaluation(settings, state["champ"]),
-        ),
-        _safe(Section("drift", "Drift"), lambda: _drift(settings)),
-        _safe(Section("serving", "Serving"), lambda: _serving(settings)),
-    ]
+    stage("evaluating the champion on the test split and plotting")
+    evaluation = _safe(
+        Section("evaluation", "Evaluation of the champion (test split)"),
+        lambda: _evaluation(settings, state["champ"]),
+    )
+    stage("reading drift runs from the request log and plotting")
+    drift_section = _safe(Section("drift", "Drift"), lambda: _drift(settings))
+    stage("reading serving statistics from the request log and plotting")
+    serving = _safe(Section("serving", "Serving"), lambda: _serving(settings))
+    sections = [champion, board, evaluation, drift_section, serving]
 
     meta = [f"Generated {_when(time.time())} by housing-mlops {__version__}."]
     try:
@@ -785,6 +798,7 @@ def build_report(settings: Any, out_dir: Path | str | None = None) -> dict[str, 
         meta.append("No processed data yet (`housing featurize`).")
     title = "California Housing: model, drift and serving report"
 
+    stage(f"writing {HTML_NAME}, {MARKDOWN_NAME} and {ASSETS_DIR}/ to {out}")
     assets = _write_assets(out, sections)
     md_path, html_path = out / MARKDOWN_NAME, out / HTML_NAME
     _atomic_write(md_path, _render_markdown(title, meta, sections).encode("utf-8"))

@@ -191,6 +191,26 @@ def test_latency_percentiles_count_each_request_once_not_each_row(  # type: igno
     assert "largest batch here: 1000 rows" in markdown
 
 
+def test_progress_names_each_stage_in_order_before_it_runs(tmp_path: Path) -> None:
+    settings = load_config(write_config(tmp_path))
+    seen: list[tuple[str, bool]] = []
+    out = tmp_path / "out"
+    result = build_report(
+        settings, out, progress=lambda text: seen.append((text, (out / "report.html").exists()))
+    )
+    assert [text.split(" ")[0] for text, _ in seen] == [
+        "reading",
+        "evaluating",
+        "reading",
+        "reading",
+        "writing",
+    ]
+    assert "MLflow" in seen[0][0] and "drift" in seen[2][0] and "serving" in seen[3][0]
+    assert seen[-1][0] == f"writing report.html, report.md and report_files/ to {out}"
+    assert not any(written for _, written in seen)  # announced before, not after
+    assert Path(result["html"]).is_file()
+
+
 @pytest.fixture(scope="module")
 def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from housing_mlops import data, registry
