@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,10 @@ COASTLINE: list[tuple[float, float]] = [
     (32.70, -117.20),
     (32.53, -117.12),
 ]
+# progress(description, steps_done, steps_total): the same hook as train.ProgressHook.
+ProgressHook = Callable[[str, int, int], None]
+STEPS_PER_VERSION = 3  # load the model; predict, metrics and checks; plots and logging
+
 KM_PER_DEG_LAT = 111.2
 CHECK_UPLIFT = 1.10  # MedInc multiplied by this in the monotonicity check
 
@@ -210,10 +214,17 @@ def _metric_row(ref: ModelRef) -> dict[str, float]:
 
 
 def evaluate(
-    settings: Settings, version: int | None = None, all_versions: bool = False
+    settings: Settings,
+    version: int | None = None,
+    all_versions: bool = False,
+    progress: ProgressHook | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate versions on the test split, log the results to their runs, compare with
-    the champion; one result row per version."""
+    the champion; one result row per version.
+
+    ``progress(description, done, total)`` is called as each version enters a stage
+    (``STEPS_PER_VERSION`` steps per version) and once more when it is done.
+    """
     import pandas as pd
 
     from housing_mlops import data, registry
@@ -230,9 +241,18 @@ def evaluate(
     data_version = str(manifest.get("raw_content_hash", ""))
     test_hash = str(manifest.get("test_hash", "")) or data_version
 
+    total = STEPS_PER_VERSION * len(chosen)
     rows: list[dict[str, Any]] = []
-    for ref in chosen:
+    for n, ref in enumerate(chosen):
+        label = f"version {ref.version} ({ref.tags.get('candidate', '?')})"
+
+        def report(stage: str, step: int, _base: int = n * STEPS_PER_VERSION) -> None:
+            if progress:
+                progress(stage, _base + step, total)
+
+        report(f"{label}: loading the model", 0)
         model = registry.load_model(settings, ref)
+        report(f"{label}: predicting {len(X)} holdout rows, slices and checks", 1)
         pred = np.asarray(model.predict(X), dtype=float)
         overall = compute_metrics(y, pred)
         slices = slice_metrics(y, pred, masks)
@@ -245,7 +265,7 @@ def evaluate(
         metrics["holdout_medinc_uplift"] = checks["checks"]["medinc_uplift"]["value"]
         metrics["holdout_out_of_range_rows"] = float(checks["checks"]["plausible_range"]["value"])
         metrics["holdout_checks_passed"] = 1.0 if checks["passed"] else 0.0
-        label = f"version {ref.version} ({ref.tags.get('candidate', '?')})"
+        report(f"{label}: plots and logging to MLflow", 2)
         when = registry.now_iso()
         with tempfile.TemporaryDirectory(prefix="housing-eval-") as tmp:
             plots = write_plots(y, pred, Path(tmp), label)
@@ -283,6 +303,7 @@ def evaluate(
                 "data_version": data_version,
             }
         )
+        report(f"{label}: evaluated", STEPS_PER_VERSION)
     _compare_with_champion(settings, rows)
     return rows
 

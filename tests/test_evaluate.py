@@ -199,3 +199,20 @@ def test_cli_table_and_errors(
     empty = empty_store_config(tmp_path_factory, tmp_path / "empty")
     assert run(["--config", str(empty), "evaluate"]) == 5
     assert "Error: no trained model versions: run `housing train` first" in capsys.readouterr().err
+
+
+def test_progress_reports_each_stage_of_each_version(evaluated, tmp_path: Path) -> None:
+    from housing_mlops.evaluate import evaluate
+
+    settings = copy_store(evaluated[0], tmp_path)
+    calls: list[tuple[str, int, int]] = []
+    rows = evaluate(settings, all_versions=True, progress=lambda *call: calls.append(call))
+    assert [r["version"] for r in rows] == ["1", "2"]
+    assert [done for _, done, _ in calls] == [0, 1, 2, 3, 3, 4, 5, 6]
+    assert {total for _, _, total in calls} == {6}
+    descriptions = [d for d, _, _ in calls]
+    assert descriptions[0] == "version 1 (ridge): loading the model"
+    assert descriptions[3] == "version 1 (ridge): evaluated"
+    assert descriptions[4] == "version 2 (hist_gb): loading the model"
+    assert any("logging to MLflow" in d for d in descriptions)
+    assert descriptions[-1] == "version 2 (hist_gb): evaluated"
