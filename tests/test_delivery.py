@@ -510,3 +510,91 @@ def test_retrain_workflow_retrains_only_when_drift_exits_6() -> None:
     gated_text = "\n".join(s["run"] for s in gated)
     order = [gated_text.index(f"housing {c}") for c in ("train", "evaluate", "promote")]
     assert order == sorted(order)
+
+
+def _test_job_step(name_part: str) -> dict[str, Any]:
+    steps = _workflow("ci.yml")["jobs"]["test"]["steps"]
+    [step] = [s for s in steps if name_part in s.get("name", "")]
+    return step
+
+
+def test_ci_runs_make_test_on_the_real_archive_cached_by_its_sha256() -> None:
+    steps = _workflow("ci.yml")["jobs"]["test"]["steps"]
+    names = [s.get("name", s.get("uses", "")) for s in steps]
+    test = _test_job_step("make test")
+    assert test["run"].startswith("make test ")  # the README's test command
+    assert test["env"]["HOUSING_REQUIRE_REAL_DATA"] == "1"
+    assert test["env"]["HOUSING_DATA_ARCHIVE"].endswith("${{ steps.archive.outputs.name }}")
+    cache = _test_job_step("Cache the archive")
+    assert cache["uses"].startswith("actions/cache@")
+    assert cache["with"]["key"] == "cal-housing-${{ steps.archive.outputs.sha256 }}"
+    assert test["env"]["HOUSING_DATA_ARCHIVE"].endswith(cache["with"]["path"])
+    fetch = _test_job_step("Fetch the archive")
+    assert fetch["if"] == "steps.cache.outputs.cache-hit != 'true'"
+    order = [names.index(n) for n in (cache["name"], fetch["name"], test["name"])]
+    assert order == sorted(order)
+
+
+def test_ci_archive_steps_read_the_pinned_checksum_and_fetch_from_the_configured_urls(
+    real_archive: Path, tmp_path: Path
+) -> None:
+    """Run the job's own scripts here: the checksum step, then the fetch step against a
+    local mirror standing in for the configured URL, then the check step."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from housing_mlops.config import load_config
+
+    pinned = load_config(REPO / "configs" / "default.yaml").data
+    output = tmp_path / "github_output"
+    env = {**os.environ, "GITHUB_OUTPUT": str(output), "GITHUB_WORKSPACE": str(REPO)}
+    result = _run(
+        ["bash", "-e", "-c", _test_job_step("sha256 and file name")["run"]], cwd=REPO, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert outputs == {"sha256": pinned.sha256, "name": pinned.archive_name}
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copy(real_archive, mirror / "cal_housing.tgz")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(mirror), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    config = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    config["data"]["urls"] = [f"http://127.0.0.1:{httpd.server_port}/cal_housing.tgz"]
+    (tmp_path / "ci.yaml").write_text(yaml.safe_dump(config))
+    work = tmp_path / "job"
+    work.mkdir()
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    env = {
+        **os.environ,
+        "GITHUB_WORKSPACE": str(REPO),
+        "RUNNER_TEMP": str(runner),
+        "CONFIG": str(tmp_path / "ci.yaml"),
+        "NAME": outputs["name"],
+        "SHA256": outputs["sha256"],
+        "HOUSING_DATA_ARCHIVE": "",
+    }
+    try:
+        fetched = _run(
+            ["bash", "-e", "-c", _test_job_step("Fetch the archive")["run"]], cwd=work, env=env
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    cached = work / ".ci-data" / pinned.archive_name
+    assert cached.read_bytes() == real_archive.read_bytes()
+    check = _test_job_step("Check the archive")["run"]
+    assert _run(["bash", "-e", "-c", check], cwd=work, env=env).returncode == 0
+    cached.write_bytes(b"not the archive")
+    assert _run(["bash", "-e", "-c", check], cwd=work, env=env).returncode != 0
