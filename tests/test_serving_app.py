@@ -358,11 +358,166 @@ def test_ranges_follow_the_reference_profile(client: Any, trained: dict[str, Any
     )
 
 
-def test_openapi_docs_are_served(client: Any) -> None:
-    assert client.get("/docs").status_code == 200
+# ----------------------------------------------------------------- OpenAPI and docs
+def _resolve(spec: dict[str, Any], schema: Any) -> Any:
+    """``schema`` with its ``#/components/schemas/...`` references inlined."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if ref is not None:
+            return _resolve(spec, spec["components"]["schemas"][ref.rsplit("/", 1)[1]])
+        return {k: _resolve(spec, v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_resolve(spec, v) for v in schema]
+    return schema
+
+
+def _predict_schemas(client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     spec = client.get("/openapi.json").json()
-    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    post = spec["paths"]["/predict"]["post"]
+    house = _resolve(spec, spec["components"]["schemas"]["House"])
+    return spec, {"post": post, "house": house}
+
+
+def _documented_answer(spec: dict[str, Any], r: Any) -> None:
+    """Fails unless the response's status, headers and body are what /openapi.json says."""
+    from jsonschema import Draft202012Validator
+
+    documented = spec["paths"]["/predict"]["post"]["responses"]
+    assert str(r.status_code) in documented, f"{r.status_code} is not documented"
+    answer = documented[str(r.status_code)]
+    assert set(answer["content"]) == {"application/json"}
+    assert r.headers["content-type"] == "application/json"
+    for header in answer["headers"]:
+        assert r.headers[header]
+    schema = _resolve(spec, answer["content"]["application/json"]["schema"])
+    Draft202012Validator(schema).validate(r.json())
+
+
+def test_openapi_states_the_enforced_ranges_and_batch_limit(
+    client: Any, trained: dict[str, Any]
+) -> None:
+    spec, doc = _predict_schemas(client)
+    body = doc["post"]["requestBody"]["content"]["application/json"]
     assert body["example"]["Latitude"] == 37.88
+    house = doc["house"]
+    assert sorted(house["required"]) == sorted(FEATURES)
+    assert house["additionalProperties"] is False
+    assert "AveBedrms must not be greater than AveRooms" in house["description"]
+    ranges = client.get("/model/info").json()["input_schema"]["ranges"]
+    for name in FEATURES:
+        field = house["properties"][name]
+        assert field["type"] == "number"
+        assert field.get("minimum") == ranges[name].get("minimum"), name
+        assert field.get("exclusiveMinimum") == ranges[name].get("exclusive_minimum"), name
+        assert field["maximum"] == ranges[name]["maximum"], name
+    # The documented edges are the enforced ones: on the edge accepted, past it rejected.
+    props = house["properties"]
+    top = {n: props[n]["maximum"] for n in FEATURES}
+    low = {
+        n: props[n]["minimum"] if "minimum" in props[n] else props[n]["exclusiveMinimum"] + 1e-6
+        for n in FEATURES
+    }
+    assert client.post("/predict", json=top).status_code == 200
+    assert client.post("/predict", json=low).status_code == 200
+    for name in FEATURES:
+        f = props[name]
+        under = f["minimum"] - 1e-3 if "minimum" in f else f["exclusiveMinimum"]
+        for row in ({**top, name: f["maximum"] + 1e-3}, {**low, name: under}):
+            r = client.post("/predict", json=row)
+            assert r.status_code == 422, (name, row)
+            assert name in [d["field"] for d in r.json()["detail"]]
+    batch = spec["components"]["schemas"]["Batch"]["properties"]["instances"]
+    assert (batch["minItems"], batch["maxItems"]) == (1, 20)  # serve.max_batch_size here
+    assert client.post("/predict", json={"instances": [top] * 20}).status_code == 200
+    assert client.post("/predict", json={"instances": [top] * 21}).status_code == 422
+
+
+def test_openapi_documents_the_real_answers_of_predict(
+    client: Any, trained: dict[str, Any]
+) -> None:
+    spec, _ = _predict_schemas(client)
+    single = client.post("/predict", json=_row(trained))
+    assert set(single.json()) == {
+        "request_id",
+        "model_name",
+        "model_version",
+        "prediction",
+        "prediction_usd",
+    }
+    batch = client.post("/predict", json={"instances": [_row(trained, i) for i in range(3)]})
+    assert set(batch.json()) == {
+        "request_id",
+        "model_name",
+        "model_version",
+        "count",
+        "predictions",
+        "predictions_usd",
+    }
+    too_large = _post_raw(client, b" " * 20000)
+    wrong_type = _post_raw(client, b"{}", "text/plain")
+    invalid = client.post("/predict", json=_with(trained, MedInc=-1.0))
+    malformed = _post_raw(client, b'{"MedInc": 1,')
+    answers = [single, batch, too_large, wrong_type, invalid, malformed]
+    assert [r.status_code for r in answers] == [200, 200, 413, 415, 422, 422]
+    for r in answers:
+        _documented_answer(spec, r)
+
+
+def test_openapi_documents_the_answer_without_a_model(tmp_path: Path) -> None:
+    def failing_loader(version: str | None) -> LoadedModel:
+        raise RuntimeError("registry is down")
+
+    app = create_app(_settings(tmp_path), None, loader=failing_loader)
+    with TestClient(app) as c:
+        spec = c.get("/openapi.json").json()
+        r = c.post("/predict", json={"MedInc": 1.0})
+        assert r.status_code == 503
+        _documented_answer(spec, r)
+        assert c.get("/ready").status_code == 503
+        assert "503" in spec["paths"]["/ready"]["get"]["responses"]
+
+
+def test_metrics_are_documented_as_plain_text(client: Any) -> None:
+    spec = client.get("/openapi.json").json()
+    documented = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(documented) == ["text/plain"]
+    r = client.get("/metrics")
+    assert r.headers["content-type"].split(";")[0] == "text/plain"
+
+
+def test_openapi_follows_a_hot_reload_to_other_ranges(
+    tmp_path: Path, trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOUSING_RELOAD_TOKEN", TOKEN)
+    X = trained["X"]
+    small = X[X["Population"] < 1000]  # version 2 was trained on smaller blocks only
+    profile2 = build_profile({c: small[c].to_numpy() for c in FEATURES}, 200)
+    meta2 = ModelMeta(name="test-housing", version="2", alias="champion", run_id="run2")
+    version2 = build_loaded_model(trained["pipeline"], meta2, profile2, max_batch_size=20)
+    alias = {"version": "1"}
+    app = create_app(
+        _settings(tmp_path),
+        _model(trained),
+        loader=lambda v: version2,
+        alias_version=lambda: alias["version"],
+    )
+
+    def population_max(c: Any) -> float:
+        _, doc = _predict_schemas(c)
+        return float(doc["house"]["properties"]["Population"]["maximum"])
+
+    with TestClient(app) as c:
+        before = population_max(c)
+        row = {**_row(trained), "Population": before}
+        assert c.post("/predict", json=row).status_code == 200
+        alias["version"] = "2"
+        r = c.post("/model/reload", headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.json()["version"] == "2"
+        after = population_max(c)
+        enforced = c.get("/model/info").json()["input_schema"]["ranges"]["Population"]
+        assert after == enforced["maximum"] < before
+        assert c.post("/predict", json=row).status_code == 422
+        assert c.post("/predict", json={**row, "Population": after}).status_code == 200
 
 
 def test_not_ready_until_a_model_loads(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 runs it on uvicorn.
 
 Endpoints: ``POST /predict`` (one house, or ``{"instances": [...]}``), ``GET /health``,
-``GET /ready``, ``GET /model/info``, ``GET /metrics``, ``POST /model/reload`` and the
-OpenAPI docs at ``/docs``.
+``GET /ready``, ``GET /model/info``, ``GET /metrics``, ``POST /model/reload``, the OpenAPI
+schema at ``/openapi.json`` and its docs at ``/docs``.
 
 Status codes of ``/predict`` (bad input never gives a 500):
 
@@ -24,10 +24,11 @@ The hot path stays lean: a pure ASGI middleware (``ServingMiddleware``, no
 itself: it checks content type and size while reading the body, then
 ``Service.answer_predict`` validates the raw bytes with pydantic (in Rust), predicts through
 the micro-batcher and answers with orjson-encoded bytes, skipping FastAPI's routing,
-dependency and exception layers (the FastAPI route exists for the OpenAPI docs and calls
-the same function). 422 bodies are shaped in one place (``Service.validation_failure``),
-also used by FastAPI's ``RequestValidationError`` handler. Request-log rows are queued for
-a background writer.
+dependency and exception layers. FastAPI never sees ``POST /predict``: its route only
+carries the OpenAPI documentation, generated (``schemas.predict_openapi``) from the served
+model's own validating models, so the documented ranges and batch limit are the enforced
+ones; it is regenerated when a reload swaps the model. 422 bodies are shaped in one place
+(``Service.validation_failure``). Request-log rows are queued for a background writer.
 """
 
 from __future__ import annotations
@@ -49,14 +50,18 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import ValidationError
 
 from housing_mlops.serving.metrics import ServingMetrics
 from housing_mlops.serving.predictor import LoadedModel, MicroBatcher
 from housing_mlops.serving.reload import ModelHolder, ModelWatcher
-from housing_mlops.serving.schemas import PREDICT_OPENAPI, format_errors, metric_field
+from housing_mlops.serving.schemas import (
+    build_request_models,
+    format_errors,
+    metric_field,
+    predict_openapi,
+)
 from housing_mlops.store import LOG_COLUMNS, RequestLogWriter
 
 log = logging.getLogger(__name__)
@@ -447,7 +452,7 @@ def create_app(
     """The ASGI app serving ``model`` (or the registry's champion, loaded at startup).
 
     It is the FastAPI app wrapped in ``ServingMiddleware`` (``.fastapi`` is the FastAPI
-    app, ``.state.service`` the ``Service``).
+    app, ``.state.service`` the ``Service``); only the wrapper answers ``POST /predict``.
 
     ``loader(version or None)`` and ``alias_version()`` default to the registry; tests
     pass their own to serve in-memory pipelines. ``model_version`` pins a version (the
@@ -470,7 +475,8 @@ def create_app(
         title="housing-mlops prediction service",
         version=__version__,
         description="Median house value of a California block group (in $100k and in US "
-        "dollars) from the 8 raw census features. See GET /model/info for the allowed ranges.",
+        "dollars) from the 8 raw census features. The ranges in the schema of POST /predict "
+        "are those of the served model version (also in GET /model/info).",
         lifespan=lifespan,
     )
     app.state.service = service
@@ -478,49 +484,35 @@ def create_app(
     metrics = service.metrics
     serve_cfg = settings.serve
 
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        status, content, rid = service.validation_failure(request.scope, list(exc.errors()))
-        return Response(
-            content, status_code=status, media_type=_JSON, headers={"x-request-id": rid}
-        )
-
     @app.post(
         "/predict",
         summary="Predict the median house value of one block group or a batch",
-        openapi_extra=PREDICT_OPENAPI,
-        responses={
-            200: {"description": "prediction(s) in $100k and in US dollars"},
-            413: {"description": "body larger than serve.max_body_bytes"},
-            415: {"description": "Content-Type is not application/json"},
-            422: {"description": "invalid body: every bad field with path and reason"},
-            503: {"description": "no model loaded yet"},
-        },
     )
-    async def predict(request: Request) -> Response:
-        # Documentation and a fallback: ServingMiddleware answers /predict itself (same
-        # Service.answer_predict) without FastAPI's routing and exception layers.
-        scope = request.scope
-        body = scope.get("housing.body")
-        if body is None:
-            body = await request.body()
-        status, content, rid = await service.answer_predict(scope, body)
-        return Response(
-            content, status_code=status, media_type=_JSON, headers={"x-request-id": rid}
-        )
+    async def predict() -> Response:
+        # Only the OpenAPI entry (filled in by `openapi` below): ServingMiddleware answers
+        # POST /predict before FastAPI routes anything.
+        raise RuntimeError("POST /predict is answered by ServingMiddleware; serve create_app()")
 
     @app.get("/health", summary="The process is alive")
     async def health() -> Response:
         return _json(200, {"status": "ok"})
 
-    @app.get("/ready", summary="200 once a model is loaded, else 503")
+    @app.get(
+        "/ready",
+        summary="200 once a model is loaded, else 503",
+        responses={503: {"description": "no model loaded yet"}},
+    )
     async def ready() -> Response:
         model = holder.model
         if model is None:
             return _json(503, {"status": "loading", "last_reload_error": holder.last_reload_error})
         return _json(200, {"status": "ready", "model_version": model.meta.version})
 
-    @app.get("/model/info", summary="The served model, its metrics and its input schema")
+    @app.get(
+        "/model/info",
+        summary="The served model, its metrics and its input schema",
+        responses={503: {"description": "no model loaded yet"}},
+    )
     async def model_info() -> Response:
         model = holder.model
         if model is None:
@@ -550,7 +542,12 @@ def create_app(
         )
         return _json(200, info)
 
-    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (text format)",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "the Prometheus text exposition format"}},
+    )
     async def prometheus_metrics() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
@@ -591,6 +588,30 @@ def create_app(
             )
         result = await service.watcher.check()
         return _json(500 if result.error else 200, result.as_dict())
+
+    generate_openapi = app.openapi  # FastAPI's own, cached in app.openapi_schema
+    documented: list[LoadedModel | None] = [None]  # the model the cached schema documents
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema with POST /predict documented from the served model's
+        validating models; rebuilt when a reload swaps the model."""
+        model = holder.model
+        if app.openapi_schema is None or documented[0] is not model:
+            app.openapi_schema = None
+            spec = generate_openapi()
+            requests = (
+                model.requests
+                if model is not None
+                else build_request_models(None, serve_cfg.max_batch_size)
+            )
+            operation, components = predict_openapi(requests, serve_cfg.max_body_bytes)
+            spec["paths"]["/predict"]["post"].update(operation)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            documented[0] = model
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    openapi()  # now, so a schema that cannot be built fails at startup, not on /docs
 
     # Outermost, so /predict also skips FastAPI's own per-request work (telemetry checks,
     # error middleware); everything else passes through to FastAPI.

@@ -12,7 +12,8 @@ Every request is checked by pydantic (in Rust, straight from the JSON bytes):
 - a batch ``{"instances": [...]}`` holds 1 to ``serve.max_batch_size`` rows.
 
 The ranges depend on the model (its profile), so each loaded model carries its own
-request models (``RequestModels``); ``/model/info`` shows them.
+request models (``RequestModels``); ``/model/info`` shows them, and the OpenAPI schema of
+``POST /predict`` is generated from them (``predict_openapi``), with the response bodies.
 """
 
 from __future__ import annotations
@@ -256,17 +257,11 @@ def metric_field(error: dict[str, Any]) -> str:
     return "<body>"
 
 
-# OpenAPI documentation of /predict's body (the route reads raw bytes for speed; the
-# model-specific ranges are in GET /model/info).
-_HOUSE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "title": "House",
-    "required": list(FEATURES),
-    "additionalProperties": False,
-    "properties": {
-        n: {"type": "number", "description": b.description} for n, b in PHYSICAL_BOUNDS.items()
-    },
-}
+# ---------------------------------------------------------------- OpenAPI of /predict
+# ServingMiddleware answers POST /predict from raw bytes (no FastAPI body parameter), so the
+# operation is documented here: the request schemas are generated from the very pydantic
+# models that validate (ranges and batch limit as enforced for the loaded model), the
+# response schemas describe what ``Service.answer_predict`` and the middleware send.
 EXAMPLE_HOUSE: dict[str, float] = {
     "MedInc": 8.3252,
     "HouseAge": 41.0,
@@ -277,31 +272,138 @@ EXAMPLE_HOUSE: dict[str, float] = {
     "Latitude": 37.88,
     "Longitude": -122.23,
 }
-PREDICT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        _HOUSE_SCHEMA,
-                        {
-                            "type": "object",
-                            "title": "Batch",
-                            "required": ["instances"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "instances": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "items": _HOUSE_SCHEMA,
-                                }
-                            },
-                        },
-                    ]
-                },
-                "example": EXAMPLE_HOUSE,
-            }
-        },
+_DOCUMENTED = ConfigDict(extra="forbid")
+
+
+class Prediction(BaseModel):
+    """The answer for one house."""
+
+    model_config = _DOCUMENTED
+    request_id: str = Field(description="this request's id (also the X-Request-ID header)")
+    model_name: str = Field(description="registered model name")
+    model_version: str = Field(description="registry version that made the prediction")
+    prediction: float = Field(description="median house value in $100k")
+    prediction_usd: float = Field(description="median house value in US dollars")
+
+
+class BatchPrediction(BaseModel):
+    """The answer for a batch {"instances": [...]}: one prediction per row, in order."""
+
+    model_config = _DOCUMENTED
+    request_id: str = Field(description="this request's id (also the X-Request-ID header)")
+    model_name: str = Field(description="registered model name")
+    model_version: str = Field(description="registry version that made the predictions")
+    count: int = Field(description="number of rows predicted")
+    predictions: list[float] = Field(description="median house values in $100k")
+    predictions_usd: list[float] = Field(description="median house values in US dollars")
+
+
+class ErrorMessage(BaseModel):
+    """A rejected request: the reason in one sentence."""
+
+    model_config = _DOCUMENTED
+    detail: str
+    request_id: str
+
+
+class FieldError(BaseModel):
+    """One bad field of a request body."""
+
+    model_config = _DOCUMENTED
+    loc: list[str | int] = Field(description='path to the field, e.g. ["body", "MedInc"]')
+    field: str = Field(description="the path as text, e.g. instances[3].MedInc (<body>: all)")
+    msg: str = Field(description="the reason")
+    type: str = Field(description="pydantic error type")
+
+
+class InvalidRequest(BaseModel):
+    """A body that failed validation: every bad field with its path and reason."""
+
+    model_config = _DOCUMENTED
+    detail: list[FieldError]
+    request_id: str
+
+
+_REF = "#/components/schemas/{model}"
+_REQUEST_ID_HEADER = {
+    "X-Request-ID": {
+        "description": "the request id: the client's own X-Request-ID when valid "
+        "(1-64 of A-Z a-z 0-9 . _ : -), else a new one",
+        "schema": {"type": "string"},
     }
 }
+
+
+def predict_openapi(
+    requests: RequestModels, max_body_bytes: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The OpenAPI operation of ``POST /predict`` and the component schemas it refers to.
+
+    The body schemas come from ``requests`` (the loaded model's validating models), so a
+    body valid by the schema is accepted; the one rule JSON Schema cannot state
+    (``AveBedrms`` not above ``AveRooms``) is in the descriptions.
+    """
+    from pydantic.json_schema import models_json_schema
+
+    documented: list[tuple[type[BaseModel], Any]] = [
+        (requests.house, "validation"),
+        (requests.batch, "validation"),
+        (Prediction, "serialization"),
+        (BatchPrediction, "serialization"),
+        (ErrorMessage, "serialization"),
+        (InvalidRequest, "serialization"),
+    ]
+    _, top = models_json_schema(documented, ref_template=_REF)
+    components: dict[str, Any] = top["$defs"]
+    house = requests.house.__name__
+    components[house]["description"] = (
+        "One census block group: the 8 raw features, all required JSON numbers inside the "
+        "ranges of the served model (its training range widened by "
+        f"{RANGE_MARGIN:g} of the range on each side, within physical bounds). "
+        "AveBedrms must not be greater than AveRooms."
+    )
+
+    def ref(model: type[BaseModel] | str) -> dict[str, str]:
+        name = model if isinstance(model, str) else model.__name__
+        return {"$ref": _REF.format(model=name)}
+
+    def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "description": description,
+            "headers": _REQUEST_ID_HEADER,
+            "content": {"application/json": {"schema": schema}},
+        }
+
+    operation = {
+        "description": 'One house, or a batch `{"instances": [...]}` of 1 to '
+        f"{requests.max_batch_size} houses (at most {max_body_bytes} bytes). "
+        "The allowed ranges are those of the served model version (also in "
+        "`GET /model/info`); every bad field is reported at once (422).",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [ref(house), ref(requests.batch.__name__)]},
+                    "example": EXAMPLE_HOUSE,
+                }
+            },
+        },
+        "responses": {
+            "200": answer(
+                "the prediction in $100k and in US dollars (a batch: one per row, in order)",
+                {"oneOf": [ref(Prediction), ref(BatchPrediction)]},
+            ),
+            "413": answer(
+                f"body larger than {max_body_bytes} bytes (serve.max_body_bytes)",
+                ref(ErrorMessage),
+            ),
+            "415": answer("Content-Type is not application/json", ref(ErrorMessage)),
+            "422": answer(
+                "invalid body (malformed JSON included): every bad field with path and reason",
+                ref(InvalidRequest),
+            ),
+            "500": answer("the model failed to predict", ref(ErrorMessage)),
+            "503": answer("no model loaded yet", ref(ErrorMessage)),
+        },
+    }
+    return operation, components
