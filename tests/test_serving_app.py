@@ -520,6 +520,33 @@ def test_openapi_follows_a_hot_reload_to_other_ranges(
         assert c.post("/predict", json={**row, "Population": after}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("page", "assets"),
+    [
+        ("/docs", {".js": "javascript", ".css": "text/css", ".png": "image/png"}),
+        ("/redoc", {".js": "javascript", ".png": "image/png"}),
+    ],
+)
+def test_docs_pages_load_everything_from_the_service(
+    client: Any, page: str, assets: dict[str, str]
+) -> None:
+    import re
+
+    r = client.get(page)
+    assert r.status_code == 200
+    html = r.text
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert {Path(u).suffix for u in urls} == set(assets)
+    for url in urls:
+        assert url.startswith("/")
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert assets[Path(url).suffix] in asset.headers["content-type"], url
+        assert len(asset.content) > 1000, url
+    assert "'/openapi.json'" in html or '"/openapi.json"' in html
+
+
 def test_not_ready_until_a_model_loads(tmp_path: Path) -> None:
     def failing_loader(version: str | None) -> LoadedModel:
         raise RuntimeError("registry is down")

@@ -3,7 +3,8 @@ runs it on uvicorn.
 
 Endpoints: ``POST /predict`` (one house, or ``{"instances": [...]}``), ``GET /health``,
 ``GET /ready``, ``GET /model/info``, ``GET /metrics``, ``POST /model/reload``, the OpenAPI
-schema at ``/openapi.json`` and its docs at ``/docs``.
+schema at ``/openapi.json`` and its docs at ``/docs`` and ``/redoc`` (their JavaScript, CSS
+and icon served by the service itself from the fastapi-offline package: no CDN needed).
 
 Status codes of ``/predict`` (bad input never gives a 500):
 
@@ -51,6 +52,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
 from housing_mlops.serving.metrics import ServingMetrics
@@ -77,6 +79,7 @@ HANDLERS = frozenset(
         "/model/reload",
         "/metrics",
         "/docs",
+        "/redoc",
         "/openapi.json",
     }
 )
@@ -471,7 +474,9 @@ def create_app(
         finally:
             await service.shutdown()
 
-    app = FastAPI(
+    # FastAPI's /docs and /redoc pages load their JavaScript from a CDN; these load the
+    # packaged copies (under /static-offline-docs), so the docs work without internet.
+    app = FastAPIOffline(
         title="housing-mlops prediction service",
         version=__version__,
         description="Median house value of a California block group (in $100k and in US "
