@@ -300,10 +300,13 @@ def evaluate(
 ) -> None:
     """Holdout metrics, slices, plots and behavioural checks for registered versions."""
     from housing_mlops.evaluate import evaluate as evaluate_versions
-    from housing_mlops.output import print_json, print_table
+    from housing_mlops.output import StageProgress, print_json, print_table
 
     settings = _state(ctx).settings()
-    rows = evaluate_versions(settings, version=version, all_versions=all_versions)
+    with StageProgress("evaluate") as progress:
+        rows = evaluate_versions(
+            settings, version=version, all_versions=all_versions, progress=progress
+        )
     if as_json:
         print_json(rows)
         return
@@ -375,6 +378,10 @@ def promote(
         "result": outcome,
         "action": result["action"],
         "reason": result["reason"],
+        "newer versions not evaluated": ", ".join(
+            str(v) for v in result.get("unevaluated_newer_versions") or []
+        )
+        or None,
         "champion before": result.get("champion_before"),
         "previous-champion now": result.get("previous_champion_after"),
     }
@@ -503,7 +510,7 @@ def drift(
     Exit codes: 0 nothing marked drift, 6 a feature or the prediction marked drift,
     7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
     """
-    from housing_mlops.drift import check_drift
+    from housing_mlops.drift import check_drift, summary_lines
     from housing_mlops.errors import DriftFound
     from housing_mlops.output import print_json, stdout
 
@@ -542,13 +549,10 @@ def drift(
                 f"{window['since']} .. {window['until']} vs {result['reference']['source']}"
             ),
         )
-        stdout.print(_dataset_line(result), highlight=False)
+        stdout.print("\n".join(summary_lines(result)), highlight=False, soft_wrap=True)
     if result["any_drift"]:
         marked = [s["feature"] for s in result["scores"] if s["verdict"] == "drift"]
-        raise DriftFound(
-            f"{', '.join(marked)} marked drift (exit 6); see the table above "
-            "and the README's drift section"
-        )
+        raise DriftFound(f"{', '.join(marked)} marked drift (exit 6)")
 
 
 def _print_drift_table(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
@@ -571,32 +575,6 @@ def _drop_hist(score: dict) -> dict:  # type: ignore[type-arg]
     return {k: v for k, v in score.items() if k != "hist"}
 
 
-def _dataset_line(result: dict) -> str:  # type: ignore[type-arg]
-    n_drift = len(result["drifting_features"])
-    parts = [
-        f"Dataset drift: {'YES' if result['dataset_drift'] else 'no'} "
-        f"({n_drift}/{result['features']} features drifting, share {result['drift_share']:.2f}, "
-        f"threshold {result['thresholds']['drift_share']:.2f}"
-        + (
-            f"; hard limit passed by {', '.join(result['hard_limit_features'])}"
-            if result["hard_limit_features"]
-            else ""
-        )
-        + ")",
-        f"verdict: {result['verdict']}",
-    ]
-    marked = [s["feature"] for s in result["scores"] if s["verdict"] == "drift"]
-    if marked:
-        parts.append(f"marked drift: {', '.join(marked)}")
-    if result["sampled_rows"] < result["rows"]:
-        parts.append(f"judged on a uniform sample of {result['sampled_rows']} rows")
-    if result["other_versions"]:
-        others = ", ".join(f"v{v}: {n}" for v, n in result["other_versions"].items())
-        parts.append(f"other versions in the window ({others}): use --model-version")
-    parts.append(f"stored as drift run {result.get('run_id')}")
-    return "\n".join(parts)
-
-
 # -------------------------------------------------------------------------- report
 @app.command()
 def report(
@@ -612,11 +590,12 @@ def report(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a self-contained HTML report and its Markdown twin."""
-    from housing_mlops.output import print_json, print_kv
+    from housing_mlops.output import StageProgress, print_json, print_kv
     from housing_mlops.report import build_report
 
     settings = _state(ctx).settings()
-    result = build_report(settings, out)
+    with StageProgress("report") as progress:
+        result = build_report(settings, out, progress=progress.stage)
     if as_json:
         print_json(result)
     else:

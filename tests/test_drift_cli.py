@@ -119,9 +119,12 @@ def test_medinc_shift_drifts_medinc_and_prediction_exit_6(project, capsys) -> No
 
 
 def test_table_output_has_every_column_and_the_dataset_line(project, capsys) -> None:  # type: ignore[no-untyped-def]
-    code = run(["--config", str(project["config"]), "drift", *window_args(project, 3500, 3700)])
-    out = capsys.readouterr().out
+    # The config after the subcommand, as users and CI jobs type it.
+    code = run(["drift", "--config", str(project["config"]), *window_args(project, 3500, 3700)])
+    out, err = capsys.readouterr()
     assert code == 6
+    # Drift found is a finding, not a failure: its own label, one line.
+    assert err == "Drift: MedInc, prediction marked drift (exit 6)\n"
     header = next(line for line in out.splitlines() if line.startswith("feature"))
     for column in ("rows", "ref mean", "cur mean", "PSI", "KS", "p", "Wasserstein", "verdict"):
         assert column in header
