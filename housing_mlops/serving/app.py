@@ -59,6 +59,7 @@ from housing_mlops.serving.metrics import ServingMetrics
 from housing_mlops.serving.predictor import LoadedModel, MicroBatcher
 from housing_mlops.serving.reload import ModelHolder, ModelWatcher
 from housing_mlops.serving.schemas import (
+    RequestModels,
     build_request_models,
     format_errors,
     metric_field,
@@ -595,24 +596,25 @@ def create_app(
         return _json(500 if result.error else 200, result.as_dict())
 
     generate_openapi = app.openapi  # FastAPI's own, cached in app.openapi_schema
-    documented: list[LoadedModel | None] = [None]  # the model the cached schema documents
+    # The request models the cached schema documents (not the model: no reference that
+    # would keep a replaced pipeline in memory).
+    documented: list[RequestModels | None] = [None]
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema with POST /predict documented from the served model's
         validating models; rebuilt when a reload swaps the model."""
         model = holder.model
-        if app.openapi_schema is None or documented[0] is not model:
+        requests = model.requests if model is not None else None
+        if app.openapi_schema is None or documented[0] is not requests:
             app.openapi_schema = None
             spec = generate_openapi()
-            requests = (
-                model.requests
-                if model is not None
-                else build_request_models(None, serve_cfg.max_batch_size)
+            operation, components = predict_openapi(
+                requests or build_request_models(None, serve_cfg.max_batch_size),
+                serve_cfg.max_body_bytes,
             )
-            operation, components = predict_openapi(requests, serve_cfg.max_body_bytes)
             spec["paths"]["/predict"]["post"].update(operation)
             spec.setdefault("components", {}).setdefault("schemas", {}).update(components)
-            documented[0] = model
+            documented[0] = requests
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
