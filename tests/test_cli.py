@@ -253,3 +253,24 @@ def test_piped_output_keeps_table_cells_whole_and_shows_progress_lines(
     assert str(tmp_path / "data" / "raw" / "manifest.json") in proc.stdout
     # stderr is a pipe here: a progress line per stage instead of a (blank) bar.
     assert "fetch: " in proc.stderr and "done in" in proc.stderr
+
+
+def test_long_commands_print_a_line_per_stage_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_registry import write_processed
+
+    from housing_mlops.config import load_config
+
+    cfg = write_config(tmp_path)
+    write_processed(load_config(cfg), n=400)
+    # capsys: stderr is not a terminal, as in CI logs and pipes.
+    assert run(["train", "-c", str(cfg), "--model", "ridge"]) == 0
+    err = capsys.readouterr().err
+    assert "train: ridge: cross-validation 1/3" in err and "train: done in" in err
+    assert run(["evaluate", "-c", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "evaluate: " in err and "evaluated" in err and "evaluate: done in" in err
+    assert run(["report", "-c", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("report: ") >= 3 and "report: done in" in err
