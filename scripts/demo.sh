@@ -62,11 +62,11 @@ step "report"
 
 cat <<MSG
 
-Done. Where to look:
+Done. Where to look (first \`source $BIN/activate\` to put housing and mlflow on PATH):
   report:        $(pwd)/reports/report.html  (and report.md)
-  MLflow UI:     $BIN/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  (then http://127.0.0.1:5000)
-  champion:      $HOUSING evaluate --json   |   $HOUSING promote --dry-run
-  serve it:      $HOUSING serve --port 8000
+  MLflow UI:     mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  (then http://127.0.0.1:5000)
+  champion:      housing evaluate --json   |   housing promote --dry-run
+  serve it:      housing serve --port 8000
   predict:       curl -s -X POST http://127.0.0.1:8000/predict -H 'Content-Type: application/json' \\
                    -d '{"MedInc": 8.3252, "HouseAge": 41, "AveRooms": 6.984127, "AveBedrms": 1.02381, "Population": 322, "AveOccup": 2.555556, "Latitude": 37.88, "Longitude": -122.23}'
 MSG
