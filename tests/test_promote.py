@@ -265,3 +265,43 @@ def test_dry_run_names_newer_versions_that_were_not_evaluated(
     code, (out, err) = _cli(capsys, evaluated, "--dry-run", "--json")
     assert code == 0, err
     assert out["unevaluated_newer_versions"] == [] and "note:" not in out["reason"]
+
+
+class _GonePipe:
+    """stdout whose reader has left (`housing promote --json | head -1`)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self._fd = os.open(os.devnull, os.O_WRONLY)
+
+    def write(self, _text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_refusal_piped_to_a_reader_that_left_gets_no_traceback(
+    stores, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from housing_mlops import cli
+
+    settings = copy_store(stores["evaluated"], tmp_path)
+    promote(settings)  # version 1 becomes champion: promoting again is refused (exit 6)
+    argv = ["housing", "promote", "-c", str(settings.source), "--json"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "stdout", _GonePipe())
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected" not in err, err
+    assert exited.value.code == 141
