@@ -226,7 +226,6 @@ def _bedrooms_not_above_rooms(context: Any, case: Any) -> Any:
 @pytest.fixture(scope="module")
 def api_schema(served: Server) -> Any:
     import schemathesis
-
     from schemathesis.config import SchemathesisConfig
 
     # A body invalid by the schema must be rejected with one of the documented 4xx: a batch
