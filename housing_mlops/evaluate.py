@@ -227,13 +227,13 @@ def evaluate(
     """
     import pandas as pd
 
-    from housing_mlops import data, registry
+    from housing_mlops import featurize, registry
     from housing_mlops.features import TARGET
 
     refs = registry.list_versions(settings)
     chosen = select_versions(refs, version, all_versions)
-    manifest = data.read_processed_manifest(settings)
-    X, y = data.load_split(settings, "test")
+    manifest = featurize.read_processed_manifest(settings)
+    X, y = featurize.load_split(settings, "test")
     cfg = settings.evaluate
     masks = slice_masks(X, cfg)
     test_frame = pd.concat([X, y.rename(TARGET)], axis=1)

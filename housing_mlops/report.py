@@ -251,9 +251,9 @@ def _evaluation(settings: Any, champ: Any) -> Section:
     if champ is None:
         section.status = "empty"
         return section.note("No champion to evaluate yet: run `housing promote`.")
-    from housing_mlops import data, evaluate, registry
+    from housing_mlops import evaluate, featurize, registry
 
-    x_test, y_test = data.load_split(settings, "test")
+    x_test, y_test = featurize.load_split(settings, "test")
     model = registry.load_model(settings, champ)
     y = y_test.to_numpy(dtype=float)
     pred = np.asarray(model.predict(x_test), dtype=float)
@@ -787,9 +787,9 @@ def build_report(
 
     meta = [f"Generated {_when(time.time())} by housing-mlops {__version__}."]
     try:
-        from housing_mlops import data
+        from housing_mlops import featurize
 
-        manifest = data.read_processed_manifest(settings)
+        manifest = featurize.read_processed_manifest(settings)
         meta.append(
             f"Data version `{str(manifest.get('raw_content_hash', '?'))[:16]}`: "
             f"{manifest.get('train_rows')} train / {manifest.get('test_rows')} test rows."

@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         from housing_mlops.config import load_config
-        from housing_mlops.data import load_split
+        from housing_mlops.featurize import load_split
 
         shift = parse_shift(args.shift)
         settings = load_config(args.config)
