@@ -90,6 +90,17 @@ def tracking_uri(settings: Settings) -> str:
     return uri
 
 
+def store_exists(settings: Settings) -> bool:
+    """False when the tracking store is a local SQLite file that does not exist yet.
+
+    Such a store holds no model; readers check this first so that reading never makes
+    MLflow create (and migrate) an empty database. Any other store counts as existing.
+    """
+    uri = tracking_uri(settings)
+    prefix = "sqlite:///"
+    return not uri.startswith(prefix) or Path(uri[len(prefix) :]).is_file()
+
+
 def _artifact_location(settings: Settings, uri: str) -> str | None:
     location = settings.mlflow.artifact_location
     if "://" in location:
