@@ -16,12 +16,12 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from housing_mlops import __version__, download, files
 from housing_mlops.columns import FEATURES, TARGET
@@ -121,10 +121,12 @@ def frame_content_hash(df: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------ download
 def _local_path(source: str) -> Path | None:
     """The local path a source names (plain path or file:// URL), or None for http(s)."""
-    parts = urlsplit(source)
-    scheme = parts.scheme.lower()
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", source)
+    scheme = match.group(1).lower() if match else ""
     if scheme == "file":
-        return Path(unquote(parts.path))
+        import httpx  # its URL parser decodes %20 and friends in the path
+
+        return Path(httpx.URL(source).path)
     if scheme in ("http", "https"):
         return None
     if len(scheme) > 1:  # not a Windows drive letter

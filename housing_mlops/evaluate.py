@@ -31,6 +31,7 @@ import numpy as np
 
 from housing_mlops.errors import ModelError
 from housing_mlops.geography import distance_to_coast_km
+from housing_mlops.timestamps import iso_utc
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -213,7 +214,7 @@ def evaluate(
         metrics["holdout_out_of_range_rows"] = float(checks["checks"]["plausible_range"]["value"])
         metrics["holdout_checks_passed"] = 1.0 if checks["passed"] else 0.0
         report(f"{label}: plots and logging to MLflow", 2)
-        when = registry.now_iso()
+        when = iso_utc()
         with tempfile.TemporaryDirectory(prefix="housing-eval-") as tmp:
             plots = write_plots(y, pred, Path(tmp), label)
             registry.log_evaluation(
