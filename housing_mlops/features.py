@@ -93,7 +93,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         rotations_deg: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0, 75.0),
         city_distances: bool = True,
         knn_neighbors: tuple[int, ...] = (8, 32),
-        knn_folds: int = 5,
+        knn_folds: int = 10,
         knn_distances: bool = True,
         random_state: int = 0,
     ) -> None:
@@ -280,9 +280,12 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
 
 
 def build_preprocessor(features_cfg: Any = None, engineered: bool = True, seed: int = 0) -> Any:
-    """The feature transformer for a pipeline, configured from the ``features:`` section."""
+    """The feature transformer for a pipeline, configured from the ``features:`` section
+    (its defaults when ``features_cfg`` is None)."""
     if features_cfg is None:
-        return SpatialFeatures(engineered=engineered, random_state=seed)
+        from housing_mlops.config import FeaturesConfig
+
+        features_cfg = FeaturesConfig()
     return SpatialFeatures(
         engineered=engineered,
         rotations_deg=tuple(float(d) for d in features_cfg.rotations_deg),
