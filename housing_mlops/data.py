@@ -19,7 +19,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,20 +61,6 @@ def ensure_dir(path: Path) -> None:
         ) from None
     if not os.access(path, os.W_OK):
         raise DataError(f"cannot write to {path}: permission denied; fix paths in the config")
-
-
-@contextlib.contextmanager
-def _staging_file(final: Path) -> Iterator[Path]:
-    """A temporary file next to ``final`` (files.temp_file_beside), as a DataError."""
-    try:
-        staging = files.temp_file_beside(final)
-        tmp = staging.__enter__()
-    except OSError as exc:
-        raise DataError(f"cannot write to {final.parent}: {exc.strerror}") from None
-    try:
-        yield tmp
-    finally:
-        staging.__exit__(None, None, None)
 
 
 def write_atomically(final: Path, write: Callable[[Path], object]) -> None:
@@ -338,23 +324,16 @@ def _fetch_into(
                     raise
                 failures.append(f"{candidate}: {exc}")  # a configured mirror: try the next
                 continue
-            with _staging_file(archive) as tmp:
-                try:
-                    _fetch_source(candidate, tmp, settings, progress)
-                except DownloadFailed as exc:
-                    failures.append(f"{candidate}: {exc}")
-                    if number < len(sources):
-                        log.warning("could not fetch %s: %s; trying the next URL", candidate, exc)
-                    continue
-                # Parse before the rename: a bad archive must not replace a good one.
-                label = str(path) if path is not None else candidate
-                frame = _frame_from_member(_read_member(tmp, label), label)
-                try:
-                    os.replace(tmp, archive)
-                except OSError as exc:
-                    raise DataError(f"cannot write {archive}: {exc.strerror}") from None
-                used = label
-                break
+            label = str(path) if path is not None else candidate
+            try:
+                frame = _replace_archive(archive, candidate, label, settings, progress)
+            except DownloadFailed as exc:
+                failures.append(f"{candidate}: {exc}")
+                if number < len(sources):
+                    log.warning("could not fetch %s: %s; trying the next URL", candidate, exc)
+                continue
+            used = label
+            break
         if frame is None:
             raise DataError(_failure_message(failures))
 
@@ -383,6 +362,27 @@ def _fetch_into(
         "manifest": str(raw_dir / MANIFEST),
         "cached": cached,
     }
+
+
+def _replace_archive(
+    archive: Path,
+    source: str,
+    label: str,
+    settings: Settings,
+    progress: ProgressHook | None,
+) -> pd.DataFrame:
+    """Fetch ``source`` beside ``archive``, verify and parse it, then rename it into place.
+
+    The parse comes before the rename: a bad archive never replaces a good one.
+    """
+    parsed: list[pd.DataFrame] = []
+
+    def download_and_parse(tmp: Path) -> None:
+        _fetch_source(source, tmp, settings, progress)
+        parsed.append(_frame_from_member(_read_member(tmp, label), label))
+
+    write_atomically(archive, download_and_parse)
+    return parsed[0]
 
 
 def _check_local_source(source: str, origin: str) -> Path | None:
