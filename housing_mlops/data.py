@@ -110,9 +110,7 @@ def _local_path(source: str) -> Path | None:
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", source)
     scheme = match.group(1).lower() if match else ""
     if scheme == "file":
-        import httpx  # its URL parser decodes %20 and friends in the path
-
-        return Path(httpx.URL(source).path)
+        return download.file_url_path(source)
     if scheme in ("http", "https"):
         return None
     if len(scheme) > 1:  # not a Windows drive letter

@@ -179,6 +179,13 @@ def download_with_retries(
     raise AssertionError("unreachable: retries >= 1")  # pragma: no cover
 
 
+def file_url_path(url: str) -> Path:
+    """The local path of a ``file://`` URL (percent-escapes such as %20 decoded)."""
+    import httpx
+
+    return Path(httpx.URL(url).path)
+
+
 def unreachable_reason(url: str, timeout: float = 5.0) -> str | None:
     """None when something answers a GET of ``url`` (any HTTP status), else why not."""
     import httpx

@@ -13,6 +13,10 @@ over ``--concurrency`` connections; ``--batch-size`` > 1 sends ``{"instances": [
 Rows the service rejects (a shift can push values out of the accepted ranges) are
 counted by status, not retried. Prints a summary (or ``--json``); exit 0 when at least
 one row was answered, 1 when none was, 2 for bad options.
+
+It uses httpx, the project's one HTTP client library, directly rather than through
+``housing_mlops.download``: it is an async load generator for our own service, not a
+download, and must not retry (a retry would distort the load it measures).
 """
 
 from __future__ import annotations
