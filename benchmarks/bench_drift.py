@@ -33,9 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from housing_mlops import drift, store  # noqa: E402
+from housing_mlops import columns, drift, store  # noqa: E402
 
-FEATURES = list(drift.FEATURES)
+FEATURES = list(columns.FEATURES)
 
 
 def synthetic_columns(n: int, seed: int) -> dict[str, np.ndarray]:

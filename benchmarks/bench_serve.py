@@ -105,11 +105,11 @@ def make_temp_store(base_config: Path, tmp: Path, candidate_name: str | None = N
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     settings = load_config(config)
 
-    from housing_mlops import data
+    from housing_mlops import data, featurize
     from housing_mlops.errors import DataError
 
     try:
-        X, y = data.load_split(settings, "train")
+        X, y = featurize.load_split(settings, "train")
         source = "processed train split"
     except DataError:
         X = None
@@ -126,8 +126,8 @@ def make_temp_store(base_config: Path, tmp: Path, candidate_name: str | None = N
         settings = load_config(config)
         log(f"bench: fetch + featurize from {archive} into {tmp}")
         data.fetch(settings, source=str(archive))
-        data.featurize(settings)
-        X, y = data.load_split(settings, "train")
+        featurize.featurize(settings)
+        X, y = featurize.load_split(settings, "train")
         source = "real train split"
     if X is None:
         sys.path.insert(0, str(ROOT / "tests"))

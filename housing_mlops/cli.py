@@ -220,7 +220,7 @@ def featurize(
     verbose: VerboseOpt = False,
 ) -> None:
     """Validate the raw data, split train/test, write data/processed/ and a reference profile."""
-    from housing_mlops.data import featurize as featurize_raw
+    from housing_mlops.featurize import featurize as featurize_raw
     from housing_mlops.output import print_json, print_kv
 
     settings = _state(ctx).settings()
@@ -510,7 +510,8 @@ def drift(
     Exit codes: 0 nothing marked drift, 6 a feature or the prediction marked drift,
     7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
     """
-    from housing_mlops.drift import check_drift, summary_lines
+    from housing_mlops.drift import summary_lines
+    from housing_mlops.drift.check import check_drift
     from housing_mlops.errors import DriftFound
     from housing_mlops.output import print_json, stdout
 

@@ -1,11 +1,11 @@
-"""Raw data in, processed data out: download, verify, extract, validate, split, manifests.
+"""Raw data: fetch the archive, verify its checksum, extract the frame, write data/raw/.
 
 ``fetch`` gets the StatLib archive (``--from`` > ``$HOUSING_DATA_ARCHIVE`` > configured
-URLs), verifies its sha256 and builds the California Housing frame exactly as
-scikit-learn's ``fetch_california_housing`` does. ``featurize`` validates that frame,
-splits it deterministically and writes the train/test files, a manifest and the
-reference profile used for drift detection. Every file is written to a temporary file
-in the same folder and renamed into place, so a failure never leaves a partial file.
+URLs; HTTP through ``housing_mlops.download``), verifies its sha256 and builds the
+California Housing frame exactly as scikit-learn's ``fetch_california_housing`` does, then
+writes the raw parquet and its manifest. The next stage, ``housing_mlops.featurize``,
+reads them back with ``read_raw_frame``. Every file is written through
+``files.atomic_write``, so a failure never leaves a partial file.
 """
 
 from __future__ import annotations
@@ -16,21 +16,18 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from housing_mlops import __version__
+from housing_mlops import __version__, download, files
 from housing_mlops.columns import FEATURES, TARGET
-from housing_mlops.errors import DataError, UsageError
+from housing_mlops.download import DownloadFailed, ProgressHook
+from housing_mlops.errors import DataError
+from housing_mlops.timestamps import iso_utc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,47 +41,14 @@ COLUMNS = [*FEATURES, TARGET]
 ARCHIVE_MEMBER = "CaliforniaHousing/cal_housing.data"
 RAW_PARQUET = "california_housing.parquet"
 MANIFEST = "manifest.json"
-TRAIN_PARQUET = "train.parquet"
-TEST_PARQUET = "test.parquet"
-REFERENCE_PROFILE = "reference_profile.json"
 ARCHIVE_ENV = "HOUSING_DATA_ARCHIVE"
 
-_CHUNK = 64 * 1024
 _MAX_MEMBER_BYTES = 50 * 1024 * 1024  # the real member is 2 MB; refuse tar bombs
-
-# Plausible ranges (inclusive bounds; None = unbounded). The real data lies well inside
-# them; values outside point at a broken or foreign file rather than unusual districts.
-SCHEMA_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    # column: (low, high, low_exclusive)
-    "MedInc": (0.0, 20.0, True),
-    "HouseAge": (1.0, 52.0, False),
-    "AveRooms": (0.0, 200.0, True),
-    "AveBedrms": (0.0, 50.0, True),
-    "Population": (1.0, 50_000.0, False),
-    "AveOccup": (0.0, 2_000.0, True),
-    "Latitude": (32.0, 42.1, False),
-    "Longitude": (-124.5, -114.0, False),
-    "MedHouseVal": (0.14, 5.00001, False),
-}
-
-# progress(description, bytes_done, bytes_total_or_None), called as bytes arrive.
-ProgressHook = Callable[[str, int, int | None], None]
 
 
 # ------------------------------------------------------------------------ helpers
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _ensure_dir(path: Path) -> None:
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` (and parents) or raise DataError saying what is in the way."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -99,44 +63,21 @@ def _ensure_dir(path: Path) -> None:
         raise DataError(f"cannot write to {path}: permission denied; fix paths in the config")
 
 
-@contextlib.contextmanager
-def _temp_path(final: Path) -> Iterator[Path]:
-    """A temporary file next to ``final``; removed unless the caller renamed it away."""
+def write_atomically(final: Path, write: Callable[[Path], object]) -> None:
+    """files.atomic_write, with a failure as a DataError naming the file."""
     try:
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+        files.atomic_write(final, write)
     except OSError as exc:
-        raise DataError(f"cannot write to {final.parent}: {exc.strerror}") from None
-    os.close(fd)
-    tmp = Path(name)
-    # mkstemp creates 0600; the renamed file should get the usual umask-based mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        tmp.chmod(0o666 & ~umask)
-    try:
-        yield tmp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        raise DataError(f"cannot write {final}: {exc.strerror or exc}") from None
 
 
-def _atomic_write(final: Path, write: Callable[[Path], object]) -> None:
-    """Write via ``write(tmp)`` then rename over ``final``: readers never see half a file."""
-    with _temp_path(final) as tmp:
-        try:
-            write(tmp)
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise DataError(f"cannot write {final}: {exc.strerror or exc}") from None
-
-
-def _write_json(final: Path, payload: dict[str, Any]) -> None:
+def write_json(final: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=2) + "\n"
-    _atomic_write(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _write_parquet(final: Path, frame: pd.DataFrame) -> None:
-    _atomic_write(final, lambda tmp: frame.to_parquet(tmp))
+def write_parquet(final: Path, frame: pd.DataFrame) -> None:
+    write_atomically(final, lambda tmp: frame.to_parquet(tmp))
 
 
 def frame_content_hash(df: pd.DataFrame) -> str:
@@ -164,20 +105,12 @@ def frame_content_hash(df: pd.DataFrame) -> str:
 
 
 # ------------------------------------------------------------------------ download
-class _SourceFailed(Exception):
-    """One source failed; ``retry`` says whether trying the same source again may help."""
-
-    def __init__(self, message: str, retry: bool) -> None:
-        super().__init__(message)
-        self.retry = retry
-
-
 def _local_path(source: str) -> Path | None:
     """The local path a source names (plain path or file:// URL), or None for http(s)."""
-    parts = urllib.parse.urlsplit(source)
-    scheme = parts.scheme.lower()
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", source)
+    scheme = match.group(1).lower() if match else ""
     if scheme == "file":
-        return Path(urllib.request.url2pathname(parts.path))
+        return download.file_url_path(source)
     if scheme in ("http", "https"):
         return None
     if len(scheme) > 1:  # not a Windows drive letter
@@ -187,72 +120,12 @@ def _local_path(source: str) -> Path | None:
     return Path(source).expanduser().resolve()
 
 
-def _too_large(limit: int) -> _SourceFailed:
-    return _SourceFailed(
+def _too_large(limit: int) -> DownloadFailed:
+    return DownloadFailed(
         f"more than {limit} bytes (data.max_archive_bytes): not the archive, which is about "
         "442 kB; aborted",
         retry=False,
     )
-
-
-def _copy_stream(
-    src: IO[bytes],
-    dest: Path,
-    total: int | None,
-    label: str,
-    progress: ProgressHook | None,
-    limit: int,
-) -> tuple[int, str]:
-    """Copy ``src`` into ``dest`` while hashing; returns (bytes, sha256).
-
-    Stops with ``_SourceFailed`` as soon as more than ``limit`` bytes arrive (an endless
-    body), or at once when the announced ``total`` is already larger.
-    """
-    if total is not None and total > limit:
-        raise _too_large(limit)
-    digest = hashlib.sha256()
-    done = 0
-    if progress:
-        progress(label, 0, total)
-    with dest.open("wb") as out:
-        while True:
-            chunk = src.read(_CHUNK)
-            if not chunk:
-                break
-            if done + len(chunk) > limit:
-                raise _too_large(limit)
-            out.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(label, done, total)
-    return done, digest.hexdigest()
-
-
-def _download_once(
-    url: str, dest: Path, timeout: float, progress: ProgressHook | None, limit: int
-) -> tuple[int, str]:
-    # Only http(s) URLs reach here (_local_path handles paths and file://).
-    headers = {"User-Agent": f"housing-mlops/{__version__}"}
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            label = f"download from {urllib.parse.urlsplit(url).netloc}"
-            size, sha = _copy_stream(response, dest, total, label, progress, limit)
-    except urllib.error.HTTPError as exc:
-        transient = exc.code >= 500 or exc.code in (408, 429)
-        raise _SourceFailed(f"HTTP {exc.code} {exc.reason}", retry=transient) from None
-    except urllib.error.URLError as exc:
-        raise _SourceFailed(str(getattr(exc, "reason", exc)), retry=True) from None
-    except TimeoutError:
-        raise _SourceFailed(f"timed out after {timeout:g}s", retry=True) from None
-    except (OSError, ValueError) as exc:  # reset connections, http.client errors
-        raise _SourceFailed(f"{type(exc).__name__}: {exc}", retry=True) from None
-    if total is not None and size != total:
-        raise _SourceFailed(f"transfer truncated: got {size} of {total} bytes", retry=True)
-    return size, sha
 
 
 def _fetch_source(
@@ -265,36 +138,31 @@ def _fetch_source(
     expected = settings.data.sha256
     limit = settings.data.max_archive_bytes
     path = _local_path(source)
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                size = path.stat().st_size
-                _, sha = _copy_stream(fh, dest, size, f"copy {path.name}", progress, limit)
-        except OSError as exc:
-            raise _SourceFailed(f"cannot read {path}: {exc.strerror}", retry=False) from None
-    else:
-        attempts = settings.data.retries
-        for attempt in range(1, attempts + 1):
+    try:
+        if path is not None:
             try:
-                _, sha = _download_once(source, dest, settings.data.timeout_s, progress, limit)
-                break
-            except _SourceFailed as exc:
-                if not exc.retry or attempt == attempts:
-                    if attempts > 1 and exc.retry:
-                        raise _SourceFailed(f"{exc} (after {attempts} attempts)", False) from None
-                    raise
-                wait = settings.data.backoff_s * 2 ** (attempt - 1)
-                log.warning(
-                    "download of %s failed (%s); retry %d/%d in %.1fs",
-                    source,
-                    exc,
-                    attempt,
-                    attempts - 1,
-                    wait,
-                )
-                time.sleep(wait)
+                with path.open("rb") as fh:
+                    size = path.stat().st_size
+                    chunks = download.file_chunks(fh)
+                    _, sha = download.copy_capped(
+                        chunks, dest, size, f"copy {path.name}", progress, limit
+                    )
+            except OSError as exc:
+                raise DownloadFailed(f"cannot read {path}: {exc.strerror}", retry=False) from None
+        else:
+            _, sha = download.download_with_retries(
+                source,
+                dest,
+                timeout=settings.data.timeout_s,
+                retries=settings.data.retries,
+                backoff_s=settings.data.backoff_s,
+                limit=limit,
+                progress=progress,
+            )
+    except download.TooLarge as exc:
+        raise _too_large(exc.limit) from None
     if sha != expected:
-        raise _SourceFailed(f"checksum mismatch: expected sha256 {expected}, got {sha}", False)
+        raise DownloadFailed(f"checksum mismatch: expected sha256 {expected}, got {sha}", False)
 
 
 def _sources(settings: Settings, source: str | None) -> tuple[list[str], str]:
@@ -371,10 +239,10 @@ def _frame_from_member(data: bytes, archive: Path | str) -> pd.DataFrame:
 def read_raw_manifest(settings: Settings) -> dict[str, Any]:
     """The manifest written by ``fetch``; DataError if fetch has not run."""
     path = Path(settings.paths.raw_dir) / MANIFEST
-    return _read_json(path, "run `housing fetch` first")
+    return read_json_object(path, "run `housing fetch` first")
 
 
-def _read_json(path: Path, hint: str) -> dict[str, Any]:
+def read_json_object(path: Path, hint: str) -> dict[str, Any]:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -399,7 +267,7 @@ def fetch(
     # so a typo in --from or an unreachable mirror leaves no empty data/raw/ behind.
     created = _missing_dirs(raw_dir)
     try:
-        _ensure_dir(raw_dir)
+        ensure_dir(raw_dir)
         return _fetch_into(raw_dir, settings, source, force, progress)
     except BaseException:
         for folder in created:  # deepest first; rmdir refuses a folder that is not empty
@@ -436,7 +304,7 @@ def _fetch_into(
     with contextlib.suppress(DataError):
         previous = read_raw_manifest(settings)
 
-    cached = not force and archive.is_file() and _sha256_file(archive) == expected
+    cached = not force and archive.is_file() and files.file_sha256(archive) == expected
     if cached:
         log.info("archive %s already matches sha256 %s; not downloading", archive, expected[:12])
         used = previous.get("source") if previous.get("archive_sha256") == expected else None
@@ -454,33 +322,26 @@ def _fetch_into(
                     raise
                 failures.append(f"{candidate}: {exc}")  # a configured mirror: try the next
                 continue
-            with _temp_path(archive) as tmp:
-                try:
-                    _fetch_source(candidate, tmp, settings, progress)
-                except _SourceFailed as exc:
-                    failures.append(f"{candidate}: {exc}")
-                    if number < len(sources):
-                        log.warning("could not fetch %s: %s; trying the next URL", candidate, exc)
-                    continue
-                # Parse before the rename: a bad archive must not replace a good one.
-                label = str(path) if path is not None else candidate
-                frame = _frame_from_member(_read_member(tmp, label), label)
-                try:
-                    os.replace(tmp, archive)
-                except OSError as exc:
-                    raise DataError(f"cannot write {archive}: {exc.strerror}") from None
-                used = label
-                break
+            label = str(path) if path is not None else candidate
+            try:
+                frame = _replace_archive(archive, candidate, label, settings, progress)
+            except DownloadFailed as exc:
+                failures.append(f"{candidate}: {exc}")
+                if number < len(sources):
+                    log.warning("could not fetch %s: %s; trying the next URL", candidate, exc)
+                continue
+            used = label
+            break
         if frame is None:
             raise DataError(_failure_message(failures))
 
     content_hash = frame_content_hash(frame)
     parquet = raw_dir / RAW_PARQUET
-    _write_parquet(parquet, frame)
+    write_parquet(parquet, frame)
     fetched_at = (
         previous.get("fetched_at")
         if cached and previous.get("archive_sha256") == expected and previous.get("fetched_at")
-        else _now()
+        else iso_utc()
     )
     manifest = {
         "source": used,
@@ -491,7 +352,7 @@ def _fetch_into(
         "fetched_at": fetched_at,
         "package_version": __version__,
     }
-    _write_json(raw_dir / MANIFEST, manifest)
+    write_json(raw_dir / MANIFEST, manifest)
     return {
         **manifest,
         "archive": str(archive),
@@ -499,6 +360,27 @@ def _fetch_into(
         "manifest": str(raw_dir / MANIFEST),
         "cached": cached,
     }
+
+
+def _replace_archive(
+    archive: Path,
+    source: str,
+    label: str,
+    settings: Settings,
+    progress: ProgressHook | None,
+) -> pd.DataFrame:
+    """Fetch ``source`` beside ``archive``, verify and parse it, then rename it into place.
+
+    The parse comes before the rename: a bad archive never replaces a good one.
+    """
+    parsed: list[pd.DataFrame] = []
+
+    def download_and_parse(tmp: Path) -> None:
+        _fetch_source(source, tmp, settings, progress)
+        parsed.append(_frame_from_member(_read_member(tmp, label), label))
+
+    write_atomically(archive, download_and_parse)
+    return parsed[0]
 
 
 def _check_local_source(source: str, origin: str) -> Path | None:
@@ -521,58 +403,8 @@ def _failure_message(failures: list[str]) -> str:
     )
 
 
-# ------------------------------------------------------------------------ schema
-def validate_frame(df: pd.DataFrame, label: str = "raw data", max_rows: int = 5) -> None:
-    """Raise DataError naming offending columns and rows unless ``df`` fits the schema."""
-    import numpy as np
-
-    columns = [str(c) for c in df.columns]
-    if columns != COLUMNS:
-        missing = [c for c in COLUMNS if c not in columns]
-        extra = [c for c in columns if c not in COLUMNS]
-        detail = []
-        if missing:
-            detail.append(f"missing {missing}")
-        if extra:
-            detail.append(f"unexpected {extra}")
-        if not detail:
-            detail.append(f"order {columns}")
-        raise DataError(f"{label} has the wrong columns ({', '.join(detail)}); expected {COLUMNS}")
-    wrong = [f"{c}: {df[c].dtype}" for c in COLUMNS if df[c].dtype.kind != "f"]
-    if wrong:
-        raise DataError(f"{label} has non-float columns ({', '.join(wrong)})")
-    if len(df) == 0:
-        raise DataError(f"{label} has no rows")
-
-    problems: list[str] = []
-
-    def _rows(mask: np.ndarray) -> str:
-        idx = [str(i) for i in df.index[mask][:max_rows]]
-        more = "" if mask.sum() <= max_rows else ", ..."
-        return f"{int(mask.sum())} row(s): {', '.join(idx)}{more}"
-
-    for col in COLUMNS:
-        values = df[col].to_numpy(dtype=float)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            problems.append(f"{col} has NaN/inf in {_rows(bad)}")
-        low, high, low_open = SCHEMA_RANGES[col]
-        finite = np.where(bad, np.nan, values)
-        with np.errstate(invalid="ignore"):
-            out = np.zeros(len(values), dtype=bool)
-            if low is not None:
-                out |= (finite <= low) if low_open else (finite < low)
-            if high is not None:
-                out |= finite > high
-        if out.any():
-            bracket = "(" if low_open else "["
-            problems.append(f"{col} outside {bracket}{low}, {high}] in {_rows(out)}")
-    if problems:
-        raise DataError(f"{label} failed validation: " + "; ".join(problems))
-
-
-# ------------------------------------------------------------------------ featurize
-def _read_parquet(path: Path, rebuild_with: str) -> pd.DataFrame:
+# ------------------------------------------------------------------------ read back
+def read_parquet(path: Path, rebuild_with: str) -> pd.DataFrame:
     """Read a parquet file we wrote; an unreadable one is a DataError naming the fix."""
     import pandas as pd  # after the callers' checks: a missing file should fail fast
 
@@ -584,13 +416,14 @@ def _read_parquet(path: Path, rebuild_with: str) -> pd.DataFrame:
         ) from None
 
 
-def _read_raw_frame(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
+def read_raw_frame(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The raw frame written by ``fetch`` and its manifest, checked against each other."""
     raw_dir = Path(settings.paths.raw_dir)
     parquet = raw_dir / RAW_PARQUET
     if not parquet.is_file():
         raise DataError(f"no raw data at {parquet}: run `housing fetch` first")
     manifest = read_raw_manifest(settings)
-    frame = _read_parquet(parquet, "housing fetch --force")
+    frame = read_parquet(parquet, "housing fetch --force")
     expected = manifest.get("content_hash")
     if [str(c) for c in frame.columns] == COLUMNS:
         got = frame_content_hash(frame)
@@ -600,83 +433,3 @@ def _read_raw_frame(settings: Settings) -> tuple[pd.DataFrame, dict[str, Any]]:
                 f"manifest {str(expected)[:12]}): it was modified; rerun `housing fetch --force`"
             )
     return frame, manifest
-
-
-def featurize(settings: Settings) -> dict[str, Any]:
-    """Validate the raw frame, split it deterministically and write data/processed/."""
-    frame, raw_manifest = _read_raw_frame(settings)
-    from sklearn.model_selection import train_test_split
-
-    from housing_mlops.config import config_hash
-    from housing_mlops.drift import build_profile
-
-    validate_frame(frame, label=f"raw data {Path(settings.paths.raw_dir) / RAW_PARQUET}")
-    # Hash check ran on the columns-ok path; a frame with other columns failed validation.
-    data_version = str(raw_manifest["content_hash"])
-
-    train, test = train_test_split(
-        frame, test_size=settings.split.test_size, random_state=settings.split.seed
-    )
-    out = Path(settings.paths.processed_dir)
-    _ensure_dir(out)
-    paths = {
-        name: out / fname for name, fname in (("train", TRAIN_PARQUET), ("test", TEST_PARQUET))
-    }
-    _write_parquet(paths["train"], train)
-    _write_parquet(paths["test"], test)
-
-    profile = build_profile(
-        {f: train[f].to_numpy() for f in FEATURES},
-        sample_size=settings.features.profile_sample_size,
-        seed=settings.split.seed,
-    )
-    _write_json(out / REFERENCE_PROFILE, profile)
-
-    manifest = {
-        "raw_content_hash": data_version,
-        "train_hash": frame_content_hash(train),
-        "test_hash": frame_content_hash(test),
-        "train_rows": int(len(train)),
-        "test_rows": int(len(test)),
-        "test_size": settings.split.test_size,
-        "seed": settings.split.seed,
-        "features": list(FEATURES),
-        "target": TARGET,
-        "config_hash": config_hash(settings),
-        "created_at": _now(),
-        "package_version": __version__,
-    }
-    # The manifest goes last: its presence means the split above is complete.
-    _write_json(out / MANIFEST, manifest)
-    return {
-        **manifest,
-        "data_version": data_version,
-        "train_path": str(paths["train"]),
-        "test_path": str(paths["test"]),
-        "profile_path": str(out / REFERENCE_PROFILE),
-        "manifest_path": str(out / MANIFEST),
-    }
-
-
-def read_processed_manifest(settings: Settings) -> dict[str, Any]:
-    """The manifest written by ``featurize``; DataError if featurize has not run."""
-    path = Path(settings.paths.processed_dir) / MANIFEST
-    return _read_json(path, "run `housing featurize` first")
-
-
-def load_split(settings: Settings, name: str) -> tuple[pd.DataFrame, pd.Series]:
-    """(X, y) of the ``train`` or ``test`` split, verified against the processed manifest."""
-    files = {"train": TRAIN_PARQUET, "test": TEST_PARQUET}
-    if name not in files:
-        raise UsageError(f"unknown split {name!r}: use 'train' or 'test'")
-    path = Path(settings.paths.processed_dir) / files[name]
-    if not path.is_file():
-        raise DataError(f"no {name} split at {path}: run `housing featurize` first")
-    manifest = read_processed_manifest(settings)
-    frame = _read_parquet(path, "housing featurize")
-    if frame_content_hash(frame) != manifest.get(f"{name}_hash"):
-        raise DataError(
-            f"{path} does not match {Path(settings.paths.processed_dir) / MANIFEST}: "
-            "rerun `housing featurize`"
-        )
-    return frame[FEATURES], frame[TARGET]

@@ -8,10 +8,10 @@ Slices (``slice_masks``), each with the same metrics:
 
 - ``income_q1`` .. ``income_q5``: quintiles of MedInc over the evaluated rows;
 - ``north`` / ``south``: Latitude at or above / below ``evaluate.north_south_latitude``;
-- ``coastal`` / ``inland``: a row is coastal when its distance to the coarse California
-  coastline polyline ``COASTLINE`` (straight segments between the listed points, distance
-  measured on a local flat-earth projection, accurate to a few km at this scale) is at most
-  ``evaluate.coastal_km`` kilometres; inland otherwise.
+- ``coastal`` / ``inland``: a row is coastal when its distance to the California coastline
+  (``geography.COAST``, the same polyline the model's distance-to-coast feature uses;
+  ``geography.distance_to_coast_km``) is at most ``evaluate.coastal_km`` kilometres;
+  inland otherwise.
 
 Behavioural checks (``behavioural_checks``): raising MedInc by 10 % for every row, all else
 equal, must raise the mean prediction; every prediction must lie inside
@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from housing_mlops.errors import ModelError
+from housing_mlops.geography import distance_to_coast_km
+from housing_mlops.timestamps import iso_utc
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -37,31 +39,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from housing_mlops.config import EvaluateConfig, Settings
     from housing_mlops.registry import ModelRef
 
-# Coarse California coastline, north (Oregon border) to south (Mexican border): (lat, lon).
-COASTLINE: list[tuple[float, float]] = [
-    (42.00, -124.21),
-    (40.44, -124.41),
-    (39.60, -123.79),
-    (38.30, -123.05),
-    (37.81, -122.50),
-    (37.20, -122.40),
-    (36.95, -122.02),
-    (36.60, -121.90),
-    (35.60, -121.15),
-    (34.60, -120.64),
-    (34.45, -120.45),
-    (34.40, -119.60),
-    (34.03, -118.80),
-    (33.75, -118.30),
-    (33.45, -117.70),
-    (32.70, -117.20),
-    (32.53, -117.12),
-]
 # progress(description, steps_done, steps_total): the same hook as train.ProgressHook.
 ProgressHook = Callable[[str, int, int], None]
 STEPS_PER_VERSION = 3  # load the model; predict, metrics and checks; plots and logging
 
-KM_PER_DEG_LAT = 111.2
 CHECK_UPLIFT = 1.10  # MedInc multiplied by this in the monotonicity check
 
 
@@ -82,21 +63,6 @@ def compute_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
         "mape": float(np.mean(np.abs(err) / np.maximum(np.abs(y), 1e-12))),
         "max_error": float(np.max(np.abs(err))),
     }
-
-
-def distance_to_coast_km(lat: Any, lon: Any) -> np.ndarray:
-    """Distance in km from each point to the nearest segment of ``COASTLINE``."""
-    lat = np.asarray(lat, dtype=float)[:, None]
-    lon = np.asarray(lon, dtype=float)[:, None]
-    coast = np.asarray(COASTLINE, dtype=float)
-    kx = KM_PER_DEG_LAT * math.cos(math.radians(37.0))  # km per degree of longitude here
-    px, py = lon * kx, lat * KM_PER_DEG_LAT
-    ax, ay = coast[:-1, 1] * kx, coast[:-1, 0] * KM_PER_DEG_LAT
-    bx, by = coast[1:, 1] * kx, coast[1:, 0] * KM_PER_DEG_LAT
-    dx, dy = bx - ax, by - ay
-    t = np.clip(((px - ax) * dx + (py - ay) * dy) / (dx**2 + dy**2), 0.0, 1.0)
-    dist = np.hypot(px - (ax + t * dx), py - (ay + t * dy))
-    return dist.min(axis=1)
 
 
 def slice_masks(X: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
@@ -151,39 +117,21 @@ def behavioural_checks(model: Any, X: pd.DataFrame, cfg: EvaluateConfig) -> dict
 
 
 def write_plots(y_true: Any, y_pred: Any, folder: Path, title: str) -> dict[str, Path]:
-    """Predicted-vs-actual and residual plots as PNG files in ``folder``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """The report's predicted-vs-actual and residual charts (``report.plots``) as PNG files
+    in ``folder``, titled with ``title`` (the version)."""
+    from housing_mlops.report import plots
 
-    y = np.asarray(y_true, dtype=float)
-    p = np.asarray(y_pred, dtype=float)
     folder.mkdir(parents=True, exist_ok=True)
+    charts = {
+        "predicted_vs_actual": plots.predicted_vs_actual_png(
+            y_true, y_pred, f"{title}: predicted vs actual"
+        ),
+        "residuals": plots.residual_histogram_png(y_true, y_pred, f"{title}: residuals"),
+    }
     paths: dict[str, Path] = {}
-
-    fig = Figure(figsize=(6, 6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.scatter(y, p, s=4, alpha=0.3)
-    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
-    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
-    ax.set_xlabel("actual MedHouseVal ($100k)")
-    ax.set_ylabel("predicted ($100k)")
-    ax.set_title(f"{title}: predicted vs actual")
-    paths["predicted_vs_actual"] = folder / "predicted_vs_actual.png"
-    fig.savefig(paths["predicted_vs_actual"])
-
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.scatter(p, p - y, s=4, alpha=0.3)
-    ax1.axhline(0, color="black", linewidth=1)
-    ax1.set_xlabel("predicted ($100k)")
-    ax1.set_ylabel("residual (predicted - actual)")
-    ax2.hist(p - y, bins=60)
-    ax2.set_xlabel("residual ($100k)")
-    fig.suptitle(f"{title}: residuals")
-    paths["residuals"] = folder / "residuals.png"
-    fig.savefig(paths["residuals"])
+    for name, png in charts.items():
+        paths[name] = folder / f"{name}.png"
+        paths[name].write_bytes(png)
     return paths
 
 
@@ -227,13 +175,13 @@ def evaluate(
     """
     import pandas as pd
 
-    from housing_mlops import data, registry
+    from housing_mlops import featurize, registry
     from housing_mlops.features import TARGET
 
     refs = registry.list_versions(settings)
     chosen = select_versions(refs, version, all_versions)
-    manifest = data.read_processed_manifest(settings)
-    X, y = data.load_split(settings, "test")
+    manifest = featurize.read_processed_manifest(settings)
+    X, y = featurize.load_split(settings, "test")
     cfg = settings.evaluate
     masks = slice_masks(X, cfg)
     test_frame = pd.concat([X, y.rename(TARGET)], axis=1)
@@ -266,7 +214,7 @@ def evaluate(
         metrics["holdout_out_of_range_rows"] = float(checks["checks"]["plausible_range"]["value"])
         metrics["holdout_checks_passed"] = 1.0 if checks["passed"] else 0.0
         report(f"{label}: plots and logging to MLflow", 2)
-        when = registry.now_iso()
+        when = iso_utc()
         with tempfile.TemporaryDirectory(prefix="housing-eval-") as tmp:
             plots = write_plots(y, pred, Path(tmp), label)
             registry.log_evaluation(

@@ -6,7 +6,7 @@ column name, or a 2-D array in ``FEATURES`` order) and adds:
 - ratio features (bedrooms per room, rooms per person, households, log population);
 - coordinates rotated by a few angles (trees split on axis-aligned lines; rotations let
   them cut the diagonal coast and valleys);
-- great-circle distances to the big cities and to a coarse coastline;
+- great-circle distances to the big cities and to the coastline (``geography``);
 - out-of-fold neighbour target means on latitude/longitude (k nearest blocks).
 
 The neighbour means are the only target-based features. ``fit_transform`` (what a
@@ -30,64 +30,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from housing_mlops.columns import FEATURES, TARGET  # noqa: F401 - TARGET re-exported
+from housing_mlops.geography import CITIES, COAST
 
 _I_INC, _I_AGE, _I_ROOMS, _I_BEDRMS, _I_POP, _I_OCCUP, _I_LAT, _I_LON = range(8)
-
-# (name, latitude, longitude)
-CITIES: list[tuple[str, float, float]] = [
-    ("sf", 37.7749, -122.4194),
-    ("la", 34.0522, -118.2437),
-    ("sd", 32.7157, -117.1611),
-    ("sj", 37.3382, -121.8863),
-    ("sac", 38.5816, -121.4944),
-]
-
-# A coarse polyline along the California coast, north to south (lat, lon). Distances to
-# its vertices are a good-enough "distance to the ocean" at the scale of census blocks.
-COAST: list[tuple[float, float]] = [
-    (41.99, -124.21),
-    (41.75, -124.20),
-    (41.20, -124.12),
-    (40.80, -124.20),
-    (40.44, -124.40),
-    (40.00, -124.02),
-    (39.60, -123.79),
-    (39.20, -123.77),
-    (38.90, -123.70),
-    (38.50, -123.20),
-    (38.30, -123.05),
-    (38.00, -122.95),
-    (37.90, -122.65),
-    (37.81, -122.48),
-    (37.70, -122.50),
-    (37.50, -122.48),
-    (37.20, -122.40),
-    (36.95, -122.05),
-    (36.90, -121.90),
-    (36.60, -121.90),
-    (36.30, -121.90),
-    (35.90, -121.47),
-    (35.60, -121.15),
-    (35.30, -120.88),
-    (35.00, -120.63),
-    (34.60, -120.64),
-    (34.45, -120.45),
-    (34.42, -119.80),
-    (34.35, -119.40),
-    (34.15, -119.20),
-    (34.03, -118.80),
-    (34.00, -118.50),
-    (33.85, -118.40),
-    (33.74, -118.29),
-    (33.75, -118.10),
-    (33.60, -117.90),
-    (33.45, -117.70),
-    (33.20, -117.38),
-    (33.00, -117.28),
-    (32.80, -117.26),
-    (32.70, -117.20),
-    (32.53, -117.12),
-]
 
 _EARTH_KM = 6371.0
 # Neighbour search works in a local equirectangular projection (km-ish units).
@@ -148,7 +93,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         rotations_deg: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0, 75.0),
         city_distances: bool = True,
         knn_neighbors: tuple[int, ...] = (8, 32),
-        knn_folds: int = 5,
+        knn_folds: int = 10,
         knn_distances: bool = True,
         random_state: int = 0,
     ) -> None:
@@ -335,9 +280,12 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
 
 
 def build_preprocessor(features_cfg: Any = None, engineered: bool = True, seed: int = 0) -> Any:
-    """The feature transformer for a pipeline, configured from the ``features:`` section."""
+    """The feature transformer for a pipeline, configured from the ``features:`` section
+    (its defaults when ``features_cfg`` is None)."""
     if features_cfg is None:
-        return SpatialFeatures(engineered=engineered, random_state=seed)
+        from housing_mlops.config import FeaturesConfig
+
+        features_cfg = FeaturesConfig()
     return SpatialFeatures(
         engineered=engineered,
         rotations_deg=tuple(float(d) for d in features_cfg.rotations_deg),

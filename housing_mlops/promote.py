@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from housing_mlops.errors import GateRejected, ModelError, UsageError
+from housing_mlops.timestamps import iso_utc
 
 if TYPE_CHECKING:  # pragma: no cover
     from housing_mlops.config import PromoteConfig, Settings
@@ -182,7 +183,7 @@ def _rollback(settings: Settings, dry_run: bool) -> dict[str, Any]:
     }
     if dry_run:
         return result
-    now = registry.now_iso()
+    now = iso_utc()
     ref = registry.resolve(settings, version=int(previous))
     registry.set_alias(settings, registry.CHAMPION, previous)
     if champion is not None:
@@ -301,7 +302,7 @@ def promote(
     if dry_run:
         return {**result, "promoted": False, "champion_after": champion_version}
 
-    now = registry.now_iso()
+    now = iso_utc()
     if champion_version is not None:
         registry.set_alias(settings, registry.PREVIOUS_CHAMPION, champion_version)
         registry.set_version_tags(settings, champion_version, {"demoted_at": now})

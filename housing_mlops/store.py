@@ -774,3 +774,27 @@ def cache_reference(
                 json.dumps(profile),
             ],
         )
+
+
+# ---- queries for the report (moved from report.py)
+def drift_score_history(db: Any, run_ids: list[int]) -> dict[str, list[tuple[float, float]]]:
+    """Normalised Wasserstein distance per feature over the given drift runs, oldest first:
+    {feature: [(run created_at, wasserstein_norm), ...]} (runs without a value left out)."""
+    if not run_ids:
+        return {}
+    marks = ", ".join("?" * len(run_ids))
+    rows = (
+        _conn(db)
+        .execute(
+            "SELECT r.created_at, s.feature, s.wasserstein_norm FROM drift_scores s "  # noqa: S608
+            f"JOIN drift_runs r ON r.id = s.run_id WHERE r.id IN ({marks}) "
+            "ORDER BY r.created_at",
+            run_ids,
+        )
+        .fetchall()
+    )
+    out: dict[str, list[tuple[float, float]]] = {}
+    for created, feature, value in rows:
+        if value is not None:
+            out.setdefault(feature, []).append((created, value))
+    return out

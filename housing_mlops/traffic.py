@@ -13,6 +13,10 @@ over ``--concurrency`` connections; ``--batch-size`` > 1 sends ``{"instances": [
 Rows the service rejects (a shift can push values out of the accepted ranges) are
 counted by status, not retried. Prints a summary (or ``--json``); exit 0 when at least
 one row was answered, 1 when none was, 2 for bad options.
+
+It uses httpx, the project's one HTTP client library, directly rather than through
+``housing_mlops.download``: it is an async load generator for our own service, not a
+download, and must not retry (a retry would distort the load it measures).
 """
 
 from __future__ import annotations
@@ -201,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         from housing_mlops.config import load_config
-        from housing_mlops.data import load_split
+        from housing_mlops.featurize import load_split
 
         shift = parse_shift(args.shift)
         settings = load_config(args.config)

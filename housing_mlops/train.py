@@ -143,15 +143,15 @@ def train(
     """Cross-validate, fit, log and register each candidate; one result row per candidate."""
     import pandas as pd
 
-    from housing_mlops import __version__, data, models, registry
+    from housing_mlops import __version__, featurize, models, registry
     from housing_mlops.config import config_hash
     from housing_mlops.drift import build_profile
     from housing_mlops.evaluate import compute_metrics
     from housing_mlops.features import FEATURES, TARGET
 
     candidates = select_candidates(settings, only)
-    manifest = data.read_processed_manifest(settings)
-    X, y = data.load_split(settings, "train")
+    manifest = featurize.read_processed_manifest(settings)
+    X, y = featurize.load_split(settings, "train")
     registry.configure(settings)  # an unreachable store fails before minutes of training
 
     batch = new_batch_id()

@@ -10,8 +10,10 @@ from synthetic import write_config
 
 from housing_mlops.cli import run
 from housing_mlops.config import (
+    ENV_OVERRIDES,
     STATLIB_SHA256,
     ConfigError,
+    FeaturesConfig,
     config_hash,
     load_config,
     settings_from_dict,
@@ -44,6 +46,29 @@ def test_default_config_loads() -> None:
         "hist_gb",
         "lightgbm",
     ]
+
+
+def test_shipped_yaml_states_the_code_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/default.yaml and the pydantic defaults say the same (defaults live in code)."""
+    for name in ENV_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
+    raw = yaml.safe_load((REPO_ROOT / "configs" / "default.yaml").read_text())
+    shipped = load_config(REPO_ROOT / "configs" / "default.yaml").model_dump(mode="json")
+    defaults = settings_from_dict({"train": {"candidates": raw["train"]["candidates"]}})
+    assert shipped == defaults.model_dump(mode="json")
+
+
+def test_feature_transformer_defaults_are_the_config_defaults() -> None:
+    from housing_mlops.features import SpatialFeatures, build_preprocessor
+
+    cfg = FeaturesConfig()
+    for transformer in (SpatialFeatures(), build_preprocessor(None)):
+        params = transformer.get_params()
+        assert list(params["rotations_deg"]) == cfg.rotations_deg
+        assert list(params["knn_neighbors"]) == cfg.knn_neighbors
+        assert params["knn_folds"] == cfg.knn_folds
+        assert params["city_distances"] == cfg.city_distances
+        assert params["knn_distances"] == cfg.knn_distances
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from synthetic import make_frame, write_config
 
-from housing_mlops import data
+from housing_mlops import data, featurize
 from housing_mlops.config import Settings, config_hash, load_config
 from housing_mlops.errors import DataError
 
@@ -26,7 +26,7 @@ def real(real_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     root = tmp_path_factory.mktemp("real")
     settings = load_config(write_config(root))
     fetched = data.fetch(settings, source=str(real_archive))
-    featurized = data.featurize(settings)
+    featurized = featurize.featurize(settings)
     return {"settings": settings, "fetched": fetched, "featurized": featurized, "root": root}
 
 
@@ -84,8 +84,8 @@ def test_real_split_is_the_canonical_one(real: dict[str, Any]) -> None:
     settings = real["settings"]
     result = real["featurized"]
     assert (result["train_rows"], result["test_rows"]) == (16_512, 4_128)
-    x_train, y_train = data.load_split(settings, "train")
-    x_test, y_test = data.load_split(settings, "test")
+    x_train, y_train = featurize.load_split(settings, "train")
+    x_test, y_test = featurize.load_split(settings, "test")
     assert list(x_train.columns) == data.FEATURES and y_train.name == data.TARGET
     assert len(x_train) == len(y_train) == 16_512 and len(x_test) == len(y_test) == 4_128
     # Original row numbers are kept: disjoint, together all rows, and the well-known
@@ -100,7 +100,7 @@ def test_real_split_is_the_canonical_one(real: dict[str, Any]) -> None:
 
 def test_processed_manifest_links_back_to_the_raw_version(real: dict[str, Any]) -> None:
     settings = real["settings"]
-    manifest = data.read_processed_manifest(settings)
+    manifest = featurize.read_processed_manifest(settings)
     assert manifest["raw_content_hash"] == REAL_CONTENT_HASH
     assert manifest["config_hash"] == config_hash(settings)
     assert (manifest["train_rows"], manifest["test_rows"]) == (16_512, 4_128)
@@ -119,7 +119,7 @@ def test_reference_profile_summarises_the_train_features(real: dict[str, Any]) -
     )
     assert profile["rows"] == 16_512
     assert list(profile["columns"]) == data.FEATURES
-    x_train, _ = data.load_split(settings, "train")
+    x_train, _ = featurize.load_split(settings, "train")
     lat = profile["columns"]["Latitude"]
     assert lat["mean"] == pytest.approx(x_train["Latitude"].mean())
     assert lat["quantiles"][50] == pytest.approx(x_train["Latitude"].median())
@@ -130,8 +130,8 @@ def test_featurize_is_deterministic(real: dict[str, Any]) -> None:
     settings = real["settings"]
     processed = Path(settings.paths.processed_dir)
     before = (processed / "reference_profile.json").read_bytes()
-    first = data.read_processed_manifest(settings)
-    again = data.featurize(settings)
+    first = featurize.read_processed_manifest(settings)
+    again = featurize.featurize(settings)
     assert (again["train_hash"], again["test_hash"]) == (first["train_hash"], first["test_hash"])
     assert (processed / "reference_profile.json").read_bytes() == before
 
@@ -144,7 +144,7 @@ def test_schema_violations_in_real_data_name_rows_and_columns(
     frame.loc[[3, 9000], "Latitude"] = 45.0
     settings = settings_with_raw(tmp_path, frame)
     with pytest.raises(DataError) as err:
-        data.featurize(settings)
+        featurize.featurize(settings)
     message = str(err.value)
     assert "AveRooms has NaN/inf in 1 row(s): 7" in message
     assert "Latitude outside [32.0, 42.1] in 2 row(s): 3, 9000" in message
@@ -164,10 +164,10 @@ def test_schema_violations_in_real_data_name_rows_and_columns(
 )
 def test_validate_frame_names_column_and_row(column: str, value: float, expected: str) -> None:
     frame = make_frame(50, seed=1)
-    data.validate_frame(frame)  # the synthetic frame itself is valid
+    featurize.validate_frame(frame)  # the synthetic frame itself is valid
     frame.loc[4, column] = value
     with pytest.raises(DataError, match="^raw data failed validation: ") as err:
-        data.validate_frame(frame)
+        featurize.validate_frame(frame)
     assert expected in str(err.value)
 
 
@@ -175,7 +175,7 @@ def test_validate_frame_lists_only_the_first_rows() -> None:
     frame = make_frame(50, seed=1)
     frame.loc[10:19, "Population"] = -1.0
     with pytest.raises(DataError) as err:
-        data.validate_frame(frame)
+        featurize.validate_frame(frame)
     assert "Population outside [1.0, 50000.0] in 10 row(s): 10, 11, 12, 13, 14, ..." in str(
         err.value
     )
@@ -184,16 +184,16 @@ def test_validate_frame_lists_only_the_first_rows() -> None:
 def test_validate_frame_checks_columns_and_dtypes() -> None:
     frame = make_frame(20)
     with pytest.raises(DataError, match=r"missing \['AveOccup'\], unexpected \['Occ'\]"):
-        data.validate_frame(frame.rename(columns={"AveOccup": "Occ"}))
+        featurize.validate_frame(frame.rename(columns={"AveOccup": "Occ"}))
     with pytest.raises(DataError, match=r"non-float columns \(HouseAge: int64\)"):
-        data.validate_frame(frame.astype({"HouseAge": "int64"}))
+        featurize.validate_frame(frame.astype({"HouseAge": "int64"}))
 
 
 def test_featurize_on_a_small_frame_splits_by_the_configured_fraction(tmp_path: Path) -> None:
     settings = settings_with_raw(tmp_path, make_frame(200, seed=3))
-    result = data.featurize(settings)
+    result = featurize.featurize(settings)
     assert (result["train_rows"], result["test_rows"]) == (160, 40)
-    x_test, y_test = data.load_split(settings, "test")
+    x_test, y_test = featurize.load_split(settings, "test")
     assert x_test.shape == (40, 8)
     processed = Path(settings.paths.processed_dir)
     assert sorted(p.name for p in processed.iterdir()) == [
@@ -208,15 +208,15 @@ def test_featurize_on_a_small_frame_splits_by_the_configured_fraction(tmp_path: 
 def test_featurize_before_fetch_says_run_fetch(tmp_path: Path) -> None:
     settings = load_config(write_config(tmp_path))
     with pytest.raises(DataError, match=r"run `housing fetch` first$"):
-        data.featurize(settings)
+        featurize.featurize(settings)
 
 
 def test_load_split_before_featurize_says_run_featurize(tmp_path: Path) -> None:
     settings = load_config(write_config(tmp_path))
     with pytest.raises(DataError, match=r"run `housing featurize` first$"):
-        data.load_split(settings, "train")
+        featurize.load_split(settings, "train")
     with pytest.raises(DataError, match=r"run `housing featurize` first$"):
-        data.read_processed_manifest(settings)
+        featurize.read_processed_manifest(settings)
 
 
 def test_modified_raw_parquet_is_refused(tmp_path: Path) -> None:
@@ -225,17 +225,17 @@ def test_modified_raw_parquet_is_refused(tmp_path: Path) -> None:
     frame.loc[0, "MedInc"] += 0.5  # still valid, but not what the manifest recorded
     frame.to_parquet(Path(settings.paths.raw_dir) / data.RAW_PARQUET)
     with pytest.raises(DataError, match=r"does not match its manifest .* rerun `housing fetch"):
-        data.featurize(settings)
+        featurize.featurize(settings)
 
 
 def test_modified_split_is_refused(tmp_path: Path) -> None:
     settings = settings_with_raw(tmp_path, make_frame(100, seed=2))
-    data.featurize(settings)
+    featurize.featurize(settings)
     train_path = Path(settings.paths.processed_dir) / "train.parquet"
     train = pd.read_parquet(train_path)
     train.to_parquet(train_path.with_name("test.parquet"))
     with pytest.raises(DataError, match=r"test.parquet does not match .*rerun `housing featurize`"):
-        data.load_split(settings, "test")
+        featurize.load_split(settings, "test")
 
 
 # ------------------------------------------------------------------ content hash
@@ -271,4 +271,4 @@ def test_featurize_output_folder_blocked_by_a_file(tmp_path: Path) -> None:
     processed.parent.mkdir(parents=True, exist_ok=True)
     processed.write_text("in the way")
     with pytest.raises(DataError, match=r"^cannot write to .*processed: a file is in the way"):
-        data.featurize(settings)
+        featurize.featurize(settings)

@@ -20,11 +20,11 @@ import pytest
 from synthetic import write_config
 from test_registry import write_processed
 
-from housing_mlops import drift, store
+from housing_mlops import columns, store
 from housing_mlops.cli import run
 from housing_mlops.config import load_config
 
-FEATURES = list(drift.FEATURES)
+FEATURES = list(columns.FEATURES)
 
 
 def iso(ts: float) -> str:
@@ -51,7 +51,7 @@ def log_frame(db: Any, frame: Any, preds: Any, start: float, version: str = "1")
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from housing_mlops import data, registry
+    from housing_mlops import featurize, registry
     from housing_mlops.train import train
 
     tmp = tmp_path_factory.mktemp("drift-cli")
@@ -61,7 +61,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train(settings, only=["ridge"])
     ref = registry.resolve(settings, version=1)
     model = registry.load_model(settings, ref)
-    x_test, _ = data.load_split(settings, "test")
+    x_test, _ = featurize.load_split(settings, "test")
     shifted = x_test.copy()
     shifted["MedInc"] *= 1.2
 
@@ -166,7 +166,8 @@ def test_empty_window_and_unknown_version_exit_7(project, capsys) -> None:  # ty
     code, _, err = drift_json(project, capsys, "--since", "2020-01-01", "--until", "2020-01-02")
     assert code == 7
     assert err.startswith(
-        "Error: no answered requests between 2020-01-01T00:00:00Z and 2020-01-02T00:00:00Z"
+        "Error: no answered requests between 2020-01-01T00:00:00+00:00 and "
+        "2020-01-02T00:00:00+00:00"
     )
     code, _, err = drift_json(project, capsys, "--since", "1d", "--model-version", "2")
     assert code == 7 and "no answered requests served by model version 2" in err

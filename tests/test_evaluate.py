@@ -160,10 +160,10 @@ def test_plots_are_real_pngs(evaluated, tmp_path: Path) -> None:
 
 
 def test_holdout_metrics_match_an_independent_computation(evaluated) -> None:
-    from housing_mlops import data
+    from housing_mlops import featurize
 
     settings, rows = evaluated
-    X, y = data.load_split(settings, "test")
+    X, y = featurize.load_split(settings, "test")
     ref = registry.resolve(settings, version=1)
     pred = registry.load_model(settings, ref).predict(X)
     rmse = float(np.sqrt(np.mean((pred - y.to_numpy()) ** 2)))

@@ -169,11 +169,11 @@ def test_versions_are_registered_with_checksum_batch_and_signature(trained) -> N
 
 
 def test_reloaded_model_predicts_exactly_what_the_fitted_one_did(trained) -> None:
-    from housing_mlops import data, models
+    from housing_mlops import featurize, models
 
     settings, _ = trained
-    X, y = data.load_split(settings, "train")
-    X_test, _ = data.load_split(settings, "test")
+    X, y = featurize.load_split(settings, "train")
+    X_test, _ = featurize.load_split(settings, "test")
     for ref in registry.list_versions(settings):
         candidate = next(c for c in settings.train.candidates if c.name == ref.tags["candidate"])
         fitted = models.build_pipeline(

@@ -22,12 +22,13 @@ import pytest
 from synthetic import write_config
 from test_registry import copy_store, trained_store
 
-from housing_mlops import drift, store
+from housing_mlops import columns, store
 from housing_mlops.cli import run
 from housing_mlops.config import load_config
+from housing_mlops.drift.check import check_drift
 from housing_mlops.report import build_report
 
-FEATURES = list(drift.FEATURES)
+FEATURES = list(columns.FEATURES)
 
 
 def assert_self_contained(html: str) -> None:
@@ -213,7 +214,7 @@ def test_progress_names_each_stage_in_order_before_it_runs(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from housing_mlops import data, registry
+    from housing_mlops import featurize, registry
     from housing_mlops.evaluate import evaluate
     from housing_mlops.promote import promote
 
@@ -236,7 +237,7 @@ def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     promote(settings)
     champion = registry.resolve(settings)
     model = registry.load_model(settings, champion)
-    x_test, _ = data.load_split(settings, "test")
+    x_test, _ = featurize.load_split(settings, "test")
     shifted = x_test.copy()
     shifted["MedInc"] *= 1.3
     db = store.open_db(settings.serve.request_log)
@@ -273,8 +274,8 @@ def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     db.close()
     day_before = datetime.fromtimestamp(now - 2 * 86400 - 10, tz=UTC).isoformat()
     day_after = datetime.fromtimestamp(now - 86400 - 10, tz=UTC).isoformat()
-    drift.check_drift(settings, since=day_before, until=day_after)
-    drift.check_drift(settings, since="36h")
+    check_drift(settings, since=day_before, until=day_after)
+    check_drift(settings, since="36h")
     return {"settings": settings, "champion": champion, "tmp": tmp, "test_rows": len(x_test)}
 
 

@@ -130,7 +130,7 @@ def processed_config(tmp_path: Path) -> Path:
 
 
 def test_main_sends_the_shifted_test_split(stand_in, processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
-    from housing_mlops import data
+    from housing_mlops import featurize
 
     stand_in["received"].clear()
     code = main(
@@ -152,7 +152,7 @@ def test_main_sends_the_shifted_test_split(stand_in, processed_config, capsys) -
     assert code == 0
     summary = json.loads(out)
     assert summary["ok_rows"] == 40 and summary["shift"] == {"MedInc": 1.2}
-    x_test, _ = data.load_split(load_config(processed_config), "test")
+    x_test, _ = featurize.load_split(load_config(processed_config), "test")
     sent = sorted(r["MedInc"] for b in stand_in["received"] for r in b)
     assert sent == pytest.approx(sorted(x_test["MedInc"] * 1.2))  # 40 rows: the whole split
 

@@ -1,0 +1,423 @@
+"""The report's sections: each gathers its data and describes itself as blocks.
+
+A ``Section`` is a list of blocks (text, note, heading, table, image) that
+``report.render`` turns into HTML and Markdown alike. The builders read the registry
+(champion, leaderboard), the test split (evaluation), and the request log and drift
+tables through ``housing_mlops.store`` (drift, serving); charts come from
+``report.plots``. A builder that finds nothing to show returns a section with status
+``empty`` and a note saying what to run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from housing_mlops.report import plots
+from housing_mlops.report.render import format_value
+from housing_mlops.timestamps import readable_utc
+
+IMPORTANCE_ROWS = 1000
+IMPORTANCE_REPEATS = 3
+HISTORY_RUNS = 30
+
+
+@dataclass
+class Block:
+    """One piece of a section; which fields are set depends on ``kind``."""
+
+    kind: str  # text | note | heading | table | image
+    text: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    name: str = ""  # image file name in report_files/
+    png: bytes = b""
+    alt: str = ""
+
+
+@dataclass
+class Section:
+    """One report section, rendered twice (HTML and Markdown) from the same blocks."""
+
+    key: str
+    title: str
+    status: str = "ok"  # ok | empty | error
+    blocks: list[Block] = field(default_factory=list)
+
+    def text(self, value: str) -> Section:
+        self.blocks.append(Block("text", text=value))
+        return self
+
+    def note(self, value: str) -> Section:
+        self.blocks.append(Block("note", text=value))
+        return self
+
+    def heading(self, value: str) -> Section:
+        self.blocks.append(Block("heading", text=value))
+        return self
+
+    def table(self, rows: list[dict[str, Any]], columns: list[str]) -> Section:
+        self.blocks.append(Block("table", rows=rows, columns=columns))
+        return self
+
+    def image(self, name: str, png: bytes, alt: str) -> Section:
+        self.blocks.append(Block("image", name=name, png=png, alt=alt))
+        return self
+
+    @property
+    def images(self) -> list[Block]:
+        return [b for b in self.blocks if b.kind == "image"]
+
+
+def champion_and_leaderboard(settings: Any) -> tuple[Section, Section, Any]:
+    from housing_mlops import registry
+
+    champion = Section("champion", "Champion")
+    board = Section("leaderboard", "Leaderboard")
+    # A local store that does not exist holds no model: say so without letting MLflow
+    # create (and migrate) an empty database as a side effect of reading.
+    versions = registry.list_versions(settings) if registry.store_exists(settings) else []
+    if not versions:
+        msg = "No model is registered yet: run `housing train`, `housing evaluate` and "
+        msg += "`housing promote`."
+        champion.status = board.status = "empty"
+        return champion.note(msg), board.note(msg), None
+    champ = next((v for v in versions if registry.CHAMPION in (v.aliases or ())), None)
+    if champ is None:
+        champ_alias = registry.get_alias_version(settings, registry.CHAMPION)
+        champ = next((v for v in versions if v.version == champ_alias), None)
+
+    rows = []
+    for ref in sorted(versions, key=_board_key):
+        m = ref.metrics
+        rows.append(
+            {
+                "version": ref.version,
+                "candidate": ref.tags.get("candidate", "–"),
+                "aliases": ", ".join(ref.aliases) or "–",
+                "cv RMSE": _pm(m.get("cv_rmse_mean"), m.get("cv_rmse_std")),
+                "cv MAE": m.get("cv_mae_mean"),
+                "cv R²": m.get("cv_r2_mean"),
+                "holdout RMSE": m.get("holdout_rmse"),
+                "holdout MAE": m.get("holdout_mae"),
+                "holdout R²": m.get("holdout_r2"),
+                "holdout MAPE": m.get("holdout_mape"),
+                "data version": (ref.data_version or "–")[:12],
+                "created": ref.created_at or "–",
+            }
+        )
+    board.text(
+        f"{len(versions)} registered version(s) of `{settings.mlflow.registered_model_name}`, "
+        "best holdout RMSE first (versions not yet evaluated last, by CV RMSE)."
+    )
+    board.table(rows, list(rows[0]))
+
+    if champ is None:
+        champion.status = "empty"
+        champion.note("No version carries the `champion` alias yet: run `housing promote`.")
+        return champion, board, None
+    m = champ.metrics
+    champion.table(
+        [
+            {"": "version", "value": champ.version},
+            {"": "candidate", "value": champ.tags.get("candidate", "–")},
+            {"": "aliases", "value": ", ".join(champ.aliases) or registry.CHAMPION},
+            {"": "data version", "value": champ.data_version or "–"},
+            {"": "run id", "value": champ.run_id},
+            {"": "registered", "value": champ.created_at or "–"},
+            {"": "git commit", "value": champ.tags.get("git_commit", "–")},
+        ],
+        ["", "value"],
+    )
+    champion.heading("Metrics")
+    metric_rows = [
+        {
+            "metric": label,
+            "cross-validation (train)": _pm(m.get(f"cv_{key}_mean"), m.get(f"cv_{key}_std")),
+            "holdout (test)": m.get(f"holdout_{key}"),
+        }
+        for key, label in (
+            ("rmse", "RMSE"),
+            ("mae", "MAE"),
+            ("r2", "R²"),
+            ("mape", "MAPE"),
+            ("max_error", "max error"),
+        )
+        if m.get(f"cv_{key}_mean") is not None or m.get(f"holdout_{key}") is not None
+    ]
+    if metric_rows:
+        champion.table(metric_rows, ["metric", "cross-validation (train)", "holdout (test)"])
+        if m.get("holdout_rmse") is None:
+            champion.note("Not evaluated on the test split yet: run `housing evaluate`.")
+    else:
+        champion.note("The champion's run has no metrics recorded.")
+    champion.heading("Promotion history")
+    history = _promotion_history(versions)
+    if history:
+        champion.table(history, ["at", "version", "kind", "replaced"])
+    else:
+        champion.note("No promotion recorded in the version tags.")
+    return champion, board, champ
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+
+
+def _board_key(ref: Any) -> tuple[int, float, int]:
+    m = ref.metrics
+    if m.get("holdout_rmse") is not None:
+        return (0, float(m["holdout_rmse"]), int(ref.version))
+    cv = m.get("cv_rmse_mean")
+    return (1, float(cv) if cv is not None else float("inf"), int(ref.version))
+
+
+def _promotion_history(versions: list[Any]) -> list[dict[str, Any]]:
+    events = []
+    for ref in versions:
+        try:
+            history = json.loads(ref.tags.get("promotion_history", "[]"))
+        except ValueError:
+            continue
+        for entry in history if isinstance(history, list) else []:
+            if isinstance(entry, dict):
+                events.append(
+                    {
+                        "at": entry.get("at", "–"),
+                        "version": ref.version,
+                        "kind": entry.get("kind", "–"),
+                        "replaced": entry.get("replaced") or "–",
+                    }
+                )
+    return sorted(events, key=lambda e: str(e["at"]), reverse=True)
+
+
+def evaluation(settings: Any, champ: Any) -> Section:
+    section = Section("evaluation", "Evaluation of the champion (test split)")
+    if champ is None:
+        section.status = "empty"
+        return section.note("No champion to evaluate yet: run `housing promote`.")
+    from housing_mlops import evaluate, featurize, registry
+
+    x_test, y_test = featurize.load_split(settings, "test")
+    model = registry.load_model(settings, champ)
+    y = y_test.to_numpy(dtype=float)
+    pred = np.asarray(model.predict(x_test), dtype=float)
+    overall = evaluate.compute_metrics(y, pred)
+    section.text(
+        f"Version {champ.version} on {len(y)} test rows: RMSE {overall['rmse']:.4f}, "
+        f"MAE {overall['mae']:.4f}, R² {overall['r2']:.4f}, "
+        f"MAPE {100 * overall['mape']:.1f} %, max error {overall['max_error']:.3f} "
+        "(target in $100k)."
+    )
+
+    section.image(
+        "predicted_vs_actual.png",
+        plots.predicted_vs_actual_png(y, pred),
+        "Predicted vs actual and residuals",
+    )
+
+    section.image("residuals.png", plots.residual_histogram_png(y, pred), "Residual distribution")
+
+    section.heading("Error by slice")
+    slices = evaluate.slice_metrics(y, pred, evaluate.slice_masks(x_test, settings.evaluate))
+    slice_rows = [
+        {"slice": name, "rows": m["rows"], "RMSE": m["rmse"], "MAE": m["mae"], "R²": m["r2"]}
+        for name, m in slices.items()
+    ]
+    section.table(slice_rows, ["slice", "rows", "RMSE", "MAE", "R²"])
+    chart = plots.error_by_slice_png(
+        list(slices), [m["rmse"] for m in slices.values()], overall["rmse"]
+    )
+    section.image("error_by_slice.png", chart, "RMSE by slice")
+
+    section.heading("Permutation feature importance")
+    importance = _permutation_importance(model, x_test, y, settings.train.seed)
+    section.text(
+        f"Increase in RMSE when one raw feature is shuffled ({IMPORTANCE_REPEATS} repeats on a "
+        f"random subsample of {min(IMPORTANCE_ROWS, len(y))} test rows); the pipeline's own "
+        "feature engineering is included, so this is what the model owes to each input."
+    )
+    section.table(importance, ["feature", "RMSE increase", "std"])
+    section.image(
+        "permutation_importance.png",
+        plots.permutation_importance_png(importance),
+        "Permutation feature importance",
+    )
+    return section
+
+
+def _permutation_importance(model: Any, x: Any, y: np.ndarray, seed: int) -> list[dict]:
+    from sklearn.inspection import permutation_importance
+
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(y), size=min(IMPORTANCE_ROWS, len(y)), replace=False))
+    result = permutation_importance(
+        model,
+        x.iloc[take],
+        y[take],
+        scoring="neg_root_mean_squared_error",
+        n_repeats=IMPORTANCE_REPEATS,
+        random_state=seed,
+        n_jobs=1,
+    )
+    rows = [
+        {"feature": name, "RMSE increase": float(m), "std": float(s)}
+        for name, m, s in zip(
+            x.columns, result.importances_mean, result.importances_std, strict=True
+        )
+    ]
+    return sorted(rows, key=lambda r: r["RMSE increase"], reverse=True)
+
+
+def drift(settings: Any) -> Section:
+    from housing_mlops import store
+
+    section = Section("drift", "Drift")
+    db = store.open_readonly(settings.serve.request_log)
+    if db is None:
+        section.status = "empty"
+        return section.note(
+            f"No request log at {settings.serve.request_log} yet, so no drift run: serve "
+            "traffic, then run `housing drift`."
+        )
+    try:
+        latest = store.latest_drift_run(db)
+        history = store.drift_history(db, HISTORY_RUNS)
+        score_history = store.drift_score_history(db, [r["id"] for r in history])
+    finally:
+        db.close()
+    if latest is None:
+        section.status = "empty"
+        return section.note("No drift run stored yet: run `housing drift --since 7d`.")
+
+    section.text(
+        f"Latest run #{latest['id']} at {readable_utc(latest['created_at'])}: model version "
+        f"{latest.get('model_version')}, {latest.get('rows')} requests from "
+        f"{readable_utc(latest.get('since_ts'))} to {readable_utc(latest.get('until_ts'))}, "
+        "compared with "
+        f"{latest.get('reference')}. Verdict **{latest.get('verdict')}**; dataset drift: "
+        f"**{'yes' if latest.get('dataset_drift') else 'no'}** "
+        f"({latest.get('drifting')}/{latest.get('features')} features drifting)."
+        + (
+            f" Judged on a uniform sample of {latest.get('sampled_rows')} rows."
+            if (latest.get("sampled_rows") or 0) < (latest.get("rows") or 0)
+            else ""
+        )
+    )
+    rows = [
+        {
+            "feature": s["feature"],
+            "rows": s["rows"],
+            "ref mean": s["ref_mean"],
+            "cur mean": s["cur_mean"],
+            "PSI": s["psi"],
+            "KS": s["ks"],
+            "p": s["ks_pvalue"],
+            "Wasserstein": s["wasserstein_norm"],
+            "verdict": s["verdict"],
+        }
+        for s in latest["scores"]
+    ]
+    section.table(rows, list(rows[0]) if rows else ["feature"])
+    flagged = [s for s in latest["scores"] if s["verdict"] in ("drift", "warn") and s.get("hist")]
+    if flagged:
+        section.heading("Reference vs current (columns marked drift or warn)")
+        for score in flagged:
+            section.image(
+                f"drift_{score['feature']}.png",
+                _drift_histogram(score),
+                f"{score['feature']}: reference vs current",
+            )
+    else:
+        section.note("No column was marked drift or warn in the latest run: nothing to plot.")
+
+    section.heading("Drift history")
+    section.table(
+        [
+            {
+                "run": r["id"],
+                "at": readable_utc(r["created_at"]),
+                "version": r.get("model_version"),
+                "rows": r.get("rows"),
+                "drifting": ", ".join(r.get("drifting_features") or []) or "–",
+                "dataset drift": bool(r.get("dataset_drift")),
+                "verdict": r.get("verdict"),
+            }
+            for r in history
+        ],
+        ["run", "at", "version", "rows", "drifting", "dataset drift", "verdict"],
+    )
+    if len(history) > 1:
+        section.image("drift_history.png", plots.drift_history_png(score_history), "Drift history")
+    return section
+
+
+def _drift_histogram(score: dict[str, Any]) -> bytes:
+    title = (
+        f"{score['feature']}: {score['verdict']} (PSI {format_value(score.get('psi'))}, "
+        f"Wasserstein/std {format_value(score.get('wasserstein_norm'))})"
+    )
+    return plots.drift_histogram_png(score["feature"], score["hist"], title)
+
+
+def serving(settings: Any) -> Section:
+    from housing_mlops import store
+
+    section = Section("serving", "Serving")
+    db = store.open_readonly(settings.serve.request_log)
+    if db is None:
+        section.status = "empty"
+        return section.note(
+            f"No request log at {settings.serve.request_log}: no traffic yet. Start "
+            "`housing serve` and send requests (e.g. `python -m housing_mlops.traffic`)."
+        )
+    try:
+        stats = store.serving_stats(db)
+    finally:
+        db.close()
+    if not stats["rows"]:
+        section.status = "empty"
+        return section.note("The request log is empty: no traffic yet.")
+    lat = stats["latency_ms"]
+    section.table(
+        [
+            {"": "logged rows", "value": stats["rows"]},
+            {"": "requests", "value": stats["requests"]},
+            {"": "first request", "value": readable_utc(stats["first_ts"])},
+            {"": "last request", "value": readable_utc(stats["last_ts"])},
+            {"": "error rate (rows)", "value": f"{100 * stats['error_rate']:.2f} %"},
+            {"": "latency p50 (ms)", "value": lat.get("p50")},
+            {"": "latency p95 (ms)", "value": lat.get("p95")},
+            {"": "latency p99 (ms)", "value": lat.get("p99")},
+            {
+                "": "rows by model version",
+                "value": ", ".join(
+                    f"v{r['model_version']}: {r['rows']}" for r in stats["by_version"]
+                )
+                or "–",
+            },
+        ],
+        ["", "value"],
+    )
+    if lat:
+        largest = stats["largest_batch"]
+        section.text(
+            f"Latency is per request (the server-side time of the whole request), over "
+            f"{lat['requests']} requests: a batch of N rows counts once, not N times"
+            + (f" (largest batch here: {largest} rows)." if largest > 1 else ".")
+        )
+    section.heading("Requests per day")
+    section.table(stats["per_day"], ["day", "requests", "rows", "errors"])
+    chart = plots.requests_per_day_png(stats["per_day"])
+    section.image("requests_per_day.png", chart, "Requests per day")
+    predictions = stats["predictions"]
+    if predictions.size:
+        chart = plots.predictions_png(predictions)
+        section.image("predictions.png", chart, "Distribution of predictions")
+    return section
