@@ -115,7 +115,7 @@ def _services() -> dict[str, Any]:
     return _compose()["services"]
 
 
-def _workflow(name: str) -> dict[str, Any]:
+def _workflow(name: str) -> dict[Any, Any]:  # YAML 1.1 reads the key `on` as True
     return yaml.safe_load((WORKFLOWS / name).read_text())
 
 
