@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import GOOD, sha256
 from synthetic import write_config
-from test_fetch import GOOD, sha256
 
 from housing_mlops import __version__
 from housing_mlops.cli import run
@@ -258,7 +258,7 @@ def test_piped_output_keeps_table_cells_whole_and_shows_progress_lines(
 def test_long_commands_print_a_line_per_stage_when_stderr_is_not_a_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_registry import write_processed
+    from helpers import write_processed
 
     from housing_mlops.config import load_config
 

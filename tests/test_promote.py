@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import copy_store, empty_store_config, trained_store
 from synthetic import write_config
-from test_registry import copy_store, empty_store_config, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run

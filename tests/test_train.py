@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import make_settings, trained_store
 from synthetic import write_config
-from test_registry import make_settings, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run
@@ -79,7 +79,7 @@ def test_rerun_with_same_config_and_data_gives_same_metrics(
 def test_a_second_training_adds_versions_under_a_new_batch(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    from test_registry import copy_store
+    from helpers import copy_store
 
     base, _ = trained_store(tmp_path_factory)
     settings = copy_store(base, tmp_path)
@@ -97,7 +97,7 @@ def test_a_second_training_adds_versions_under_a_new_batch(
 def test_results_table_lists_each_candidate(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_registry import copy_store
+    from helpers import copy_store
 
     settings = copy_store(trained_store(tmp_path_factory)[0], tmp_path)
     code = run(["--config", str(settings.source), "train", "-m", "ridge"])
