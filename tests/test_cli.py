@@ -155,7 +155,7 @@ def test_installed_fetch_from_missing_path(tmp_path: Path) -> None:
     assert proc.stderr == f"Error: --from path not found: {tmp_path.resolve() / 'nowhere.tgz'}\n"
 
 
-# ------------------------------------------- common options after the subcommand (#9)
+# ------------------------------------------- common options after the subcommand
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_config_and_verbose_after_its_name(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -191,7 +191,7 @@ def test_missing_config_after_the_subcommand_exits_3(
     assert capsys.readouterr().err.startswith(f"Error: config file not found: {missing}")
 
 
-# ---------------------------------------------------- one error format, exit 2 (#9)
+# ---------------------------------------------------- one error format, exit 2
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -240,7 +240,7 @@ def test_help_shows_defaults_and_completion(capsys: pytest.CaptureFixture[str]) 
     assert "--install-completion" in capsys.readouterr().out
 
 
-# -------------------------------------------------- output on pipes and in CI logs (#9)
+# -------------------------------------------------- output on pipes and in CI logs
 @pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
 def test_piped_output_keeps_table_cells_whole_and_shows_progress_lines(
     offline_config: tuple[Path, Path], tmp_path: Path
