@@ -59,6 +59,8 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `housing … --json | head`: the reader left; main() is quiet
+        raise
     except click_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `housing`: the help, exit 0
             print(exc.format_message())  # type: ignore[attr-defined]
@@ -90,6 +92,19 @@ def run(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command cut off by `head`
+
+
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(run())
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would print a traceback flushing stdout at exit: point it at /dev/null.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)
