@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from housing_mlops.train import select_candidates, train
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():  # type: ignore[no-untyped-def]
+def _one_openmp_thread() -> Iterator[None]:
     # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
     # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
     import lightgbm  # noqa: F401
