@@ -28,7 +28,10 @@ RUN groupadd --system --gid 10001 housing \
 
 WORKDIR /app
 COPY --from=build /dist/ /tmp/dist/
-RUN pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist
+# The dependency versions the tests ran against (requirements.lock, `make lock`).
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir -c /tmp/requirements.lock /tmp/dist/*.whl \
+    && rm -rf /tmp/dist /tmp/requirements.lock
 COPY configs/ ./configs/
 # Relative paths in configs/default.yaml (data/, mlruns/, reports/) resolve under /app.
 RUN mkdir -p data mlruns reports && chown -R housing:housing /app

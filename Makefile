@@ -11,12 +11,16 @@ PYTEST_ARGS ?=
 HOUSING_DATA_ARCHIVE ?= $(wildcard $(CURDIR)/../shared/data/cal_housing.tgz)
 export HOUSING_DATA_ARCHIVE
 
-.PHONY: install demo test lint format clean
+# Versions the tests ran against (make lock refreshes it); pyproject.toml keeps the ranges a
+# plain `pip install housing-mlops` resolves on its own.
+LOCK := requirements.lock
 
-$(STAMP): pyproject.toml
+.PHONY: install demo test lint format clean lock mutation
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev]'
 	# The Compose Specification schema for tests/test_delivery.py ships in this wheel
 	# (downloaded, not installed: its pins clash with ours).
 	$(BIN)/python -m pip download -q --no-deps docker-compose==1.29.2 -d $(VENV)/schemas
@@ -31,10 +35,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff (lint + format check) and mypy
+# ruff (lint + format check), mypy (package and tests), the architecture contracts of
+# pyproject.toml (layers, one owner per outside system) and dead code (vulture).
+lint: $(STAMP)
 	$(BIN)/ruff check housing_mlops tests
 	$(BIN)/ruff format --check housing_mlops tests
-	$(BIN)/mypy housing_mlops
+	$(BIN)/mypy housing_mlops tests
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/vulture
 
 format: $(STAMP)
 	$(BIN)/ruff format housing_mlops tests
@@ -53,6 +61,28 @@ bench-drift: $(STAMP)
 .PHONY: bench-serve
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py $(BENCH_SERVE_ARGS)
+
+# Pin every dependency (the dev extra included), for every platform, from Python 3.11 up.
+# Run after changing dependencies in pyproject.toml and commit the result; `make install`
+# then reinstalls with it. --upgrade moves every pin to the newest allowed release.
+LOCK_ARGS ?=
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--no-header --quiet $(LOCK_ARGS) -o $(LOCK)
+
+# How much the tests pin down: flip one operator at a time in a module, run its tests, count
+# the mutants they kill. Not part of `make test` (minutes). By default the gate rules of
+# promote.py; other modules, e.g. the drift statistics or the request schemas:
+#   make mutation MUTATE=housing_mlops/drift.py MUTATION_TESTS=tests/test_drift.py MUTATION_ARGS=
+#   make mutation MUTATE=housing_mlops/serving/schemas.py \
+#     MUTATION_TESTS="tests/test_serving_app.py" MUTATION_ARGS="--functions NAME,..."
+MUTATE ?= housing_mlops/promote.py
+MUTATION_TESTS ?= tests/test_promote.py
+MUTATION_ARGS ?= --functions should_promote,_get,_evaluated,_best
+mutation: $(STAMP)
+	$(BIN)/python scripts/mutation.py $(MUTATE) $(MUTATION_TESTS) $(MUTATION_ARGS)
 
 clean:
 	rm -rf data mlruns reports .pytest_cache .ruff_cache

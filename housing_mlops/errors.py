@@ -6,7 +6,6 @@ The library raises these; ``cli.run`` is the one place that turns them into a li
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
@@ -74,9 +73,3 @@ class InsufficientDataError(HousingError):
     """Drift cannot be judged: too few rows in the window, or no log / reference."""
 
     exit_code = EXIT_INSUFFICIENT
-
-
-class NotAvailableYet(HousingError):
-    """A subcommand whose issue has not landed yet."""
-
-    exit_code = EXIT_UNEXPECTED

@@ -9,10 +9,13 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress
 
 # Width for stdout when it is a pipe or file (and $COLUMNS is unset): Rich would otherwise
 # assume 80 columns and fold table cells in the middle of words; a table is only as wide
@@ -90,7 +93,7 @@ def print_kv(pairs: Mapping[str, Any], title: str | None = None) -> None:
     print_table(({"key": k, "value": v} for k, v in pairs.items()), ["key", "value"], title=title)
 
 
-def make_progress(transient: bool = True):  # type: ignore[no-untyped-def]
+def make_progress(transient: bool = True) -> Progress:
     """A Rich progress display on stderr (bar, count, elapsed)."""
     from rich.progress import (
         BarColumn,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from housing_mlops.columns import FEATURES, TARGET  # noqa: F401 - re-exported for tests
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def make_frame(n: int = 600, seed: int = 0):  # type: ignore[no-untyped-def]
+
+def make_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
     """A pandas frame with the 8 raw features and a target that depends on them."""
     import pandas as pd
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import GOOD, sha256
 from synthetic import write_config
-from test_fetch import GOOD, sha256
 
 from housing_mlops import __version__
 from housing_mlops.cli import run
@@ -155,7 +155,7 @@ def test_installed_fetch_from_missing_path(tmp_path: Path) -> None:
     assert proc.stderr == f"Error: --from path not found: {tmp_path.resolve() / 'nowhere.tgz'}\n"
 
 
-# ------------------------------------------- common options after the subcommand (#9)
+# ------------------------------------------- common options after the subcommand
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_config_and_verbose_after_its_name(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -191,7 +191,7 @@ def test_missing_config_after_the_subcommand_exits_3(
     assert capsys.readouterr().err.startswith(f"Error: config file not found: {missing}")
 
 
-# ---------------------------------------------------- one error format, exit 2 (#9)
+# ---------------------------------------------------- one error format, exit 2
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -240,7 +240,7 @@ def test_help_shows_defaults_and_completion(capsys: pytest.CaptureFixture[str]) 
     assert "--install-completion" in capsys.readouterr().out
 
 
-# -------------------------------------------------- output on pipes and in CI logs (#9)
+# -------------------------------------------------- output on pipes and in CI logs
 @pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
 def test_piped_output_keeps_table_cells_whole_and_shows_progress_lines(
     offline_config: tuple[Path, Path], tmp_path: Path
@@ -258,7 +258,7 @@ def test_piped_output_keeps_table_cells_whole_and_shows_progress_lines(
 def test_long_commands_print_a_line_per_stage_when_stderr_is_not_a_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_registry import write_processed
+    from helpers import write_processed
 
     from housing_mlops.config import load_config
 

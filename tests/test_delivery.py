@@ -115,7 +115,7 @@ def _services() -> dict[str, Any]:
     return _compose()["services"]
 
 
-def _workflow(name: str) -> dict[str, Any]:
+def _workflow(name: str) -> dict[Any, Any]:  # YAML 1.1 reads the key `on` as True
     return yaml.safe_load((WORKFLOWS / name).read_text())
 
 
@@ -455,7 +455,9 @@ def test_ci_workflow_runs_every_gate() -> None:
     for fragment in (
         "ruff check",
         "ruff format --check",
-        "mypy housing_mlops",
+        "mypy housing_mlops tests",
+        "lint-imports",
+        "vulture",
         "--cov=housing_mlops",
         "--cov-fail-under=",
         "bandit -r housing_mlops",
@@ -474,6 +476,28 @@ def test_ci_workflow_runs_every_gate() -> None:
     assert order == sorted(order)
     uploads = [s for s in jobs["pipeline"]["steps"] if "upload-artifact" in s.get("uses", "")]
     assert uploads and uploads[0]["with"]["path"].startswith("reports")
+
+
+def test_every_install_uses_the_lock_file() -> None:
+    """CI, the workflows, make install and the image install the locked versions."""
+    lock = REPO / "requirements.lock"
+    assert lock.is_file()
+    pins = [line for line in lock.read_text().splitlines() if "==" in line]
+    assert any(p.startswith("scikit-learn==") for p in pins)
+    assert any(p.startswith("lightgbm==") for p in pins)
+    assert "LOCK := requirements.lock" in (REPO / "Makefile").read_text()
+    installs = [
+        (path.name, line)
+        for path in [*WORKFLOWS.glob("*.yml"), REPO / "Dockerfile", REPO / "Makefile"]
+        for line in path.read_text().splitlines()
+        # pip itself, and uv for `make lock`, are the tools, not the project's dependencies
+        if re.search(r"pip install (?!-q uv)", line)
+        and "--upgrade pip" not in line
+        and not line.lstrip().startswith("#")
+    ]
+    assert len(installs) >= 6
+    for where, line in installs:
+        assert re.search(r"-c \S*(requirements\.lock|\$\(LOCK\))", line), (where, line)
 
 
 def test_bandit_as_ci_runs_it_finds_no_medium_or_high_issue() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import write_processed
 from synthetic import write_config
-from test_registry import write_processed
 
 from housing_mlops import columns, store
 from housing_mlops.cli import run

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import copy_store, empty_store_config, trained_store
 from synthetic import FEATURES, make_frame
-from test_registry import copy_store, empty_store_config, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run

@@ -8,11 +8,8 @@ the tests check what is on disk: no partial file, the previous good copy untouch
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import random
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,51 +19,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import GOOD, REAL_ROWS, make_archive, sha256
 from synthetic import write_config
 
 from housing_mlops import data
 from housing_mlops.cli import run
 from housing_mlops.config import load_config
 from housing_mlops.errors import DataError
-
-# The first rows of the real cal_housing.data (longitude, latitude, housingMedianAge,
-# totalRooms, totalBedrooms, population, households, medianIncome, medianHouseValue).
-REAL_ROWS = [
-    "-122.230000,37.880000,41.000000,880.000000,129.000000,322.000000,126.000000,8.325200,452600.000000",
-    "-122.220000,37.860000,21.000000,7099.000000,1106.000000,2401.000000,1138.000000,8.301400,358500.000000",
-    "-122.240000,37.850000,52.000000,1467.000000,190.000000,496.000000,177.000000,7.257400,352100.000000",
-    "-122.250000,37.850000,52.000000,1274.000000,235.000000,558.000000,219.000000,5.643100,341300.000000",
-    "-122.250000,37.850000,52.000000,1627.000000,280.000000,565.000000,259.000000,3.846200,342200.000000",
-    "-119.310000,36.060000,20.000000,2236.000000,434.000000,1405.000000,412.000000,1.882700,48700.000000",
-    "-121.240000,39.370000,16.000000,2785.000000,616.000000,1387.000000,530.000000,2.388600,89400.000000",
-]
-
-
-def make_archive(
-    rows: list[str] | None = None, member: str = data.ARCHIVE_MEMBER, pad: int = 0
-) -> bytes:
-    """A .tgz with the StatLib layout holding ``rows`` (default: real first rows).
-
-    ``pad`` appends that many bytes of incompressible filler in a second member so the
-    archive spans several download chunks (for progress and truncation tests).
-    """
-    text = ("\n".join(rows or REAL_ROWS) + "\n").encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo(member)
-        info.size = len(text)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(text))
-        if pad:
-            blob = random.Random(0).randbytes(pad)
-            extra = tarfile.TarInfo("CaliforniaHousing/padding.bin")
-            extra.size = len(blob)
-            tar.addfile(extra, io.BytesIO(blob))
-    return buf.getvalue()
-
-
-def sha256(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +35,6 @@ def _no_archive_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HOUSING_DATA_ARCHIVE", raising=False)
 
 
-GOOD = make_archive(pad=300_000)
 OTHER = make_archive(REAL_ROWS[::-1])  # a valid archive, but not the pinned one
 
 

@@ -24,16 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port, ready, running, sample_row, serve_command, tail, wait_until
 from synthetic import write_config
-from test_integration_prometheus import (
-    free_port,
-    ready,
-    running,
-    sample_row,
-    serve_command,
-    tail,
-    wait_until,
-)
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 MODEL_NAME = "test-housing"  # registered_model_name in tests/synthetic.py
@@ -109,7 +101,7 @@ def test_train_evaluate_promote_and_serve_through_a_tracking_server(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from test_registry import write_processed
+    from helpers import write_processed
 
     from housing_mlops.cli import run
     from housing_mlops.config import load_config

@@ -11,23 +11,20 @@ That proves the dashboard and the alerts match the metrics the service really ex
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from synthetic import FEATURES, make_frame, write_config
+from helpers import free_port, ready, running, sample_row, serve_command, tail, wait_until
+from synthetic import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -51,89 +48,6 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": 
 pytestmark = pytest.mark.slow
 
 
-# ------------------------------------------------------------ helpers (also used by the
-# tracking-server integration test)
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(
-    check: Callable[[], Any],
-    timeout: float,
-    what: str,
-    proc: subprocess.Popen | None = None,
-    log: Path | None = None,
-) -> Any:
-    """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            output = f"\n{tail(log)}" if log else ""
-            pytest.fail(f"{what}: the process exited early with code {proc.returncode}{output}")
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        time.sleep(0.25)
-    output = f"\n{tail(log)}" if log else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){output}")
-
-
-@contextlib.contextmanager
-def running(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> Iterator[subprocess.Popen]:
-    """A subprocess with output in ``log``; SIGTERM (then SIGKILL) on exit, always."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-
-
-def tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def serve_command(config: Path, port: int) -> list[str]:
-    return [
-        str(HOUSING),
-        "--config",
-        str(config),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-
-
-def ready(base_url: str) -> bool:
-    return httpx.get(f"{base_url}/ready", timeout=2).status_code == 200
-
-
-def sample_row(seed: int = 3) -> dict[str, float]:
-    frame = make_frame(5, seed=seed)
-    return {k: float(frame[k].iloc[0]) for k in FEATURES}
-
-
 # ------------------------------------------------------------------------- fixtures
 def _require_prometheus() -> str:
     path = shutil.which("prometheus")
@@ -149,7 +63,7 @@ def _require_prometheus() -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`housing serve` on a tiny champion plus a Prometheus scraping it every second."""
     prometheus = _require_prometheus()
-    from test_registry import write_processed
+    from helpers import write_processed
 
     from housing_mlops.config import load_config
 
@@ -246,7 +160,13 @@ def traffic(stack: dict[str, Any]) -> dict[str, Any]:
         30,
         "the predictions to show up in Prometheus",
     )
-    time.sleep(2.5)  # a few more scrapes so every rate() window has two points after traffic
+    # Two more scrapes (1 s apart) so every rate() window has two points after the traffic.
+    after = time.time()
+    wait_until(
+        lambda: _scalar(prom, 'timestamp(up{job="housing-api"})') >= after + 2,
+        30,
+        "two scrapes after the traffic",
+    )
     return {"predictions": sent, "invalid": 8}
 
 

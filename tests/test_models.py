@@ -32,7 +32,7 @@ def frame() -> pd.DataFrame:
 def _candidate(estimator: str, engineered: bool = True) -> CandidateConfig:
     return CandidateConfig(
         name=estimator.replace("_", "-"),
-        estimator=estimator,  # type: ignore[arg-type]
+        estimator=estimator,
         params=SMALL[estimator],
         engineered_features=engineered,
     )

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import copy_store, empty_store_config, trained_store
 from synthetic import write_config
-from test_registry import copy_store, empty_store_config, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run
 from housing_mlops.config import PromoteConfig, Settings
 from housing_mlops.errors import GateRejected
-from housing_mlops.promote import promote, should_promote
+from housing_mlops.promote import _best, _evaluated, promote, should_promote
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():  # type: ignore[no-untyped-def]
+def _one_openmp_thread() -> Iterator[None]:
     # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
     # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
     import lightgbm  # noqa: F401
@@ -78,6 +79,100 @@ def test_gate_rejects_unevaluated_or_misbehaving_candidates() -> None:
     assert not failed.passed and "behavioural checks failed" in failed.reason
     # A champion without holdout metrics cannot block a good candidate.
     assert should_promote(_m(0.40), {"cv_rmse_mean": 0.3}, CFG).passed
+
+
+def test_gate_thresholds_are_inclusive() -> None:
+    # rule: holdout_rmse <= max_rmse and holdout_r2 >= min_r2; exactly at the limit passes.
+    at_limits = should_promote(_m(CFG.max_rmse, r2=CFG.min_r2), None, CFG)
+    assert at_limits.passed, at_limits.reason
+    assert not should_promote(_m(CFG.max_rmse + 1e-9, r2=CFG.min_r2), None, CFG).passed
+    assert not should_promote(_m(CFG.max_rmse, r2=CFG.min_r2 - 1e-9), None, CFG).passed
+
+
+def test_gate_improvement_exactly_at_the_margin_passes() -> None:
+    # Binary-exact numbers, so "exactly at the margin" is exact in floating point too.
+    margin = CFG.model_copy(update={"min_improvement": 0.125})
+    at = should_promote(_m(0.375), _m(0.5), margin)
+    assert at.passed, at.reason
+    assert at.candidate_value == 0.375 and at.champion_value == 0.5
+    assert "by 0.1250" in at.reason
+    assert not should_promote(_m(0.4375), _m(0.5), margin).passed  # improvement 0.0625
+    by_r2 = CFG.model_copy(update={"metric": "r2", "min_improvement": 0.0625})
+    assert should_promote(_m(0.25, r2=0.9375), _m(0.25, r2=0.875), by_r2).passed
+    assert not should_promote(_m(0.25, r2=0.90625), _m(0.25, r2=0.875), by_r2).passed
+    # Higher r2 is better: a worse r2 is a negative improvement, not a larger one.
+    worse = should_promote(_m(0.25, r2=0.875), _m(0.25, r2=0.9375), by_r2)
+    assert not worse.passed and "improvement -0.0625" in worse.reason
+
+
+def test_gate_mae_metric_is_lower_is_better() -> None:
+    by_mae = CFG.model_copy(update={"metric": "mae"})
+    assert should_promote(_m(0.25), _m(0.375), by_mae).passed  # mae 0.175 vs 0.2625
+    assert not should_promote(_m(0.375), _m(0.25), by_mae).passed
+
+
+@pytest.mark.parametrize("missing", ["holdout_rmse", "holdout_r2", "holdout_mae"])
+def test_gate_rejects_a_candidate_missing_any_one_metric(missing: str) -> None:
+    by_mae = CFG.model_copy(update={"metric": "mae"})
+    metrics = {k: v for k, v in _m(0.40).items() if k != missing}
+    decision = should_promote(metrics, None, by_mae)
+    assert not decision.passed
+    assert decision.reason == "no holdout metrics: run `housing evaluate` first"
+
+
+def test_gate_treats_non_finite_metrics_as_missing() -> None:
+    assert not should_promote(_m(float("nan")), None, CFG).passed
+    assert not should_promote(_m(0.40, r2=float("inf")), None, CFG).passed
+    # A champion whose metric is NaN cannot be beaten or lost to: the thresholds decide.
+    decision = should_promote(_m(0.40), _m(float("nan")), CFG)
+    assert decision.passed and decision.champion_value is None
+    assert "the champion has no holdout metric" in decision.reason
+
+
+def test_gate_checks_passed_flag() -> None:
+    assert should_promote(_m(0.40, holdout_checks_passed=1.0), None, CFG).passed
+    assert not should_promote(_m(0.40, holdout_checks_passed=0.0), None, CFG).passed
+
+
+def test_gate_reason_says_whether_there_is_a_champion() -> None:
+    assert "no champion yet" in should_promote(_m(0.40), None, CFG).reason
+    assert "no champion yet" in should_promote(_m(0.40), {}, CFG).reason
+    without = should_promote(_m(0.40), {"cv_rmse_mean": 0.3}, CFG)
+    assert "the champion has no holdout metric" in without.reason
+
+
+def _ref(version: int, evaluated: bool = True, **metrics: float) -> registry.ModelRef:
+    return registry.ModelRef(
+        name="m",
+        version=str(version),
+        run_id=f"run{version}",
+        alias=None,
+        source="",
+        tags={"evaluated": "true"} if evaluated else {},
+        metrics=metrics,
+    )
+
+
+def test_only_versions_tagged_evaluated_with_holdout_metrics_are_candidates() -> None:
+    assert _evaluated(_ref(1, holdout_rmse=0.4))
+    assert not _evaluated(_ref(2))  # tagged evaluated, but no holdout metrics
+    assert not _evaluated(_ref(3, evaluated=False, holdout_rmse=0.4))  # metrics, no tag
+    assert not _evaluated(_ref(4, cv_rmse_mean=0.4))
+
+
+def test_best_candidate_by_metric_direction_then_newest() -> None:
+    refs = [
+        _ref(1, holdout_rmse=0.40, holdout_r2=0.80),
+        _ref(2, holdout_rmse=0.35, holdout_r2=0.85),
+        _ref(3, holdout_rmse=0.45, holdout_r2=0.90),
+    ]
+    assert _best(refs, "rmse").version == "2"  # lowest rmse
+    assert _best(refs, "r2").version == "3"  # highest r2
+    tie = [_ref(4, holdout_rmse=0.35), _ref(5, holdout_rmse=0.35), _ref(3, holdout_rmse=0.35)]
+    assert _best(tie, "rmse").version == "5"  # on a tie the newest version
+    # A version without the metric never wins, whichever direction is better.
+    assert _best([_ref(6), _ref(7, holdout_rmse=0.9)], "rmse").version == "7"
+    assert _best([_ref(6), _ref(7, holdout_r2=0.1)], "r2").version == "7"
 
 
 # ------------------------------------------------------------------- registry moves

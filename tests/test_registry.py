@@ -1,28 +1,25 @@
 """Registry: runs and versions in a real MLflow SQLite store, safe loading, references.
 
-The helpers at the top (``make_settings``, ``copy_store``) are shared with test_train,
-test_evaluate and test_promote: processed data written per the data contract from
-``synthetic.make_frame``, and a throwaway SQLite tracking store in tmp_path.
+The store helpers (``make_settings``, ``copy_store``, ``trained_store``) live in helpers.py:
+processed data written per the data contract from ``synthetic.make_frame``, and a throwaway
+SQLite tracking store in tmp_path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from synthetic import make_frame, write_config
+from helpers import DATA_VERSION, trained_store
+from synthetic import write_config
 
 from housing_mlops import registry
 from housing_mlops.config import Settings, load_config
 from housing_mlops.errors import ModelError
-
-DATA_VERSION = "d" * 64
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,87 +32,6 @@ def _one_openmp_thread():  # type: ignore[no-untyped-def]
 
     with threadpool_limits(limits=1):
         yield
-
-
-def write_processed(settings: Settings, n: int = 600, seed: int = 0) -> None:
-    """train/test parquet + manifest exactly as `housing featurize` writes them."""
-    from housing_mlops.data import frame_content_hash
-
-    frame = make_frame(n, seed)
-    cut = int(n * 0.8)
-    train, test = frame.iloc[:cut], frame.iloc[cut:]
-    out = Path(settings.paths.processed_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train.to_parquet(out / "train.parquet")
-    test.to_parquet(out / "test.parquet")
-    manifest = {
-        "raw_content_hash": DATA_VERSION,
-        "train_hash": frame_content_hash(train),
-        "test_hash": frame_content_hash(test),
-        "train_rows": len(train),
-        "test_rows": len(test),
-        "test_size": 0.2,
-        "seed": 0,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest))
-
-
-def make_settings(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Settings:
-    settings = load_config(write_config(tmp_path, overrides))
-    write_processed(settings)
-    return settings
-
-
-def copy_store(settings: Settings, tmp_path: Path) -> Settings:
-    """A new config whose tracking DB is a copy of ``settings``' (artifacts are shared,
-    read-only), so a test can move aliases without disturbing the others."""
-    src = Path(registry.tracking_uri(settings).removeprefix("sqlite:///"))
-    dst = tmp_path / "mlruns" / "mlflow.db"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src, dst)
-    return load_config(
-        write_config(
-            tmp_path,
-            {
-                "paths": {
-                    "raw_dir": str(settings.paths.raw_dir),
-                    "processed_dir": str(settings.paths.processed_dir),
-                    "reports_dir": str(tmp_path / "reports"),
-                },
-                "mlflow": {**settings.mlflow.model_dump(), "tracking_uri": f"sqlite:///{dst}"},
-                "promote": settings.promote.model_dump(),
-            },
-        )
-    )
-
-
-_TRAINED: dict[str, tuple[Settings, list[dict[str, Any]]]] = {}
-_EMPTY: dict[str, Path] = {}
-
-
-def empty_store_config(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
-    """A config in tmp_path whose store has no model yet. The SQLite schema migration
-    (seconds) runs once per session; each caller gets a copy of that database."""
-    if "db" not in _EMPTY:
-        first = tmp_path_factory.mktemp("empty")
-        registry.configure(load_config(write_config(first)))
-        _EMPTY["db"] = first / "mlruns" / "mlflow.db"
-    (tmp_path / "mlruns").mkdir(parents=True, exist_ok=True)
-    shutil.copy(_EMPTY["db"], tmp_path / "mlruns" / "mlflow.db")
-    return write_config(tmp_path)
-
-
-def trained_store(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Settings, list[dict[str, Any]]]:
-    """One store with both synthetic candidates trained (versions 1 ridge, 2 hist_gb),
-    built once per session and shared by the test modules; mutate only copies of it."""
-    if "store" not in _TRAINED:
-        from housing_mlops.train import train
-
-        settings = make_settings(tmp_path_factory.mktemp("trained"))
-        _TRAINED["store"] = (settings, train(settings))
-    return _TRAINED["store"]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import copy_store, trained_store
 from synthetic import write_config
-from test_registry import copy_store, trained_store
 
 from housing_mlops import columns, store
 from housing_mlops.cli import run

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import wait_until
 from synthetic import make_frame, write_config
 
 from housing_mlops.config import load_config
@@ -553,9 +554,7 @@ def test_not_ready_until_a_model_loads(tmp_path: Path) -> None:
 
     app = create_app(_settings(tmp_path), None, loader=failing_loader)
     with TestClient(app) as c:
-        import time
-
-        time.sleep(0.2)
+        wait_until(lambda: c.get("/ready").json().get("last_reload_error"), 10, "a load error")
         r = c.get("/ready")
         assert r.status_code == 503
         assert "registry is down" in r.json()["last_reload_error"]
@@ -618,10 +617,12 @@ def test_log_rows_and_metrics_after_a_known_sequence(
         # The writer flushes at least every 0.2 s here.
         assert app.state.service.writer.flush()
         app.state.service.writer._wake.set()
-        import time
 
-        time.sleep(0.3)
-        text = c.get("/metrics").text
+        def flushed_metrics() -> str | None:
+            text = c.get("/metrics").text
+            return text if (_metric(text, "housing_request_log_rows_total") or 0) >= 6 else None
+
+        text = wait_until(flushed_metrics, 10, "the request log metrics after a flush")
         assert _metric(text, "housing_request_log_rows_total") == 6
         assert _metric(text, "housing_request_log_queue_depth") == 0
         assert _metric(text, "housing_request_log_dropped_total") == 0

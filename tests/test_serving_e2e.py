@@ -18,17 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import free_port, wait_until
 from synthetic import make_frame, write_config
 
 from housing_mlops.config import load_config
 
 HOUSING = str(Path(sys.executable).with_name("housing"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def register_champion(config: Path, seed: int = 4) -> str:
@@ -221,7 +216,14 @@ def test_two_workers_aggregate_metrics(store: dict[str, Any]) -> None:
         # New connections so both workers get some of the traffic.
         for row in rows(40):
             assert httpx.post(f"{base}/predict", json=row).status_code == 200
-        time.sleep(0.5)
+
+        def predictions_total() -> float:
+            text = httpx.get(f"{base}/metrics").text
+            lines = [ln for ln in text.splitlines() if ln.startswith("housing_predictions_total{")]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        # The workers' metric files are aggregated on scrape: wait for all 40, no more.
+        wait_until(lambda: predictions_total() >= 40, 10, "both workers' predictions")
         text = httpx.get(f"{base}/metrics").text
         line = next(ln for ln in text.splitlines() if ln.startswith("housing_predictions_total{"))
         assert float(line.split()[-1]) == 40

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import hypothesis
 import pytest
-import uvicorn
+from helpers import ServerThread
 from synthetic import make_frame, write_config
 
 from housing_mlops.config import load_config
@@ -31,12 +30,6 @@ from housing_mlops.serving.app import create_app
 from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
 
 MAX_BATCH = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,39 +52,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
     meta = ModelMeta(name="test-housing", version="1", alias="champion", run_id="run1")
     return build_loaded_model(pipeline, meta, profile, max_batch_size=MAX_BATCH)
-
-
-class Server:
-    """uvicorn in a background thread, configured like ``housing serve`` (httptools when
-    installed) unless ``http`` says otherwise."""
-
-    def __init__(self, app: Any, http: str = "auto") -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            http=http,  # type: ignore[arg-type]
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 def _settings(tmp_path: Path) -> Any:
@@ -143,7 +103,7 @@ def test_requests_without_an_answer_are_not_counted_as_server_errors(
     tmp_path: Path, model: LoadedModel, http: str
 ) -> None:
     app = create_app(_settings(tmp_path), model)
-    with Server(app, http) as server:
+    with ServerThread(app, http) as server:
         # 1. A client that promises 500 bytes, sends 12 and leaves.
         head = (
             b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
@@ -193,12 +153,12 @@ def _predict_statuses(text: str) -> dict[str, float]:
 
 # ------------------------------------------------- the OpenAPI schema, property-based
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> Iterator[Server]:
+def served(tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> Iterator[ServerThread]:
     """One server for the schema run (reload over HTTP off: no token configured)."""
     saved = os.environ.pop("HOUSING_RELOAD_TOKEN", None)
     app = create_app(_settings(tmp_path_factory.mktemp("served")), model)
     try:
-        with Server(app) as server:
+        with ServerThread(app) as server:
             yield server
     finally:
         if saved is not None:
@@ -224,7 +184,7 @@ def _bedrooms_not_above_rooms(context: Any, case: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def api_schema(served: Server) -> Any:
+def api_schema(served: ServerThread) -> Any:
     import schemathesis
     from schemathesis.config import SchemathesisConfig
 
@@ -240,7 +200,7 @@ def api_schema(served: Server) -> Any:
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_openapi_schema_holds_for_generated_requests(
-    api_schema: Any, served: Server, mode: str
+    api_schema: Any, served: ServerThread, mode: str
 ) -> None:
     """Every documented operation with generated data: no 5xx, documented status codes,
     content types, headers and bodies; a body valid by the schema is accepted (2xx) and

@@ -8,7 +8,6 @@ load a version) so the test needs no MLflow; tests/test_serving_e2e.py covers th
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from helpers import ServerThread, wait_until
 from synthetic import make_frame, write_config
 
 from housing_mlops.config import load_config
@@ -26,12 +25,6 @@ from housing_mlops.features import FEATURES
 from housing_mlops.models import build_pipeline
 from housing_mlops.serving.app import create_app
 from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,38 +49,6 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
     return {"pipes": pipes, "profile": profile, "X": X}
-
-
-def wait_until(condition: Any, what: str, timeout: float = 20) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
-
-
-class Server:
-    """uvicorn in a background thread (signal handlers are only installed in main)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 def test_hot_reload_under_concurrent_requests(tmp_path: Path, versions: dict[str, Any]) -> None:
@@ -138,18 +99,19 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path, versions: dict[str
                 body = r.json()
                 out.append((body["model_version"], n, body["prediction"]))
 
-    with Server(app) as base:
+    with ServerThread(app) as server:
+        base = server.base
         threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
-        wait_until(lambda: all(seen.get(n) for n in range(8)), "every client got an answer")
+        wait_until(lambda: all(seen.get(n) for n in range(8)), 20, "every client got an answer")
         alias["version"] = "2"
         deadline = time.time() + 10
         while httpx.get(f"{base}/model/info").json()["version"] != "2":
             assert time.time() < deadline, "the watcher did not switch to version 2"
             time.sleep(0.05)
         wait_until(
-            lambda: all(seen[n][-1][0] == "2" for n in range(8)), "every client saw version 2"
+            lambda: all(seen[n][-1][0] == "2" for n in range(8)), 20, "every client saw version 2"
         )
         # A broken version: the old model keeps serving.
         alias["version"] = "3"
@@ -157,7 +119,13 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path, versions: dict[str
         while httpx.get(f"{base}/model/info").json()["last_reload_error"] is None:
             assert time.time() < deadline, "the failed reload was not reported"
             time.sleep(0.05)
-        time.sleep(0.2)
+        # Every client gets answers after the failed reload too (from the old model).
+        answered = {n: len(seen[n]) for n in range(8)}
+        wait_until(
+            lambda: all(len(seen[n]) > answered[n] + 2 for n in range(8)),
+            20,
+            "answers after the failed reload",
+        )
         stop.set()
         for t in threads:
             t.join(10)

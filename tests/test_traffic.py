@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Request  # module level: the route's annotation is resolved from here
+from helpers import ServerThread, free_port
 from synthetic import make_frame, write_config
 
 from housing_mlops.config import load_config
@@ -32,16 +31,9 @@ from housing_mlops.traffic import FEATURES, main, parse_shift, prepare_rows, sen
 HOUSING = str(Path(sys.executable).with_name("housing"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def stand_in() -> Any:
     """A recording /predict on real uvicorn: 422 for MedInc > 100, else 200."""
-    import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
@@ -57,17 +49,8 @@ def stand_in() -> Any:
             return JSONResponse({"detail": "MedInc out of range"}, status_code=422)
         return {"predictions": [1.0] * len(rows)}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield {"url": f"http://127.0.0.1:{port}", "received": received}
-    server.should_exit = True
-    thread.join(10)
+    with ServerThread(app, log_level="error") as server:
+        yield {"url": server.base, "received": received}
 
 
 def test_parse_shift_reads_feature_factor_pairs() -> None:
@@ -122,7 +105,7 @@ def test_batches_go_as_instances_and_rejections_are_counted(stand_in) -> None:  
 
 @pytest.fixture
 def processed_config(tmp_path: Path) -> Path:
-    from test_registry import write_processed
+    from helpers import write_processed
 
     config = write_config(tmp_path)
     write_processed(load_config(config), n=200, seed=0)
@@ -178,7 +161,7 @@ def test_demo_path_traffic_to_real_service_then_drift(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     """The shared synthetic store (test_registry), version 1 (ridge) served for real."""
-    from test_registry import copy_store, trained_store
+    from helpers import copy_store, trained_store
 
     from housing_mlops.cli import run
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import make_settings, trained_store
 from synthetic import write_config
-from test_registry import make_settings, trained_store
 
 from housing_mlops import registry
 from housing_mlops.cli import run
@@ -16,7 +17,7 @@ from housing_mlops.train import select_candidates, train
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():  # type: ignore[no-untyped-def]
+def _one_openmp_thread() -> Iterator[None]:
     # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
     # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
     import lightgbm  # noqa: F401
@@ -79,7 +80,7 @@ def test_rerun_with_same_config_and_data_gives_same_metrics(
 def test_a_second_training_adds_versions_under_a_new_batch(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    from test_registry import copy_store
+    from helpers import copy_store
 
     base, _ = trained_store(tmp_path_factory)
     settings = copy_store(base, tmp_path)
@@ -97,7 +98,7 @@ def test_a_second_training_adds_versions_under_a_new_batch(
 def test_results_table_lists_each_candidate(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_registry import copy_store
+    from helpers import copy_store
 
     settings = copy_store(trained_store(tmp_path_factory)[0], tmp_path)
     code = run(["--config", str(settings.source), "train", "-m", "ridge"])

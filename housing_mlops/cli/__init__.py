@@ -1,0 +1,110 @@
+"""The ``housing`` command: thin wrappers over the library modules.
+
+``app`` holds the shared options, ``commands`` the subcommands, ``render`` how results
+look. ``run`` is the one place that maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from housing_mlops.cli import commands as _commands  # noqa: F401 - registers the subcommands
+from housing_mlops.cli.app import app
+from housing_mlops.errors import EXIT_UNEXPECTED, EXIT_USAGE, HousingError
+
+__all__ = ["app", "main", "run"]
+
+
+def _click_exception_types() -> tuple[type[Exception], type[Exception]]:
+    """Click's exception base and its usage error (Typer >= 0.29 carries its own Click)."""
+    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import UsageError as ClickUsageError
+
+    return ClickException, ClickUsageError
+
+
+def _usage_error_lines(exc: Exception, usage_type: type[Exception]) -> list[str]:
+    message = exc.format_message()  # type: ignore[attr-defined]
+    lines = [f"Error: {message}"]
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, usage_type) and ctx is not None:
+        lines.append(f"Try '{ctx.command_path} -h' for help.")
+    return lines
+
+
+def _print_decision(exc: HousingError, as_json: bool) -> None:
+    """A decision (exit 6) prints its object on stdout under --json, then its line."""
+    if as_json and exc.payload is not None:
+        from housing_mlops.output import print_json
+
+        print_json(exc.payload)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: the one place errors become exit codes.
+
+    Every failure is one line on stderr, `Error: ...` (a usage error adds a
+    `Try 'housing X -h' for help.` hint), and a documented exit code. A decision that is
+    not a failure (the gate refusing, drift found) prints its own label instead.
+    """
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    as_json = "--json" in args
+    click_error, click_usage_error = _click_exception_types()
+    try:
+        result = command.main(args=args, prog_name="housing", standalone_mode=False)
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `housing … --json | head`: the reader left; main() is quiet
+        raise
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `housing`: the help, exit 0
+            print(exc.format_message())  # type: ignore[attr-defined]
+            return 0
+        print("\n".join(_usage_error_lines(exc, click_usage_error)), file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_USAGE))
+    except HousingError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _print_decision(exc, as_json)
+        print(f"{exc.label}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if type(exc).__name__ == "Abort":  # Click's abort (Ctrl+D at a prompt)
+            print("Error: aborted", file=sys.stderr)
+            return 130
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(
+            f"Error: unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_UNEXPECTED
+    # Without standalone mode Click returns typer.Exit's code (or the command's None).
+    return result if isinstance(result, int) else 0
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command cut off by `head`
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would print a traceback flushing stdout at exit: point it at /dev/null.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)

@@ -1,0 +1,285 @@
+"""Every `housing` subcommand: parse options, call one library function, print the result.
+
+Heavy libraries (mlflow, sklearn, pandas, lightgbm) and the output formatting
+(``cli.render``) are imported inside the commands so that ``housing --help`` stays fast.
+A command's docstring is its ``--help`` text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from housing_mlops.cli.app import ConfigOpt, JsonOpt, VerboseOpt, app, state
+
+
+# --------------------------------------------------------------------------- fetch
+@app.command()
+def fetch(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="PATH_OR_URL",
+            help="Local path, file:// or http(s):// URL of the archive (offline route). "
+            "Default: $HOUSING_DATA_ARCHIVE, else the configured URLs.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download even if cached.")] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Download and verify the California Housing archive; write data/raw/."""
+    from housing_mlops.cli import render
+    from housing_mlops.data import fetch as fetch_archive
+
+    settings = state(ctx).settings()
+    with render.download_progress("fetch") as progress:
+        result = fetch_archive(settings, source=source, force=force, progress=progress)
+    render.emit(result, as_json, render.fetch_summary)
+
+
+# ----------------------------------------------------------------------- featurize
+@app.command()
+def featurize(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Validate the raw data, split train/test, write data/processed/ and a reference profile."""
+    from housing_mlops.cli import render
+    from housing_mlops.data import featurize as featurize_raw
+
+    result = featurize_raw(state(ctx).settings())
+    render.emit(result, as_json, render.featurize_summary)
+
+
+# --------------------------------------------------------------------------- train
+@app.command()
+def train(
+    ctx: typer.Context,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", metavar="NAME", help="Train only this candidate (repeatable)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Cross-validate and fit every configured candidate; log and register them in MLflow."""
+    from housing_mlops.cli import render
+    from housing_mlops.output import StageProgress
+    from housing_mlops.train import train as train_candidates
+
+    settings = state(ctx).settings()
+    with StageProgress("train") as progress:
+        rows = train_candidates(settings, only=model, progress=progress)
+    render.emit(rows, as_json, render.train_table)
+
+
+# ------------------------------------------------------------------------ evaluate
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    version: Annotated[
+        int | None, typer.Option("--version", metavar="N", min=1, help="Model version.")
+    ] = None,
+    all_versions: Annotated[bool, typer.Option("--all", help="Every version.")] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Holdout metrics, slices, plots and behavioural checks for registered versions."""
+    from housing_mlops.cli import render
+    from housing_mlops.evaluate import evaluate as evaluate_versions
+    from housing_mlops.output import StageProgress
+
+    settings = state(ctx).settings()
+    with StageProgress("evaluate") as progress:
+        rows = evaluate_versions(
+            settings, version=version, all_versions=all_versions, progress=progress
+        )
+    render.emit(rows, as_json, render.evaluate_tables)
+
+
+# ------------------------------------------------------------------------- promote
+@app.command()
+def promote(
+    ctx: typer.Context,
+    version: Annotated[
+        int | None, typer.Option("--version", metavar="N", min=1, help="Model version.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge, change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Override the gate.")] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Swap champion and previous-champion.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Move the `champion` alias to the best evaluated candidate if it passes the gate."""
+    from housing_mlops.cli import render
+    from housing_mlops.promote import promote as promote_version
+
+    result = promote_version(
+        state(ctx).settings(), version=version, dry_run=dry_run, force=force, rollback=rollback
+    )
+    render.emit(result, as_json, render.promote_summary)
+
+
+# --------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="HOST",
+            help="Bind address.",
+            show_default="serve.host in the config, 127.0.0.1",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="TCP port, 1-65535.",
+            show_default="serve.port in the config, 8000",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            help="Uvicorn worker processes.",
+            show_default="serve.workers, 1",
+        ),
+    ] = None,
+    model_version: Annotated[
+        int | None,
+        typer.Option(
+            "--model-version", metavar="N", min=1, help="Serve this version, not @champion."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve the champion model over HTTP (FastAPI on uvicorn)."""
+    options = state(ctx)
+    settings = options.settings()
+    from housing_mlops.cli import render
+    from housing_mlops.serving.app import run_server
+
+    run_server(
+        settings,
+        host=host,
+        port=port,
+        workers=workers,
+        model_version=model_version,
+        config_path=options.config_path,
+        on_ready=render.serving_banner,
+    )
+
+
+# --------------------------------------------------------------------------- drift
+@app.command()
+def drift(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Window start: 30m, 12h, 7d, 2w or ISO-8601.",
+            show_default="drift.default_since in the config, 7d",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", metavar="WHEN", help="Window end; same forms.", show_default="now"),
+    ] = None,
+    model_version: Annotated[
+        int | None,
+        typer.Option(
+            "--model-version", metavar="N", min=1, help="Only requests served by this version."
+        ),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            metavar="PATH",
+            help="Profile JSON to compare with instead of the serving version's training "
+            "profile (e.g. data/processed/reference_profile.json).",
+        ),
+    ] = None,
+    refresh_reference: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-reference", help="Fetch the version's training profile from MLflow again."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Compare logged requests with the training data; exit 6 when drift is found.
+
+    Exit codes: 0 nothing marked drift, 6 a feature or the prediction marked drift,
+    7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
+    """
+    from housing_mlops.cli import render
+    from housing_mlops.drift import check_drift
+    from housing_mlops.errors import DriftFound
+
+    result: dict[str, Any] = check_drift(
+        state(ctx).settings(),
+        since,
+        until,
+        model_version,
+        reference_path=reference,
+        refresh_reference=refresh_reference,
+    )
+    render.emit(result, as_json, render.drift_report, to_json=render.drift_json)
+    if result["any_drift"]:
+        marked = [s["feature"] for s in result["scores"] if s["verdict"] == "drift"]
+        raise DriftFound(f"{', '.join(marked)} marked drift (exit 6)")
+
+
+# -------------------------------------------------------------------------- report
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", metavar="DIR", help="Output folder.", show_default="paths.reports_dir, reports"
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a self-contained HTML report and its Markdown twin."""
+    from housing_mlops.cli import render
+    from housing_mlops.output import StageProgress
+    from housing_mlops.report import build_report
+
+    settings = state(ctx).settings()
+    with StageProgress("report") as progress:
+        result = build_report(settings, out, progress=progress.stage)
+    render.emit(result, as_json, render.report_summary)

@@ -1,0 +1,280 @@
+"""Helpers shared by several test modules (import them from here, never from a test file).
+
+- archives in the StatLib layout (``make_archive``, ``GOOD``, ``sha256``);
+- processed data and throwaway MLflow stores (``write_processed``, ``trained_store``, ...);
+- processes and servers on loopback (``free_port``, ``wait_until``, ``running``,
+  ``ServerThread``), waiting by polling with a deadline, never by a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from synthetic import FEATURES, make_frame, write_config
+
+from housing_mlops import data, registry
+from housing_mlops.config import Settings, load_config
+
+HOUSING = Path(sys.executable).parent / "housing"
+
+
+# ------------------------------------------------------------------------- archives
+# The first rows of the real cal_housing.data (longitude, latitude, housingMedianAge,
+# totalRooms, totalBedrooms, population, households, medianIncome, medianHouseValue).
+REAL_ROWS = [
+    "-122.230000,37.880000,41.000000,880.000000,129.000000,322.000000,126.000000,8.325200,452600.000000",
+    "-122.220000,37.860000,21.000000,7099.000000,1106.000000,2401.000000,1138.000000,8.301400,358500.000000",
+    "-122.240000,37.850000,52.000000,1467.000000,190.000000,496.000000,177.000000,7.257400,352100.000000",
+    "-122.250000,37.850000,52.000000,1274.000000,235.000000,558.000000,219.000000,5.643100,341300.000000",
+    "-122.250000,37.850000,52.000000,1627.000000,280.000000,565.000000,259.000000,3.846200,342200.000000",
+    "-119.310000,36.060000,20.000000,2236.000000,434.000000,1405.000000,412.000000,1.882700,48700.000000",
+    "-121.240000,39.370000,16.000000,2785.000000,616.000000,1387.000000,530.000000,2.388600,89400.000000",
+]
+
+
+def make_archive(
+    rows: list[str] | None = None, member: str = data.ARCHIVE_MEMBER, pad: int = 0
+) -> bytes:
+    """A .tgz with the StatLib layout holding ``rows`` (default: real first rows).
+
+    ``pad`` appends that many bytes of incompressible filler in a second member so the
+    archive spans several download chunks (for progress and truncation tests).
+    """
+    text = ("\n".join(rows or REAL_ROWS) + "\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(text)
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(text))
+        if pad:
+            blob = random.Random(0).randbytes(pad)
+            extra = tarfile.TarInfo("CaliforniaHousing/padding.bin")
+            extra.size = len(blob)
+            tar.addfile(extra, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+GOOD = make_archive(pad=300_000)
+
+
+# ------------------------------------------------------- processed data and stores
+DATA_VERSION = "d" * 64
+
+
+def write_processed(settings: Settings, n: int = 600, seed: int = 0) -> None:
+    """train/test parquet + manifest exactly as `housing featurize` writes them."""
+    from housing_mlops.data import frame_content_hash
+
+    frame = make_frame(n, seed)
+    cut = int(n * 0.8)
+    train, test = frame.iloc[:cut], frame.iloc[cut:]
+    out = Path(settings.paths.processed_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(out / "train.parquet")
+    test.to_parquet(out / "test.parquet")
+    manifest = {
+        "raw_content_hash": DATA_VERSION,
+        "train_hash": frame_content_hash(train),
+        "test_hash": frame_content_hash(test),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "test_size": 0.2,
+        "seed": 0,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def make_settings(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Settings:
+    settings = load_config(write_config(tmp_path, overrides))
+    write_processed(settings)
+    return settings
+
+
+def copy_store(settings: Settings, tmp_path: Path) -> Settings:
+    """A new config whose tracking DB is a copy of ``settings``' (artifacts are shared,
+    read-only), so a test can move aliases without disturbing the others."""
+    src = Path(registry.tracking_uri(settings).removeprefix("sqlite:///"))
+    dst = tmp_path / "mlruns" / "mlflow.db"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst)
+    return load_config(
+        write_config(
+            tmp_path,
+            {
+                "paths": {
+                    "raw_dir": str(settings.paths.raw_dir),
+                    "processed_dir": str(settings.paths.processed_dir),
+                    "reports_dir": str(tmp_path / "reports"),
+                },
+                "mlflow": {**settings.mlflow.model_dump(), "tracking_uri": f"sqlite:///{dst}"},
+                "promote": settings.promote.model_dump(),
+            },
+        )
+    )
+
+
+_TRAINED: dict[str, tuple[Settings, list[dict[str, Any]]]] = {}
+_EMPTY: dict[str, Path] = {}
+
+
+def empty_store_config(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A config in tmp_path whose store has no model yet. The SQLite schema migration
+    (seconds) runs once per session; each caller gets a copy of that database."""
+    if "db" not in _EMPTY:
+        first = tmp_path_factory.mktemp("empty")
+        registry.configure(load_config(write_config(first)))
+        _EMPTY["db"] = first / "mlruns" / "mlflow.db"
+    (tmp_path / "mlruns").mkdir(parents=True, exist_ok=True)
+    shutil.copy(_EMPTY["db"], tmp_path / "mlruns" / "mlflow.db")
+    return write_config(tmp_path)
+
+
+def trained_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, list[dict[str, Any]]]:
+    """One store with both synthetic candidates trained (versions 1 ridge, 2 hist_gb),
+    built once per session and shared by the test modules; mutate only copies of it."""
+    if "store" not in _TRAINED:
+        from housing_mlops.train import train
+
+        settings = make_settings(tmp_path_factory.mktemp("trained"))
+        _TRAINED["store"] = (settings, train(settings))
+    return _TRAINED["store"]
+
+
+# ------------------------------------------------------ processes and servers
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    interval: float = 0.05,
+) -> Any:
+    """Poll ``check`` until it returns a truthy value (which is returned); fail after
+    ``timeout`` seconds, or as soon as ``proc`` exits (showing the end of ``log``)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            output = f"\n{tail(log)}" if log else ""
+            pytest.fail(f"{what}: the process exited early with code {proc.returncode}{output}")
+        try:
+            last = check()
+            if last:
+                return last
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        time.sleep(interval)
+    output = f"\n{tail(log)}" if log else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){output}")
+
+
+@contextlib.contextmanager
+def running(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess with output in ``log``; SIGTERM (then SIGKILL) on exit, always."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+
+class ServerThread:
+    """An ASGI app on uvicorn in a background thread (signal handlers are only installed
+    in the main thread), configured like ``housing serve`` unless ``http`` says otherwise.
+    ``with ServerThread(app) as server:`` waits until it listens on ``server.base``."""
+
+    def __init__(self, app: Any, http: str = "auto", **config: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "access_log": False}
+        options.update(config)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, http=http, **options)
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        wait_until(
+            lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start"
+        )
+        if not self.server.started:
+            raise RuntimeError("server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+# --------------------------------------------------------- `housing serve` on loopback
+def serve_command(config: Path, port: int) -> list[str]:
+    return [
+        str(HOUSING),
+        "--config",
+        str(config),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def ready(base_url: str) -> bool:
+    return httpx.get(f"{base_url}/ready", timeout=2).status_code == 200
+
+
+def sample_row(seed: int = 3) -> dict[str, float]:
+    frame = make_frame(5, seed=seed)
+    return {k: float(frame[k].iloc[0]) for k in FEATURES}
