@@ -53,7 +53,7 @@ def featurize(
 ) -> None:
     """Validate the raw data, split train/test, write data/processed/ and a reference profile."""
     from housing_mlops.cli import render
-    from housing_mlops.data import featurize as featurize_raw
+    from housing_mlops.featurize import featurize as featurize_raw
 
     result = featurize_raw(state(ctx).settings())
     render.emit(result, as_json, render.featurize_summary)
@@ -243,7 +243,7 @@ def drift(
     7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
     """
     from housing_mlops.cli import render
-    from housing_mlops.drift import check_drift
+    from housing_mlops.drift.check import check_drift
     from housing_mlops.errors import DriftFound
 
     result: dict[str, Any] = check_drift(
