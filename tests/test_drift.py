@@ -29,7 +29,7 @@ def linear_prediction(frame: Any) -> np.ndarray:
     return np.asarray(0.45 * frame["MedInc"] - 0.05 * (frame["Latitude"] - 36), dtype=float)
 
 
-def window(frame: Any, predict=linear_prediction) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def window(frame: Any, predict=linear_prediction) -> dict[str, np.ndarray]:
     return {**{c: frame[c].to_numpy(dtype=float) for c in FEATURES}, "prediction": predict(frame)}
 
 

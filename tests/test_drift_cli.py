@@ -80,7 +80,7 @@ def window_args(project: dict[str, Any], start: float, end: float) -> list[str]:
     return ["--since", iso(a + start), "--until", iso(a + end)]
 
 
-def drift_json(project, capsys, *args: str) -> tuple[int, dict[str, Any], str]:  # type: ignore[no-untyped-def]
+def drift_json(project, capsys, *args: str) -> tuple[int, dict[str, Any], str]:
     code = run(["--config", str(project["config"]), "drift", "--json", *args])
     out = capsys.readouterr()
     return code, (json.loads(out.out) if out.out.strip() else {}), out.err
@@ -90,7 +90,7 @@ def marks(result: dict[str, Any]) -> dict[str, str]:
     return {s["feature"]: s["verdict"] for s in result["scores"]}
 
 
-def test_the_test_split_drifts_nowhere_exit_0(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_the_test_split_drifts_nowhere_exit_0(project, capsys) -> None:
     code, result, err = drift_json(project, capsys, *window_args(project, -60, 60))
     assert code == 0, err
     assert result["rows"] == project["rows"] and result["model_version"] == "1"
@@ -100,7 +100,7 @@ def test_the_test_split_drifts_nowhere_exit_0(project, capsys) -> None:  # type:
     assert result["dataset_drift"] is False and result["any_drift"] is False
 
 
-def test_medinc_shift_drifts_medinc_and_prediction_exit_6(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_medinc_shift_drifts_medinc_and_prediction_exit_6(project, capsys) -> None:
     code, result, err = drift_json(project, capsys, *window_args(project, 3500, 3700))
     assert code == 6, err
     marked = marks(result)
@@ -118,7 +118,7 @@ def test_medinc_shift_drifts_medinc_and_prediction_exit_6(project, capsys) -> No
     assert stored["MedInc"]["psi"] == pytest.approx(result["scores"][0]["psi"])
 
 
-def test_table_output_has_every_column_and_the_dataset_line(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_table_output_has_every_column_and_the_dataset_line(project, capsys) -> None:
     # The config after the subcommand, as users and CI jobs type it.
     code = run(["drift", "--config", str(project["config"]), *window_args(project, 3500, 3700)])
     out, err = capsys.readouterr()
@@ -134,7 +134,7 @@ def test_table_output_has_every_column_and_the_dataset_line(project, capsys) -> 
     assert "marked drift: MedInc, prediction" in out
 
 
-def test_the_reference_is_cached_after_the_first_check(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_the_reference_is_cached_after_the_first_check(project, capsys) -> None:
     drift_json(project, capsys, *window_args(project, -60, 60))
     db = store.connect(project["settings"].serve.request_log)
     rows = db.execute("SELECT model_name, model_version, run_id FROM drift_references").fetchall()
@@ -142,27 +142,27 @@ def test_the_reference_is_cached_after_the_first_check(project, capsys) -> None:
     assert [(r[0], r[1]) for r in rows] == [("test-housing", "1")] and rows[0][2]
 
 
-def test_window_with_two_versions_judges_the_majority_and_lists_the_other(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_window_with_two_versions_judges_the_majority_and_lists_the_other(project, capsys) -> None:
     code, result, _ = drift_json(project, capsys, *window_args(project, 3500, 11000))
     assert result["model_version"] == "1"  # 1010 rows of version 1, 300 of version 9
     assert result["other_versions"] == {"9": 300}
     assert code == 6
 
 
-def test_version_without_a_reference_is_insufficient_data_exit_7(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_version_without_a_reference_is_insufficient_data_exit_7(project, capsys) -> None:
     code, _, err = drift_json(project, capsys, "--model-version", "9", "--since", "1d")
     assert code == 7
     assert err.startswith("Error: no reference profile for model version 9: ")
 
 
-def test_tiny_window_exit_7(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_tiny_window_exit_7(project, capsys) -> None:
     code, _, err = drift_json(project, capsys, *window_args(project, 7100, 7300))
     assert code == 7
     assert "Error: only 10 answered request(s) from model version 1" in err
     assert "drift needs at least 50 (drift.min_rows)" in err
 
 
-def test_empty_window_and_unknown_version_exit_7(project, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_empty_window_and_unknown_version_exit_7(project, capsys) -> None:
     code, _, err = drift_json(project, capsys, "--since", "2020-01-01", "--until", "2020-01-02")
     assert code == 7
     assert err.startswith(
@@ -173,7 +173,7 @@ def test_empty_window_and_unknown_version_exit_7(project, capsys) -> None:  # ty
     assert code == 7 and "no answered requests served by model version 2" in err
 
 
-def test_missing_log_exit_7(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_missing_log_exit_7(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
     code = run(["--config", str(config), "drift"])
     err = capsys.readouterr().err
@@ -183,7 +183,7 @@ def test_missing_log_exit_7(tmp_path: Path, capsys) -> None:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("option", ["--since", "--until"])
-def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: str) -> None:
     config = write_config(tmp_path)
     code = run(["--config", str(config), "drift", option, "last week"])
     err = capsys.readouterr().err
@@ -208,7 +208,7 @@ def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: 
         ("--since", "0001-01-01T00:00:00+14:00"),
     ],
 )
-def test_empty_or_out_of_range_time_is_a_usage_error_exit_2(  # type: ignore[no-untyped-def]
+def test_empty_or_out_of_range_time_is_a_usage_error_exit_2(
     tmp_path: Path, capsys, option: str, value: str
 ) -> None:
     config = write_config(tmp_path)
@@ -239,7 +239,7 @@ def not_a_database(tmp_path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["text", "bytes", "short", "directory"])
-def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(  # type: ignore[no-untyped-def]
+def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(
     tmp_path: Path, capsys, kind: str
 ) -> None:
     config = write_config(tmp_path)
@@ -256,7 +256,7 @@ def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(  # type: ignore[no
     assert sorted(p.name for p in path.parent.iterdir()) == ["requests.db"]  # no -wal/-shm
 
 
-def test_installed_command_exits_6_on_drift(project) -> None:  # type: ignore[no-untyped-def]
+def test_installed_command_exits_6_on_drift(project) -> None:
     exe = Path(sys.executable).parent / "housing"
     a = project["anchor"]
     proc = subprocess.run(

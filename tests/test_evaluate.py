@@ -25,7 +25,7 @@ from housing_mlops.evaluate import (
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():  # type: ignore[no-untyped-def]
+def _one_openmp_thread():
     # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
     # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
     import lightgbm  # noqa: F401
@@ -134,9 +134,10 @@ def test_default_evaluates_the_latest_batch_and_logs_to_each_run(evaluated) -> N
             "evaluation/slices.json",
             "evaluation/checks.json",
         } <= files
+        inputs = client.get_run(ref.run_id).inputs
+        assert inputs is not None
         contexts = {
-            {t.key: t.value for t in d.tags}["mlflow.data.context"]
-            for d in client.get_run(ref.run_id).inputs.dataset_inputs
+            {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in inputs.dataset_inputs
         }
         assert contexts == {"training", "evaluation"}
         assert set(row["slices"]) == {

@@ -25,7 +25,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():  # type: ignore[no-untyped-def]
+def _one_openmp_thread():
     # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
     # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
     import lightgbm  # noqa: F401

@@ -23,7 +23,7 @@ from housing_mlops.errors import ModelError
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():  # type: ignore[no-untyped-def]
+def _one_openmp_thread():
     # OpenMP pools (HistGradientBoosting, LightGBM) spin and crawl on a busy 2-core box.
     # threadpoolctl only limits libraries already loaded: load the OpenMP users first.
     import lightgbm  # noqa: F401
@@ -60,6 +60,7 @@ def test_each_candidate_is_a_run_with_params_metrics_tags_and_lineage(trained) -
         assert len(tags["config_hash"]) == 64
         assert tags["package_version"]
         assert len(tags.get("git_commit", "x" * 40)) == 40
+        assert run.inputs is not None
         [dataset_input] = run.inputs.dataset_inputs
         assert dataset_input.dataset.name == "california-housing-train"
         assert dataset_input.dataset.digest == tags["train_hash"][:32]

@@ -39,7 +39,7 @@ def assert_self_contained(html: str) -> None:
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_empty_state_gives_sections_that_say_what_to_run(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_empty_state_gives_sections_that_say_what_to_run(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
     code = run(["--config", str(config), "report", "--json"])
     captured = capsys.readouterr()
@@ -63,7 +63,7 @@ def test_empty_state_gives_sections_that_say_what_to_run(tmp_path: Path, capsys)
 
 
 @pytest.mark.parametrize("kind", ["text", "directory"])
-def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(  # type: ignore[no-untyped-def]
+def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(
     tmp_path: Path, capsys, kind: str
 ) -> None:
     config = write_config(tmp_path)
@@ -106,7 +106,7 @@ def _can_create(folder: Path) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["existing file", "under a file", "read-only folder"])
-def test_out_that_is_not_a_writable_folder_is_a_usage_error_exit_2(  # type: ignore[no-untyped-def]
+def test_out_that_is_not_a_writable_folder_is_a_usage_error_exit_2(
     tmp_path: Path, capsys, kind: str
 ) -> None:
     config = write_config(tmp_path)
@@ -127,7 +127,7 @@ def test_out_that_is_not_a_writable_folder_is_a_usage_error_exit_2(  # type: ign
         assert not [p for p in out.iterdir() if p.name.startswith((".report", "report"))]
 
 
-def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(  # type: ignore[no-untyped-def]
+def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(
     tmp_path: Path, capsys
 ) -> None:
     (tmp_path / "taken").write_text("keep me\n")
@@ -138,9 +138,7 @@ def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(  # typ
     assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
-def test_latency_percentiles_count_each_request_once_not_each_row(  # type: ignore[no-untyped-def]
-    tmp_path: Path, capsys
-) -> None:
+def test_latency_percentiles_count_each_request_once_not_each_row(tmp_path: Path, capsys) -> None:
     """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms)."""
     import numpy as np
 
@@ -280,7 +278,7 @@ def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def full_report(full_state, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def full_report(full_state, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The report of the full state, written through the CLI (`housing report --out --json`)."""
     out = tmp_path_factory.mktemp("full-report") / "out"
     config = full_state["tmp"] / "config.yaml"
@@ -302,7 +300,7 @@ def full_report(full_state, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return {**json.loads(captured.stdout), "out": out}
 
 
-def test_full_report_has_every_section_with_embedded_images(full_state, full_report) -> None:  # type: ignore[no-untyped-def]
+def test_full_report_has_every_section_with_embedded_images(full_state, full_report) -> None:
     result, out = full_report, full_report["out"]
     assert result["html"] == str(out / "report.html")
     assert result["markdown"] == str(out / "report.md")
@@ -354,7 +352,7 @@ def test_full_report_has_every_section_with_embedded_images(full_state, full_rep
     assert "## Drift" in markdown and "| MedInc |" in markdown
 
 
-def test_rerun_replaces_the_report_atomically(full_state, full_report) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_replaces_the_report_atomically(full_state, full_report) -> None:
     out = full_report["out"]
     (out / "report_files" / "stale.png").write_bytes(b"old")
     before = Path(full_report["html"]).stat().st_mtime_ns
@@ -366,7 +364,7 @@ def test_rerun_replaces_the_report_atomically(full_state, full_report) -> None: 
     assert (Path(second["html"]).stat().st_mode & 0o044) == 0o044  # readable by others
 
 
-def test_model_without_traffic_says_so(full_state, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_model_without_traffic_says_so(full_state, tmp_path: Path) -> None:
     settings = full_state["settings"]
     quiet = settings.model_copy(
         update={"serve": settings.serve.model_copy(update={"request_log": tmp_path / "none.db"})}

@@ -82,7 +82,7 @@ def test_prepare_rows_cycles_through_the_split_and_shifts_one_feature() -> None:
     assert prepare_rows(frame, 0) == []
 
 
-def test_rows_are_sent_paced_and_all_answered(stand_in) -> None:  # type: ignore[no-untyped-def]
+def test_rows_are_sent_paced_and_all_answered(stand_in) -> None:
     stand_in["received"].clear()
     rows = prepare_rows(make_frame(40, seed=5), 40)
     summary = send_rows(stand_in["url"], rows, rate=100, concurrency=4)
@@ -93,7 +93,7 @@ def test_rows_are_sent_paced_and_all_answered(stand_in) -> None:  # type: ignore
     assert got == sorted(json.dumps(r, sort_keys=True) for r in rows)
 
 
-def test_batches_go_as_instances_and_rejections_are_counted(stand_in) -> None:  # type: ignore[no-untyped-def]
+def test_batches_go_as_instances_and_rejections_are_counted(stand_in) -> None:
     stand_in["received"].clear()
     rows = prepare_rows(make_frame(30, seed=6), 30)
     summary = send_rows(stand_in["url"], rows, rate=0, batch_size=10)
@@ -112,7 +112,7 @@ def processed_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_main_sends_the_shifted_test_split(stand_in, processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_main_sends_the_shifted_test_split(stand_in, processed_config, capsys) -> None:
     from housing_mlops import featurize
 
     stand_in["received"].clear()
@@ -140,7 +140,7 @@ def test_main_sends_the_shifted_test_split(stand_in, processed_config, capsys) -
     assert sent == pytest.approx(sorted(x_test["MedInc"] * 1.2))  # 40 rows: the whole split
 
 
-def test_main_without_a_server_exits_1_and_says_why(processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_main_without_a_server_exits_1_and_says_why(processed_config, capsys) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code = main(["--config", str(processed_config), "--url", url, "--rows", "3", "--rate", "0"])
     err = capsys.readouterr().err
@@ -149,7 +149,7 @@ def test_main_without_a_server_exits_1_and_says_why(processed_config, capsys) ->
     assert "is `housing serve` running?" in err
 
 
-def test_main_rejects_a_bad_shift_with_exit_2(processed_config, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_main_rejects_a_bad_shift_with_exit_2(processed_config, capsys) -> None:
     code = main(["--config", str(processed_config), "--shift", "Income=2"])
     assert code == 2
     assert "Error: --shift 'Income=2': use FEATURE=FACTOR" in capsys.readouterr().err
@@ -159,7 +159,7 @@ def test_main_rejects_a_bad_shift_with_exit_2(processed_config, capsys) -> None:
 @pytest.mark.slow
 def test_demo_path_traffic_to_real_service_then_drift(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The shared synthetic store (test_registry), version 1 (ridge) served for real."""
     from helpers import copy_store, trained_store
 
