@@ -131,7 +131,6 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
                 raise ValueError(f"knn_neighbors must be positive, got {ks}")
             self.knn_points_ = self._project(M)
             self.knn_targets_ = yv.copy()
-            self.knn_global_mean_ = float(yv.mean())
         self._tree = None
         self._tree_lock = threading.Lock()
         return M

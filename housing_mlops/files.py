@@ -50,10 +50,6 @@ def atomic_write(final: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, final)
 
 
-def atomic_write_bytes(final: Path, data: bytes) -> None:
-    atomic_write(final, lambda tmp: tmp.write_bytes(data))
-
-
 def atomic_write_text(final: Path, text: str) -> None:
     atomic_write(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
