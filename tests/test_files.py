@@ -37,7 +37,7 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path: Pat
 def test_written_file_mode_follows_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
-        files.atomic_write_bytes(tmp_path / "a", b"x")
+        files.atomic_write_text(tmp_path / "a", "x")
     finally:
         os.umask(old)
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
