@@ -443,7 +443,7 @@ def serve(
     state = _state(ctx)
     settings = state.settings()
     from housing_mlops.output import stderr
-    from housing_mlops.serving.app import run_server
+    from housing_mlops.serving.server import run_server
 
     def announce(info: dict) -> None:  # type: ignore[type-arg]
         stderr.print(

@@ -616,8 +616,8 @@ def test_log_rows_and_metrics_after_a_known_sequence(
         assert _metric(text, "housing_model_reloads_total") == 0
         assert _metric(text, "housing_model_reload_failures_total") == 0
         # The writer flushes at least every 0.2 s here.
-        assert app.state.service.writer.flush()
-        app.state.service.writer._wake.set()
+        assert app.service.writer.flush()
+        app.service.writer._wake.set()
         import time
 
         time.sleep(0.3)
