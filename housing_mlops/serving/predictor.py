@@ -88,7 +88,6 @@ class LoadedModel:
     fast_path: bool
     requests: RequestModels
     loaded_at: float
-    profile_available: bool
 
     def info(self) -> dict[str, Any]:
         return {
@@ -364,7 +363,6 @@ def build_loaded_model(
         fast_path=fast,
         requests=build_request_models(profile, max_batch_size),
         loaded_at=time.time(),
-        profile_available=bool(profile),
     )
 
 

@@ -292,10 +292,10 @@ def metric_field(error: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- OpenAPI of /predict
-# ServingMiddleware answers POST /predict from raw bytes (no FastAPI body parameter), so the
+# POST /predict is a raw ASGI endpoint (serving.asgi: no FastAPI body parameter), so its
 # operation is documented here: the request schemas are generated from the very pydantic
 # models that validate (ranges and batch limit as enforced for the loaded model), the
-# response schemas describe what ``Service.answer_predict`` and the middleware send.
+# response schemas describe what ``PredictEndpoint`` sends.
 EXAMPLE_HOUSE: dict[str, float] = {
     "MedInc": 8.3252,
     "HouseAge": 41.0,

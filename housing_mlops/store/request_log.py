@@ -105,9 +105,7 @@ class RequestLogWriter:
         self._queue: deque[LoggedRequest] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._done = threading.Condition()
         self._thread: threading.Thread | None = None
-        self.submitted = 0
         self.written = 0
         self.dropped = 0
         self.last_flush_ts = 0.0
@@ -133,22 +131,11 @@ class RequestLogWriter:
         free = self.max_queue - len(self._queue)
         accepted = rows if len(rows) <= free else rows[: max(free, 0)]
         self._queue.extend(accepted)
-        self.submitted += len(rows)
         if len(accepted) < len(rows):
             self.dropped += len(rows) - len(accepted)
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
         return len(accepted)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Block until every row submitted so far is written (or dropped); True on success."""
-        target = self.submitted
-        self._wake.set()
-        with self._done:
-            return self._done.wait_for(
-                lambda: self.written + self.dropped >= target or self._thread is None,
-                timeout=timeout,
-            )
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the thread after a final flush of everything queued."""
@@ -159,8 +146,6 @@ class RequestLogWriter:
         self._wake.set()
         thread.join(timeout)
         self._thread = None
-        with self._done:
-            self._done.notify_all()
 
     def _run(self) -> None:
         conn = open_log(self.path, create=True)
@@ -189,15 +174,13 @@ class RequestLogWriter:
                 self.last_flush_ts = time.time()
         elif not self.last_flush_ts:
             self.last_flush_ts = time.time()
-        with self._done:
-            self._done.notify_all()
         if self.on_flush is not None:
             written, dropped = self.written, self.dropped
             try:
                 self.on_flush(
                     written - self._reported_written,
                     dropped - self._reported_dropped,
-                    len(self._queue),
+                    self.depth,
                     self.last_flush_ts,
                 )
             except Exception:  # noqa: BLE001
