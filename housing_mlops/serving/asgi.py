@@ -111,7 +111,7 @@ class PredictEndpoint:
         body = await self._gate(scope, receive, send)
         if body is not None:
             status, content, rid = await self._predict(scope, body)
-            await _send_json(send, status, content, [(b"x-request-id", rid)])
+            await _send_json(send, status, content, [(b"x-request-id", rid.encode())])
 
     # ---------------------------------------------------------------- reading the body
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
@@ -171,7 +171,8 @@ class PredictEndpoint:
         self._log_rejected(scope, status, message)
         body = orjson.dumps({"detail": message, "request_id": rid})
         # The rest of the body is not read: close the connection rather than drain it.
-        await _send_json(send, status, body, [(b"x-request-id", rid), (b"connection", "close")])
+        headers = [(b"x-request-id", rid.encode()), (b"connection", b"close")]
+        await _send_json(send, status, body, headers)
 
     # ---------------------------------------------------------------------- answering
     async def _predict(self, scope: Scope, body: bytes) -> tuple[int, bytes, str]:
@@ -265,7 +266,7 @@ class PredictEndpoint:
 
 
 async def _send_json(
-    send: Send, status: int, content: bytes, headers: list[tuple[bytes, str]]
+    send: Send, status: int, content: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:
     await send(
         {
@@ -274,7 +275,7 @@ async def _send_json(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(content)).encode()),
-                *((key, value.encode("latin-1")) for key, value in headers),
+                *headers,
             ],
         }
     )
