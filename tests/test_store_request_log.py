@@ -171,3 +171,16 @@ def test_rows_land_in_their_columns(tmp_path: Path) -> None:
     assert [second[c] for c in FEATURES] == [None] * 8
     assert (second["model_version"], second["prediction"], second["status"]) == (None, None, 422)
     assert second["error"] == "MedInc: too big" and second["latency_ms"] == 0.5
+
+
+def test_queued_rows_are_not_left_to_the_garbage_collector(tmp_path: Path) -> None:
+    """Rows wait up to a flush interval: if the collector tracked them, thousands per second
+    would pile up in its oldest generation and trigger full collections that stall the
+    service (see RequestLogWriter.submit)."""
+    import gc
+
+    writer = RequestLogWriter(tmp_path / "log.db", flush_interval_s=60)
+    writer.submit([_row(i) for i in range(100)])
+    gc.collect()
+    assert writer.depth == 100
+    assert not any(gc.is_tracked(queued) for queued in writer._queue)
