@@ -103,8 +103,9 @@ def create_app(
     metrics = service.metrics
     serve_cfg = settings.serve
 
-    # A raw ASGI route: FastAPI routes to it (405 for other methods) but does not
-    # document it; `openapi` below does. ServingMiddleware calls it before FastAPI does.
+    # A raw ASGI route: FastAPI routes to it (405 for other methods, the trailing-slash
+    # redirect) but cannot document it; `openapi` below does. ServingMiddleware calls the
+    # same endpoint for POST /predict before FastAPI's own layers.
     app.router.routes.append(Route("/predict", predict, methods=["POST"], include_in_schema=False))
 
     @app.get("/health", summary="The process is alive")
