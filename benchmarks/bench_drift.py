@@ -66,7 +66,7 @@ def write_log(path: Path, n: int, model_name: str, version: str, seed: int = 1) 
     a million rows take seconds rather than a minute. Runs in a child process (see main).
     """
     start = time.perf_counter()
-    store.open_db(path).close()  # the real schema and indexes
+    store.create_log(path)  # the real schema and indexes
     base = min(n, 100_000)
     cols = synthetic_columns(base, seed)
     now = time.time()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,40 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "HOUSING_REQUEST_LOG",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+def _logged_request(row: dict[str, Any]) -> Any:
+    """A request-log row given as {column: value} (missing columns NULL) as the typed row."""
+    from housing_mlops.columns import FEATURES
+    from housing_mlops.store import LoggedRequest
+
+    features = [row.get(name) for name in FEATURES]
+    return LoggedRequest(
+        ts=row["ts"],
+        request_id=row["request_id"],
+        row_index=row.get("row_index", 0),
+        model_name=row.get("model_name"),
+        model_version=row.get("model_version"),
+        features=None if all(v is None for v in features) else features,
+        prediction=row.get("prediction"),
+        latency_ms=row.get("latency_ms"),
+        status=row["status"],
+        error=row.get("error"),
+    )
+
+
+@pytest.fixture(scope="session")
+def write_request_log() -> Callable[[Path, list[dict[str, Any]]], None]:
+    """``write_request_log(path, rows)``: rows ({column: value}) into the request log at
+    ``path`` (created when missing) through the service's own writer."""
+
+    def write(path: Path, rows: list[dict[str, Any]]) -> None:
+        from housing_mlops.store import RequestLogWriter
+
+        writer = RequestLogWriter(path, flush_interval_s=60, max_queue=len(rows) + 1)
+        writer.start()
+        writer.submit([_logged_request(row) for row in rows])
+        writer.close()
+        assert writer.written == len(rows), "the request log writer dropped rows"
+
+    return write

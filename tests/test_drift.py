@@ -386,14 +386,16 @@ def log_rows(frame: Any, ts: float, version: str = "1", status: int = 200) -> li
 
 
 def test_window_readers_count_answered_rows_per_version_and_sample_uniformly(
-    tmp_path: Path,
+    tmp_path: Path, write_request_log: Any
 ) -> None:
-    db = store.open_db(tmp_path / "requests.db")
+    path = tmp_path / "requests.db"
     now = time.time()
-    store.insert_requests(db, log_rows(make_frame(3000, 1), now - 3600, "2"))
-    store.insert_requests(db, log_rows(make_frame(500, 2), now - 1800, "1"))
-    store.insert_requests(db, log_rows(make_frame(100, 3), now - 1700, "1", status=422))
-    store.insert_requests(db, log_rows(make_frame(50, 4), now - 90000, "1"))  # a day back
+    write_request_log(path, log_rows(make_frame(3000, 1), now - 3600, "2"))
+    write_request_log(path, log_rows(make_frame(500, 2), now - 1800, "1"))
+    write_request_log(path, log_rows(make_frame(100, 3), now - 1700, "1", status=422))
+    write_request_log(path, log_rows(make_frame(50, 4), now - 90000, "1"))  # a day back
+    db = store.open_readonly(path)
+    assert db is not None
     counts = store.window_counts(db, now - 7200, now)
     assert [(c["model_version"], c["rows"]) for c in counts] == [("2", 3000), ("1", 500)]
     assert store.window_counts(db, now - 7200, now, "1")[0]["rows"] == 500
@@ -409,7 +411,7 @@ def test_window_readers_count_answered_rows_per_version_and_sample_uniformly(
 
 
 def test_drift_runs_are_stored_and_read_back(tmp_path: Path, synthetic_profile) -> None:
-    conn = store.connect(tmp_path / "requests.db") or store.open_db(tmp_path / "requests.db")
+    conn = store.open_log(tmp_path / "requests.db", create=True)
     assert store.latest_drift_run(conn) is None and store.drift_history(conn) == []
     frame = make_frame(1000, seed=5)
     frame["MedInc"] *= 1.2
@@ -460,7 +462,7 @@ def test_drift_collector_exports_the_latest_run(tmp_path: Path, synthetic_profil
     path = tmp_path / "requests.db"
     assert _scrape(path) == {}  # no log yet: nothing, and no file created
     assert not path.exists()
-    db = store.open_db(path)
+    db = store.open_log(path, create=True)
     assert _scrape(path) == {}  # a log but no drift run
     frame = make_frame(1000, seed=5)
     frame["MedInc"] *= 1.2

@@ -31,7 +31,9 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
-def log_frame(db: Any, frame: Any, preds: Any, start: float, version: str = "1") -> None:
+def log_frame(
+    write: Any, path: Path, frame: Any, preds: Any, start: float, version: str = "1"
+) -> None:
     rows = [
         {
             "ts": start + i * 0.01,
@@ -46,11 +48,11 @@ def log_frame(db: Any, frame: Any, preds: Any, start: float, version: str = "1")
         }
         for i in range(len(frame))
     ]
-    store.insert_requests(db, rows)
+    write(path, rows)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def project(tmp_path_factory: pytest.TempPathFactory, write_request_log: Any) -> dict[str, Any]:
     from housing_mlops import featurize, registry
     from housing_mlops.train import train
 
@@ -66,12 +68,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     shifted["MedInc"] *= 1.2
 
     anchor = time.time() - 6 * 3600  # windows are given as ISO timestamps around this
-    db = store.open_db(settings.serve.request_log)
-    log_frame(db, x_test, model.predict(x_test), anchor)  # [anchor, anchor + 10 s)
-    log_frame(db, shifted, model.predict(shifted), anchor + 3600)  # an hour later
-    log_frame(db, x_test.iloc[:10], model.predict(x_test.iloc[:10]), anchor + 7200)  # tiny
-    log_frame(db, x_test.iloc[:300], model.predict(x_test.iloc[:300]), anchor + 10800, "9")
-    db.close()
+    log = (write_request_log, settings.serve.request_log)
+    log_frame(*log, x_test, model.predict(x_test), anchor)  # [anchor, anchor + 10 s)
+    log_frame(*log, shifted, model.predict(shifted), anchor + 3600)  # an hour later
+    log_frame(*log, x_test.iloc[:10], model.predict(x_test.iloc[:10]), anchor + 7200)  # tiny
+    log_frame(*log, x_test.iloc[:300], model.predict(x_test.iloc[:300]), anchor + 10800, "9")
     return {"config": config, "settings": settings, "anchor": anchor, "rows": len(x_test)}
 
 
@@ -108,7 +109,8 @@ def test_medinc_shift_drifts_medinc_and_prediction_exit_6(project, capsys) -> No
     assert [f for f in FEATURES if marked[f] == "drift"] == ["MedInc"], marked
     assert result["drifting_features"] == ["MedInc"] and result["verdict"] == "drift"
     # Stored: the latest run is this one, with every score.
-    db = store.connect(project["settings"].serve.request_log)
+    db = store.open_readonly(project["settings"].serve.request_log)
+    assert db is not None
     latest = store.latest_drift_run(db)
     db.close()
     assert latest is not None and latest["id"] == result["run_id"]
@@ -136,7 +138,8 @@ def test_table_output_has_every_column_and_the_dataset_line(project, capsys) -> 
 
 def test_the_reference_is_cached_after_the_first_check(project, capsys) -> None:
     drift_json(project, capsys, *window_args(project, -60, 60))
-    db = store.connect(project["settings"].serve.request_log)
+    db = store.open_readonly(project["settings"].serve.request_log)
+    assert db is not None
     rows = db.execute("SELECT model_name, model_version, run_id FROM drift_references").fetchall()
     db.close()
     assert [(r[0], r[1]) for r in rows] == [("test-housing", "1")] and rows[0][2]

@@ -22,7 +22,7 @@ import pytest
 from helpers import copy_store, trained_store
 from synthetic import write_config
 
-from housing_mlops import columns, store
+from housing_mlops import columns
 from housing_mlops.cli import run
 from housing_mlops.config import load_config
 from housing_mlops.drift.check import check_drift
@@ -138,7 +138,9 @@ def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(
     assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
-def test_latency_percentiles_count_each_request_once_not_each_row(tmp_path: Path, capsys) -> None:
+def test_latency_percentiles_count_each_request_once_not_each_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write_request_log: Any
+) -> None:
     """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms)."""
     import numpy as np
 
@@ -174,9 +176,7 @@ def test_latency_percentiles_count_each_request_once_not_each_row(tmp_path: Path
         }
         for ms in range(1, 100)
     ]
-    db = store.open_db(settings.serve.request_log)
-    store.insert_requests(db, batch + singles)
-    db.close()
+    write_request_log(settings.serve.request_log, batch + singles)
     code = run(["--config", str(config), "report", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -211,7 +211,7 @@ def test_progress_names_each_stage_in_order_before_it_runs(tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def full_state(tmp_path_factory: pytest.TempPathFactory, write_request_log: Any) -> dict[str, Any]:
     from housing_mlops import featurize, registry
     from housing_mlops.evaluate import evaluate
     from housing_mlops.promote import promote
@@ -238,12 +238,11 @@ def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     x_test, _ = featurize.load_split(settings, "test")
     shifted = x_test.copy()
     shifted["MedInc"] *= 1.3
-    db = store.open_db(settings.serve.request_log)
     now = time.time()
     for day, frame in ((2, x_test), (1, shifted)):
         preds = model.predict(frame)
-        store.insert_requests(
-            db,
+        write_request_log(
+            settings.serve.request_log,
             [
                 {
                     "ts": now - day * 86400 + i,
@@ -269,7 +268,6 @@ def full_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 }
             ],
         )
-    db.close()
     day_before = datetime.fromtimestamp(now - 2 * 86400 - 10, tz=UTC).isoformat()
     day_after = datetime.fromtimestamp(now - 86400 - 10, tz=UTC).isoformat()
     check_drift(settings, since=day_before, until=day_after)

@@ -1,13 +1,10 @@
 """The fast predict path equals ``pipeline.predict(DataFrame)`` for every estimator we
-build; micro-batching groups concurrent calls without mixing up answers; the request-log
-writer flushes on its interval and at close, and drops (and counts) rows when full."""
+build, and is not used with library versions outside its tested range; micro-batching
+groups concurrent calls without mixing up answers."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,13 +15,8 @@ from housing_mlops.config import CandidateConfig, FeaturesConfig
 from housing_mlops.drift import build_profile
 from housing_mlops.features import FEATURES
 from housing_mlops.models import build_pipeline
-from housing_mlops.serving.predictor import (
-    MicroBatcher,
-    ModelMeta,
-    build_loaded_model,
-    choose_predict,
-)
-from housing_mlops.store import LOG_COLUMNS, RequestLogWriter
+from housing_mlops.serving.batching import MicroBatcher
+from housing_mlops.serving.predictor import ModelMeta, build_loaded_model, choose_predict
 
 FEATURES_CFG = FeaturesConfig(knn_neighbors=[4, 8], knn_folds=3, profile_sample_size=100)
 
@@ -141,101 +133,59 @@ def test_micro_batching_groups_concurrent_calls(data: tuple[Any, Any, dict[str, 
     assert 4 <= batcher.batches <= 8
 
 
-# ----------------------------------------------------------------- request log writer
-def _row(i: int) -> tuple[Any, ...]:
-    return (time.time(), f"r{i}", 0, "m", "1", *[float(i)] * 8, 1.5, 0.3, 200, None)
+# ------------------------------------------------------------ tested library versions
+@pytest.mark.parametrize(
+    ("estimator", "package", "version"),
+    [
+        ("hist_gradient_boosting", "scikit-learn", "1.99.0"),
+        ("hist_gradient_boosting", "scikit-learn", "1.4.2"),
+        ("ridge", "scikit-learn", "2.0.0"),
+        ("lightgbm", "lightgbm", "5.0.0"),
+        ("lightgbm", "lightgbm", "4.2.0"),
+    ],
+)
+def test_an_untested_library_version_serves_through_the_pipeline_with_one_warning(
+    data: tuple[Any, Any, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    estimator: str,
+    package: str,
+    version: str,
+) -> None:
+    from housing_mlops.serving import predictor
 
-
-def _count(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return int(conn.execute("select count(*) from requests").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def test_writer_flushes_within_its_interval(tmp_path: Path) -> None:
-    db = tmp_path / "log.db"
-    flushes: list[tuple[int, int, int, float]] = []
-    writer = RequestLogWriter(db, flush_interval_s=0.1, on_flush=lambda *a: flushes.append(a))
-    writer.start()
-    try:
-        assert len(LOG_COLUMNS) == len(_row(0))
-        writer.submit([_row(i) for i in range(5)])
-        deadline = time.time() + 5
-        while _count(db) < 5:
-            assert time.time() < deadline, "rows were not flushed on the interval"
-            time.sleep(0.02)
-        assert sum(f[0] for f in flushes) == 5
-        assert flushes[-1][3] > 0  # last flush time
-        conn = sqlite3.connect(db)
-        assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
-        conn.close()
-    finally:
-        writer.close()
-
-
-def test_writer_close_flushes_everything(tmp_path: Path) -> None:
-    db = tmp_path / "log.db"
-    writer = RequestLogWriter(db, flush_interval_s=60)
-    writer.start()
-    writer.submit([_row(i) for i in range(1234)])
-    writer.close()
-    assert _count(db) == 1234
-    assert writer.written == 1234 and writer.dropped == 0
-
-
-def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
-    db = tmp_path / "log.db"
-    flushes: list[tuple[int, int, int, float]] = []
-    writer = RequestLogWriter(
-        db, flush_interval_s=60, max_queue=10, on_flush=lambda *a: flushes.append(a)
+    X, y, profile = data
+    cand = CandidateConfig(name="c", estimator=estimator, params=CANDIDATES[estimator])
+    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
+    real = predictor.installed_version
+    monkeypatch.setattr(
+        predictor, "installed_version", lambda name: version if name == package else real(name)
     )
-    writer.start()
-    assert writer.submit([_row(i) for i in range(8)]) == 8
-    assert writer.submit([_row(i) for i in range(8)]) == 2
-    assert writer.depth == 10
-    writer.close()
-    assert _count(db) == 10
-    assert writer.dropped == 6
-    assert sum(f[1] for f in flushes) == 6
-
-
-KILL_SCRIPT = """
-import sys, time
-from housing_mlops.store import RequestLogWriter
-writer = RequestLogWriter(sys.argv[1], flush_interval_s=0.05)
-writer.start()
-i = 0
-while True:
-    writer.submit([(time.time(), f"r{i}", 0, "m", "1", *[1.0] * 8, 1.5, 0.3, 200, None)] * 50)
-    i += 1
-    if writer.written and i % 20 == 0:
-        print(writer.written, flush=True)
-    time.sleep(0.001)
-"""
-
-
-def test_sigkill_leaves_an_intact_database(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-
-    db = tmp_path / "log.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(db)], stdout=subprocess.PIPE, text=True
+    monkeypatch.setattr(predictor, "_warned", set())
+    with caplog.at_level("WARNING", logger=predictor.__name__):
+        first = build_loaded_model(pipeline, ModelMeta("m", "1"), profile)
+        again = build_loaded_model(pipeline, ModelMeta("m", "2"), profile)  # a hot reload
+    assert not first.fast_path and not again.fast_path
+    np.testing.assert_allclose(
+        first.predict(X.to_numpy(dtype=np.float64)), pipeline.predict(X), rtol=1e-12
     )
-    assert proc.stdout is not None
-    flushed = 0
-    deadline = time.time() + 30
-    while flushed < 2000 and time.time() < deadline:  # several flushes happened
-        flushed = int(proc.stdout.readline() or 0)
-    proc.send_signal(signal.SIGKILL)  # mid-stream, maybe mid-transaction
-    proc.wait(10)
-    assert flushed >= 2000
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
-        assert _count(db) >= flushed
-    finally:
-        conn.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert f"{package} {version} is outside the fast path's tested range" in warnings[0]
+    assert "pipeline.predict" in warnings[0]
+
+
+def test_lightgbm_version_does_not_matter_for_other_estimators(
+    data: tuple[Any, Any, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from housing_mlops.serving import predictor
+
+    X, y, profile = data
+    cand = CandidateConfig(name="c", estimator="ridge", params=CANDIDATES["ridge"])
+    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
+    real = predictor.installed_version
+    monkeypatch.setattr(
+        predictor, "installed_version", lambda name: "9.0" if name == "lightgbm" else real(name)
+    )
+    _, fast = choose_predict(pipeline, profile)
+    assert fast

@@ -1,8 +1,10 @@
-"""The request log's owner (store.py): what it does with a path that is not a database.
+"""Opening the request log (store.connection): what every opener does with a path that is
+not a database, and with a missing or empty one.
 
-The window readers and drift tables are covered in test_drift.py; here, every way in
-(the service's writer, drift's read-write connection, the report's read-only one) refuses
-a file or directory that is not a SQLite database with one DataError, and leaves it alone.
+The window readers and drift tables are covered in test_drift.py, the writer in
+test_store_request_log.py; here, every way in (the service's start-up check and writer,
+drift's read-write connection, the report's read-only one) refuses a file or directory that
+is not a SQLite database with one DataError, and leaves it alone.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 import pytest
 
 from housing_mlops import store
-from housing_mlops.errors import DataError
+from housing_mlops.columns import FEATURES
+from housing_mlops.errors import ConfigError, DataError
 
 OPENERS: dict[str, Callable[[Path], Any]] = {
-    "open_db (serve)": store.open_db,
-    "connect (drift)": store.connect,
+    "create_log (serve start-up)": store.create_log,
+    "open_log create (serve)": lambda path: store.open_log(path, create=True),
+    "open_log existing (drift)": lambda path: store.open_log(path, create=False),
     "open_readonly (report)": store.open_readonly,
     "writer start (serve)": lambda path: store.RequestLogWriter(path).start(),
 }
@@ -56,14 +60,81 @@ def test_every_opener_refuses_what_is_not_a_database_and_leaves_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.db"]
 
 
-def test_missing_and_empty_logs_are_still_fine(tmp_path: Path) -> None:
+def test_missing_and_empty_logs_are_still_fine(
+    tmp_path: Path, write_request_log: Callable[[Path, list[dict[str, Any]]], None]
+) -> None:
     missing = tmp_path / "missing.db"
-    assert store.connect(missing) is None and store.open_readonly(missing) is None
+    assert store.open_log(missing, create=False) is None
+    assert store.open_readonly(missing) is None
     assert not store.check_request_log(missing) and not missing.exists()
     empty = tmp_path / "empty.db"
     empty.touch()  # SQLite treats an empty file as an empty database
     assert store.check_request_log(empty)
-    db = store.open_db(empty)
-    store.insert_requests(db, [{"ts": 1.0, "request_id": "a", "row_index": 0, "status": 200}])
-    db.close()
+    write_request_log(empty, [{"ts": 1.0, "request_id": "a", "row_index": 0, "status": 200}])
     assert store.check_request_log(empty)
+
+
+def test_only_the_writable_opener_with_create_makes_a_log(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "requests.db"
+    assert store.open_readonly(path) is None and store.open_log(path, create=False) is None
+    assert not path.parent.exists()
+    conn = store.open_log(path, create=True)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"requests", "drift_runs", "drift_scores", "drift_references"} <= tables
+    finally:
+        conn.close()
+
+
+def test_the_readonly_opener_cannot_write(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    store.create_log(path)
+    conn = store.open_readonly(path)
+    assert conn is not None
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("DELETE FROM requests")
+    finally:
+        conn.close()
+
+
+def test_a_log_it_cannot_create_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="check serve.request_log"):
+        store.create_log(blocker / "requests.db")  # its folder is a file
+
+
+def test_a_log_made_by_sqlite_utils_is_opened_as_is(tmp_path: Path) -> None:
+    """Logs written by earlier releases (sqlite-utils' DDL and index names) keep working:
+    opening one adds nothing twice and reads its rows."""
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    old = sqlite3.connect(path)
+    features = ", ".join(f"[{c}] FLOAT" for c in FEATURES)
+    old.execute(
+        "CREATE TABLE [requests] ([id] INTEGER PRIMARY KEY, [ts] FLOAT NOT NULL, "
+        "[request_id] TEXT NOT NULL, [row_index] INTEGER, [model_name] TEXT, "
+        f"[model_version] TEXT, {features}, [prediction] FLOAT, [latency_ms] FLOAT, "
+        "[status] INTEGER NOT NULL, [error] TEXT)"
+    )
+    old.execute("CREATE INDEX [idx_requests_ts] ON [requests] ([ts])")
+    old.execute(
+        "INSERT INTO requests (ts, request_id, status, model_version) VALUES (5, 'a', 200, '1')"
+    )
+    old.commit()
+    old.close()
+    conn = store.open_log(path, create=False)
+    assert conn is not None
+    try:
+        indexes = [
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        ]
+        assert indexes.count("idx_requests_ts") == 1
+        assert store.window_counts(conn, 0, 10)[0]["rows"] == 1
+    finally:
+        conn.close()

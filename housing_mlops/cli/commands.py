@@ -182,7 +182,7 @@ def serve(
     options = state(ctx)
     settings = options.settings()
     from housing_mlops.cli import render
-    from housing_mlops.serving.app import run_server
+    from housing_mlops.serving.server import run_server
 
     run_server(
         settings,

@@ -1,15 +1,18 @@
 """Prometheus metrics of the service (names are a contract: dashboards and alerts use them).
 
 One ``ServingMetrics`` per app, on its own ``CollectorRegistry`` (so several apps can live
-in one test process). With several uvicorn workers the CLI sets ``PROMETHEUS_MULTIPROC_DIR``
-before the workers start; prometheus_client then keeps every value in per-process files
-and ``/metrics`` aggregates them with ``MultiProcessCollector``. Gauges declare how they
-aggregate across workers (``multiprocess_mode``).
+in one test process). With several uvicorn workers the server runs them inside
+``multiprocess_directory()``, which sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+start; prometheus_client then keeps every value in per-process files and ``/metrics``
+aggregates them with ``MultiProcessCollector``. Gauges declare how they aggregate across
+workers (``multiprocess_mode``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -41,8 +44,32 @@ LATENCY_BUCKETS = (
 PREDICTION_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+@contextlib.contextmanager
+def multiprocess_directory() -> Iterator[str]:
+    """A new directory for the workers' metric files, named by ``PROMETHEUS_MULTIPROC_DIR``
+    while the block runs (worker processes started inside inherit it); afterwards the
+    directory is removed and the variable restored."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="housing-prometheus-")
+    saved = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if saved is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = saved
 
 
 class ServingMetrics:

@@ -1,4 +1,4 @@
-"""The model behind ``/predict``: a loaded version, its fast predict path and micro-batching.
+"""The model behind ``/predict``: a loaded version and its fast predict path.
 
 Where a single-row request's time goes with ``Pipeline.predict(DataFrame)`` is pandas and
 scikit-learn's per-call checks, not the trees. So a loaded model keeps a *fast path*: the
@@ -6,28 +6,26 @@ pipeline's steps called directly on a float64 numpy array in ``FEATURES`` order,
 final estimator called as cheaply as it allows (LightGBM's booster on numpy, a forest with
 one job). The fast path is checked against ``pipeline.predict(DataFrame)`` on sample rows
 when the model is loaded and is only used when it agrees to float precision; otherwise the
-model serves through the pipeline itself (slower, same answers).
+model serves through the pipeline itself (slower, same answers). The fast path reads
+private attributes of fitted estimators, so it is only tried with the scikit-learn and
+LightGBM versions it was checked against (``TESTED_VERSIONS``); with any other version the
+model serves through the pipeline, and the log says so once.
 
-``MicroBatcher`` gathers concurrent requests into one predict call run on a single
-predictor thread whose OpenMP/BLAS pools are limited (``serve.predictor_threads``), so two
-cores are not oversubscribed. The model is read once per batch: a hot reload swaps the
-reference and batches already dispatched finish on the old model.
+Micro-batching of concurrent requests is in ``serving.batching``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from housing_mlops.columns import FEATURES
 from housing_mlops.serving.schemas import RequestModels, build_request_models
-from housing_mlops.store import FEATURE_COLUMNS as FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +33,17 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 
 # Up to this many rows, HistGradientBoosting predictions use the vectorised tree walk.
 HGB_COMPILED_MAX_ROWS = 32
+
+# Versions the fast path was checked against, [lowest, first untested) as (major, minor):
+# scikit-learn's private tree layout (HistGradientBoosting ``_predictors``, ``nodes``,
+# ``_baseline_prediction``, ``_loss``), checked on 1.9.1; LightGBM's ``booster_.predict``
+# with ``num_threads``, checked on 4.7.0. The lower ends are the project's minimum
+# requirements. Widen a range only after the serving tests pass on the new version.
+TESTED_VERSIONS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "scikit-learn": ((1, 5), (1, 10)),
+    "lightgbm": ((4, 3), (5, 0)),
+}
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,6 @@ class LoadedModel:
     fast_path: bool
     requests: RequestModels
     loaded_at: float
-    profile_available: bool
 
     def info(self) -> dict[str, Any]:
         return {
@@ -266,13 +274,55 @@ def check_rows(profile: dict[str, Any] | None, n: int = 256) -> np.ndarray:
     )
 
 
+def installed_version(package: str) -> str | None:
+    """The installed version of a distribution (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _uses_lightgbm(est: Any) -> bool:
+    while hasattr(est, "steps"):  # a nested Pipeline: its final step predicts
+        est = est.steps[-1][1]
+    return type(est).__module__.startswith("lightgbm")
+
+
+def untested_version(pipeline: Any) -> str | None:
+    """Why the fast path is not tried for ``pipeline``: a library version outside
+    ``TESTED_VERSIONS`` (None when every library it relies on is inside its range)."""
+    import re
+
+    packages = ["scikit-learn"]
+    if _uses_lightgbm(pipeline):
+        packages.append("lightgbm")
+    for package in packages:
+        (lo, hi) = TESTED_VERSIONS[package]
+        found = installed_version(package)
+        match = re.match(r"(\d+)\.(\d+)", found or "")
+        if match is None or not lo <= (int(match[1]), int(match[2])) < hi:
+            return (
+                f"{package} {found} is outside the fast path's tested range "
+                f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}"
+            )
+    return None
+
+
 def choose_predict(
     pipeline: Any, profile: dict[str, Any] | None, threads: int = 1
 ) -> tuple[PredictFn, bool]:
     """The fast path if it matches ``pipeline.predict(DataFrame)`` on sample rows, else that."""
     reference = make_pipeline_predict(pipeline)
     X = check_rows(profile)
-    expected = reference(X)
+    expected = reference(X)  # also warms the pipeline's caches (a KD-tree, ...)
+    untested = untested_version(pipeline)
+    if untested is not None:
+        if untested not in _warned:  # once per process, not at every hot reload
+            _warned.add(untested)
+            log.warning("%s: serving through pipeline.predict", untested)
+        return reference, False
     try:
         fast = make_fast_predict(pipeline, threads)
         got = fast(X)
@@ -313,12 +363,17 @@ def build_loaded_model(
         fast_path=fast,
         requests=build_request_models(profile, max_batch_size),
         loaded_at=time.time(),
-        profile_available=bool(profile),
     )
 
 
-def load_from_registry(settings: Any, version: int | str | None = None) -> LoadedModel:
-    """Resolve ``@champion`` (or ``version``), load it safely and wrap it for serving."""
+def load_from_registry(
+    settings: Any, version: int | str | None = None
+) -> tuple[LoadedModel, dict[str, Any] | None]:
+    """Resolve ``@champion`` (or ``version``), load it safely and wrap it for serving.
+
+    Returns the loaded model and the version's reference profile (None when the registry
+    has none); the caller hands the profile to the store's drift cache.
+    """
     from housing_mlops import registry
 
     ref = registry.resolve(settings, version=int(version) if version is not None else None)
@@ -333,154 +388,15 @@ def load_from_registry(settings: Any, version: int | str | None = None) -> Loade
             exc,
         )
         profile = None
-    if profile is not None:
-        _cache_reference_for_drift(settings, ref, profile)
     meta = ModelMeta.from_ref(ref)
     if meta.alias is None and "champion" in (getattr(ref, "aliases", None) or ()):
         # Resolved by version (hot reload, --model-version) but it is the champion.
         meta = ModelMeta(**{**meta.__dict__, "alias": "champion"})
-    return build_loaded_model(
+    model = build_loaded_model(
         pipeline,
         meta,
         profile,
         max_batch_size=settings.serve.max_batch_size,
         threads=settings.serve.predictor_threads,
     )
-
-
-def _cache_reference_for_drift(settings: Any, ref: Any, profile: dict[str, Any]) -> None:
-    """Keep the served version's training profile in the request log's drift cache.
-
-    `housing drift` then finds it without importing MLflow (seconds saved on its first
-    check of a version). A failure only costs that speed-up, so it is logged, not raised.
-    """
-    from housing_mlops import registry, store
-
-    try:
-        db = store.open_db(settings.serve.request_log)
-        try:
-            uri = registry.tracking_uri(settings)
-            store.cache_reference(db, uri, ref.name, str(ref.version), ref.run_id, profile)
-        finally:
-            db.close()
-    except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason not to serve
-        log.warning("could not cache the reference profile for drift: %s", exc)
-
-
-# --------------------------------------------------------------------- micro-batching
-def _limit_threads(threads: int) -> None:
-    from threadpoolctl import threadpool_limits
-
-    # Called in the predictor thread: OpenMP limits are per thread.
-    threadpool_limits(limits=threads)
-
-
-Result = tuple[np.ndarray, LoadedModel]
-
-
-class MicroBatcher:
-    """Gathers concurrent predict calls into one call on a single predictor thread.
-
-    The first request of a batch waits at most ``window_s`` for company (0: none); while a
-    batch is being predicted, new requests queue and go together as soon as it finishes.
-    A batch holds at most ``max_rows`` rows (a bigger request goes alone).
-    """
-
-    def __init__(
-        self,
-        current_model: Callable[[], LoadedModel | None],
-        window_s: float = 0.001,
-        max_rows: int = 256,
-        threads: int = 1,
-    ) -> None:
-        self._current = current_model
-        self.window_s = max(0.0, float(window_s))
-        self.max_rows = max(1, int(max_rows))
-        self.threads = threads
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[np.ndarray, asyncio.Future[Result]]] = []
-        self._pending_rows = 0
-        self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
-        self.batches = 0
-        self.rows = 0
-
-    def start(self) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix="predictor",
-                initializer=_limit_threads,
-                initargs=(self.threads,),
-            )
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
-    async def predict(self, X: np.ndarray) -> Result:
-        """Predictions for the rows of ``X`` and the model that made them."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Result] = loop.create_future()
-        self._pending.append((X, fut))
-        self._pending_rows += X.shape[0]
-        if not self._busy:
-            if self._pending_rows >= self.max_rows or self.window_s == 0:
-                self._dispatch()
-            elif self._timer is None:
-                self._timer = loop.call_later(self.window_s, self._dispatch)
-        return await fut
-
-    def _dispatch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._busy or not self._pending:
-            return
-        take, rows = 0, 0
-        for X, _ in self._pending:
-            if take and rows + X.shape[0] > self.max_rows:
-                break
-            take += 1
-            rows += X.shape[0]
-        batch, self._pending = self._pending[:take], self._pending[take:]
-        self._pending_rows -= rows
-        model = self._current()
-        if model is None:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(RuntimeError("no model loaded"))
-            return
-        X = batch[0][0] if take == 1 else np.concatenate([x for x, _ in batch])
-        self._busy = True
-        self.batches += 1
-        self.rows += rows
-        loop = asyncio.get_running_loop()
-        self.start()
-        job = loop.run_in_executor(self._executor, model.predict, X)
-        job.add_done_callback(lambda done: self._finish(done, batch, model))
-
-    def _finish(
-        self,
-        done: asyncio.Future[np.ndarray],
-        batch: list[tuple[np.ndarray, asyncio.Future[Result]]],
-        model: LoadedModel,
-    ) -> None:
-        self._busy = False
-        exc = done.exception()
-        if exc is not None:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-        else:
-            preds = done.result()
-            start = 0
-            for X, fut in batch:
-                n = X.shape[0]
-                if not fut.done():
-                    fut.set_result((preds[start : start + n], model))
-                start += n
-        if self._pending:
-            # These waited while the previous batch ran: go now.
-            self._dispatch()
+    return model, profile

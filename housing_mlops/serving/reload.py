@@ -33,7 +33,6 @@ class ModelHolder:
         self.model: LoadedModel | None = None
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
-        self.last_check_at: float | None = None
         if model is not None:
             self.swap(model)
 
@@ -96,7 +95,6 @@ class ModelWatcher:
         """Load and swap in the alias's version if it changed; never raises for a bad load."""
         async with self._lock:
             holder = self.holder
-            holder.last_check_at = time.time()
             current = holder.model
             previous = current.meta.version if current is not None else None
             try:

@@ -22,9 +22,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, from_json
 
-from housing_mlops.store import FEATURE_COLUMNS as FEATURES
+from housing_mlops.columns import FEATURES
 
 # Each side of the training range is widened by this share of its width: requests a bit
 # outside what the model saw are still answered (and show up in drift), absurd ones are not.
@@ -163,6 +172,27 @@ class RequestModels:
             "json_schema": self.house.model_json_schema(),
         }
 
+    def parse_body(self, body: bytes) -> tuple[list[BaseModel], bool]:
+        """The validated houses of a ``/predict`` body, and whether it was a single house.
+
+        The JSON is parsed once, then the parsed object's shape decides: an object with an
+        ``instances`` key is a batch, anything else is validated as one house (so a list
+        or a string is "not a JSON object"). Raises pydantic's ValidationError, malformed
+        JSON included (``json_invalid``, as pydantic reports it).
+        """
+        try:
+            # pydantic's own JSON parser: the same error text as its model_validate_json,
+            # and NaN/Infinity parse, so they are reported on their field (not finite).
+            data = from_json(body)
+        except ValueError as exc:
+            detail = InitErrorDetails(
+                type="json_invalid", loc=(), input="", ctx={"error": str(exc)}
+            )
+            raise ValidationError.from_exception_data(self.house.__name__, [detail]) from None
+        if isinstance(data, dict) and "instances" in data:
+            return self.batch.model_validate(data).instances, False  # type: ignore[attr-defined]
+        return [self.house.model_validate(data)], True
+
 
 def build_request_models(
     profile: dict[str, Any] | None, max_batch_size: int = 1000
@@ -221,6 +251,10 @@ def format_errors(errors: list[dict[str, Any]], max_batch_size: int) -> list[dic
             msg = f"body is not valid JSON: {(e.get('ctx') or {}).get('error', msg)}"
         elif etype == "model_type" and not loc:
             msg = "body must be a JSON object: one house, or {'instances': [...]}"
+        elif etype == "model_type":
+            msg = "Input should be an object"  # JSON's words (pydantic's are Python's)
+        elif etype == "list_type":
+            msg = "Input should be a valid array"
         elif etype == "extra_forbidden":
             msg = f"unknown field; expected only {', '.join(FEATURES)}"
         elif msg.startswith("Value error, "):
@@ -258,10 +292,10 @@ def metric_field(error: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- OpenAPI of /predict
-# ServingMiddleware answers POST /predict from raw bytes (no FastAPI body parameter), so the
+# POST /predict is a raw ASGI endpoint (serving.asgi: no FastAPI body parameter), so its
 # operation is documented here: the request schemas are generated from the very pydantic
 # models that validate (ranges and batch limit as enforced for the loaded model), the
-# response schemas describe what ``Service.answer_predict`` and the middleware send.
+# response schemas describe what ``PredictEndpoint`` sends.
 EXAMPLE_HOUSE: dict[str, float] = {
     "MedInc": 8.3252,
     "HouseAge": 41.0,

@@ -1,0 +1,162 @@
+"""``housing serve``: the service on uvicorn (the only module that imports uvicorn).
+
+One worker serves the app built here, with the model loaded before the port opens. Several
+workers are uvicorn's supervisor starting processes that each build the app through
+``app_from_env`` (settings from ``$HOUSING_SERVE_CONFIG``), with Prometheus in
+multiprocess mode so ``/metrics`` adds up every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "HOUSING_SERVE_CONFIG"
+MODEL_VERSION_ENV = "HOUSING_SERVE_MODEL_VERSION"
+
+
+def app_from_env() -> Any:
+    """uvicorn factory for ``--workers`` > 1: settings come from ``$HOUSING_SERVE_CONFIG``."""
+    from housing_mlops.config import load_config
+    from housing_mlops.serving.app import create_app
+
+    settings = load_config(os.environ[CONFIG_ENV])
+    version = os.environ.get(MODEL_VERSION_ENV)
+    return create_app(
+        settings, model_version=int(version) if version else None, wait_for_model=True
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a busy port is a clear error (exit 2), and nobody
+    can take the port while the model loads."""
+    from housing_mlops.errors import UsageError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port"
+        ) from None
+    return sock
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown (the process then dies
+        of the signal: 143, or a KeyboardInterrupt). A drained, flushed stop is a normal
+        exit for `housing serve`: exit 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    captured = getattr(self, "_captured_signals", None)
+                    if isinstance(captured, list):
+                        captured.clear()
+
+    return GracefulServer
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block; restore them after."""
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_server(
+    settings: Any,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    model_version: int | None = None,
+    config_path: Path | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. Fails fast (ModelError) when there is no champion."""
+    import uvicorn
+
+    from housing_mlops import registry, store
+    from housing_mlops.errors import UsageError
+    from housing_mlops.serving.app import create_app
+    from housing_mlops.serving.metrics import multiprocess_directory
+    from housing_mlops.serving.state import load_served_model
+
+    server_class = _graceful_server_class()
+    serve = settings.serve
+    host = host or serve.host
+    port = port or serve.port
+    workers = workers or serve.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    # Before binding anything: is there a model to serve? (ModelError -> exit 5)
+    ref = registry.resolve(settings, version=model_version)
+    store.create_log(serve.request_log)  # a log it cannot write: ConfigError, before binding
+    sock = _bind(host, port)
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": "auto",  # uvloop when installed
+        "http": "auto",  # httptools when installed
+        "lifespan": "on",
+        "access_log": False,
+        "proxy_headers": False,  # client addresses are not used; saves a layer per request
+        "log_level": "info",
+        "timeout_graceful_shutdown": 30,
+    }
+    summary = {
+        "model": ref.name,
+        "version": str(ref.version),
+        "url": f"http://{host}:{port}",
+        "workers": workers,
+        "request_log": str(serve.request_log),
+    }
+    if workers == 1:
+        with sock:
+            model = load_served_model(settings, model_version)
+            app = create_app(settings, model, model_version=model_version)
+            if on_ready:
+                on_ready(summary)
+            server_class(uvicorn.Config(app, **common)).run(sockets=[sock])
+        return
+    # uvicorn's supervisor binds the port itself for its workers (checked free just now).
+    sock.close()
+    source = config_path or settings.source
+    if source is None:
+        raise UsageError("--workers > 1 needs a config file (--config)")
+    worker_env = {
+        CONFIG_ENV: str(Path(source).resolve()),
+        MODEL_VERSION_ENV: None if model_version is None else str(model_version),
+    }
+    with multiprocess_directory(), _environ(worker_env):
+        if on_ready:
+            on_ready(summary)
+        uvicorn.run(
+            "housing_mlops.serving.server:app_from_env", factory=True, workers=workers, **common
+        )

@@ -1,0 +1,151 @@
+"""What one running service holds: the served model, reload bookkeeping, the micro-batcher,
+the request-log writer and the metrics, with their start-up and shutdown.
+
+Models come from the registry through ``load_served_model``, which also hands the
+version's training profile to the store's drift cache, so ``housing drift`` later finds
+it without importing MLflow (seconds saved on its first check of a version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from housing_mlops.serving.batching import MicroBatcher
+from housing_mlops.serving.metrics import ServingMetrics
+from housing_mlops.serving.predictor import LoadedModel, ModelMeta
+from housing_mlops.serving.reload import ModelHolder, ModelWatcher
+from housing_mlops.store import RequestLogWriter
+
+log = logging.getLogger(__name__)
+
+
+def load_served_model(settings: Any, version: int | str | None = None) -> LoadedModel:
+    """The registry's champion (or ``version``), ready to serve; its profile is cached."""
+    from housing_mlops.serving.predictor import load_from_registry
+
+    model, profile = load_from_registry(settings, version)
+    if profile is not None:
+        cache_profile_for_drift(settings, model.meta, profile)
+    return model
+
+
+def cache_profile_for_drift(settings: Any, meta: ModelMeta, profile: dict[str, Any]) -> None:
+    """Keep a served version's training profile in the request log's drift cache.
+
+    A failure only costs drift that speed-up, so it is logged, not raised.
+    """
+    from housing_mlops import registry, store
+
+    try:
+        conn = store.open_log(settings.serve.request_log, create=True)
+        try:
+            uri = registry.tracking_uri(settings)
+            store.cache_reference(conn, uri, meta.name, meta.version, meta.run_id, profile)
+        finally:
+            conn.close()
+    except Exception as exc:  # noqa: BLE001 - an optimisation, never a reason not to serve
+        log.warning("could not cache the reference profile for drift: %s", exc)
+
+
+class Service:
+    """Everything one app instance owns: model holder, batcher, request log, metrics."""
+
+    def __init__(
+        self,
+        settings: Any,
+        model: LoadedModel | None,
+        model_version: int | None,
+        loader: Callable[[str | None], LoadedModel] | None,
+        alias_version: Callable[[], str | None] | None,
+    ) -> None:
+        from housing_mlops.serving.drift_collector import DriftCollector
+
+        self.settings = settings
+        serve = settings.serve
+        self.model_name = settings.mlflow.registered_model_name
+        self.pinned_version = model_version
+        self.metrics = ServingMetrics()
+        self.metrics.add_collector(DriftCollector(serve.request_log))
+        self.holder = ModelHolder(self.metrics, model)
+        self.batcher = MicroBatcher(
+            self.holder.current,
+            window_s=serve.microbatch_window_ms / 1000.0,
+            max_rows=serve.microbatch_max_rows,
+            threads=serve.predictor_threads,
+        )
+        self.writer = RequestLogWriter(
+            serve.request_log,
+            flush_interval_s=serve.log_flush_interval_s,
+            max_queue=serve.log_queue_size,
+            on_flush=self.metrics.on_log_flush,
+        )
+        self.loader = loader or self._registry_loader
+        self.watcher = ModelWatcher(
+            self.holder,
+            alias_version or self._registry_alias_version,
+            self.loader,
+            serve.reload_interval_s,
+        )
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._rid_prefix = secrets.token_hex(6)
+        self._rid_counter = itertools.count(1)
+
+    # -- registry access (only through housing_mlops.registry)
+    def _registry_loader(self, version: str | None) -> LoadedModel:
+        if version is None and self.pinned_version is not None:
+            version = str(self.pinned_version)
+        return load_served_model(self.settings, version)
+
+    def _registry_alias_version(self) -> str | None:
+        from housing_mlops import registry
+
+        return registry.get_alias_version(self.settings, "champion")
+
+    # -- lifecycle
+    async def startup(self, wait_for_model: bool = False) -> None:
+        self.writer.start()
+        self.batcher.start()
+        if self.holder.model is None and wait_for_model:
+            # A worker of a multi-worker server: accept connections only once loaded.
+            self.holder.swap(await asyncio.to_thread(self.loader, None))
+        if self.holder.model is None:
+            self._tasks.append(asyncio.create_task(self._initial_load()))
+        elif self.pinned_version is None and self.settings.serve.reload_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self.watcher.run()))
+
+    async def _initial_load(self) -> None:
+        delay = max(1.0, min(self.settings.serve.reload_interval_s or 5.0, 30.0))
+        while self.holder.model is None:
+            try:
+                model = await asyncio.to_thread(self.loader, None)
+            except Exception as exc:  # noqa: BLE001 - keep trying; /ready says 503 meanwhile
+                self.holder.last_reload_error = f"initial load failed: {exc}"
+                self.metrics.reload_failures.inc()
+                log.exception("could not load the model; retrying in %.0f s", delay)
+                await asyncio.sleep(delay)
+            else:
+                self.holder.swap(model)
+                self.holder.last_reload_error = None
+        if self.pinned_version is None and self.settings.serve.reload_interval_s > 0:
+            await self.watcher.run()
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # uvicorn has answered every in-flight request by now: flush them all to SQLite.
+        await asyncio.to_thread(self.batcher.close)
+        await asyncio.to_thread(self.writer.close)
+        self.metrics.process_exit()
+
+    def new_request_id(self) -> str:
+        # A random per-process prefix and a counter: unique, and cheaper than uuid4.
+        return f"{self._rid_prefix}{next(self._rid_counter):x}"

@@ -1,0 +1,145 @@
+"""Opening the request-log database: one opener for writing, one read-only.
+
+===========================  ===============================================================
+``open_log(path, create=)``  read-write, WAL, every table and index in place. ``create=True``
+                             makes the file (and its folder) when missing: the service.
+                             ``create=False`` returns None then: drift never creates a log.
+``open_readonly(path)``      read-only (``mode=ro``), never creates or changes anything;
+                             None when the file is missing: the report, ``/metrics``.
+``create_log(path)``         ``open_log(path, create=True)`` and close: at start-up, so an
+                             unusable path fails with ConfigError before serving.
+``check_request_log(path)``  is the path a request log? (header and schema page only)
+===========================  ===============================================================
+
+Every way in checks the path first, so a path that holds something else (a CSV, a
+directory, random bytes) gives the same DataError everywhere instead of sqlite3's "file is
+not a database" as an unexpected error, or a directory read as "no log yet". Such a file
+is never written to: SQLite would otherwise leave -wal/-shm files beside it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Literal, overload
+
+from housing_mlops.errors import ConfigError, DataError
+from housing_mlops.store.schema import create_tables
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _not_a_log(path: Path, what: str) -> DataError:
+    return DataError(
+        f"the request log {path} {what}: move it away, or point serve.request_log "
+        "(or HOUSING_REQUEST_LOG) at a SQLite file (it is created when missing)"
+    )
+
+
+def _existing_log(path: Path) -> bool:
+    """True when ``path`` holds a SQLite file, False when nothing is there; else DataError.
+
+    Only the 16-byte header is read; an empty file counts (SQLite makes it a database).
+    """
+    if not path.exists():
+        return False
+    if path.is_dir():
+        raise _not_a_log(path, "is a directory, not a SQLite database")
+    if not path.is_file():
+        raise _not_a_log(path, "is not a regular file, so not a SQLite database")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise DataError(f"cannot read the request log {path}: {exc.strerror or exc}") from None
+    if head and head != SQLITE_HEADER:
+        raise _not_a_log(path, "is not a SQLite database")
+    return True
+
+
+def _verified(conn: sqlite3.Connection, path: Path, statements: tuple[str, ...]) -> None:
+    """Run the first statements on a new connection; a damaged database is a DataError.
+
+    OperationalError (locked, unable to open, read-only) is left to the caller: it says
+    nothing about what the file is. The connection is closed on any failure.
+    """
+    try:
+        for statement in statements:
+            conn.execute(statement).fetchall()
+    except sqlite3.OperationalError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as exc:  # SQLITE_NOTADB, SQLITE_CORRUPT
+        conn.close()
+        raise _not_a_log(path, f"is not a usable SQLite database ({exc})") from None
+
+
+@overload
+def open_log(path: Path | str, *, create: Literal[True]) -> sqlite3.Connection: ...
+@overload
+def open_log(path: Path | str, *, create: bool) -> sqlite3.Connection | None: ...
+def open_log(path: Path | str, *, create: bool) -> sqlite3.Connection | None:
+    """Open the log for writing: WAL mode, every table and index in place.
+
+    ``create=True`` creates the file and its folder when missing; ``create=False``
+    returns None instead. Raises DataError when the path holds something that is not a
+    SQLite database, sqlite3.OperationalError when it cannot be opened for writing.
+    """
+    path = Path(path)
+    if not _existing_log(path):
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=10.0)
+    _verified(conn, path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
+    try:
+        create_tables(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def create_log(path: Path | str) -> None:
+    """Create the log (folder, file, tables) when missing, and check it can be written.
+
+    Raises DataError when the path holds something else, ConfigError when the log cannot
+    be opened for writing (a read-only folder, a locked database, ...).
+    """
+    try:
+        open_log(path, create=True).close()
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"cannot open the request log {path}: {exc} (check serve.request_log)"
+        ) from None
+
+
+def open_readonly(path: Path | str) -> sqlite3.Connection | None:
+    """Open an existing log read-only (never creates or changes it); None when missing.
+
+    Tables may be missing (a log nothing was written to yet): readers treat them as empty.
+    """
+    path = Path(path)
+    if not _existing_log(path):
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    _verified(conn, path, ("SELECT count(*) FROM sqlite_master",))
+    return conn
+
+
+def check_request_log(path: Path | str) -> bool:
+    """True when ``path`` is a readable request log, False when it does not exist.
+
+    Raises DataError when something else is there (a text file, a directory, a damaged
+    database). Cheap: the file header and the schema page; never creates or writes. A
+    database that cannot be opened right now (locked, a WAL file in a read-only folder)
+    passes: it is a request log, and the reader that needs it reports its own error.
+    """
+    try:
+        conn = open_readonly(path)
+    except sqlite3.OperationalError:
+        return True
+    if conn is None:
+        return False
+    conn.close()
+    return True
