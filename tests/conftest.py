@@ -58,7 +58,7 @@ def _logged_request(row: dict[str, Any]) -> Any:
     from housing_mlops.columns import FEATURES
     from housing_mlops.store import LoggedRequest
 
-    features = [row.get(name) for name in FEATURES]
+    features: list[Any] = [row.get(name) for name in FEATURES]
     return LoggedRequest(
         ts=row["ts"],
         request_id=row["request_id"],

@@ -99,7 +99,7 @@ def check_drift(
     which = f" served by model version {version}" if version else ""
 
     log_path = settings.serve.request_log
-    db = store.connect(log_path)  # None when there is no log: drift never creates one
+    db = store.open_log(log_path, create=False)  # None when there is no log: never made here
     if db is None:
         raise InsufficientDataError(
             f"no request log at {log_path}: start `housing serve` and send it traffic "

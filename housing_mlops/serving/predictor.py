@@ -221,7 +221,7 @@ def _estimator_fn(est: Any, threads: int) -> PredictFn:
     if hasattr(est, "n_jobs") and type(est).__name__.startswith("RandomForest"):
         # joblib's thread pool costs milliseconds per call for a handful of rows.
         est.n_jobs = threads
-    return est.predict  # type: ignore[no-any-return]
+    return est.predict
 
 
 def make_fast_predict(pipeline: Any, threads: int = 1) -> PredictFn:
@@ -389,9 +389,9 @@ def load_from_registry(
         )
         profile = None
     meta = ModelMeta.from_ref(ref)
-    if meta.alias is None and "champion" in (getattr(ref, "aliases", None) or ()):
+    if meta.alias is None and registry.CHAMPION in (getattr(ref, "aliases", None) or ()):
         # Resolved by version (hot reload, --model-version) but it is the champion.
-        meta = ModelMeta(**{**meta.__dict__, "alias": "champion"})
+        meta = ModelMeta(**{**meta.__dict__, "alias": registry.CHAMPION})
     model = build_loaded_model(
         pipeline,
         meta,

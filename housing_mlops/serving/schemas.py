@@ -212,7 +212,7 @@ def build_request_models(
         )
         for name, r in ranges.items()
     }
-    house = create_model(  # type: ignore[call-overload]
+    house = create_model(
         "House",
         __config__=_STRICT,
         __doc__="One census block group: the 8 raw features.",
@@ -223,11 +223,11 @@ def build_request_models(
         },
         **fields,
     )
-    batch = create_model(  # type: ignore[call-overload]
+    batch = create_model(
         "Batch",
         __config__=_STRICT,
         __doc__=f"Several houses at once (1 to {max_batch_size}).",
-        instances=(list[house], Field(..., min_length=1, max_length=max_batch_size)),  # type: ignore[valid-type]
+        instances=(list[house], Field(..., min_length=1, max_length=max_batch_size)),
     )
     return RequestModels(house=house, batch=batch, ranges=ranges, max_batch_size=max_batch_size)
 

@@ -105,7 +105,7 @@ class Service:
     def _registry_alias_version(self) -> str | None:
         from housing_mlops import registry
 
-        return registry.get_alias_version(self.settings, "champion")
+        return registry.get_alias_version(self.settings, registry.CHAMPION)
 
     # -- lifecycle
     async def startup(self, wait_for_model: bool = False) -> None:

@@ -18,9 +18,6 @@ None (no log yet) where that means "nothing logged".
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 from housing_mlops.store.connection import (
     check_request_log,
     create_log,
@@ -51,7 +48,6 @@ __all__ = [
     "cache_reference",
     "cached_reference",
     "check_request_log",
-    "connect",
     "create_log",
     "drift_history",
     "drift_score_history",
@@ -63,8 +59,3 @@ __all__ = [
     "window_counts",
     "window_sample",
 ]
-
-
-def connect(path: Path | str) -> sqlite3.Connection | None:
-    """``open_log(path, create=False)``: the name drift.py still calls (to be renamed there)."""
-    return open_log(path, create=False)
