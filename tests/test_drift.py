@@ -240,6 +240,201 @@ def test_summary_lines_never_contradict_each_other(seed: int) -> None:
     assert lines[1] == f"Columns marked drift: {', '.join(marked) or 'none'}"
 
 
+# ---------------------------------------------------------- boundaries of the rules
+def test_psi_edges_of_two_quantiles_split_their_range_and_one_value_gives_one_bin() -> None:
+    assert drift.psi_edges([0.0, 10.0], 5) == pytest.approx([2.0, 4.0, 6.0, 8.0])
+    assert drift.psi_edges([5.0], 10).size == 0
+    assert list(drift.bin_shares([1.0, 7.0], drift.psi_edges([5.0], 10))) == [1.0]
+
+
+@pytest.mark.parametrize(("n", "m"), [(5, 4), (7, 3), (12, 9), (30, 20)])
+def test_ks_pvalue_is_the_kolmogorov_tail_with_stephens_correction(n: int, m: int) -> None:
+    """p = Q((sqrt(en) + 0.12 + 0.11 / sqrt(en)) * D): the correction matters on small samples."""
+    from scipy import special
+
+    rng = np.random.default_rng(n * m)
+    a, b = rng.normal(size=n), rng.normal(0.8, 1, size=m)
+    d, p = drift.ks_2samp(a, b)
+    root = math.sqrt(n * m / (n + m))
+    assert p == pytest.approx(special.kolmogorov((root + 0.12 + 0.11 / root) * d), rel=1e-9)
+
+
+def test_an_empty_sample_gives_nan_distances_without_warnings() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by an empty sample's size
+        for x, y in (([], [1.0, 2.0]), ([1.0, 2.0], []), ([], [1.0]), ([1.0], [])):
+            assert all(math.isnan(v) for v in drift.ks_2samp(x, y)), (x, y)
+            assert math.isnan(drift.wasserstein(x, y)), (x, y)
+
+
+@pytest.mark.parametrize(
+    ("psi", "w", "expected"),
+    [
+        # Each threshold is reached at its value exactly ("at or above").
+        (0.2, 0.0, "drift"),
+        (0.19999, 0.0, "warn"),
+        (0.0, 0.1, "drift"),
+        (0.0, 0.09999, "warn"),
+        (0.1, 0.0, "warn"),
+        (0.09999, 0.0, "ok"),
+        (0.0, 0.05, "warn"),
+        (0.0, 0.04999, "ok"),
+    ],
+)
+def test_verdict_thresholds_are_reached_at_their_value(psi: float, w: float, expected: str) -> None:
+    assert (CFG.psi_warn, CFG.psi_drift) == (0.1, 0.2)
+    assert (CFG.wasserstein_warn, CFG.wasserstein_drift) == (0.05, 0.1)
+    assert drift.verdict_for(psi, w, 1e-12, CFG, 0.001) == expected
+
+
+def test_a_ks_pvalue_equal_to_alpha_is_not_significant() -> None:
+    assert drift.verdict_for(0.3, 0.3, 0.001, CFG, 0.001) == "warn"
+    assert drift.verdict_for(0.3, 0.3, 0.000999, CFG, 0.001) == "drift"
+
+
+def _normal_column(n: int, shift: float = 0.0) -> np.ndarray:
+    """n evenly spaced quantiles of a normal distribution: a noise-free sample."""
+    from scipy.stats import norm
+
+    return np.asarray(norm.ppf((np.arange(n) + 0.5) / n) + shift)
+
+
+def test_the_ks_guard_is_bonferroni_divided_by_the_columns_judged() -> None:
+    """A 0.3-std shift on 200 rows (p ~ 0.008): drift alone, warn among 9 columns."""
+    ref = _normal_column(2000)
+    column = {"sample": list(ref), "mean": 0.0, "std": float(ref.std(ddof=1))}
+    shifted, unshifted = _normal_column(200, 0.3), _normal_column(200)
+    alone = drift.compare_column(column, shifted, CFG)
+    assert CFG.ks_pvalue / 9 < alone["ks_pvalue"] < CFG.ks_pvalue
+    assert alone["wasserstein_norm"] > CFG.wasserstein_drift and alone["verdict"] == "drift"
+    assert drift.compare_column(column, shifted, CFG, alpha=CFG.ks_pvalue / 9)["verdict"] == "warn"
+
+    names = [f"c{i}" for i in range(9)]
+    reference = {"columns": {name: column for name in names}}
+    current = {name: shifted if name == "c0" else unshifted for name in names}
+    nine = drift.compare_window(reference, current, CFG, columns=tuple(names))
+    assert nine["ks_alpha"] == pytest.approx(CFG.ks_pvalue / 9)
+    assert verdicts(nine)["c0"] == "warn" and not nine["any_drift"]
+    one = drift.compare_window(reference, current, CFG, columns=("c0",))
+    assert one["ks_alpha"] == CFG.ks_pvalue and verdicts(one) == {"c0": "drift"}
+
+
+def test_only_columns_in_both_the_profile_and_the_window_are_judged(
+    synthetic_profile: dict[str, Any],
+) -> None:
+    features_only = {c: make_frame(500, seed=4)[c].to_numpy(dtype=float) for c in FEATURES}
+    result = drift.compare_window(synthetic_profile, features_only, CFG)
+    assert list(verdicts(result)) == FEATURES  # no prediction in the window
+    assert result["ks_alpha"] == pytest.approx(CFG.ks_pvalue / 8)
+    partial = {"columns": {c: synthetic_profile["columns"][c] for c in FEATURES[:3]}}
+    result = drift.compare_window(partial, window(make_frame(500, seed=4)), CFG)
+    assert list(verdicts(result)) == FEATURES[:3]  # the rest has no reference
+
+
+def test_column_statistics_report_the_reference_std_and_a_one_row_window() -> None:
+    ref = _normal_column(1000)
+    column = {"sample": list(ref), "mean": 0.0, "std": 1.5}
+    result = drift.compare_column(column, [0.25], CFG)
+    assert result["ref_std"] == 1.5 and result["ref_mean"] == 0.0
+    assert result["rows"] == 1 and result["cur_mean"] == 0.25 and result["cur_std"] == 0.0
+
+
+def test_an_all_nan_window_is_refused() -> None:
+    column = {"sample": [1.0, 2.0, 3.0], "mean": 2.0, "std": 1.0}
+    with pytest.raises(ValueError, match="must be non-empty"):
+        drift.compare_column(column, [float("nan")] * 5, CFG)
+    with pytest.raises(ValueError, match="must be non-empty"):
+        drift.compare_column({**column, "sample": []}, [1.0], CFG)
+
+
+def test_without_stored_quantiles_psi_bins_on_the_reference_sample() -> None:
+    """An old profile without quantiles: the sample's quantiles give the same PSI."""
+    rng = np.random.default_rng(8)
+    profile = drift.build_profile({"x": rng.normal(size=1000)}, sample_size=1000)
+    column = profile["columns"]["x"]
+    shifted = rng.normal(0.5, 1, size=1000)
+    stored = drift.compare_column(column, shifted, CFG)["psi"]
+    assert stored > CFG.psi_drift
+    assert drift.compare_column({**column, "quantiles": []}, shifted, CFG)["psi"] == (
+        pytest.approx(stored)
+    )
+
+
+def test_a_constant_reference_scales_the_distance_by_its_value_at_least_1() -> None:
+    def moved(before: float, after: float) -> float:
+        ref = drift.build_profile({"c": np.full(100, before)}, 100)["columns"]["c"]
+        return float(drift.compare_column(ref, np.full(50, after), CFG)["wasserstein_norm"])
+
+    assert moved(4.0, 5.0) == pytest.approx(0.25)  # a quarter of the constant's value
+    assert moved(-4.0, -5.0) == pytest.approx(0.25)
+    assert moved(0.5, 1.0) == pytest.approx(0.5)  # small constants: an absolute change
+
+
+def test_histograms_span_both_samples_on_30_bins() -> None:
+    ref = _normal_column(1000)
+    cur = _normal_column(400, 2.0)
+    hist = drift.compare_column({"sample": list(ref), "std": 1.0}, cur, CFG)["hist"]
+    assert len(hist["edges"]) == 31 and len(hist["reference"]) == len(hist["current"]) == 30
+    assert hist["edges"][0] == pytest.approx(np.quantile(ref, 0.005), abs=1e-6)
+    assert hist["edges"][-1] == pytest.approx(np.quantile(cur, 0.995), abs=1e-6)
+    assert sum(hist["reference"]) == pytest.approx(1.0) and sum(hist["current"]) == (
+        pytest.approx(1.0)
+    )
+    # A constant column on both sides: one bin of width 1/30 around it holds everything.
+    flat = drift.compare_column({"sample": [3.0] * 50, "std": 0.0}, [3.0] * 20, CFG)["hist"]
+    assert (flat["edges"][0], flat["edges"][-1]) == (2.5, 3.5)
+    assert flat["reference"] == flat["current"] == [0.0] * 15 + [1.0] + [0.0] * 14
+
+
+def _score(name: str, verdict: str, psi: float = 0.3, w: float = 0.2) -> dict[str, Any]:
+    kind = "prediction" if name == "prediction" else "feature"
+    return {"feature": name, "kind": kind, "verdict": verdict, "psi": psi, "wasserstein_norm": w}
+
+
+@pytest.mark.parametrize(
+    ("psi", "w", "hard"),
+    [(1.0, 0.2, True), (0.99999, 0.2, False), (0.3, 0.5, True), (0.3, 0.49999, False)],
+)
+def test_hard_limits_are_reached_at_their_value(psi: float, w: float, hard: bool) -> None:
+    assert (CFG.hard_limit_psi, CFG.hard_limit_wasserstein) == (1.0, 0.5)
+    scores = [_score("MedInc", "drift", psi, w)] + [_score(f, "ok") for f in FEATURES[1:]]
+    result = drift.dataset_verdict(scores, CFG)
+    assert result["hard_limit_features"] == (["MedInc"] if hard else [])
+    assert result["dataset_drift"] is hard
+
+
+def test_the_drift_share_boundary_counts_features_only() -> None:
+    """4 of 8 features (0.5) is dataset drift, 3 of 8 is not; the prediction adds nothing."""
+    four = [_score(f, "drift" if i < 4 else "ok") for i, f in enumerate(FEATURES)]
+    assert drift.dataset_verdict(four, CFG)["dataset_drift"] is True
+    three = [_score(f, "drift" if i < 3 else "ok") for i, f in enumerate(FEATURES)]
+    result = drift.dataset_verdict([*three, _score("prediction", "drift")], CFG)
+    assert result["drift_share"] == 3 / 8 and result["features"] == 8
+    assert result["dataset_drift"] is False and result["drifting_features"] == FEATURES[:3]
+    # Only a prediction: no features to share, so never dataset drift.
+    alone = drift.dataset_verdict([_score("prediction", "drift", 5.0, 5.0)], CFG)
+    assert alone["features"] == 0 and alone["drift_share"] == 0.0
+    assert alone["dataset_drift"] is False and alone["verdict"] == "drift"
+
+
+def test_the_warn_list_names_warning_features_and_the_verdict_follows_the_worst_column() -> None:
+    clean = drift.dataset_verdict([_score(f, "ok") for f in FEATURES], CFG)
+    assert clean["verdict"] == "ok" and clean["warning_features"] == []
+    assert clean["drifting_features"] == [] and clean["any_drift"] is False
+    mixed = [
+        _score(f, {1: "warn", 5: "warn", 6: "drift"}.get(i, "ok")) for i, f in enumerate(FEATURES)
+    ]
+    result = drift.dataset_verdict(mixed, CFG)
+    assert result["warning_features"] == [FEATURES[1], FEATURES[5]]
+    assert result["drifting_features"] == [FEATURES[6]] and result["verdict"] == "drift"
+    # A warning prediction makes the verdict warn but is not a warning feature.
+    pred_warn = [_score(f, "ok") for f in FEATURES] + [_score("prediction", "warn")]
+    result = drift.dataset_verdict(pred_warn, CFG)
+    assert result["verdict"] == "warn" and result["warning_features"] == []
+
+
 # ------------------------------------------------------------- windows vs a profile
 def test_a_window_from_the_training_distribution_drifts_nowhere(synthetic_profile) -> None:
     for seed, n in ((1, 3000), (2, 1000), (3, 300)):
