@@ -75,9 +75,10 @@ lock:
 # How much the tests pin down: flip one operator at a time in a module, run its tests, count
 # the mutants they kill. Not part of `make test` (minutes). By default the gate rules of
 # promote.py; other modules, e.g. the drift statistics or the request schemas:
-#   make mutation MUTATE=housing_mlops/drift.py MUTATION_TESTS=tests/test_drift.py MUTATION_ARGS=
+#   make mutation MUTATE=housing_mlops/drift/statistics.py MUTATION_TESTS=tests/test_drift.py \
+#     MUTATION_ARGS=
 #   make mutation MUTATE=housing_mlops/serving/schemas.py \
-#     MUTATION_TESTS="tests/test_serving_app.py" MUTATION_ARGS="--functions NAME,..."
+#     MUTATION_TESTS=tests/test_serving_schemas.py MUTATION_ARGS=
 MUTATE ?= housing_mlops/promote.py
 MUTATION_TESTS ?= tests/test_promote.py
 MUTATION_ARGS ?= --functions should_promote,_get,_evaluated,_best
