@@ -5,8 +5,9 @@ One interface, whatever the caller:
 - open: ``open_log(path, create=...)`` for writing, ``open_readonly(path)`` for reading,
   ``create_log(path)`` at the service's start-up, ``check_request_log(path)`` to ask
   whether a path is a log (``store.connection``);
-- the request log: ``LoggedRequest`` (a typed row) written by ``RequestLogWriter``, read by
-  ``window_counts``, ``window_sample`` and ``serving_stats`` (``store.request_log``);
+- the request log: ``LoggedRequest`` (a typed row, ``store.rows``) written by
+  ``RequestLogWriter`` (``store.writer``), read by ``window_counts``, ``window_sample`` and
+  ``serving_stats`` (``store.request_log``);
 - drift history: ``save_drift_run``, ``latest_drift_run``, ``drift_history`` and the
   reference-profile cache ``cached_reference`` / ``cache_reference``
   (``store.drift_history``);
@@ -33,13 +34,13 @@ from housing_mlops.store.drift_history import (
     save_drift_run,
 )
 from housing_mlops.store.request_log import (
-    LoggedRequest,
-    RequestLogWriter,
     serving_stats,
     window_counts,
     window_sample,
 )
+from housing_mlops.store.rows import LoggedRequest
 from housing_mlops.store.schema import REQUEST_COLUMNS
+from housing_mlops.store.writer import RequestLogWriter
 
 __all__ = [
     "REQUEST_COLUMNS",

@@ -1,0 +1,64 @@
+"""The request-log row: ``LoggedRequest``, and the column values a writer inserts.
+
+``LoggedRequest`` is one row of the ``requests`` table (see ``store.schema``);
+``row_values`` turns it into a plain tuple in ``ROW_COLUMNS`` order (what the writer
+queues and inserts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from housing_mlops.columns import FEATURES
+
+
+@dataclass(slots=True, kw_only=True)
+class LoggedRequest:
+    """One row of the request log: an answered prediction row, or a rejected request."""
+
+    ts: float  # UTC Unix time the request arrived
+    request_id: str
+    row_index: int  # position in a batch (0 for a single house or a rejection)
+    model_name: str | None
+    model_version: str | None  # None when rejected
+    features: Sequence[float] | None  # the 8 raw features in FEATURES order; None if rejected
+    prediction: float | None  # in $100k; None when rejected
+    latency_ms: float | None  # of the whole request (every row of a batch carries it)
+    status: int  # HTTP status
+    error: str | None = None  # why it was rejected
+
+
+_NO_FEATURES = (None,) * len(FEATURES)
+# Every column but the id, in the order ``row_values`` gives them.
+ROW_COLUMNS = (
+    "ts",
+    "request_id",
+    "row_index",
+    "model_name",
+    "model_version",
+    *FEATURES,
+    "prediction",
+    "latency_ms",
+    "status",
+    "error",
+)
+INSERT_SQLITE = (
+    f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"  # noqa: S608, E501 - fixed names
+)
+
+
+def row_values(row: LoggedRequest) -> tuple[Any, ...]:
+    return (
+        row.ts,
+        row.request_id,
+        row.row_index,
+        row.model_name,
+        row.model_version,
+        *(_NO_FEATURES if row.features is None else row.features),
+        row.prediction,
+        row.latency_ms,
+        row.status,
+        row.error,
+    )
