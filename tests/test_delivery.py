@@ -4,10 +4,16 @@ There is no Docker engine on the development or CI machines, so nothing here bui
 or starts the stack. What can be checked without one is checked for real: the Dockerfiles
 with hadolint, the workflows with actionlint (+ shellcheck on their `run:` scripts), the
 Compose file against the Compose Specification's JSON schema plus the cross-references
-Compose itself would only discover at `up` time (scrape target = api service and port,
-mounted files exist, every variable documented, no committed secrets), and the Prometheus
-config and alert rules with promtool (its unit tests cover every alert). The dashboard's
-and alerts' PromQL runs against a real Prometheus in test_integration_prometheus.py.
+Compose itself would only discover at `up` time (Prometheus discovers the api service's
+name on its port, the load balancer forwards to it, the api writes to the request-log
+database the stack creates, mounted files exist, every variable documented, no committed
+secrets), the Prometheus config and alert rules with promtool (its unit tests cover every
+alert), the nginx config with `nginx -t`, and the SQL that creates the request log's role
+and database against a real PostgreSQL. Docker's DNS, which gives Prometheus and nginx one
+address per replica, cannot run here: test_integration_prometheus.py runs the dashboard's
+and alerts' PromQL against a real Prometheus scraping two real replicas, found through a
+file_sd stand-in with the same relabeling, behind a real nginx resolving through a stand-in
+DNS server.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,14 @@ def _compose_schema() -> dict:
         return json.loads(wheel.read("compose/config/compose_spec.json"))
 
 
+# The request-log writer's state with a PostgreSQL log (spool during a database outage):
+# fixed names of issue 11, exported by housing_mlops/serving (the pg-serve branch).
+SPOOL_METRICS = {
+    "housing_request_log_spooled_rows",
+    "housing_request_log_write_failures_total",
+    "housing_request_log_replayed_rows_total",
+    "housing_request_log_degraded",
+}
 # The metric contract (COMMON.md); names as Prometheus stores them.
 CONTRACT_METRICS = {
     "housing_http_requests_total",
@@ -70,6 +86,7 @@ CONTRACT_METRICS = {
     "housing_request_log_rows_total",
     "housing_request_log_dropped_total",
     "housing_request_log_last_flush_timestamp_seconds",
+    *SPOOL_METRICS,
     "housing_drift_score",
     "housing_dataset_drift",
     "housing_drift_last_run_timestamp_seconds",
@@ -81,7 +98,12 @@ REQUIRED_ALERTS = {
     "HousingModelReloadFailing",
     "HousingDatasetDrift",
     "HousingRequestLogBehind",
+    "HousingApiNoReplicas",
+    "RequestLogSpooling",
+    "RequestLogDatabaseUnreachable",
 }
+# Run once (restart "no"); every other service is long-running with a health check.
+ONE_SHOT_SERVICES = {"trainer", "request-log-db"}
 
 
 def _tool(name: str) -> str | None:
@@ -124,7 +146,10 @@ def _workflow_text(name: str) -> str:
 
 
 def _volume_parts(spec: str) -> tuple[str, str]:
-    """(source, target) of a short-syntax volume; a ${VAR:-default} source stays whole."""
+    """(source, target) of a short-syntax volume; a ${VAR:-default} source stays whole;
+    an anonymous volume (just the target) has the source ""."""
+    if ":" not in spec:
+        return "", spec
     if spec.startswith("${"):
         end = spec.index("}") + 1
         return spec[:end], spec[end + 1 :].split(":")[0]
@@ -207,11 +232,20 @@ def test_compose_has_the_stack_with_health_checks_restart_policies_and_named_vol
     """Docker cannot run here: the structure Compose relies on at `up` time is checked."""
     compose = _compose()
     services = compose["services"]
-    assert set(services) >= {"api", "mlflow", "postgres", "prometheus", "grafana", "trainer"}
+    assert set(services) >= {
+        "api",
+        "lb",
+        "mlflow",
+        "postgres",
+        "request-log-db",
+        "prometheus",
+        "grafana",
+        "trainer",
+    }
     for name, svc in services.items():
         assert "restart" in svc, f"{name} needs a restart policy"
-        if name == "trainer":
-            assert svc["restart"] == "no", "the trainer is one-shot"
+        if name in ONE_SHOT_SERVICES:
+            assert svc["restart"] == "no", f"{name} is one-shot"
         else:
             assert svc["restart"] in ("unless-stopped", "always", "on-failure"), name
             assert svc.get("healthcheck", {}).get("test"), f"{name} needs a health check"
@@ -219,7 +253,7 @@ def test_compose_has_the_stack_with_health_checks_restart_policies_and_named_vol
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
             source, _ = _volume_parts(vol)
-            if not source.startswith((".", "/", "$")):
+            if source and not source.startswith((".", "/", "$")):
                 assert source in declared, f"{name} mounts undeclared volume {source}"
     # Persistent state lives in named volumes.
     for name, target in [
@@ -227,10 +261,13 @@ def test_compose_has_the_stack_with_health_checks_restart_policies_and_named_vol
         ("mlflow", "/mlartifacts"),
         ("prometheus", "/prometheus"),
         ("grafana", "/var/lib/grafana"),
-        ("api", "/app/data"),
     ]:
         mounts = {t: s for s, t in map(_volume_parts, services[name]["volumes"])}
         assert mounts.get(target) in declared, f"{name}:{target} is not a named volume"
+    # ...except the api's data folder (its spool during a database outage): a named volume
+    # would be shared by every replica, so each replica gets an anonymous volume of its own.
+    api_mounts = {t: s for s, t in map(_volume_parts, services["api"]["volumes"])}
+    assert api_mounts.get("/app/data") == ""
 
 
 def test_mlflow_uses_postgres_and_serves_artifacts_and_clients_point_at_it() -> None:
@@ -264,27 +301,220 @@ def test_trainer_runs_the_pipeline_in_order_and_tolerates_a_gate_rejection() -> 
     assert 'housing promote || test "$$?" -eq 6' in script  # $$ is Compose's escaped $
 
 
-def test_prometheus_scrape_target_is_the_api_service_name_and_container_port() -> None:
-    """Docker cannot run here; this is the check a failed scrape would reveal after `up`."""
+def _api_port() -> str:
+    """The port `housing serve` listens on in the api container (its --port)."""
+    api = _services()["api"]
+    command = api["command"]
+    port = str(command[command.index("--port") + 1])
+    assert port in {str(p) for p in api.get("expose", [])}
+    return port
+
+
+def test_prometheus_discovers_every_api_replica_by_the_service_name_and_container_port() -> None:
+    """Docker cannot run here; this is the check a failed scrape would reveal after `up`:
+    Docker's DNS answers the service name with one address per replica, so Prometheus must
+    ask for that name (A records) on the port the replicas listen on."""
     services = _services()
     prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     [job] = [j for j in prom["scrape_configs"] if j["job_name"] == "housing-api"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    [target] = [t for sc in job["static_configs"] for t in sc["targets"]]
-    host, port = target.split(":")
-    assert host == "api" and host in services
-    api = services["api"]
-    container_ports = {str(p).split(":")[-1] for p in api.get("ports", [])}
-    container_ports |= {str(p) for p in api.get("expose", [])}
-    assert port in container_ports
-    command = api["command"]
-    assert command[command.index("--port") + 1] == port
+    assert "static_configs" not in job, "a static target is one replica, not all of them"
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["api"] and "api" in services
+    assert sd["type"] == "A" and str(sd["port"]) == _api_port()
     # The rule file Prometheus loads is mounted next to its config.
     mounts = {t: s for s, t in map(_volume_parts, services["prometheus"]["volumes"])}
     config_target = "/etc/prometheus/prometheus.yml"
     assert config_target in mounts
     for rule_file in prom["rule_files"]:
         assert str(Path(config_target).parent / rule_file) in mounts
+
+
+def test_api_runs_as_replicas_behind_the_load_balancer() -> None:
+    services = _services()
+    api, lb = services["api"], services["lb"]
+    assert api["deploy"]["replicas"] >= 2
+    # Replicas cannot share a host port: only the balancer publishes one (API_PORT).
+    assert "ports" not in api
+    assert lb["ports"] == ["${BIND_ADDRESS:-127.0.0.1}:${API_PORT:-8000}:8080"]
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    mounts = {t: s for s, t in map(_volume_parts, lb["volumes"])}
+    conf = (DEPLOY / mounts["/etc/nginx/conf.d/default.conf"]).read_text()
+    # nginx listens where the published port points, and forwards to the api service's name
+    # and port through Docker's DNS server, re-resolved at run time (a variable in
+    # proxy_pass) so replicas that come and go are followed.
+    assert re.search(r"^\s*listen 8080;", conf, flags=re.M)
+    assert re.search(r"^resolver 127\.0\.0\.11 valid=\d+s", conf, flags=re.M)
+    upstream = re.search(r"set \$(\w+) http://api:(\d+);", conf)
+    assert upstream and upstream.group(2) == _api_port()
+    assert f"proxy_pass ${upstream.group(1)};" in conf
+    # A POST is never retried once a replica got it (no non_idempotent): no double rows.
+    assert "non_idempotent" not in conf
+
+
+def test_api_writes_to_the_request_log_database_that_the_stack_creates() -> None:
+    """The replicas share one PostgreSQL request log: the role and database that the
+    one-shot request-log-db service creates in the stack's server, not MLflow's."""
+    services = _services()
+    api, init = services["api"], services["request-log-db"]
+    url = api["environment"]["HOUSING_REQUEST_LOG"]
+    match = re.fullmatch(r"postgresql://(\$\{[^}]+\})@postgres:5432/(\$\{[^}]+\})", url)
+    assert match, url  # no password in the URL: libpq reads PGPASSWORD
+    user, database = match.groups()
+    assert init["environment"]["HOUSING_DB_USER"] == user
+    assert init["environment"]["HOUSING_DB_NAME"] == database
+    assert user.startswith("${HOUSING_DB_USER") and database.startswith("${HOUSING_DB_NAME")
+    assert api["environment"]["PGPASSWORD"] == init["environment"]["HOUSING_DB_PASSWORD"]
+    assert "HOUSING_DB_PASSWORD" in api["environment"]["PGPASSWORD"]
+    assert api["depends_on"]["request-log-db"]["condition"] == "service_completed_successfully"
+    # The init service connects to the stack's server as its admin and runs the mounted SQL.
+    assert init["environment"]["PGHOST"] == "postgres"
+    assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert init["environment"]["PGUSER"] == services["postgres"]["environment"]["POSTGRES_USER"]
+    mounts = {t: s for s, t in map(_volume_parts, init["volumes"])}
+    script = init["command"][init["command"].index("-f") + 1]
+    assert (DEPLOY / mounts[script]).is_file()
+    assert "ON_ERROR_STOP=1" in init["command"]
+
+
+def test_nginx_accepts_the_load_balancer_config(tmp_path: Path) -> None:
+    """`nginx -t` on deploy/nginx/api.conf, included as the image includes conf.d/ (Debian's
+    nginx here, the official image in the stack; the config uses nothing newer than 1.22).
+    The integration test runs the same file as a real load balancer."""
+    nginx = _must_have("nginx", "apt-get install nginx-light")
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {DEPLOY / 'nginx' / 'api.conf'};\n}}\n"
+    )
+    result = _run(
+        [nginx, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(main)]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "syntax is ok" in result.stderr
+
+
+# ------------------------------------------------------------ request-log database
+def _pg_tool(name: str) -> str | None:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(found[-1]) if found else shutil.which(name)
+
+
+@pytest.fixture
+def stack_postgres() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL cluster shaped like the stack's: admin role and database
+    `mlflow`, passwords required over TCP (scram-sha-256), trust on the local socket for the
+    admin. Own cluster rather than the shared fixture: this test needs password auth."""
+    import pwd
+
+    initdb, pg_ctl, psql = _pg_tool("initdb"), _pg_tool("pg_ctl"), _pg_tool("psql")
+    if initdb is None or pg_ctl is None or psql is None:
+        msg = "PostgreSQL's initdb/pg_ctl/psql not installed (apt-get install postgresql)"
+        if os.environ.get("CI") == "true" or os.environ.get("HOUSING_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg + ": .ci/run installs it")
+        pytest.skip(msg)
+    # Not under pytest's tmp folder: root-only, so `postgres` could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="housing-stack-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as Debian's `postgres`
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", str(_free_port())
+
+    def pg(*args: str) -> None:
+        result = _run([*as_user, *args])
+        assert result.returncode == 0, f"{args[0]}: {result.stdout}\n{result.stderr}"
+
+    admin = {"PGHOST": str(base), "PGPORT": port, "PGUSER": "mlflow", "PGDATABASE": "postgres"}
+    auth = ["--auth-local=trust", "--auth-host=scram-sha-256"]
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
+    try:
+        pg(initdb, "-D", str(data), "-U", "mlflow", *auth, "-E", "UTF8", "--no-sync")
+        pg(pg_ctl, "-D", str(data), "-l", str(base / "pg.log"), "-o", options, "-w", "start")
+        try:
+            created = _run(
+                [psql, "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE mlflow"],
+                env={**os.environ, **admin},
+            )
+            assert created.returncode == 0, created.stderr
+            yield {"psql": psql, **admin, "PGDATABASE": "mlflow"}
+        finally:
+            pg(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_request_log_db_script_creates_its_own_role_and_database_idempotently(
+    stack_postgres: dict[str, str],
+) -> None:
+    """deploy/postgres/request-log-db.sql as the request-log-db service runs it (psql as
+    the admin, names and password from the environment), against a real PostgreSQL."""
+    pg = stack_postgres
+    service = _services()["request-log-db"]
+    script = str(DEPLOY / "postgres" / "request-log-db.sql")
+    command = [pg["psql"], *service["command"][1:]]
+    command[command.index("/sql/request-log-db.sql")] = script
+    admin_env = {k: pg[k] for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")}
+
+    def init(password: str, user: str = "housing") -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            **admin_env,
+            "HOUSING_DB_USER": user,
+            "HOUSING_DB_PASSWORD": password,
+            "HOUSING_DB_NAME": "housing",
+        }
+        env.pop("PGPASSWORD", None)
+        return _run(command, env=env)
+
+    def as_role(user: str, password: str, db: str, sql: str) -> subprocess.CompletedProcess[str]:
+        """psql over TCP, where the server asks for the password (scram-sha-256)."""
+        conninfo = f"host=127.0.0.1 port={pg['PGPORT']} user={user} dbname={db}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSWORD"] = password
+        return _run([pg["psql"], "-v", "ON_ERROR_STOP=1", "-qAt", conninfo, "-c", sql], env=env)
+
+    password = "s3cret 'quoted\" pass"  # quoting: the script must not splice it into SQL
+    first = init(password)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # The role owns its database: it can create the log's tables there...
+    made = as_role(
+        "housing",
+        password,
+        "housing",
+        "CREATE TABLE requests (id int); INSERT INTO requests VALUES (1); "
+        "SELECT count(*) FROM requests",
+    )
+    assert made.returncode == 0 and made.stdout.strip() == "1", made.stderr
+    # ...not with a wrong password, and not in MLflow's database.
+    assert as_role("housing", "wrong", "housing", "SELECT 1").returncode != 0
+    to_mlflow = as_role("housing", password, "mlflow", "SELECT 1")
+    assert to_mlflow.returncode != 0 and "permission denied" in to_mlflow.stderr
+    # Every `up` runs it again: a new password takes over, nothing is dropped.
+    again = init("rotated-password")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert as_role("housing", password, "housing", "SELECT 1").returncode != 0
+    kept = as_role("housing", "rotated-password", "housing", "SELECT count(*) FROM requests")
+    assert kept.returncode == 0 and kept.stdout.strip() == "1", kept.stderr
+    # Refusals, each with its reason and without touching the admin.
+    empty = init("")
+    assert empty.returncode != 0 and "HOUSING_DB_PASSWORD is empty" in empty.stderr
+    admin = init("x", user="mlflow")
+    assert admin.returncode != 0 and "must differ from POSTGRES_USER" in admin.stderr
+    still_admin = _run(
+        [pg["psql"], "-At", "-c", "SELECT rolsuper FROM pg_roles WHERE rolname = 'mlflow'"],
+        env={**os.environ, **admin_env},
+    )
+    assert still_admin.stdout.strip() == "t"
 
 
 def test_every_mounted_repository_path_exists() -> None:
@@ -328,7 +558,7 @@ def _compose_variables() -> set[str]:
 
 def test_every_compose_variable_is_documented_in_env_example_and_readme() -> None:
     variables = _compose_variables()
-    assert {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= variables
+    assert {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "HOUSING_DB_PASSWORD"} <= variables
     documented = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.M))
     assert variables - documented == set(), "add them to deploy/.env.example"
     # The top-level README's Deployment section documents every variable.
@@ -345,7 +575,7 @@ def test_no_secret_is_committed() -> None:
         for key, value in (svc.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN", key):
                 assert re.fullmatch(r"\$\{\w+(:[?-][^}]*)?\}", str(value)), f"{name}.{key}"
-    for var in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for var in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "HOUSING_DB_PASSWORD"):
         assert re.search(rf"\$\{{{var}:\?", COMPOSE.read_text()), f"{var} must be required"
         assert re.search(rf"^{var}=$", ENV_EXAMPLE.read_text(), flags=re.M), var
     assert ".env" in (DEPLOY / ".gitignore").read_text().split()
@@ -410,7 +640,19 @@ def test_the_service_exports_the_contract_metrics_it_owns() -> None:
         s.name for family in metrics.registry.collect() for s in family.samples
     }  # sample names carry the _total/_bucket suffixes
     owned = {m for m in CONTRACT_METRICS if "drift" not in m}
-    assert owned - exported == set()
+    assert owned - SPOOL_METRICS - exported == set()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the spool metrics come with the PostgreSQL writer (pg-serve branch); once it is "
+    "merged this passes, and strict=True fails the run until this marker is removed",
+)
+def test_the_service_exports_the_request_log_spool_metrics() -> None:
+    from housing_mlops.serving.metrics import ServingMetrics
+
+    exported = {s.name for family in ServingMetrics().registry.collect() for s in family.samples}
+    assert SPOOL_METRICS - exported == set()
 
 
 def test_dashboard_has_every_required_panel() -> None:

@@ -9,13 +9,19 @@
 \getenv housing_db HOUSING_DB_NAME
 
 -- Refuse an empty password, and a role or database that is the admin's or MLflow's (the
--- ALTER ROLE below would strip the admin of its rights). Each check fails with its message.
-SELECT CASE WHEN length(:'housing_password') = 0
-    THEN CAST('HOUSING_DB_PASSWORD is empty: set it in deploy/.env' AS integer) END;
-SELECT CASE WHEN :'housing_user' = current_user
-    THEN CAST('HOUSING_DB_USER must differ from POSTGRES_USER' AS integer) END;
-SELECT CASE WHEN :'housing_db' = current_database()
-    THEN CAST('HOUSING_DB_NAME must differ from POSTGRES_DB' AS integer) END;
+-- ALTER ROLE below would strip the admin of its rights). Each check fails with its reason.
+SELECT length(:'housing_password') = 0 AS empty_password,
+       :'housing_user' = current_user AS user_is_admin,
+       :'housing_db' = current_database() AS db_is_admin \gset
+\if :empty_password
+DO $$ BEGIN RAISE EXCEPTION 'HOUSING_DB_PASSWORD is empty: set it in deploy/.env'; END $$;
+\endif
+\if :user_is_admin
+DO $$ BEGIN RAISE EXCEPTION 'HOUSING_DB_USER must differ from POSTGRES_USER'; END $$;
+\endif
+\if :db_is_admin
+DO $$ BEGIN RAISE EXCEPTION 'HOUSING_DB_NAME must differ from POSTGRES_DB'; END $$;
+\endif
 
 SELECT format('CREATE ROLE %I LOGIN', :'housing_user')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'housing_user') \gexec
