@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 for i, proc in enumerate((api1, api2)):
                     url = f"http://{instances[i]}"
                     log = tmp / f"serve-{i + 1}.log"
-                    wait_until(lambda u=url: ready(u), 90, f"replica {i + 1} /ready", proc, log)
+                    wait_until(partial(ready, url), 90, f"replica {i + 1} /ready", proc, log)
                     replicas.append({"url": url, "instance": instances[i], "proc": proc})
                 wait_until(
                     lambda: httpx.get(f"{prom_url}/-/ready", timeout=2).status_code == 200,
