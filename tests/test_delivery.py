@@ -9,7 +9,7 @@ name on its port, the load balancer forwards to it, the api writes to the reques
 database the stack creates, mounted files exist, every variable documented, no committed
 secrets), the Prometheus config and alert rules with promtool (its unit tests cover every
 alert), the nginx config with `nginx -t`, and the SQL that creates the request log's role
-and database against a real PostgreSQL. Docker's DNS, which gives Prometheus and nginx one
+and database against a real PostgreSQL, reached through the store with the api's settings. Docker's DNS, which gives Prometheus and nginx one
 address per replica, cannot run here: test_integration_prometheus.py runs the dashboard's
 and alerts' PromQL against a real Prometheus scraping two real replicas, found through a
 file_sd stand-in with the same relabeling, behind a real nginx resolving through a stand-in
@@ -24,8 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -401,120 +399,151 @@ def _pg_tool(name: str) -> str | None:
 
 
 @pytest.fixture
-def stack_postgres() -> Iterator[dict[str, str]]:
-    """A throwaway PostgreSQL cluster shaped like the stack's: admin role and database
-    `mlflow`, passwords required over TCP (scram-sha-256), trust on the local socket for the
-    admin. Own cluster rather than the shared fixture: this test needs password auth."""
-    import pwd
-
-    initdb, pg_ctl, psql = _pg_tool("initdb"), _pg_tool("pg_ctl"), _pg_tool("psql")
-    if initdb is None or pg_ctl is None or psql is None:
-        msg = "PostgreSQL's initdb/pg_ctl/psql not installed (apt-get install postgresql)"
-        if os.environ.get("CI") == "true" or os.environ.get("HOUSING_REQUIRE_REAL_DATA") == "1":
-            pytest.fail(msg + ": .ci/run installs it")
-        pytest.skip(msg)
-    # Not under pytest's tmp folder: root-only, so `postgres` could not reach it.
-    base = Path(tempfile.mkdtemp(prefix="housing-stack-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run the cluster as Debian's `postgres`
-        owner = pwd.getpwnam("postgres")
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", str(_free_port())
-
-    def pg(*args: str) -> None:
-        result = _run([*as_user, *args])
-        assert result.returncode == 0, f"{args[0]}: {result.stdout}\n{result.stderr}"
-
-    admin = {"PGHOST": str(base), "PGPORT": port, "PGUSER": "mlflow", "PGDATABASE": "postgres"}
-    auth = ["--auth-local=trust", "--auth-host=scram-sha-256"]
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    try:
-        pg(initdb, "-D", str(data), "-U", "mlflow", *auth, "-E", "UTF8", "--no-sync")
-        pg(pg_ctl, "-D", str(data), "-l", str(base / "pg.log"), "-o", options, "-w", "start")
-        try:
-            created = _run(
-                [psql, "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE mlflow"],
-                env={**os.environ, **admin},
-            )
-            assert created.returncode == 0, created.stderr
-            yield {"psql": psql, **admin, "PGDATABASE": "mlflow"}
-        finally:
-            pg(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+def stack_postgres(postgres: Any) -> dict[str, str]:
+    """The shared real PostgreSQL (conftest's `postgres`: passwords required over TCP,
+    trust on its socket) shaped like the stack's: a database standing for MLflow's, and the
+    admin's connection as the request-log-db service has it (libpq variables). Role and
+    database names are fresh per test: roles are cluster-wide."""
+    psql = _pg_tool("psql")
+    assert psql is not None, "initdb is there, so is psql"
+    mlflow_db = postgres.create_database("mlflow").rsplit("/", 1)[1]
+    suffix = mlflow_db.removeprefix("mlflow")
+    return {
+        "psql": psql,
+        "tcp_port": str(postgres.port),
+        "housing_user": f"reqlog{suffix}",
+        "housing_db": f"reqlog{suffix}",
+        "mlflow_db": mlflow_db,
+        "PGHOST": str(postgres.base),  # the socket: the admin connects like on the host
+        "PGPORT": str(postgres.port),
+        "PGUSER": postgres.user,
+        "PGDATABASE": mlflow_db,
+    }
 
 
-def _free_port() -> int:
-    import socket
+def _run_request_log_db(
+    pg: dict[str, str], password: str, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """deploy/postgres/request-log-db.sql as the request-log-db service runs it: its
+    command (psql with the mounted script), the admin's libpq variables, names and
+    password in the environment."""
+    service = _services()["request-log-db"]
+    command = [pg["psql"], *service["command"][1:]]
+    mounts = {t: s for s, t in map(_volume_parts, service["volumes"])}
+    script = command[command.index("-f") + 1]
+    command[command.index(script)] = str(DEPLOY / mounts[script])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({k: pg[k] for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")})
+    env.update(
+        HOUSING_DB_USER=user or pg["housing_user"],
+        HOUSING_DB_PASSWORD=password,
+        HOUSING_DB_NAME=pg["housing_db"],
+    )
+    return _run(command, env=env)
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+
+def _psql_as(
+    pg: dict[str, str], user: str, password: str, db: str, sql: str
+) -> subprocess.CompletedProcess[str]:
+    """psql over TCP, where the server asks for the password (scram-sha-256)."""
+    conninfo = f"host=127.0.0.1 port={pg['tcp_port']} user={user} dbname={db}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = password
+    return _run([pg["psql"], "-v", "ON_ERROR_STOP=1", "-qAt", conninfo, "-c", sql], env=env)
 
 
 def test_request_log_db_script_creates_its_own_role_and_database_idempotently(
     stack_postgres: dict[str, str],
 ) -> None:
-    """deploy/postgres/request-log-db.sql as the request-log-db service runs it (psql as
-    the admin, names and password from the environment), against a real PostgreSQL."""
+    """The SQL of the request-log-db service against a real PostgreSQL, run twice as on
+    every `up`."""
     pg = stack_postgres
-    service = _services()["request-log-db"]
-    script = str(DEPLOY / "postgres" / "request-log-db.sql")
-    command = [pg["psql"], *service["command"][1:]]
-    command[command.index("/sql/request-log-db.sql")] = script
-    admin_env = {k: pg[k] for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")}
-
-    def init(password: str, user: str = "housing") -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            **admin_env,
-            "HOUSING_DB_USER": user,
-            "HOUSING_DB_PASSWORD": password,
-            "HOUSING_DB_NAME": "housing",
-        }
-        env.pop("PGPASSWORD", None)
-        return _run(command, env=env)
-
-    def as_role(user: str, password: str, db: str, sql: str) -> subprocess.CompletedProcess[str]:
-        """psql over TCP, where the server asks for the password (scram-sha-256)."""
-        conninfo = f"host=127.0.0.1 port={pg['PGPORT']} user={user} dbname={db}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["PGPASSWORD"] = password
-        return _run([pg["psql"], "-v", "ON_ERROR_STOP=1", "-qAt", conninfo, "-c", sql], env=env)
-
+    user, db = pg["housing_user"], pg["housing_db"]
     password = "s3cret 'quoted\" pass"  # quoting: the script must not splice it into SQL
-    first = init(password)
+    first = _run_request_log_db(pg, password)
     assert first.returncode == 0, first.stdout + first.stderr
     # The role owns its database: it can create the log's tables there...
-    made = as_role(
-        "housing",
+    made = _psql_as(
+        pg,
+        user,
         password,
-        "housing",
-        "CREATE TABLE requests (id int); INSERT INTO requests VALUES (1); "
-        "SELECT count(*) FROM requests",
+        db,
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT count(*) FROM t",
     )
     assert made.returncode == 0 and made.stdout.strip() == "1", made.stderr
     # ...not with a wrong password, and not in MLflow's database.
-    assert as_role("housing", "wrong", "housing", "SELECT 1").returncode != 0
-    to_mlflow = as_role("housing", password, "mlflow", "SELECT 1")
+    assert _psql_as(pg, user, "wrong", db, "SELECT 1").returncode != 0
+    to_mlflow = _psql_as(pg, user, password, pg["mlflow_db"], "SELECT 1")
     assert to_mlflow.returncode != 0 and "permission denied" in to_mlflow.stderr
     # Every `up` runs it again: a new password takes over, nothing is dropped.
-    again = init("rotated-password")
+    again = _run_request_log_db(pg, "rotated-password")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert as_role("housing", password, "housing", "SELECT 1").returncode != 0
-    kept = as_role("housing", "rotated-password", "housing", "SELECT count(*) FROM requests")
+    assert _psql_as(pg, user, password, db, "SELECT 1").returncode != 0
+    kept = _psql_as(pg, user, "rotated-password", db, "SELECT count(*) FROM t")
     assert kept.returncode == 0 and kept.stdout.strip() == "1", kept.stderr
-    # Refusals, each with its reason and without touching the admin.
-    empty = init("")
+    # Refusals, each with its reason, and the admin keeps its rights.
+    empty = _run_request_log_db(pg, "")
     assert empty.returncode != 0 and "HOUSING_DB_PASSWORD is empty" in empty.stderr
-    admin = init("x", user="mlflow")
+    admin = _run_request_log_db(pg, "x", user=pg["PGUSER"])
     assert admin.returncode != 0 and "must differ from POSTGRES_USER" in admin.stderr
-    still_admin = _run(
-        [pg["psql"], "-At", "-c", "SELECT rolsuper FROM pg_roles WHERE rolname = 'mlflow'"],
-        env={**os.environ, **admin_env},
+    env = {**os.environ, **{k: pg[k] for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")}}
+    sql = f"SELECT rolsuper FROM pg_roles WHERE rolname = '{pg['PGUSER']}'"
+    assert _run([pg["psql"], "-At", "-c", sql], env=env).stdout.strip() == "t"
+
+
+def test_the_api_environment_reaches_that_database_through_the_store(
+    stack_postgres: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The api's HOUSING_REQUEST_LOG and PGPASSWORD exactly as deploy/compose.yaml sets
+    them (the host and port made local), against the role and database the script made:
+    the store creates its schema as that unprivileged role, twice (two replicas), and a
+    row goes in; a wrong password is a clear error, and no password is ever shown."""
+    from housing_mlops import store
+    from housing_mlops.errors import ConfigError
+
+    pg = stack_postgres
+    password = "api-password"
+    assert _run_request_log_db(pg, password).returncode == 0
+    api_env = _services()["api"]["environment"]
+    url = (
+        api_env["HOUSING_REQUEST_LOG"]
+        .replace("${HOUSING_DB_USER:-housing}", pg["housing_user"])
+        .replace("${HOUSING_DB_NAME:-housing}", pg["housing_db"])
+        .replace("@postgres:5432/", f"@127.0.0.1:{pg['tcp_port']}/")
     )
-    assert still_admin.stdout.strip() == "t"
+    assert "$" not in url and api_env["PGPASSWORD"].startswith("${HOUSING_DB_PASSWORD:?")
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE", "PGPASSFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGPASSWORD", password)
+    location = store.parse_log_location(url)
+    assert location.kind == "postgresql" and password not in str(location)
+    store.create_log(location)
+    store.create_log(location)  # the next replica: same schema, no error
+    row = store.LoggedRequest(
+        ts=1.0,
+        request_id="r1",
+        row_index=0,
+        model_name="m",
+        model_version="1",
+        features=[1.0] * 8,
+        prediction=2.0,
+        latency_ms=3.0,
+        status=200,
+        instance="api-1",
+    )
+    sink = store.open_sink(location)
+    try:
+        sink.write([store.row_values(row)])
+    finally:
+        sink.close()
+    logged = _psql_as(
+        pg, pg["housing_user"], password, pg["housing_db"], "SELECT instance FROM requests"
+    )
+    assert logged.stdout.split() == ["api-1"], logged.stderr
+    monkeypatch.setenv("PGPASSWORD", "not-the-password")
+    with pytest.raises(ConfigError) as err:
+        store.create_log(location)
+    assert "not-the-password" not in str(err.value) and pg["housing_db"] in str(err.value)
 
 
 def test_every_mounted_repository_path_exists() -> None:
