@@ -699,6 +699,12 @@ def test_dashboard_has_every_required_panel() -> None:
         "Validation errors by field": "by (field)",
         "Drift scores (PSI)": "housing_drift_score",
         "Model version over time": "housing_model_info",
+        # Several replicas: per-replica views next to the sums.
+        "Replicas up": 'up{job="housing-api"}',
+        "Request rate by replica": "by (instance)",
+        "Latency of /predict by replica (p99)": "by (instance, le)",
+        "Model version by replica": "by (instance, version)",
+        "Request log spool and database writes": "housing_request_log_spooled_rows",
     }
     for title, fragment in wanted.items():
         assert title in panels, title
