@@ -9,11 +9,11 @@ name on its port, the load balancer forwards to it, the api writes to the reques
 database the stack creates, mounted files exist, every variable documented, no committed
 secrets), the Prometheus config and alert rules with promtool (its unit tests cover every
 alert), the nginx config with `nginx -t`, and the SQL that creates the request log's role
-and database against a real PostgreSQL, reached through the store with the api's settings. Docker's DNS, which gives Prometheus and nginx one
-address per replica, cannot run here: test_integration_prometheus.py runs the dashboard's
-and alerts' PromQL against a real Prometheus scraping two real replicas, found through a
-file_sd stand-in with the same relabeling, behind a real nginx resolving through a stand-in
-DNS server.
+and database against a real PostgreSQL, reached through the store with the api's settings.
+Docker's DNS, which gives Prometheus and nginx one address per replica, cannot run here:
+test_integration_prometheus.py runs the dashboard's and alerts' PromQL against a real
+Prometheus scraping two real replicas, found through a file_sd stand-in with the same
+relabeling, behind a real nginx resolving through a stand-in DNS server.
 """
 
 from __future__ import annotations
