@@ -137,7 +137,8 @@ MISSING_REASON = "Input should be a valid number (the value is missing)"
 
 
 def _bound(value: float) -> str:
-    return f"{value:g}" if value != int(value) or abs(value) >= 1e16 else str(int(value))
+    # As pydantic prints a bound: 0 and 42.1, not 0.0 and 42.100000.
+    return str(int(value)) if value == int(value) and abs(value) < 1e16 else repr(value)
 
 
 @dataclass(frozen=True)

@@ -278,3 +278,14 @@ def ready(base_url: str) -> bool:
 def sample_row(seed: int = 3) -> dict[str, float]:
     frame = make_frame(5, seed=seed)
     return {k: float(frame[k].iloc[0]) for k in FEATURES}
+
+
+# ------------------------------------------------------------ a store with a champion
+def champion_config(tmp_path_factory: pytest.TempPathFactory, version: str = "2") -> Path:
+    """A config (in a new temp folder) whose store is a copy of the session's trained store
+    with ``version`` (2: hist_gb) as champion, and the synthetic processed split."""
+    settings, _ = trained_store(tmp_path_factory)
+    home = tmp_path_factory.mktemp("champion")
+    copy = copy_store(settings, home)
+    registry.set_alias(copy, registry.CHAMPION, version)
+    return home / "config.yaml"

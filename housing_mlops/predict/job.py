@@ -195,6 +195,15 @@ def check_columns(names: list[str], source: str) -> None:
         )
 
 
+def not_numeric(name: str, kind: str, source: str) -> DataError:
+    """A feature column of text (or booleans, dates, ...): the whole file is refused."""
+    words = {"string": "text", "large_string": "text", "bool": "boolean", "boolean": "boolean"}
+    return DataError(
+        f"column {name} of {source} holds {words.get(kind, kind)} values, not numbers "
+        "(the features must be numeric columns)"
+    )
+
+
 def bad_rows_message(rejections: list[Any], offset: int, more: bool) -> str:
     """``--on-error fail``: the first bad rows by row id, field and reason."""
     shown = "; ".join(f"row {offset + r.row}: {r.text()}" for r in rejections[:SHOWN_REJECTIONS])

@@ -27,6 +27,7 @@ from housing_mlops.predict.job import (
     Progress,
     bad_rows_message,
     check_columns,
+    not_numeric,
 )
 from housing_mlops.predict.scoring import (
     ERROR,
@@ -77,10 +78,7 @@ def open_input(job: PredictJob) -> tuple[Any, pa.Schema, int | None]:
     for name in FEATURES:
         kind = schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise DataError(
-                f"column {name} of {job.input.spec} holds {kind} values, not numbers "
-                "(the features must be numeric columns)"
-            )
+            raise not_numeric(name, str(kind), str(job.input.spec))
     total = None
     if job.input.format == "parquet":
         try:

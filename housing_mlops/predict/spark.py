@@ -35,6 +35,7 @@ from housing_mlops.predict.job import (
     Progress,
     bad_rows_message,
     check_columns,
+    not_numeric,
 )
 from housing_mlops.predict.scoring import (
     ERROR,
@@ -116,10 +117,7 @@ def _read(spark: Any, job: PredictJob) -> Any:
     for name in FEATURES:
         kind = df.schema[name].dataType
         if not isinstance(kind, NumericType) or isinstance(kind, BooleanType):
-            raise DataError(
-                f"column {name} of {job.input.spec} holds {kind.simpleString()} values, not "
-                "numbers (the features must be numeric columns)"
-            )
+            raise not_numeric(name, kind.simpleString(), str(job.input.spec))
     return df
 
 
