@@ -232,18 +232,23 @@ def test_on_error_skip_writes_rejects_with_reasons(
     assert "Latitude: Input should be less than or equal to" in refused["error"].iloc[1]
 
 
-def test_validation_matches_the_service_schema_row_by_row(test_split: Path) -> None:
+@pytest.mark.parametrize("with_profile", [False, True], ids=["physical", "profile"])
+def test_validation_matches_the_service_schema_row_by_row(with_profile: bool) -> None:
     """One definition, two enforcers: the numpy rules reject exactly the rows and fields
     (with the same reasons) that the pydantic models of /predict reject."""
-    profile = None
+    from housing_mlops.drift import build_profile
+
+    train = _frame(300, seed=5)
+    profile = (
+        build_profile({c: train[c].to_numpy() for c in FEATURES}, 50) if with_profile else None
+    )
     rng = np.random.default_rng(0)
     X = np.array(_frame(400, seed=11)[FEATURES].to_numpy(), dtype=np.float64)
     ranges = feature_ranges(profile)
     # Perturb cells to every kind of boundary and bad value.
     specials = [0.0, -1e-9, 1e-9, -0.5, 42.1, 42.1000001, 32.5, -124.5, -114.0, np.nan, np.inf]
     for _ in range(600):
-        i, j = rng.integers(0, len(X)), rng.integers(0, 8)
-        X[i, j] = specials[rng.integers(0, len(specials))]
+        X[rng.integers(0, len(X)), rng.integers(0, 8)] = specials[rng.integers(0, len(specials))]
     X[5, 3] = X[5, 2] + 0.5  # bedrooms above rooms
     X[6, 3] = X[6, 2]  # equal: allowed
     mask, rejections = invalid_rows(X, ranges)
@@ -254,10 +259,13 @@ def test_validation_matches_the_service_schema_row_by_row(test_split: Path) -> N
             house.model_validate(dict(zip(FEATURES, row.tolist(), strict=True)))
             theirs: dict[str, str] = {}
         except ValidationError as exc:
-            theirs = {e["field"]: e["msg"] for e in format_errors(exc.errors(), 1)}
+            errors = [dict(e) for e in exc.errors()]
+            theirs = {e["field"]: e["msg"] for e in format_errors(errors, 1)}
         assert ours.get(i, {}) == theirs, (i, row)
         assert bool(mask[i]) == bool(theirs)
-    assert mask.sum() > 100
+    assert mask.sum() > 100 and (~mask).sum() > 20
+    # The training ranges are in force, not only the physical bounds.
+    assert with_profile == (ranges["MedInc"].le is not None)
 
 
 # --------------------------------------------------------------------- bad input
