@@ -88,3 +88,38 @@ def write_request_log() -> Callable[[Path, list[dict[str, Any]]], None]:
         assert writer.written == len(rows), "the request log writer dropped rows"
 
     return write
+
+
+@pytest.fixture(scope="session")
+def spark_session() -> Any:
+    """One local[2] SparkSession for the whole test session (a JVM start costs seconds).
+
+    Skipped with the reason when pyspark or Java is missing; under
+    HOUSING_REQUIRE_SPARK=1 (CI, `.ci/run`) that is a failure instead."""
+    import sys
+
+    from helpers import spark_missing
+
+    reason = spark_missing()
+    if reason is not None:
+        if os.environ.get("HOUSING_REQUIRE_SPARK") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("housing-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        # Small splits, so a test file spans several partitions (row ids across them).
+        .config("spark.sql.files.maxPartitionBytes", "65536")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    yield spark
+    spark.stop()
