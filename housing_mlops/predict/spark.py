@@ -16,6 +16,7 @@ The Python workers run ``PYSPARK_PYTHON`` (default: this interpreter, e.g. the v
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -221,7 +222,9 @@ def score_spark(
         df = _read(spark, job)
         offsets = _partition_offsets(df)
         sc = spark.sparkContext
-        package_bc = sc.broadcast(package)
+        # Spark runs one task per core: one tree-evaluation thread per task, not one per
+        # core per task (LightGBM would oversubscribe the executor's cores).
+        package_bc = sc.broadcast(dataclasses.replace(package, threads=1))
         offsets_bc = sc.broadcast(offsets)
         fields = [
             StructField(PREDICTION, DoubleType()),
