@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             results["max_abs_diff_spark_vs_local"] = float(np.abs(mine - ours).max())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for name, r in results.items():
+    for r in results.values():
         if isinstance(r, dict):
             r["rows_per_s"] = round(args.rows / r["wall_s"], 0)
     summary: dict[str, Any] = {
