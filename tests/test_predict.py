@@ -419,3 +419,14 @@ def test_nulls_are_rejected_rows_not_a_crash(
     refused = pq.read_table(rejects).to_pandas()
     assert refused["row_id"].tolist() == [4]
     assert refused["error"].iloc[0].startswith("MedInc: Input should be a valid number")
+
+
+def test_a_previous_output_is_replaced_whole_even_a_spark_folder(
+    config: Path, test_split: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scored.parquet"
+    out.mkdir()  # what the Spark engine leaves: a folder of parts
+    (out / "part-00000.parquet").write_bytes(b"old part")
+    assert _predict(config, str(test_split), "-o", str(out)) == 0
+    assert out.is_file() and pq.read_table(out).num_rows == pq.read_table(test_split).num_rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.parquet"]

@@ -195,6 +195,24 @@ def check_columns(names: list[str], source: str) -> None:
         )
 
 
+def replace_output(new: Path, final: Path) -> None:
+    """Move a finished output (a file, or Spark's folder of parts) into place. An older
+    output of the other kind is moved aside first and removed only after the rename."""
+    import shutil
+    import uuid
+
+    old = None
+    if final.is_dir() or (new.is_dir() and final.exists()):
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def not_numeric(name: str, kind: str, source: str) -> DataError:
     """A feature column of text (or booleans, dates, ...): the whole file is refused."""
     words = {"string": "text", "large_string": "text", "bool": "boolean", "boolean": "boolean"}

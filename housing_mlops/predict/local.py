@@ -10,7 +10,6 @@ a previous output stays as it was.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from housing_mlops.predict.job import (
     bad_rows_message,
     check_columns,
     not_numeric,
+    replace_output,
 )
 from housing_mlops.predict.scoring import (
     ERROR,
@@ -148,7 +148,7 @@ class _Writer:
             self._w.close()
 
     def commit(self) -> None:
-        os.replace(self.tmp, self.final)
+        replace_output(self.tmp, self.final)
 
 
 def _added(n: int, offset: int, ids: np.ndarray, preds: np.ndarray, ref: Any) -> list[pa.Array]:

@@ -37,6 +37,7 @@ from housing_mlops.predict.job import (
     bad_rows_message,
     check_columns,
     not_numeric,
+    replace_output,
 )
 from housing_mlops.predict.scoring import (
     ERROR,
@@ -170,20 +171,6 @@ def _staging(final: Path) -> Path:
     return final.parent / f".{final.name}.spark-{uuid.uuid4().hex[:8]}"
 
 
-def _commit(staging: Path, final: Path) -> None:
-    """Move the finished directory into place; an older output goes only after that."""
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-
-
 def _write(df: Any, fmt: str, path: Path) -> None:
     writer = df.write.mode("error")
     if fmt == "csv":
@@ -264,8 +251,8 @@ def score_spark(
             ).withMetadata(ERROR, lineage)
             _write(refused, "csv" if job.rejects.suffix.lower() == ".csv" else "parquet", rej_stage)
         if rej_stage is not None and job.rejects is not None:
-            _commit(rej_stage, job.rejects)
-        _commit(out_stage, job.output)
+            replace_output(rej_stage, job.rejects)
+        replace_output(out_stage, job.output)
         return {
             "rows_in": rows_in,
             "scored": rows_in - rejected,
