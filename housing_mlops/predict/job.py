@@ -322,7 +322,7 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
         from housing_mlops.predict.spark import spark_available
 
         spark_available()  # the install hint before any MLflow round trip
-    say("loading the model", 0, None)
+    say("reading the model from the registry", 0, None)
     package = load_package(settings, job.version, job.alias)
     say("hashing the input", 0, None)
     input_sha = job.input.sha256()

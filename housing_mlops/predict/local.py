@@ -166,6 +166,7 @@ def score_local(
 ) -> dict[str, int]:
     """Score ``job`` in this process; return the counts (rows in, scored, rejected)."""
     dataset, schema, total = open_input(job)
+    progress("loading the model (skops, fast-path check)", 0, None)
     model = package.load()
     ref = package.ref
     out_schema = schema.append(pa.field(PREDICTION, pa.float64()))
