@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on this machine: fetch -> featurize -> train -> evaluate -> promote,
-# then a real `housing serve`, some normal and some shifted traffic, drift and the report.
+# then a real `housing serve`, some normal and some shifted traffic, drift, the report and
+# a batch scoring of the test split with `housing predict`.
 # Run through `make demo` (which creates .venv and installs first). On a rerun the promote
 # step may print "Refused: ..." (exit 6, the gate keeps the champion): expected, not a failure.
 set -euo pipefail
@@ -60,10 +61,14 @@ if [ "$rc" -ne 0 ] && [ "$rc" -ne 6 ]; then exit "$rc"; fi
 step "report"
 "$HOUSING" report
 
+step "predict: score the test split in batch (rows outside the /predict rules go to a rejects file)"
+"$HOUSING" predict data/processed/test.parquet --on-error skip
+
 cat <<MSG
 
 Done. Where to look (first \`source $BIN/activate\` to put housing and mlflow on PATH):
   report:        $(pwd)/reports/report.html  (and report.md)
+  predictions:   $(pwd)/data/processed/test.predictions.parquet  (rejects: test.predictions.rejects.parquet)
   MLflow UI:     mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  (then http://127.0.0.1:5000)
   champion:      housing evaluate --json   |   housing promote --dry-run
   serve it:      housing serve --port 8000

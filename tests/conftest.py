@@ -110,3 +110,37 @@ def postgres() -> Iterator[Any]:
 def pg_url(postgres: Any) -> str:
     """A ``postgresql://`` URL (with a password) of a fresh, empty database."""
     return str(postgres.create_database())
+
+
+def spark_session() -> Any:
+    """One local[2] SparkSession for the whole test session (a JVM start costs seconds).
+
+    Skipped with the reason when pyspark or Java is missing; under
+    HOUSING_REQUIRE_SPARK=1 (CI, `.ci/run`) that is a failure instead."""
+    import sys
+
+    from helpers import spark_missing
+
+    reason = spark_missing()
+    if reason is not None:
+        if os.environ.get("HOUSING_REQUIRE_SPARK") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("housing-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        # Small splits, so a test file spans several partitions (row ids across them).
+        .config("spark.sql.files.maxPartitionBytes", "65536")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    yield spark
+    spark.stop()

@@ -397,3 +397,87 @@ class PostgresServer:
                 self.stop()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+# ------------------------------------------------------------ a store with a champion
+def champion_config(tmp_path_factory: pytest.TempPathFactory, version: str = "2") -> Path:
+    """A config (in a new temp folder) whose store is a copy of the session's trained store
+    with ``version`` (2: hist_gb) as champion, and the synthetic processed split."""
+    settings, _ = trained_store(tmp_path_factory)
+    home = tmp_path_factory.mktemp("champion")
+    copy = copy_store(settings, home)
+    registry.set_alias(copy, registry.CHAMPION, version)
+    return home / "config.yaml"
+
+
+# ------------------------------------------------------- a standalone Spark cluster
+def spark_missing() -> str | None:
+    """Why the Spark tests cannot run here (None when they can)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed: pip install -e '.[spark]' (CI installs it)"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "no Java: apt-get install openjdk-17-jre-headless (CI installs it)"
+    return None
+
+
+@contextlib.contextmanager
+def spark_standalone(tmp_path: Path) -> Iterator[str]:
+    """One master and one worker (1 core) from the pyspark package's own ``spark-class``,
+    bound to 127.0.0.1 on free ports; yields ``spark://127.0.0.1:PORT``, stops both."""
+    import os
+
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    spark_class = home / "bin" / "spark-class"
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1"}
+    port, ui = free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    master_cmd = [
+        "bash",
+        str(spark_class),
+        "org.apache.spark.deploy.master.Master",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--webui-port",
+        str(ui),
+    ]
+    worker_cmd = [
+        "bash",
+        str(spark_class),
+        "org.apache.spark.deploy.worker.Worker",
+        "--host",
+        "127.0.0.1",
+        "--cores",
+        "1",
+        "--memory",
+        "1g",
+        "--webui-port",
+        str(free_port()),
+        "--work-dir",
+        str(tmp_path / "spark-work"),
+        url,
+    ]
+
+    def alive_workers() -> int:
+        state = httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=2).json()
+        return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+    master_log, worker_log = tmp_path / "spark-master.log", tmp_path / "spark-worker.log"
+    with running(master_cmd, master_log, env=env) as master:
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=2).status_code == 200,
+            120,
+            "the Spark master",
+            master,
+            master_log,
+            interval=0.5,
+        )
+        with running(worker_cmd, worker_log, env=env) as worker:
+            wait_until(alive_workers, 120, "a Spark worker", worker, worker_log, interval=0.5)
+            yield url

@@ -76,6 +76,20 @@ def _inject(root: Path, module: str, line: str) -> None:
             "Layers: cli -> stages -> internals -> config -> errors, columns",
             "housing_mlops.registry.read -> housing_mlops.promote",
         ),
+        # Spark outside the Spark engine: the local engine must run without pyspark.
+        (
+            "predict/local.py",
+            "import pyspark  # noqa",
+            "Apache Spark is imported only by the Spark engine of housing predict",
+            "housing_mlops.predict.local -> pyspark",
+        ),
+        # The shared input rules reaching up into the service that uses them.
+        (
+            "validation.py",
+            "import housing_mlops.serving.schemas  # noqa",
+            "Layers: cli -> stages -> internals -> config -> errors, columns",
+            "housing_mlops.validation -> housing_mlops.serving.schemas",
+        ),
         # The library printing through the CLI's output module.
         (
             "config.py",

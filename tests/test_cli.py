@@ -18,7 +18,17 @@ from housing_mlops.cli import run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOUSING = Path(sys.executable).parent / "housing"
-COMMANDS = ["fetch", "featurize", "train", "evaluate", "promote", "serve", "drift", "report"]
+COMMANDS = [
+    "fetch",
+    "featurize",
+    "train",
+    "evaluate",
+    "promote",
+    "serve",
+    "predict",
+    "drift",
+    "report",
+]
 
 
 @pytest.fixture(autouse=True)

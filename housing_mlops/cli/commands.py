@@ -283,3 +283,97 @@ def report(
     with StageProgress("report") as progress:
         result = build_report(settings, out, progress=progress.stage)
     render.emit(result, as_json, render.report_summary)
+
+
+# ------------------------------------------------------------------------- predict
+@app.command()
+def predict(
+    ctx: typer.Context,
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="A CSV or Parquet file, a directory of Parquet parts, or a quoted glob.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Where to write: .parquet or .csv (the extension sets the format).",
+            show_default="INPUT with a .predictions.parquet suffix",
+        ),
+    ] = None,
+    model_version: Annotated[
+        int | None,
+        typer.Option("--model-version", metavar="N", min=1, help="Score with this version."),
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option("--alias", metavar="NAME", help="Score with the version this alias names."),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", metavar="local|spark", help="Score in this process, or on Apache Spark."
+        ),
+    ] = "local",
+    spark_master: Annotated[
+        str | None,
+        typer.Option(
+            "--spark-master",
+            metavar="URL",
+            help="Spark master: local[*], spark://host:7077, yarn, ... (--engine spark).",
+            show_default="local[*]",
+        ),
+    ] = None,
+    on_error: Annotated[
+        str,
+        typer.Option(
+            "--on-error",
+            metavar="fail|skip",
+            help="A row breaking the /predict rules: stop with exit 4 (nothing written), or "
+            "skip it and write it with its reasons to --rejects.",
+        ),
+    ] = "fail",
+    rejects: Annotated[
+        Path | None,
+        typer.Option(
+            "--rejects",
+            metavar="PATH",
+            help="Rejected rows and their reasons (.parquet or .csv; --on-error skip).",
+            show_default="OUTPUT with a .rejects suffix",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score a file with the registered model (@champion), locally or on Apache Spark.
+
+    Every row is checked with the rules of POST /predict. Exit codes: 2 a bad option or an
+    output path that cannot be written, 3 the spark extra or Java missing (--engine spark),
+    4 a missing, empty or malformed input or (with --on-error fail) a row breaking the
+    rules, 5 no such model.
+    """
+    from housing_mlops.cli import render
+    from housing_mlops.output import StageProgress
+    from housing_mlops.predict import make_job, run
+
+    settings = state(ctx).settings()
+    job = make_job(
+        input_path,
+        output,
+        version=model_version,
+        alias=alias,
+        engine=engine,
+        spark_master=spark_master,
+        on_error=on_error,
+        rejects=rejects,
+    )
+    with StageProgress("predict") as progress:
+        result = run(settings, job, progress=progress)
+    render.emit(result, as_json, render.predict_summary)

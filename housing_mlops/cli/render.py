@@ -267,3 +267,25 @@ def report_summary(result: Row) -> None:
         },
         title="housing report",
     )
+
+
+# ------------------------------------------------------------------------- predict
+def predict_summary(result: Row) -> None:
+    model = result["model"]
+    rejects = f" (rejects: {result['rejects']})" if result.get("rejects") else ""
+    rate = result.get("rows_per_s")
+    print_kv(
+        {
+            "output": result["output"],
+            "rows in": f"{result['rows_in']:,}",
+            "scored": f"{result['scored']:,}",
+            "rejected": f"{result['rejected']:,}{rejects}",
+            "model": f"{model['name']} version {model['version']}"
+            + (f" (@{model['alias']})" if model.get("alias") else ""),
+            "engine": result["engine"]
+            + (f" on {result['spark_master']}" if result.get("spark_master") else ""),
+            "time": f"{result['seconds']:.2f} s"
+            + (f" ({rate:,.0f} rows/s)" if rate is not None else ""),
+        },
+        title="housing predict",
+    )

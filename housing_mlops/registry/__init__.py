@@ -30,7 +30,9 @@ from housing_mlops.registry.read import (
     get_alias_version,
     list_versions,
     load_model,
+    load_model_bytes,
     load_reference_profile,
+    read_model_bytes,
     resolve,
 )
 from housing_mlops.registry.write import (
@@ -54,9 +56,11 @@ __all__ = [
     "get_alias_version",
     "list_versions",
     "load_model",
+    "load_model_bytes",
     "load_reference_profile",
     "log_candidate",
     "log_evaluation",
+    "read_model_bytes",
     "resolve",
     "set_alias",
     "set_version_tags",

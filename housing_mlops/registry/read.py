@@ -176,7 +176,48 @@ def _download_model(settings: Settings, ref: ModelRef, dst: Path) -> Path:
 
 def load_model(settings: Settings, ref: ModelRef, trusted_types: list[str] | None = None) -> Any:
     """Load a version's scikit-learn Pipeline safely (checksum, then skops allow-list)."""
+    return load_model_bytes(ref, read_model_bytes(settings, ref), trusted_types)
+
+
+def read_model_bytes(settings: Settings, ref: ModelRef) -> bytes:
+    """The bytes of a version's model.skops, checked against the sha256 recorded at
+    registration. For engines that ship the model to other processes (Spark executors),
+    which then load it with ``load_model_bytes`` (the check runs again there)."""
     configure(settings)
+    expected = _expected_sha256(ref)
+    with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
+        path = _download_model(settings, ref, Path(tmp))
+        if not path.is_file():
+            raise ModelError(f"model '{ref.name}' version {ref.version}: {path.name} is missing")
+        actual = file_sha256(path)
+        _check_sha256(ref, actual, expected)
+        return path.read_bytes()
+
+
+def _expected_sha256(ref: ModelRef) -> str:
+    expected = ref.tags.get(SHA_TAG)
+    if not expected:
+        raise ModelError(
+            f"refusing to load model '{ref.name}' version {ref.version}: no {SHA_TAG} tag was "
+            "recorded at registration (retrain with `housing train`)"
+        )
+    return expected
+
+
+def _check_sha256(ref: ModelRef, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ModelError(
+            f"refusing to load model '{ref.name}' version {ref.version}: the artifact's "
+            f"sha256 {actual[:12]}... differs from {expected[:12]}... recorded at "
+            "registration (the file was changed)"
+        )
+
+
+def load_model_bytes(ref: ModelRef, blob: bytes, trusted_types: list[str] | None = None) -> Any:
+    """A Pipeline from model.skops bytes: sha256 against the version's tag, then skops with
+    the reviewed allow-list (never pickle). Needs no tracking server: runs on executors."""
+    import hashlib
+
     import skops.io
     from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -184,34 +225,18 @@ def load_model(settings: Settings, ref: ModelRef, trusted_types: list[str] | Non
         from housing_mlops.models import SKOPS_TRUSTED_TYPES
 
         trusted_types = list(SKOPS_TRUSTED_TYPES)
-    expected = ref.tags.get(SHA_TAG)
-    if not expected:
+    _check_sha256(ref, hashlib.sha256(blob).hexdigest(), _expected_sha256(ref))
+    try:
+        return skops.io.loads(blob, trusted=trusted_types)
+    except UntrustedTypesFoundException as exc:
         raise ModelError(
-            f"refusing to load model '{ref.name}' version {ref.version}: no {SHA_TAG} tag was "
-            "recorded at registration (retrain with `housing train`)"
-        )
-    with tempfile.TemporaryDirectory(prefix="housing-model-") as tmp:
-        path = _download_model(settings, ref, Path(tmp))
-        if not path.is_file():
-            raise ModelError(f"model '{ref.name}' version {ref.version}: {path.name} is missing")
-        actual = file_sha256(path)
-        if actual != expected:
-            raise ModelError(
-                f"refusing to load model '{ref.name}' version {ref.version}: the artifact's "
-                f"sha256 {actual[:12]}... differs from {expected[:12]}... recorded at "
-                "registration (the file was changed)"
-            )
-        try:
-            return skops.io.load(path, trusted=trusted_types)
-        except UntrustedTypesFoundException as exc:
-            raise ModelError(
-                f"refusing to load model '{ref.name}' version {ref.version}: it contains "
-                f"types outside the reviewed allow-list: {exc}"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - corrupt or incompatible file
-            raise ModelError(
-                f"cannot load model '{ref.name}' version {ref.version}: {type(exc).__name__}: {exc}"
-            ) from exc
+            f"refusing to load model '{ref.name}' version {ref.version}: it contains "
+            f"types outside the reviewed allow-list: {exc}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - corrupt or incompatible file
+        raise ModelError(
+            f"cannot load model '{ref.name}' version {ref.version}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def load_reference_profile(settings: Settings, ref: ModelRef) -> dict[str, Any]:

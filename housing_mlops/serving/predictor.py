@@ -366,6 +366,23 @@ def build_loaded_model(
     )
 
 
+def reference_profile_or_none(settings: Any, ref: Any) -> dict[str, Any] | None:
+    """The version's reference profile, or None (validation then uses physical bounds only:
+    the service and ``housing predict`` both say so in the log)."""
+    from housing_mlops import registry
+
+    try:
+        return registry.load_reference_profile(settings, ref)
+    except Exception as exc:  # noqa: BLE001 - validate with physical bounds only
+        log.warning(
+            "no reference profile for %s version %s (%s): validating physical bounds only",
+            ref.name,
+            ref.version,
+            exc,
+        )
+        return None
+
+
 def load_from_registry(
     settings: Any, version: int | str | None = None
 ) -> tuple[LoadedModel, dict[str, Any] | None]:
@@ -378,16 +395,7 @@ def load_from_registry(
 
     ref = registry.resolve(settings, version=int(version) if version is not None else None)
     pipeline = registry.load_model(settings, ref)
-    try:
-        profile = registry.load_reference_profile(settings, ref)
-    except Exception as exc:  # noqa: BLE001 - serve with physical bounds only
-        log.warning(
-            "no reference profile for %s version %s (%s): validating physical bounds only",
-            ref.name,
-            ref.version,
-            exc,
-        )
-        profile = None
+    profile = reference_profile_or_none(settings, ref)
     meta = ModelMeta.from_ref(ref)
     if meta.alias is None and registry.CHAMPION in (getattr(ref, "aliases", None) or ()):
         # Resolved by version (hot reload, --model-version) but it is the champion.

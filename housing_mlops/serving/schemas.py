@@ -4,10 +4,9 @@ Every request is checked by pydantic (in Rust, straight from the JSON bytes):
 
 - the 8 raw features, all required, JSON numbers only (strict: ``"1.5"`` and ``true`` are
   rejected), finite (NaN and infinity rejected), unknown fields rejected;
-- each feature inside an allowed range (``feature_ranges``): the training data's range
-  from the model's reference profile widened by ``RANGE_MARGIN`` of its width on each side,
-  intersected with hard physical bounds (``PHYSICAL_BOUNDS``: latitude and longitude inside
-  California's bounding box, positive income, rooms, population and occupancy, ...);
+- each feature inside an allowed range (``validation.feature_ranges``: the training range
+  widened by ``RANGE_MARGIN``, within physical bounds; the one definition, which
+  ``housing predict`` enforces on files too);
 - ``AveBedrms`` not above ``AveRooms``;
 - a batch ``{"instances": [...]}`` holds 1 to ``serve.max_batch_size`` rows.
 
@@ -18,7 +17,6 @@ request models (``RequestModels``); ``/model/info`` shows them, and the OpenAPI 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,109 +33,23 @@ from pydantic_core import InitErrorDetails, from_json
 
 from housing_mlops.columns import FEATURES
 
-# Each side of the training range is widened by this share of its width: requests a bit
-# outside what the model saw are still answered (and show up in drift), absurd ones are not.
-RANGE_MARGIN = 0.25
-
-# California's bounding box (rounded outwards): latitude 32.53..42.01, longitude
-# -124.41..-114.13.
-CA_LATITUDE = (32.5, 42.1)
-CA_LONGITUDE = (-124.5, -114.0)
-
-
-@dataclass(frozen=True)
-class PhysicalBound:
-    lower: float | None
-    lower_inclusive: bool
-    upper: float | None
-    description: str
-
-
-PHYSICAL_BOUNDS: dict[str, PhysicalBound] = {
-    "MedInc": PhysicalBound(0.0, False, None, "median income of the block, in $10,000 (> 0)"),
-    "HouseAge": PhysicalBound(0.0, True, None, "median house age in years (>= 0)"),
-    "AveRooms": PhysicalBound(0.0, False, None, "average rooms per household (> 0)"),
-    "AveBedrms": PhysicalBound(
-        0.0, True, None, "average bedrooms per household (>= 0, not above AveRooms)"
-    ),
-    "Population": PhysicalBound(0.0, False, None, "block population (> 0)"),
-    "AveOccup": PhysicalBound(0.0, False, None, "average household members (> 0)"),
-    "Latitude": PhysicalBound(
-        CA_LATITUDE[0], True, CA_LATITUDE[1], "degrees north, inside California"
-    ),
-    "Longitude": PhysicalBound(
-        CA_LONGITUDE[0], True, CA_LONGITUDE[1], "degrees east, inside California"
-    ),
-}
-
-
-@dataclass(frozen=True)
-class FeatureRange:
-    """The allowed interval of one feature: ``gt``/``ge`` below, ``le`` above (None = open)."""
-
-    name: str
-    description: str
-    gt: float | None
-    ge: float | None
-    le: float | None
-    source: str  # "profile+physical" or "physical"
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"description": self.description, "source": self.source}
-        if self.gt is not None:
-            out["exclusive_minimum"] = self.gt
-        if self.ge is not None:
-            out["minimum"] = self.ge
-        if self.le is not None:
-            out["maximum"] = self.le
-        return out
-
-
-def feature_ranges(profile: dict[str, Any] | None) -> dict[str, FeatureRange]:
-    """Allowed ranges: the profile's min/max widened by ``RANGE_MARGIN``, within physics."""
-    columns = (profile or {}).get("columns", {})
-    ranges: dict[str, FeatureRange] = {}
-    for name in FEATURES:
-        phys = PHYSICAL_BOUNDS[name]
-        lo: float | None = phys.lower
-        lo_inclusive = phys.lower_inclusive
-        hi: float | None = phys.upper
-        source = "physical"
-        col = columns.get(name) or {}
-        cmin, cmax = col.get("min"), col.get("max")
-        if cmin is not None and cmax is not None and math.isfinite(cmin) and math.isfinite(cmax):
-            margin = RANGE_MARGIN * max(float(cmax) - float(cmin), 0.0)
-            plo, phi = float(cmin) - margin, float(cmax) + margin
-            if lo is None or plo > lo:
-                lo, lo_inclusive = _round_down(plo), True
-            if hi is None or phi < hi:
-                hi = _round_up(phi)
-            source = "profile+physical"
-        ranges[name] = FeatureRange(
-            name=name,
-            description=phys.description,
-            gt=None if lo is None or lo_inclusive else lo,
-            ge=lo if lo is not None and lo_inclusive else None,
-            le=hi,
-            source=source,
-        )
-    return ranges
-
-
-def _round_down(x: float) -> float:
-    # Round to 4 significant decimals so the documented bound is readable and still
-    # at least as wide as computed.
-    return math.floor(x * 1e4) / 1e4
-
-
-def _round_up(x: float) -> float:
-    return math.ceil(x * 1e4) / 1e4
+# The rules themselves (ranges, physical bounds, the bedrooms rule) live in the validation
+# module, shared with `housing predict`; here they become pydantic models.
+from housing_mlops.validation import (
+    PHYSICAL_BOUNDS as PHYSICAL_BOUNDS,
+)
+from housing_mlops.validation import (
+    RANGE_MARGIN,
+    FeatureRange,
+    bedrooms_reason,
+    feature_ranges,
+)
 
 
 def _bedrooms_not_above_rooms(cls: type, value: float, info: ValidationInfo) -> float:
     rooms = info.data.get("AveRooms")
     if rooms is not None and value > rooms:
-        raise ValueError(f"AveBedrms ({value:g}) must not be greater than AveRooms ({rooms:g})")
+        raise ValueError(bedrooms_reason(value, rooms))
     return value
 
 

@@ -1,0 +1,235 @@
+"""Benchmark `housing predict` against MLflow's own batch paths on the same champion.
+
+    .venv/bin/python benchmarks/bench_predict.py [--config CONFIG] [--rows 1000000]
+    make bench-predict                     # add EXTRAS=dev,spark for the Spark half
+
+Which model: as ``bench_serve.py`` (its ``make_temp_store`` is reused): the config's
+``champion`` when there is one (after ``make demo``), else a throwaway store with the
+config's LightGBM candidate (``--candidate``) fitted on the real train split.
+
+The file: the test split (``data/processed/test.parquet``, or the one built in the
+throwaway store) without the rows the /predict rules refuse (so every engine scores
+every row), resampled with replacement (seed 0) to ``--rows`` rows, as Parquet.
+
+Four runs, each a separate process (wall time from start to exit, peak RSS by
+``wait4``), one at a time:
+
+- ours, local: ``housing predict FILE -o OUT.parquet`` (validation, model, Parquet out);
+- MLflow, local: ``mlflow.pyfunc.load_model("models:/NAME@champion").predict`` on the
+  file read with pandas (no output written: in its favour);
+- ours, Spark: ``housing predict --engine spark --spark-master local[2]``;
+- MLflow, Spark: ``mlflow.pyfunc.spark_udf(..., env_manager="local")`` on the same
+  ``local[2]`` session settings, writing Parquet.
+
+Prints rows/s, peak RSS, the ratios, and the largest difference between the predictions
+(the Spark half needs pyspark and Java; ``--skip-spark`` leaves it out). ``--json`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_serve import has_champion, log, make_temp_store  # noqa: E402
+
+PYFUNC_LOCAL = """
+import sys, time
+import numpy as np, pandas as pd, mlflow
+from housing_mlops.columns import FEATURES
+uri, path, out = sys.argv[1:4]
+model = mlflow.pyfunc.load_model(uri)
+frame = pd.read_parquet(path, columns=FEATURES)
+pred = np.asarray(model.predict(frame), dtype=np.float64).reshape(-1)
+np.save(out, pred)
+"""
+
+SPARK_UDF = """
+import os, sys
+import mlflow
+from pyspark.sql import SparkSession
+from pyspark.sql.functions import col
+from housing_mlops.columns import FEATURES
+uri, path, out = sys.argv[1:4]
+spark = (
+    SparkSession.builder.master("local[2]").appName("bench-spark-udf")
+    .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+    .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+    .config("spark.sql.execution.arrow.maxRecordsPerBatch", "65536")
+    .getOrCreate()
+)
+spark.sparkContext.setLogLevel("ERROR")
+udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
+df = spark.read.parquet(path)
+df.withColumn("prediction", udf(*[col(c) for c in FEATURES])).write.parquet(out)
+spark.stop()
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]:
+    """Run ``cmd``; wall seconds and the peak RSS of that process (MB)."""
+    started = time.perf_counter()
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise SystemExit(f"bench: {cmd[:3]} exited {proc.returncode}:\n{tail}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def make_input(config: Path, rows: int, tmp: Path) -> tuple[Path, int]:
+    """The test split without refused rows, resampled to ``rows`` rows (seed 0)."""
+    import numpy as np
+    import pandas as pd
+
+    from housing_mlops import registry
+    from housing_mlops.columns import FEATURES
+    from housing_mlops.config import load_config
+    from housing_mlops.validation import feature_ranges, invalid_rows
+
+    settings = load_config(config)
+    test = pd.read_parquet(Path(settings.paths.processed_dir) / "test.parquet")
+    ref = registry.resolve(settings)
+    profile = registry.load_reference_profile(settings, ref)
+    bad, _ = invalid_rows(test[FEATURES].to_numpy(dtype=np.float64), feature_ranges(profile))
+    test = test[~bad].reset_index(drop=True)
+    idx = np.random.default_rng(0).integers(0, len(test), rows)
+    path = tmp / f"bench_{rows}.parquet"
+    test.iloc[idx].reset_index(drop=True).to_parquet(path, index=False)
+    return path, int(bad.sum())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--temp-store", action="store_true", help="never use the config's store")
+    parser.add_argument("--candidate", default="lightgbm", help="for the throwaway store")
+    parser.add_argument("--skip-spark", action="store_true", help="only the local engines")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from housing_mlops import registry
+    from housing_mlops.config import load_config
+
+    tmp = Path(tempfile.mkdtemp(prefix="housing-bench-predict-"))
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {}
+    try:
+        config = args.config.resolve()
+        settings = load_config(config)
+        if args.temp_store or not has_champion(settings):
+            config = make_temp_store(config, tmp, args.candidate)
+            settings = load_config(config)
+            store = f"temporary store {tmp}"
+        else:
+            store = f"the config's store ({settings.mlflow.tracking_uri})"
+        ref = registry.resolve(settings)
+        uri = f"models:/{ref.name}@{registry.CHAMPION}"
+        log(f"bench: champion {ref.name} version {ref.version} ({ref.candidate}); {store}")
+        data, refused = make_input(config, args.rows, tmp)
+        log(f"bench: {args.rows:,} rows in {data} ({refused} refused test rows left out)")
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": registry.tracking_uri(settings),
+            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+        }
+        housing = [str(BIN / "housing"), "-c", str(config), "predict", str(data)]
+
+        log("bench: housing predict (local engine) ...")
+        ours_out = tmp / "ours.parquet"
+        results["housing predict (local)"] = timed(
+            [*housing, "-o", str(ours_out)], env, tmp / "ours.log"
+        )
+        log("bench: mlflow.pyfunc.load_model(...).predict ...")
+        theirs_out = tmp / "pyfunc.npy"
+        results["mlflow.pyfunc predict"] = timed(
+            [sys.executable, "-c", PYFUNC_LOCAL, uri, str(data), str(theirs_out)],
+            env,
+            tmp / "pyfunc.log",
+        )
+        ours = pq.read_table(ours_out, columns=["prediction"]).column(0).to_numpy()
+        theirs = np.load(theirs_out)
+        results["max_abs_diff_local"] = float(np.abs(ours - theirs).max())
+        if not args.skip_spark:
+            log("bench: housing predict --engine spark (local[2]) ...")
+            spark_out = tmp / "ours-spark.parquet"
+            results["housing predict (spark local[2])"] = timed(
+                [*housing, "--engine", "spark", "--spark-master", "local[2]", "-o", str(spark_out)],
+                env,
+                tmp / "ours-spark.log",
+            )
+            log("bench: mlflow.pyfunc.spark_udf (local[2]) ...")
+            udf_out = tmp / "spark-udf.parquet"
+            results["mlflow.pyfunc.spark_udf (local[2])"] = timed(
+                [sys.executable, "-c", SPARK_UDF, uri, str(data), str(udf_out)],
+                env,
+                tmp / "spark-udf.log",
+            )
+            mine = pq.read_table(spark_out, columns=["row_id", "prediction"]).to_pandas()
+            mine = mine.sort_values("row_id")["prediction"].to_numpy()
+            udf = pq.read_table(udf_out, columns=["prediction"]).column(0).to_numpy()
+            results["max_abs_diff_spark"] = float(np.abs(mine - udf).max())
+            results["max_abs_diff_spark_vs_local"] = float(np.abs(mine - ours).max())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for r in results.values():
+        if isinstance(r, dict):
+            r["rows_per_s"] = round(args.rows / r["wall_s"], 0)
+    summary: dict[str, Any] = {
+        "rows": args.rows,
+        "model": f"{ref.name} version {ref.version} ({ref.candidate})",
+        "model_store": store,
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "results": results,
+    }
+    pairs = [
+        ("local", "housing predict (local)", "mlflow.pyfunc predict"),
+        ("spark", "housing predict (spark local[2])", "mlflow.pyfunc.spark_udf (local[2])"),
+    ]
+    summary["ratios"] = {
+        key: round(results[theirs]["wall_s"] / results[ours]["wall_s"], 2)
+        for key, ours, theirs in pairs
+        if ours in results and theirs in results
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.rows:,} rows, {summary['model']}, {summary['cpus']} CPUs")
+    print(f"load average before {summary['loadavg_before']}, after {summary['loadavg_after']}")
+    for name, r in results.items():
+        if isinstance(r, dict):
+            print(
+                f"  {name:38s} {r['wall_s']:8.2f} s  {r['rows_per_s']:>10,.0f} rows/s  "
+                f"peak RSS {r['peak_rss_mb']:,.0f} MB (that process)"
+            )
+    for key, ratio in summary["ratios"].items():
+        print(f"  ratio ({key}): ours {ratio}x faster (wall, process start to exit)")
+    for key in ("max_abs_diff_local", "max_abs_diff_spark", "max_abs_diff_spark_vs_local"):
+        if key in results:
+            print(f"  {key}: {results[key]:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,360 @@
+"""One `housing predict` run: resolve the input and output, load the model, run an engine.
+
+Everything a user can get wrong is checked before the model is loaded (a missing input, a
+directory without Parquet, an output that cannot be written, a bad option), so a mistake
+costs no MLflow round trip. The engines (``predict.local``, ``predict.spark``) share the
+scoring (``predict.scoring``), the rules (``housing_mlops.validation``) and the lineage.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from housing_mlops.columns import FEATURES
+from housing_mlops.errors import DataError, UsageError
+from housing_mlops.files import file_sha256
+from housing_mlops.predict.scoring import ADDED_COLUMNS
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int | None], None]
+ENGINES = ("local", "spark")
+ON_ERROR = ("fail", "skip")
+# How many bad rows an `--on-error fail` message names.
+SHOWN_REJECTIONS = 5
+LINEAGE_PREFIX = "housing."
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """The resolved input: its files (in reading order) and their format."""
+
+    spec: str
+    files: list[Path]
+    format: str  # "parquet" or "csv"
+
+    def sha256(self) -> str:
+        """The input's hash: the file's sha256, or for several parts the sha256 of
+        ``name sha256`` lines (so renaming or changing any part changes it)."""
+        if len(self.files) == 1:
+            return file_sha256(self.files[0])
+        lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in self.files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """What to score, with which model, where to write, and how to treat bad rows."""
+
+    input: InputFiles
+    output: Path
+    output_format: str  # "parquet" or "csv"
+    rejects: Path | None
+    on_error: str = "fail"
+    engine: str = "local"
+    spark_master: str | None = None  # None: local[*], or the master spark-submit set
+    version: int | None = None
+    alias: str | None = None
+    batch_rows: int = 65_536
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _format_of(path: Path, what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise UsageError(f"{what} {path} must end in .parquet or .csv (the extension sets the format)")
+
+
+def resolve_input(spec: str) -> InputFiles:
+    """A CSV or Parquet file, a directory of Parquet parts, or a glob of Parquet parts."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            fmt = _format_of(path, "input")
+        except UsageError as exc:
+            raise DataError(str(exc)) from None
+        if path.stat().st_size == 0:
+            raise DataError(f"input {path} is empty (0 bytes)")
+        return InputFiles(spec, [path], fmt)
+    if path.is_dir():
+        parts = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in (".parquet", ".pq")
+            and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
+        if not parts:
+            raise DataError(f"input directory {path} holds no Parquet files (*.parquet)")
+        return InputFiles(spec, parts, "parquet")
+    if glob.has_magic(spec):
+        matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not matches:
+            raise DataError(f"no file matches the input pattern {spec!r}")
+        formats = {_format_of(p, "input") for p in matches}
+        if formats != {"parquet"}:
+            raise DataError(f"the input pattern {spec!r} must match Parquet files only")
+        return InputFiles(spec, matches, "parquet")
+    raise DataError(f"input {spec} does not exist")
+
+
+def default_output(inp: InputFiles) -> Path:
+    """Beside the input: ``test.parquet`` -> ``test.predictions.parquet``; a directory
+    ``parts/`` -> ``parts.predictions.parquet``; a glob -> in the folder of the first match."""
+    path = Path(inp.spec)
+    if path.is_file():
+        return path.with_name(f"{path.stem}.predictions.parquet")
+    if path.is_dir():
+        return path.resolve().with_name(f"{path.resolve().name}.predictions.parquet")
+    return inp.files[0].parent / "predictions.parquet"
+
+
+def _check_writable(path: Path, what: str) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {what} {path}: the folder {parent} does not exist")
+    if path.is_dir() and not path.name.endswith(".parquet"):
+        raise UsageError(f"cannot write {what} {path}: it is a directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {what} {path}: the folder {parent} is not writable")
+
+
+def make_job(
+    input_spec: str,
+    output: Path | None = None,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
+    on_error: str = "fail",
+    rejects: Path | None = None,
+) -> PredictJob:
+    """Check the options and paths (no model loaded yet); raise Usage/DataError."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if on_error not in ON_ERROR:
+        raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
+    if version is not None and alias is not None:
+        raise UsageError("--model-version and --alias are exclusive: give one")
+    if spark_master is not None and engine != "spark":
+        raise UsageError("--spark-master needs --engine spark")
+    if rejects is not None and on_error != "skip":
+        raise UsageError("--rejects needs --on-error skip (with fail, a bad row stops the run)")
+    inp = resolve_input(input_spec)
+    out = Path(output) if output is not None else default_output(inp)
+    out_format = _format_of(out, "--output")
+    if any(out.resolve() == f.resolve() for f in inp.files):
+        raise UsageError(f"--output {out} is the input file: choose another path")
+    _check_writable(out, "--output")
+    if on_error == "skip" and rejects is None:
+        rejects = out.with_name(f"{out.name.removesuffix(out.suffix)}.rejects{out.suffix}")
+    if rejects is not None:
+        _format_of(rejects, "--rejects")
+        _check_writable(rejects, "--rejects")
+        if rejects.resolve() == out.resolve():
+            raise UsageError("--rejects and --output must be different files")
+    return PredictJob(
+        input=inp,
+        output=out,
+        output_format=out_format,
+        rejects=rejects,
+        on_error=on_error,
+        engine=engine,
+        spark_master=spark_master,
+        version=version,
+        alias=alias,
+    )
+
+
+def check_columns(names: list[str], source: str) -> None:
+    """Every feature present, none of the columns `housing predict` adds."""
+    missing = [f for f in FEATURES if f not in names]
+    if missing:
+        raise DataError(
+            f"{source} lacks the feature column(s) {', '.join(missing)} "
+            f"(needed: {', '.join(FEATURES)}; other columns pass through)"
+        )
+    clash = [c for c in ADDED_COLUMNS if c in names]
+    if clash:
+        raise DataError(
+            f"{source} already has the column(s) {', '.join(clash)} that `housing predict` "
+            "adds: rename or drop them (is it a predictions file?)"
+        )
+
+
+def replace_output(new: Path, final: Path) -> None:
+    """Move a finished output (a file, or Spark's folder of parts) into place. An older
+    output of the other kind is moved aside first and removed only after the rename."""
+    import shutil
+    import uuid
+
+    old = None
+    if final.is_dir() or (new.is_dir() and final.exists()):
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def not_numeric(name: str, kind: str, source: str) -> DataError:
+    """A feature column of text (or booleans, dates, ...): the whole file is refused."""
+    words = {"string": "text", "large_string": "text", "bool": "boolean", "boolean": "boolean"}
+    return DataError(
+        f"column {name} of {source} holds {words.get(kind, kind)} values, not numbers "
+        "(the features must be numeric columns)"
+    )
+
+
+def bad_rows_message(rejections: list[Any], offset: int, more: bool) -> str:
+    """``--on-error fail``: the first bad rows by row id, field and reason."""
+    shown = "; ".join(f"row {offset + r.row}: {r.text()}" for r in rejections[:SHOWN_REJECTIONS])
+    tail = " (and more)" if more or len(rejections) > SHOWN_REJECTIONS else ""
+    return (
+        f"input rows break the input rules of /predict: {shown}{tail}. Nothing was written; "
+        "fix the rows, or score the rest with --on-error skip (rejects go to --rejects)"
+    )
+
+
+# ------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class ModelPackage:
+    """The model as shipped to whoever scores: the verified model.skops bytes, the registry
+    reference (its sha256 tag is checked again on load) and the reference profile (the
+    ranges). Plain data: Spark sends it to executors, which load it once each."""
+
+    ref: Any
+    blob: bytes
+    profile: dict[str, Any] | None
+    threads: int
+
+    def load(self) -> Any:
+        """The serving wrapper (fast path checked against ``pipeline.predict``, ranges)."""
+        from housing_mlops import registry
+        from housing_mlops.serving.predictor import ModelMeta, build_loaded_model
+
+        pipeline = registry.load_model_bytes(self.ref, self.blob)
+        return build_loaded_model(
+            pipeline, ModelMeta.from_ref(self.ref), self.profile, threads=self.threads
+        )
+
+
+def load_package(settings: Any, version: int | None, alias: str | None) -> ModelPackage:
+    """Resolve ``@champion`` (or ``alias`` / ``version``) and read it with the service's
+    safe loading: sha256 against the registration tag, skops with the reviewed types."""
+    from housing_mlops import registry
+    from housing_mlops.serving.predictor import reference_profile_or_none
+
+    ref = registry.resolve(settings, version=version, alias=alias or registry.CHAMPION)
+    blob = registry.read_model_bytes(settings, ref)
+    profile = reference_profile_or_none(settings, ref)
+    threads = max(1, min(os.cpu_count() or 1, 8))
+    return ModelPackage(ref=ref, blob=blob, profile=profile, threads=threads)
+
+
+def lineage(job: PredictJob, package: ModelPackage, input_sha256: str) -> dict[str, str]:
+    """Key-value metadata of the output: which model scored which input, when."""
+    from housing_mlops import __version__
+    from housing_mlops.timestamps import iso_utc
+
+    ref = package.ref
+    meta = {
+        "model_name": ref.name,
+        "model_version": str(ref.version),
+        "model_alias": ref.alias or "",
+        "run_id": ref.run_id,
+        "data_version": ref.data_version or "",
+        "input": str(job.input.spec),
+        "input_files": json.dumps([str(p) for p in job.input.files]),
+        "input_sha256": input_sha256,
+        "engine": job.engine,
+        "scored_at": iso_utc(),
+        "package_version": __version__,
+    }
+    return {f"{LINEAGE_PREFIX}{k}": v for k, v in meta.items()}
+
+
+def read_lineage(path: Path) -> dict[str, str]:
+    """The lineage of a predictions file written by either engine (a Parquet file, or
+    Spark's directory of parts, where it rides in the `prediction` column's metadata)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    first = path
+    if path.is_dir():
+        first = sorted(p for p in path.glob("*.parquet"))[0]
+    meta = pq.read_schema(first).metadata or {}
+    out = {
+        k.decode()[len(LINEAGE_PREFIX) :]: v.decode()
+        for k, v in meta.items()
+        if k.decode().startswith(LINEAGE_PREFIX)
+    }
+    spark_schema = meta.get(b"org.apache.spark.sql.parquet.row.metadata")
+    if not out and spark_schema:
+        for fld in json.loads(spark_schema).get("fields", []):
+            for k, v in (fld.get("metadata") or {}).items():
+                if k.startswith(LINEAGE_PREFIX):
+                    out[k[len(LINEAGE_PREFIX) :]] = str(v)
+    return out
+
+
+def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dict[str, Any]:
+    """Score ``job`` and return the summary (rows in, scored, rejected, seconds, rows/s)."""
+    started = time.perf_counter()
+    say = progress or (lambda *_: None)
+    if job.engine == "spark":
+        from housing_mlops.predict.spark import spark_available
+
+        spark_available()  # the install hint before any MLflow round trip
+    say("reading the model from the registry", 0, None)
+    package = load_package(settings, job.version, job.alias)
+    say("hashing the input", 0, None)
+    input_sha = job.input.sha256()
+    meta = lineage(job, package, input_sha)
+    if job.engine == "spark":
+        from housing_mlops.predict.spark import score_spark
+
+        counts: dict[str, Any] = score_spark(job, package, meta, say)
+    else:
+        from housing_mlops.predict.local import score_local
+
+        counts = score_local(job, package, meta, say)
+    seconds = time.perf_counter() - started
+    ref = package.ref
+    return {
+        "input": str(job.input.spec),
+        "input_files": len(job.input.files),
+        "input_sha256": input_sha,
+        "output": str(job.output),
+        "rejects": str(job.rejects) if job.rejects is not None else None,
+        "engine": job.engine,
+        "spark_master": counts.get("master"),
+        "rows_in": counts["rows_in"],
+        "scored": counts["scored"],
+        "rejected": counts["rejected"],
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(counts["rows_in"] / seconds, 1) if seconds > 0 else None,
+        "model": {
+            "name": ref.name,
+            "version": str(ref.version),
+            "alias": ref.alias,
+            "run_id": ref.run_id,
+            "data_version": ref.data_version,
+        },
+    }

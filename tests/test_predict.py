@@ -1,0 +1,432 @@
+"""`housing predict` with the local engine: what a user scoring a file sees.
+
+A real store (the session's synthetic candidates, hist_gb as champion), real files, the
+real command; predictions compared with ``pipeline.predict`` and with a running
+``/predict`` service; every bad input an `Error:` line and its exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import ServerThread, champion_config, ready, wait_until
+from pydantic import ValidationError
+
+from housing_mlops import registry
+from housing_mlops.cli import run
+from housing_mlops.columns import FEATURES
+from housing_mlops.config import load_config
+from housing_mlops.predict import make_job, read_lineage
+from housing_mlops.predict import run as run_predict
+from housing_mlops.serving.schemas import build_request_models, format_errors
+from housing_mlops.validation import feature_ranges, invalid_rows
+
+ADDED = ["prediction", "prediction_usd", "model_version", "run_id", "row_id"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return champion_config(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def test_split(config: Path) -> Path:
+    settings = load_config(config)
+    return Path(settings.paths.processed_dir) / "test.parquet"
+
+
+@pytest.fixture(scope="module")
+def pipeline(config: Path) -> Any:
+    settings = load_config(config)
+    return registry.load_model(settings, registry.resolve(settings))
+
+
+def _predict(config: Path, *args: str) -> int:
+    return run(["-c", str(config), "predict", *args])
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _frame(n: int = 50, seed: int = 7) -> pd.DataFrame:
+    from synthetic import make_frame
+
+    return make_frame(n, seed=seed)
+
+
+# ------------------------------------------------------------------- the happy path
+def test_scores_the_test_split_as_is_in_order_with_lineage(
+    config: Path, test_split: Path, pipeline: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _predict(config, str(test_split), "--json") == 0
+    summary = _json(capsys)
+    out = test_split.with_name("test.predictions.parquet")
+    assert summary["output"] == str(out)
+    table = pq.read_table(out)
+    source = pq.read_table(test_split)
+    assert table.column_names == [*source.column_names, *ADDED]
+    frame = table.to_pandas()
+    expected = source.to_pandas()
+    # Columns beyond the features (the true value) pass through, rows keep their order.
+    np.testing.assert_array_equal(frame["MedHouseVal"], expected["MedHouseVal"])
+    np.testing.assert_array_equal(frame["row_id"], np.arange(len(expected)))
+    want = pipeline.predict(expected[FEATURES])
+    assert np.abs(frame["prediction"].to_numpy() - want).max() <= 1e-9
+    np.testing.assert_allclose(frame["prediction_usd"], np.round(want * 100_000, 2))
+    assert set(frame["model_version"]) == {"2"}
+    assert summary["rows_in"] == summary["scored"] == len(expected)
+    assert summary["rejected"] == 0 and summary["model"]["version"] == "2"
+    ref = registry.resolve(load_config(config))
+    lineage = read_lineage(out)
+    assert lineage["model_version"] == "2" and lineage["run_id"] == ref.run_id
+    assert lineage["data_version"] == ref.data_version
+    assert lineage["input_sha256"] == hashlib.sha256(test_split.read_bytes()).hexdigest()
+    assert pq.read_schema(out).metadata[b"housing.model_version"] == b"2"
+
+
+def test_predictions_equal_the_service(config: Path, test_split: Path, tmp_path: Path) -> None:
+    from housing_mlops.serving.app import create_app
+
+    out = tmp_path / "scored.parquet"
+    assert _predict(config, str(test_split), "-o", str(out)) == 0
+    frame = pq.read_table(out).to_pandas()
+    rows = frame[FEATURES].head(100).to_dict(orient="records")
+    settings = load_config(config)
+    with ServerThread(create_app(settings)) as server:
+        wait_until(lambda: ready(server.base), 60, "the service to load the champion")
+        answer = httpx.post(f"{server.base}/predict", json={"instances": rows}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_version"] == "2"
+    served = np.array(body["predictions"])
+    assert np.abs(frame["prediction"].head(100).to_numpy() - served).max() <= 1e-9
+    assert frame["prediction_usd"].head(100).tolist() == body["predictions_usd"]
+
+
+def test_csv_in_csv_out_and_model_version(
+    config: Path, tmp_path: Path, pipeline: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = _frame().assign(listing_id=[f"L{i}" for i in range(50)])
+    src = tmp_path / "county.csv"
+    frame.to_csv(src, index=False)
+    out = tmp_path / "scored.csv"
+    assert _predict(config, str(src), "-o", str(out), "--model-version", "1", "--json") == 0
+    assert _json(capsys)["model"]["version"] == "1"
+    got = pd.read_csv(out)
+    assert got.columns.tolist() == [*frame.columns, *ADDED]
+    assert got["listing_id"].tolist() == frame["listing_id"].tolist()
+    ridge = registry.load_model(load_config(config), registry.resolve(load_config(config), 1))
+    # CSV holds the shortest repr of each float, so it reads back exactly.
+    assert np.abs(got["prediction"].to_numpy() - ridge.predict(frame[FEATURES])).max() <= 1e-9
+
+
+def test_directory_and_glob_of_parts_keep_part_order(
+    config: Path, tmp_path: Path, pipeline: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = _frame(90)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(3):
+        frame.iloc[i * 30 : (i + 1) * 30].to_parquet(parts / f"part-{i:05d}.parquet")
+    (parts / "_SUCCESS").write_text("")
+    want = pipeline.predict(frame[FEATURES])
+    assert _predict(config, str(parts), "--json") == 0
+    out = tmp_path / "parts.predictions.parquet"
+    assert _json(capsys)["input_files"] == 3
+    got = pq.read_table(out).to_pandas()
+    assert np.abs(got["prediction"].to_numpy() - want).max() <= 1e-9
+    np.testing.assert_array_equal(got["row_id"], np.arange(90))
+    glob_out = tmp_path / "glob.parquet"
+    assert _predict(config, str(parts / "part-*.parquet"), "-o", str(glob_out)) == 0
+    assert pq.read_table(glob_out).column("prediction").to_pylist() == got["prediction"].tolist()
+
+
+# ---------------------------------------------------------------------- bad rows
+def _with_bad_rows(tmp_path: Path, n: int = 200) -> tuple[Path, pd.DataFrame]:
+    frame = _frame(n)
+    frame.loc[3, "MedInc"] = -1.0
+    frame.loc[150, "Latitude"] = 50.0
+    # Bedrooms above rooms, each inside its own range.
+    frame.loc[[150, 170], "AveRooms"] = 1.8
+    frame.loc[[150, 170], "AveBedrms"] = 1.9
+    src = tmp_path / "listings.parquet"
+    frame.to_parquet(src)
+    return src, frame
+
+
+def test_on_error_fail_names_rows_and_keeps_the_previous_output(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = _with_bad_rows(tmp_path)
+    out = tmp_path / "scored.parquet"
+    out.write_bytes(b"previous output")
+    assert _predict(config, str(src), "-o", str(out)) == 4
+    line = _error(capsys)
+    assert line.startswith(
+        "Error: input rows break the input rules of /predict: row 3: MedInc: Input should be "
+        "greater than 0; "
+    )
+    assert "; row 150: AveBedrms: AveBedrms (1.9) must not be greater than AveRooms (1.8);" in line
+    assert "; Latitude: Input should be less than or equal to" in line
+    assert "Nothing was written" in line
+    assert out.read_bytes() == b"previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listings.parquet", "scored.parquet"]
+
+
+def test_failure_after_written_batches_leaves_no_partial_file(config: Path, tmp_path: Path) -> None:
+    from housing_mlops.errors import DataError
+
+    src, _ = _with_bad_rows(tmp_path)
+    frame = pd.read_parquet(src)
+    frame.loc[3, "MedInc"] = 2.0  # the first bad row is now 150: three batches are written
+    frame.to_parquet(src)
+    out = tmp_path / "scored.parquet"
+    job = dataclasses.replace(make_job(str(src), out), batch_rows=50)
+    with pytest.raises(DataError, match="row 150: AveBedrms"):
+        run_predict(load_config(config), job)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listings.parquet"]
+
+
+def test_on_error_skip_writes_rejects_with_reasons(
+    config: Path, tmp_path: Path, pipeline: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, frame = _with_bad_rows(tmp_path)
+    out = tmp_path / "scored.parquet"
+    rejects = tmp_path / "rejects.csv"
+    args = [str(src), "-o", str(out), "--on-error", "skip", "--rejects", str(rejects), "--json"]
+    assert _predict(config, *args) == 0
+    summary = _json(capsys)
+    assert (summary["rows_in"], summary["scored"], summary["rejected"]) == (200, 197, 3)
+    assert summary["rejects"] == str(rejects)
+    got = pq.read_table(out).to_pandas()
+    good = frame.drop(index=[3, 150, 170])
+    np.testing.assert_array_equal(got["row_id"], good.index.to_numpy())
+    assert np.abs(got["prediction"].to_numpy() - pipeline.predict(good[FEATURES])).max() <= 1e-9
+    refused = pd.read_csv(rejects)
+    assert refused["row_id"].tolist() == [3, 150, 170]
+    assert refused["MedInc"].iloc[0] == -1.0
+    assert refused["error"].iloc[0] == "MedInc: Input should be greater than 0"
+    # Latitude out of range: the bedrooms rule is still judged (both its fields are valid).
+    assert refused["error"].iloc[1].startswith("AveBedrms: AveBedrms (")
+    assert "Latitude: Input should be less than or equal to" in refused["error"].iloc[1]
+
+
+@pytest.mark.parametrize("with_profile", [False, True], ids=["physical", "profile"])
+def test_validation_matches_the_service_schema_row_by_row(with_profile: bool) -> None:
+    """One definition, two enforcers: the numpy rules reject exactly the rows and fields
+    (with the same reasons) that the pydantic models of /predict reject."""
+    from housing_mlops.drift import build_profile
+
+    train = _frame(300, seed=5)
+    profile = (
+        build_profile({c: train[c].to_numpy() for c in FEATURES}, 50) if with_profile else None
+    )
+    rng = np.random.default_rng(0)
+    X = np.array(_frame(400, seed=11)[FEATURES].to_numpy(), dtype=np.float64)
+    ranges = feature_ranges(profile)
+    # Perturb cells to every kind of boundary and bad value.
+    specials = [0.0, -1e-9, 1e-9, -0.5, 42.1, 42.1000001, 32.5, -124.5, -114.0, np.nan, np.inf]
+    for _ in range(600):
+        X[rng.integers(0, len(X)), rng.integers(0, 8)] = specials[rng.integers(0, len(specials))]
+    X[5, 3] = X[5, 2] + 0.5  # bedrooms above rooms
+    X[6, 3] = X[6, 2]  # equal: allowed
+    mask, rejections = invalid_rows(X, ranges)
+    house = build_request_models(profile).house
+    ours = {r.row: dict(r.errors) for r in rejections}
+    for i, row in enumerate(X):
+        try:
+            house.model_validate(dict(zip(FEATURES, row.tolist(), strict=True)))
+            theirs: dict[str, str] = {}
+        except ValidationError as exc:
+            errors = [dict(e) for e in exc.errors()]
+            theirs = {e["field"]: e["msg"] for e in format_errors(errors, 1)}
+        assert ours.get(i, {}) == theirs, (i, row)
+        assert bool(mask[i]) == bool(theirs)
+    assert mask.sum() > 100 and (~mask).sum() > 20
+    # The training ranges are in force, not only the physical bounds.
+    assert with_profile == (ranges["MedInc"].le is not None)
+
+
+# --------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("make", "code", "message"),
+    [
+        (lambda d: d / "nope.parquet", 4, "Error: input {d}/nope.parquet does not exist"),
+        (
+            lambda d: (d / "empty_dir").mkdir() or d / "empty_dir",
+            4,
+            "Error: input directory {d}/empty_dir holds no Parquet files (*.parquet)",
+        ),
+        (
+            lambda d: (d / "empty.csv").write_text("") and None or d / "empty.csv",
+            4,
+            "Error: input {d}/empty.csv is empty (0 bytes)",
+        ),
+        (
+            lambda d: (d / "header.csv").write_text(",".join(FEATURES) + "\n") and d / "header.csv",
+            4,
+            "Error: input {d}/header.csv holds no rows",
+        ),
+        (
+            lambda d: (
+                _frame().drop(columns=["AveOccup", "Latitude"]).to_csv(d / "c.csv") or d / "c.csv"
+            ),
+            4,
+            "Error: {d}/c.csv lacks the feature column(s) AveOccup, Latitude (needed: "
+            + ", ".join(FEATURES)
+            + "; other columns pass through)",
+        ),
+        (
+            lambda d: _frame().assign(MedInc="high").to_parquet(d / "s.parquet") or d / "s.parquet",
+            4,
+            "Error: column MedInc of {d}/s.parquet holds text values, not numbers "
+            "(the features must be numeric columns)",
+        ),
+        (
+            lambda d: (d / "x.json").write_text("{}") and d / "x.json",
+            4,
+            "Error: input {d}/x.json must end in .parquet or .csv (the extension sets the format)",
+        ),
+    ],
+    ids=[
+        "missing",
+        "dir-no-parquet",
+        "empty-file",
+        "header-only",
+        "missing-cols",
+        "strings",
+        "json",
+    ],
+)
+def test_bad_input_is_one_error_line(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make: Any,
+    code: int,
+    message: str,
+) -> None:
+    path = make(tmp_path)
+    assert _predict(config, str(path), "-o", str(tmp_path / "o.parquet")) == code
+    assert _error(capsys) == message.format(d=tmp_path)
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_a_csv_cell_that_is_not_a_number_is_exit_4(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = _frame().astype({"HouseAge": object})
+    frame.loc[7, "HouseAge"] = "old"
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    assert _predict(config, str(tmp_path / "t.csv"), "-o", str(tmp_path / "o.parquet")) == 4
+    line = _error(capsys)
+    assert line.startswith(f"Error: cannot read {tmp_path}/t.csv: ")
+    assert "HouseAge" in line or "'old'" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["-o", "{d}/no/such/dir/o.parquet"], 2, "cannot write --output {d}/no/such/dir/o.parquet"),
+        (["-o", "{d}/o.txt"], 2, "--output {d}/o.txt must end in .parquet or .csv"),
+        (["--model-version", "1", "--alias", "champion"], 2, "exclusive"),
+        (["--engine", "dask"], 2, "--engine must be one of local, spark"),
+        (["--on-error", "ignore"], 2, "--on-error must be one of fail, skip"),
+        (["--rejects", "{d}/r.csv"], 2, "--rejects needs --on-error skip"),
+        (["--model-version", "9"], 5, "has no version 9"),
+        (["--alias", "challenger"], 5, "no model has the alias 'challenger'"),
+    ],
+)
+def test_bad_options_and_models(
+    config: Path,
+    test_split: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    args = [a.format(d=tmp_path) for a in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "o.parquet")]
+    assert _predict(config, str(test_split), *args) == code
+    assert message.format(d=tmp_path) in _error(capsys)
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_output_under_a_file_is_exit_2(
+    config: Path, test_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert _predict(config, str(test_split), "-o", str(blocker / "o.parquet")) == 2
+    assert _error(capsys) == (
+        f"Error: cannot write --output {blocker}/o.parquet: the folder {blocker} does not exist"
+    )
+
+
+def test_spark_engine_without_pyspark_names_the_install_command(
+    config: Path,
+    test_split: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Simulated absence (the extra may be installed here): `import pyspark` fails.
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    out = tmp_path / "o.parquet"
+    assert _predict(config, str(test_split), "-o", str(out), "--engine", "spark") == 3
+    assert _error(capsys) == (
+        "Error: --engine spark needs the spark extra: pip install 'housing-mlops[spark]' "
+        "(and Java 17: apt-get install openjdk-17-jre-headless on Debian)"
+    )
+
+
+def test_nulls_are_rejected_rows_not_a_crash(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = pa.Table.from_pandas(_frame(20), preserve_index=False)
+    med = table.column("MedInc").to_pylist()
+    med[4] = None
+    table = table.set_column(0, "MedInc", pa.array(med, pa.float64()))
+    pq.write_table(table, tmp_path / "n.parquet")
+    out = tmp_path / "o.parquet"
+    rejects = tmp_path / "r.parquet"
+    args = ["-o", str(out), "--on-error", "skip", "--rejects", str(rejects), "--json"]
+    assert _predict(config, str(tmp_path / "n.parquet"), *args) == 0
+    assert _json(capsys)["rejected"] == 1
+    refused = pq.read_table(rejects).to_pandas()
+    assert refused["row_id"].tolist() == [4]
+    assert refused["error"].iloc[0].startswith("MedInc: Input should be a valid number")
+
+
+def test_a_previous_output_is_replaced_whole_even_a_spark_folder(
+    config: Path, test_split: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scored.parquet"
+    out.mkdir()  # what the Spark engine leaves: a folder of parts
+    (out / "part-00000.parquet").write_bytes(b"old part")
+    assert _predict(config, str(test_split), "-o", str(out)) == 0
+    assert out.is_file() and pq.read_table(out).num_rows == pq.read_table(test_split).num_rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.parquet"]
