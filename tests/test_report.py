@@ -138,14 +138,27 @@ def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(
     assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_latency_percentiles_count_each_request_once_not_each_row(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], write_request_log: Any
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    write_request_log: Any,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms)."""
+    """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms); the same numbers
+    from a PostgreSQL log (``--request-log URL``), whose password appears nowhere."""
     import numpy as np
 
     config = write_config(tmp_path)
     settings = load_config(config)
+    log: Path | str = settings.serve.request_log
+    extra: list[str] = []
+    secret = "no password"
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres")
+        log, secret = server.create_database(), server.password
+        extra = ["--request-log", str(log)]
     house = {c: 1.0 for c in FEATURES}
     now = time.time()
     batch = [
@@ -176,11 +189,14 @@ def test_latency_percentiles_count_each_request_once_not_each_row(
         }
         for ms in range(1, 100)
     ]
-    write_request_log(settings.serve.request_log, batch + singles)
-    code = run(["--config", str(config), "report", "--json"])
+    write_request_log(log, batch + singles)
+    code = run(["--config", str(config), "report", "--json", *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    markdown = Path(json.loads(captured.out)["markdown"]).read_text()
+    result = json.loads(captured.out)
+    markdown = Path(result["markdown"]).read_text()
+    html = Path(result["html"]).read_text()
+    assert secret not in captured.out + captured.err + markdown + html
     per_request = np.percentile([*range(1, 100), 500.0], [50, 95, 99])  # 50.5, 95.05, 103.01
     for label, value in zip(("p50", "p95", "p99"), per_request, strict=True):
         assert f"| latency {label} (ms) | {value:.4g} |" in markdown, markdown
