@@ -371,3 +371,21 @@ def test_drift_over_a_bad_url_is_one_error_line_exit_3(
     else:
         assert ":***@127.0.0.1" in out.err  # the URL is named, its password is not
     assert "Wr0ng-pw" not in out.err and postgres.password not in out.err
+
+
+@pytest.mark.slow
+def test_drift_over_an_empty_postgresql_database_is_no_log_exit_7(
+    project, capsys, pg_url: str, postgres: Any
+) -> None:
+    code = run(["--config", str(project["config"]), "drift", "--request-log", pg_url])
+    out = capsys.readouterr()
+    assert code == 7, out.err
+    assert out.err.startswith("Error: no request log at postgresql://housing:***@127.0.0.1")
+    assert postgres.password not in out.err
+    db = store.open_readonly(pg_url)
+    assert db is not None
+    try:
+        assert store.latest_drift_run(db) is None  # drift made no schema and stored nothing
+        assert "requests" not in store.schema.tables(db)
+    finally:
+        db.close()

@@ -226,6 +226,19 @@ def test_progress_names_each_stage_in_order_before_it_runs(tmp_path: Path) -> No
     assert Path(result["html"]).is_file()
 
 
+def test_report_over_an_unreachable_postgresql_log_is_exit_3_without_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: Any
+) -> None:
+    config = write_config(tmp_path)
+    url = postgres.url().replace(postgres.password, "Wr0ng-pw")
+    code = run(["--config", str(config), "report", "--request-log", url])
+    captured = capsys.readouterr()
+    assert code == 3 and captured.out == ""
+    assert captured.err.startswith("Error: cannot connect to the request log postgresql://")
+    assert len(captured.err.splitlines()) == 1 and "Wr0ng-pw" not in captured.err
+    assert not (tmp_path / "reports").exists()  # checked before anything is written
+
+
 @pytest.fixture(scope="module")
 def full_state(tmp_path_factory: pytest.TempPathFactory, write_request_log: Any) -> dict[str, Any]:
     from housing_mlops import featurize, registry

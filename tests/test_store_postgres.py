@@ -170,6 +170,23 @@ def test_a_database_that_cannot_be_reached_is_a_config_error_within_seconds(
     assert ":***@127.0.0.1" in message
 
 
+def test_a_server_that_never_answers_is_a_config_error_after_the_connect_timeout() -> None:
+    # A port that accepts connections (the kernel's backlog) but never says a word: the
+    # hang a firewall or a stopped VM gives. Bounded by the 5 s connect timeout.
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://app:n0-answer@127.0.0.1:{silent.getsockname()[1]}/db"
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="timeout") as err:
+            store.create_log(url)
+        took = time.monotonic() - started
+    assert 4 < took < 10, took
+    assert "n0-answer" not in str(err.value) and "app:***@127.0.0.1" in str(err.value)
+
+
 # ------------------------------------------------------------------ sink and readers
 def test_the_sink_writes_in_order_and_an_outage_is_log_unavailable(postgres: Any) -> None:
     url = postgres.create_database()
