@@ -143,7 +143,12 @@ def test_starting_a_replica_does_not_wait_for_a_long_read(pg_url: str) -> None:
     with psycopg.connect(pg_url) as reader:
         reader.execute(b"LOCK TABLE requests IN ACCESS SHARE MODE")  # as a long SELECT does
         done = threading.Event()
-        worker = threading.Thread(target=lambda: (store.create_log(pg_url), done.set()))
+
+        def start_replica() -> None:
+            store.create_log(pg_url)
+            done.set()
+
+        worker = threading.Thread(target=start_replica)
         worker.start()
         try:
             assert done.wait(10), "create_log waited for the reader's lock"
