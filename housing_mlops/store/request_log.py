@@ -75,13 +75,15 @@ def window_counts(
     # version) is looked up for each version found.
     select = "SELECT model_version, COUNT(*) AS n, MIN(ts), MAX(ts) FROM requests"
     sql = f"{select} WHERE {clause} GROUP BY model_version ORDER BY n DESC"  # noqa: S608
-    same = "IS" if _is_sqlite(conn) else "IS NOT DISTINCT FROM"
     out = []
     for version, n, first, last in conn.execute(sql, params).fetchall():
+        # "= ?" or "IS NULL" rather than SQLite's "IS ?": both backends know it and both
+        # can use the (model_version, ts) index for it.
+        same, args = ("= ?", [version]) if version is not None else ("IS NULL", [])
         name = conn.execute(
             "SELECT model_name FROM requests WHERE status = 200 "  # noqa: S608 - fixed words
-            f"AND model_version {same} ? AND ts >= ? AND ts < ? LIMIT 1",
-            [version, first, last + 1e-6],
+            f"AND model_version {same} AND ts >= ? AND ts < ? LIMIT 1",
+            [*args, first, last + 1e-6],
         ).fetchone()
         out.append(
             {
