@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def _row(i: int, *, version: str = "1", status: int = 200, instance: str = "a") -> Any:
     return store.row_values(
         store.LoggedRequest(
-            ts=1_700_000_000.0 + i,
+            ts=1_700_000_000.0 + 30 * i,  # 3,000 rows span midnight UTC
             request_id=f"req-{i}",
             row_index=0,
             model_name="m",
@@ -300,9 +300,9 @@ def test_readers_give_the_same_answers_over_postgresql_and_sqlite(
         db = store.open_readonly(where)
         assert db is not None
         try:
-            counts = store.window_counts(db, 1_700_000_000.0, 1_700_010_000.0)
+            counts = store.window_counts(db, 1_700_000_000.0, 1_700_100_000.0)
             sample = store.window_sample(
-                db, 1_700_000_000.0, 1_700_010_000.0, "1", [*FEATURES, "prediction"], 0.3
+                db, 1_700_000_000.0, 1_700_100_000.0, "1", [*FEATURES, "prediction"], 0.3
             )
             stats = store.serving_stats(db, sample_rows=1000)
         finally:
@@ -315,6 +315,7 @@ def test_readers_give_the_same_answers_over_postgresql_and_sqlite(
         assert s1[column].tolist() == s2[column].tolist()  # the same sampled rows, exactly
     preds1, preds2 = t1.pop("predictions"), t2.pop("predictions")
     assert t1 == t2 and sorted(preds1.tolist()) == sorted(preds2.tolist())
+    assert [d["day"] for d in t1["per_day"]] == ["2023-11-14", "2023-11-15"]
 
 
 def test_drift_history_round_trips_over_postgresql(pg_url: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from housing_mlops.store.schema import REQUEST_COLUMNS, tables
@@ -37,6 +38,13 @@ def _sample_clause(fraction: float) -> tuple[str, list[Any]]:
 
 def _is_sqlite(conn: LogConnection) -> bool:
     return isinstance(conn, sqlite3.Connection)
+
+
+def _utc_day(day: str | float) -> str:
+    """SQLite's date(ts, 'unixepoch') as is; PostgreSQL's day number as that same text."""
+    if isinstance(day, str):
+        return day
+    return (date(1970, 1, 1) + timedelta(days=int(day))).isoformat()
 
 
 def _columns(conn: LogConnection, table: str) -> set[str]:
@@ -184,13 +192,11 @@ def serving_stats(conn: LogConnection | None, sample_rows: int = 200_000) -> dic
     }
     if not total:
         return stats
-    day = (
-        "date(ts, 'unixepoch')"
-        if _is_sqlite(conn)
-        else "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-    )
+    # PostgreSQL groups on the UTC day number and the date is written here: formatting a
+    # timestamp per row in SQL (to_char) cost it a second per million rows.
+    day = "date(ts, 'unixepoch')" if _is_sqlite(conn) else "FLOOR(ts / 86400)"
     stats["per_day"] = [
-        {"day": r[0], "rows": int(r[1]), "errors": int(r[2]), "requests": int(r[3])}
+        {"day": _utc_day(r[0]), "rows": int(r[1]), "errors": int(r[2]), "requests": int(r[3])}
         for r in conn.execute(
             f"SELECT {day} AS day, COUNT(*), "  # noqa: S608 - fixed expressions
             "SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END), "
