@@ -142,6 +142,11 @@ class ServeConfig(_Section):
     microbatch_window_ms: float = Field(1.0, ge=0)
     microbatch_max_rows: int = Field(256, ge=1)
     predictor_threads: int = Field(1, ge=1)
+    # The replica's name on every request-log row; empty: <hostname>:<pid> at start.
+    instance: str = Field("", max_length=200)
+    # Where rows wait while the request log's database is unreachable (one file per
+    # writer process; replayed in order when it is back, or by the next start).
+    spool_dir: Path = Path("data/spool")
 
 
 class DriftConfig(_Section):
@@ -183,6 +188,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HOUSING_SERVE_PORT": ("serve", "port"),
     "HOUSING_SERVE_WORKERS": ("serve", "workers"),
     "HOUSING_REQUEST_LOG": ("serve", "request_log"),
+    "HOUSING_INSTANCE": ("serve", "instance"),
+    "HOUSING_SPOOL_DIR": ("serve", "spool_dir"),
 }
 
 
@@ -194,6 +201,7 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
         ("paths", "processed_dir"),
         ("paths", "reports_dir"),
         ("serve", "request_log"),
+        ("serve", "spool_dir"),
     ):
         sec = raw.setdefault(section, {})
         if isinstance(sec, dict) and key in sec and sec[key] is not None:

@@ -278,3 +278,17 @@ def ready(base_url: str) -> bool:
 def sample_row(seed: int = 3) -> dict[str, float]:
     frame = make_frame(5, seed=seed)
     return {k: float(frame[k].iloc[0]) for k in FEATURES}
+
+
+def spooled_rows(directory: Path) -> int:
+    """Rows waiting in every request-log spool file of a folder (store.spool)."""
+    import sqlite3
+
+    total = 0
+    for path in sorted(directory.glob("*.db")):
+        conn = sqlite3.connect(path, timeout=5.0)
+        try:
+            total += int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+        finally:
+            conn.close()
+    return total

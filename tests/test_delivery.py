@@ -399,13 +399,25 @@ def test_alerts_and_dashboard_use_only_contract_metrics() -> None:
 def test_the_service_exports_the_contract_metrics_it_owns() -> None:
     """The names the dashboard relies on are the names ServingMetrics registers."""
     from housing_mlops.serving.metrics import ServingMetrics
+    from housing_mlops.store import FlushReport
 
     metrics = ServingMetrics()
     metrics.observe_http("/predict", "POST", 200, 0.001)
     metrics.observe_predictions("1", [1.0])
     metrics.validation_errors.labels("MedInc").inc()
     metrics.set_model("m", "1", "champion", "r")
-    metrics.on_log_flush(1, 0, 0, 1.0)
+    metrics.on_log_flush(
+        FlushReport(
+            written=1,
+            dropped=0,
+            write_failures=0,
+            replayed=0,
+            depth=0,
+            spooled=0,
+            degraded=False,
+            last_flush_ts=1.0,
+        )
+    )
     exported = {
         s.name for family in metrics.registry.collect() for s in family.samples
     }  # sample names carry the _total/_bucket suffixes

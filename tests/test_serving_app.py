@@ -356,8 +356,15 @@ def test_oversized_streamed_body_gets_413(client: Any) -> None:
 # ----------------------------------------------------------------- other endpoints
 def test_health_ready_and_model_info(client: Any) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "model_version": "1"}
+    assert client.get("/ready").json() == {
+        "status": "ready",
+        "model_version": "1",
+        "request_log": "ok",
+    }
     info = client.get("/model/info").json()
+    assert info["request_log"]["state"] == "ok"
+    assert info["request_log"]["location"].endswith("requests.db")
+    assert info["instance"]  # <hostname>:<pid> unless serve.instance names it
     assert info["name"] == "test-housing"
     assert info["version"] == "1"
     assert info["alias"] == "champion"

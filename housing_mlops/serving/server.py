@@ -17,6 +17,7 @@ from typing import Any
 
 CONFIG_ENV = "HOUSING_SERVE_CONFIG"
 MODEL_VERSION_ENV = "HOUSING_SERVE_MODEL_VERSION"
+INSTANCE_ENV = "HOUSING_INSTANCE"  # config.ENV_OVERRIDES: serve.instance
 
 
 def app_from_env() -> Any:
@@ -106,7 +107,7 @@ def run_server(
     from housing_mlops.errors import UsageError
     from housing_mlops.serving.app import create_app
     from housing_mlops.serving.metrics import multiprocess_directory
-    from housing_mlops.serving.state import load_served_model
+    from housing_mlops.serving.state import instance_name, load_served_model
 
     server_class = _graceful_server_class()
     serve = settings.serve
@@ -130,12 +131,15 @@ def run_server(
         "log_level": "info",
         "timeout_graceful_shutdown": 30,
     }
-    summary = {
+    instance = instance_name(serve.instance)
+    summary: dict[str, Any] = {
         "model": ref.name,
         "version": str(ref.version),
         "url": f"http://{host}:{port}",
         "workers": workers,
         "request_log": str(serve.request_log),
+        # Every worker's rows carry the replica's name (workers share this process's).
+        "instance": instance,
     }
     if workers == 1:
         with sock:
@@ -153,6 +157,7 @@ def run_server(
     worker_env = {
         CONFIG_ENV: str(Path(source).resolve()),
         MODEL_VERSION_ENV: None if model_version is None else str(model_version),
+        INSTANCE_ENV: instance,
     }
     with multiprocess_directory(), _environ(worker_env):
         if on_ready:

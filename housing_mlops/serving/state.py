@@ -53,6 +53,14 @@ def cache_profile_for_drift(settings: Any, meta: ModelMeta, profile: dict[str, A
         log.warning("could not cache the reference profile for drift: %s", exc)
 
 
+def instance_name(configured: str) -> str:
+    """The replica's name on its request-log rows: ``serve.instance``, else ``<host>:<pid>``."""
+    import os
+    import socket
+
+    return configured or f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Service:
     """Everything one app instance owns: model holder, batcher, request log, metrics."""
 
@@ -71,7 +79,6 @@ class Service:
         self.model_name = settings.mlflow.registered_model_name
         self.pinned_version = model_version
         self.metrics = ServingMetrics()
-        self.metrics.add_collector(DriftCollector(serve.request_log))
         self.holder = ModelHolder(self.metrics, model)
         self.batcher = MicroBatcher(
             self.holder.current,
@@ -79,11 +86,20 @@ class Service:
             max_rows=serve.microbatch_max_rows,
             threads=serve.predictor_threads,
         )
+        self.instance = instance_name(serve.instance)
+        # Safe to show (/model/info, logs): a URL's password is replaced by ***.
+        self.log_display = str(serve.request_log)
         self.writer = RequestLogWriter(
             serve.request_log,
             flush_interval_s=serve.log_flush_interval_s,
             max_queue=serve.log_queue_size,
             on_flush=self.metrics.on_log_flush,
+            spool_dir=serve.spool_dir,
+            instance=self.instance,
+        )
+        writer = self.writer
+        self.metrics.add_collector(
+            DriftCollector(serve.request_log, reachable=lambda: not writer.degraded)
         )
         self.loader = loader or self._registry_loader
         self.watcher = ModelWatcher(
@@ -141,7 +157,8 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # uvicorn has answered every in-flight request by now: flush them all to SQLite.
+        # uvicorn has answered every in-flight request by now: flush them all to the log
+        # (or to the spool while its database is unreachable).
         await asyncio.to_thread(self.batcher.close)
         await asyncio.to_thread(self.writer.close)
         self.metrics.process_exit()

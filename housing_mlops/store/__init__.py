@@ -40,10 +40,11 @@ from housing_mlops.store.request_log import (
 )
 from housing_mlops.store.rows import LoggedRequest
 from housing_mlops.store.schema import REQUEST_COLUMNS
-from housing_mlops.store.writer import RequestLogWriter
+from housing_mlops.store.writer import FlushReport, RequestLogWriter
 
 __all__ = [
     "REQUEST_COLUMNS",
+    "FlushReport",
     "LoggedRequest",
     "RequestLogWriter",
     "cache_reference",
