@@ -20,7 +20,13 @@ connections: `wrk` + a Lua script when `wrk` is installed, else a Python asyncio
 generator (`--loadgen python` forces it). The request body is the same row; only the
 envelope differs (MLflow wants ``{"dataframe_records": [...]}``).
 
-Prints requests/s, p50 and p99 latency, errors and the ratio, plus the machine's load
+Side by side, the request log's two backends: `housing serve` is driven once with its
+SQLite log and once, same model and load, with a PostgreSQL log (``--pg-url URL``, or a
+throwaway cluster started here with initdb/pg_ctl when they are installed; as the
+``postgres`` user when run as root), and the ratio of their requests/s is printed (target:
+PostgreSQL >= 90% of SQLite). ``--only housing|postgres|mlflow`` runs one of them.
+
+Prints requests/s, p50 and p99 latency, errors and the ratios, plus the machine's load
 average (the numbers mean little on a busy machine). ``--json`` prints them as JSON.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -40,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -309,21 +317,34 @@ def drive(
 
 
 # ---------------------------------------------------------------------------- main
-def bench_housing(config: Path, args: argparse.Namespace, tool: str, tmp: Path) -> dict[str, Any]:
+def bench_housing(
+    config: Path, args: argparse.Namespace, tool: str, tmp: Path, pg_url: str | None = None
+) -> dict[str, Any]:
+    """`housing serve` with the config's (SQLite) log, or with ``pg_url`` as its log."""
     from housing_mlops.config import load_config
 
     settings = load_config(config)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log(f"bench: starting housing serve on {base}")
-    log_file = tmp / "housing-serve.log"
+    backend = "PostgreSQL" if pg_url else "SQLite"
+    log(f"bench: starting housing serve on {base} ({backend} request log)")
+    log_file = tmp / f"housing-serve-{backend.lower()}.log"
+    env = dict(os.environ)
+    if pg_url:
+        env["HOUSING_REQUEST_LOG"] = pg_url
+        env["HOUSING_SPOOL_DIR"] = str(tmp / "spool")
     proc = subprocess.Popen(
         [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=log_file.open("wb"),
+        env=env,
     )
     db = Path(settings.serve.request_log)
-    before = _count_rows(db)
+
+    def count() -> int:
+        return _count_pg_rows(pg_url) if pg_url else _count_rows(db)
+
+    before = count()
     try:
         try:
             wait_http(f"{base}/ready", proc)
@@ -332,13 +353,62 @@ def bench_housing(config: Path, args: argparse.Namespace, tool: str, tmp: Path) 
             raise
         body = json.dumps(ROW)
         drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
-        log(f"bench: driving housing serve for {args.duration:.0f} s with {tool}")
+        log(f"bench: driving housing serve ({backend} log) for {args.duration:.0f} s with {tool}")
         result = drive(f"{base}/predict", body, args.duration, args.connections, tool, tmp)
     finally:
         code = stop(proc)
     result["exit_code"] = code
-    result["request_log_rows_added"] = _count_rows(db) - before
+    result["request_log_rows_added"] = count() - before
     return result
+
+
+def _count_pg_rows(url: str) -> int:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("select count(*) from requests").fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def throwaway_postgres(tmp: Path) -> Iterator[str | None]:
+    """A PostgreSQL cluster in ``tmp`` on a free loopback port (initdb/pg_ctl; as the
+    ``postgres`` user when run as root); yields its URL, or None without the tools."""
+    import glob
+    import pwd
+
+    def tool(name: str) -> str | None:
+        found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+        return found[-1] if found else shutil.which(name)
+
+    initdb, pg_ctl = tool("initdb"), tool("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        log("bench: no initdb/pg_ctl (apt-get install postgresql): PostgreSQL run skipped")
+        yield None
+        return
+    base = tmp / "pg"
+    base.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    pg(initdb, "-D", str(base / "data"), "-U", "housing", "--auth=trust", "--no-sync")
+    # Durable commits (fsync on, the default): the log's cost as a deployment pays it.
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    pg(pg_ctl, "-D", str(base / "data"), "-l", str(base / "log"), "-o", options, "-w", "start")
+    try:
+        yield f"postgresql://housing@127.0.0.1:{port}/postgres"
+    finally:
+        pg(pg_ctl, "-D", str(base / "data"), "-m", "fast", "-w", "stop")
 
 
 def _count_rows(db: Path) -> int:
@@ -420,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="candidate fitted for the throwaway store (default: the hist_gradient_boosting one)",
     )
-    parser.add_argument("--only", choices=["housing", "mlflow"], default=None)
+    parser.add_argument("--only", choices=["housing", "postgres", "mlflow"], default=None)
+    parser.add_argument(
+        "--pg-url",
+        default=None,
+        help="PostgreSQL URL for the request-log comparison (default: a throwaway cluster)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--_loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -451,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         if args.only in (None, "housing"):
             results["housing serve"] = bench_housing(config, args, tool, tmp)
+        if args.only in (None, "postgres"):
+            with contextlib.ExitStack() as stack:
+                url = args.pg_url or stack.enter_context(throwaway_postgres(tmp))
+                if url:
+                    results["housing serve (PG log)"] = bench_housing(config, args, tool, tmp, url)
         if args.only in (None, "mlflow"):
             results["mlflow models serve"] = bench_mlflow(config, args, tool, tmp)
     finally:
@@ -466,24 +546,33 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": [round(x, 2) for x in load_after],
         "results": results,
     }
-    if len(results) == 2:
+    if "housing serve" in results and "mlflow models serve" in results:
         h, m = results["housing serve"]["rps"], results["mlflow models serve"]["rps"]
         summary["ratio_rps"] = h / m if m else None
+    if "housing serve" in results and "housing serve (PG log)" in results:
+        h, p = results["housing serve"]["rps"], results["housing serve (PG log)"]["rps"]
+        summary["ratio_pg_sqlite_rps"] = p / h if h else None
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"bench-serve: {args.connections} connections, {args.duration:.0f} s each, {tool}")
     print(f"model: champion of {store}")
-    print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    print(f"{'server':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, r in results.items():
         print(
-            f"{name:<22}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
+            f"{name:<26}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
         )
     if "ratio_rps" in summary and summary["ratio_rps"]:
         print(f"ratio (housing / mlflow requests/s): {summary['ratio_rps']:.1f}x")
-    h = results.get("housing serve")
-    if h:
-        print(f"housing request log: {h['request_log_rows_added']} rows added (logging on)")
+    if summary.get("ratio_pg_sqlite_rps"):
+        print(
+            "ratio (housing with the PostgreSQL log / with the SQLite log, requests/s): "
+            f"{summary['ratio_pg_sqlite_rps']:.0%} (target >= 90%)"
+        )
+    for name, backend in (("housing serve", "SQLite"), ("housing serve (PG log)", "PostgreSQL")):
+        if name in results:
+            added = results[name]["request_log_rows_added"]
+            print(f"{backend} request log: {added} rows added (logging on)")
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after"
