@@ -22,6 +22,7 @@ reload_model  # POST /model/reload
 _.model_config
 _._hex64  # config.DataConfig
 _._unique_names  # config.TrainConfig
+_._log_path_or_url  # config.ServeConfig
 _.prediction
 _.prediction_usd
 _.predictions_usd

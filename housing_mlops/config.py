@@ -134,7 +134,11 @@ class ServeConfig(_Section):
     workers: int = Field(1, ge=1)
     max_batch_size: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    request_log: Path = Path("data/requests.db")
+    # A SQLite file (created when missing) or a postgresql:// (postgres://) URL, kept as
+    # a string: Path() would collapse its "//". The store parses and redacts it.
+    request_log: Path | str = Path("data/requests.db")
+    # The replica's name in the request log's `instance` column; empty: <hostname>:<pid>.
+    instance: str = ""
     log_flush_interval_s: float = Field(1.0, gt=0)
     log_queue_size: int = Field(100_000, ge=1)
     reload_interval_s: float = Field(30.0, ge=0)
@@ -142,11 +146,19 @@ class ServeConfig(_Section):
     microbatch_window_ms: float = Field(1.0, ge=0)
     microbatch_max_rows: int = Field(256, ge=1)
     predictor_threads: int = Field(1, ge=1)
-    # The replica's name on every request-log row; empty: <hostname>:<pid> at start.
-    instance: str = Field("", max_length=200)
     # Where rows wait while the request log's database is unreachable (one file per
     # writer process; replayed in order when it is back, or by the next start).
     spool_dir: Path = Path("data/spool")
+
+    @field_validator("request_log", mode="before")
+    @classmethod
+    def _log_path_or_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and "://" in value:
+            if not is_log_url(value):
+                scheme = value.split("://", 1)[0]
+                raise ValueError(f"a SQLite path or a postgresql:// URL, not {scheme}://")
+            return value
+        return Path(value) if isinstance(value, str) else value
 
 
 class DriftConfig(_Section):
@@ -179,6 +191,14 @@ class Settings(_Section):
     source: Path | None = Field(default=None, exclude=True)
 
 
+def is_log_url(value: object) -> bool:
+    """True when a request_log value is a PostgreSQL URL rather than a SQLite path."""
+    return isinstance(value, str) and value.split("://", 1)[0].lower() in (
+        "postgresql",
+        "postgres",
+    )
+
+
 # Environment variable -> (section, key). Applied after the YAML is read.
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MLFLOW_TRACKING_URI": ("mlflow", "tracking_uri"),
@@ -205,6 +225,8 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
     ):
         sec = raw.setdefault(section, {})
         if isinstance(sec, dict) and key in sec and sec[key] is not None:
+            if "://" in str(sec[key]):
+                continue  # a URL, not a path (serve.request_log checks its scheme)
             sec[key] = str((cwd / Path(str(sec[key])).expanduser()).resolve())
 
 
@@ -237,7 +259,7 @@ def settings_from_dict(raw: dict[str, Any], source: Path | None = None) -> Setti
         sec = data.setdefault(section, {})
         if isinstance(sec, dict):
             for name, field in model.model_fields.items():
-                if field.annotation is Path and name not in sec:
+                if field.annotation in (Path, Path | str) and name not in sec:
                     sec[name] = str(field.default)
     _resolve_paths(data)
     try:

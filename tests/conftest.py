@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +90,24 @@ def write_request_log() -> Callable[[Path, list[dict[str, Any]]], None]:
         assert writer.written == len(rows), "the request log writer dropped rows"
 
     return write
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (``helpers.PostgresServer``): skipped
+    without initdb/pg_ctl, failed instead in CI. ``postgres.create_database()`` gives a
+    fresh database; ``postgres.down()`` stops it for an outage."""
+    pytest.importorskip("psycopg", reason="psycopg (a dependency) is not installed")
+    from helpers import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """A ``postgresql://`` URL (with a password) of a fresh, empty database."""
+    return str(postgres.create_database())

@@ -3,15 +3,20 @@
 - archives in the StatLib layout (``make_archive``, ``GOOD``, ``sha256``);
 - processed data and throwaway MLflow stores (``write_processed``, ``trained_store``, ...);
 - processes and servers on loopback (``free_port``, ``wait_until``, ``running``,
-  ``ServerThread``), waiting by polling with a deadline, never by a fixed sleep.
+  ``ServerThread``), waiting by polling with a deadline, never by a fixed sleep;
+- a real PostgreSQL server (``PostgresServer``; the session fixture ``postgres`` and a
+  fresh database per test, ``pg_url``, are in conftest.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
+import os
+import pwd
 import random
 import shutil
 import signal
@@ -19,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -314,6 +320,119 @@ def ready(base_url: str) -> bool:
 def sample_row(seed: int = 3) -> dict[str, float]:
     frame = make_frame(5, seed=seed)
     return {k: float(frame[k].iloc[0]) for k in FEATURES}
+
+
+# ------------------------------------------------------------------------ PostgreSQL
+def _mandatory() -> bool:
+    return os.environ.get("CI") == "true" or os.environ.get("HOUSING_REQUIRE_REAL_DATA") == "1"
+
+
+def _pg_tool(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def skip_or_fail(msg: str) -> None:
+    """Skip locally; fail where the tool must be there (CI, HOUSING_REQUIRE_REAL_DATA=1)."""
+    if _mandatory():
+        pytest.fail(msg + ": .ci/run installs it")
+    pytest.skip(msg)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a free loopback port, started with initdb/pg_ctl
+    (as Debian's unprivileged ``postgres`` user when the tests run as root).
+
+    The superuser ``housing`` logs in over TCP with a password (scram-sha-256), so every
+    URL a test uses carries a secret that must never show up in output. ``url(db)`` is a
+    ``postgresql://`` URL; ``create_database()`` makes a fresh database and returns its URL;
+    ``stop()`` / ``start()`` take the server down and up again on the same port (outages).
+    """
+
+    user = "housing"
+    password = "s3cret-Pg-pw"  # noqa: S105 - a throwaway test cluster
+
+    def __init__(self) -> None:
+        initdb, self.pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+        if initdb is None or self.pg_ctl is None:
+            skip_or_fail("PostgreSQL's initdb/pg_ctl not installed (apt-get install postgresql)")
+        self.base = Path(tempfile.mkdtemp(prefix="housing-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            # initdb refuses to run as root: run the cluster as Debian's `postgres` user.
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.base, ignore_errors=True)
+                pytest.skip("running as root and there is no `postgres` user to own the cluster")
+            os.chown(self.base, owner.pw_uid, owner.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data = self.base / "data"
+        self.port = free_port()
+        self._databases = 0
+        pwfile = self.base / "pw"
+        pwfile.write_text(self.password + "\n")
+        if self.as_user:
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+        assert initdb is not None
+        self._pg(
+            initdb, "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
+            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync",
+        )  # fmt: skip
+        self.start()
+
+    def _pg(self, *args: str, timeout: float = 90) -> None:
+        result = subprocess.run(
+            [*self.as_user, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        assert result.returncode == 0, f"{args[0]}: {result.stdout}\n{result.stderr}"
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200"
+        )
+        assert self.pg_ctl is not None
+        self._pg(
+            self.pg_ctl, "-D", str(self.data), "-l", str(self.base / "postgres.log"),
+            "-o", options, "-w", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        assert self.pg_ctl is not None
+        self._pg(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop", timeout=60)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped inside the block, started again after it (even on failure)."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def url(self, database: str = "postgres", driver: str = "postgresql") -> str:
+        return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new empty database; returns its postgresql:// URL (with the password)."""
+        import psycopg
+
+        self._databases += 1
+        name = f"{prefix}_{self._databases}_{os.getpid()}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def log(self) -> str:
+        return tail(self.base / "postgres.log")
+
+    def close(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 def spooled_rows(directory: Path) -> int:

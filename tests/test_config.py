@@ -180,6 +180,30 @@ def test_relative_paths_resolve_against_cwd(
     assert settings.paths.processed_dir == work.resolve() / "data" / "processed"
 
 
+def test_a_postgresql_url_is_kept_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql://app:pw@db:5432/requests"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"serve:\n  request_log: {url}\n" + MINIMAL)
+    assert load_config(path).serve.request_log == url  # not Path-collapsed, not resolved
+    monkeypatch.setenv("HOUSING_REQUEST_LOG", "postgres://app:pw@other/db")
+    monkeypatch.setenv("HOUSING_INSTANCE", "api-2")
+    settings = load_config(path)
+    assert settings.serve.request_log == "postgres://app:pw@other/db"
+    assert settings.serve.instance == "api-2"
+
+
+def test_a_url_of_another_database_is_a_config_error_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("serve:\n  request_log: mysql://app:hunter2@db/requests\n" + MINIMAL)
+    message = config_error(capsys, path)
+    assert "'serve.request_log'" in message and "not mysql://" in message
+    assert "hunter2" not in message
+
+
 def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_config(write_config(tmp_path))
     with pytest.raises(ValueError, match="frozen"):

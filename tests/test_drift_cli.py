@@ -68,7 +68,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, write_request_log: Any) ->
     shifted["MedInc"] *= 1.2
 
     anchor = time.time() - 6 * 3600  # windows are given as ISO timestamps around this
-    log = (write_request_log, settings.serve.request_log)
+    log = (write_request_log, Path(settings.serve.request_log))
     log_frame(*log, x_test, model.predict(x_test), anchor)  # [anchor, anchor + 10 s)
     log_frame(*log, shifted, model.predict(shifted), anchor + 3600)  # an hour later
     log_frame(*log, x_test.iloc[:10], model.predict(x_test.iloc[:10]), anchor + 7200)  # tiny

@@ -12,13 +12,8 @@ loads the champion from it and answers a prediction.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import pwd
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,65 +28,16 @@ MODEL_NAME = "test-housing"  # registered_model_name in tests/synthetic.py
 pytestmark = pytest.mark.slow
 
 
-def _mandatory() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("HOUSING_REQUIRE_REAL_DATA") == "1"
-
-
-def _pg_tool(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free loopback port; yields its SQLAlchemy URI."""
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        msg = "PostgreSQL's initdb/pg_ctl not installed (apt-get install postgresql)"
-        if _mandatory():
-            pytest.fail(msg + ": .ci/run installs it")
-        pytest.skip(msg)
-    pytest.importorskip("psycopg2", reason="psycopg2-binary (dev extra) is needed by MLflow")
-    base = Path(tempfile.mkdtemp(prefix="housing-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        # initdb refuses to run as root: run the cluster as Debian's `postgres` user.
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(base, ignore_errors=True)
-            pytest.skip("running as root and there is no `postgres` user to own the cluster")
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-    port = free_port()
-
-    def pg(*args: str, timeout: float = 90) -> None:
-        result = subprocess.run(
-            [*as_user, *args], capture_output=True, text=True, timeout=timeout, check=False
-        )
-        assert result.returncode == 0, f"{args[0]}: {result.stdout}\n{result.stderr}"
-
-    try:
-        pg(initdb, "-D", str(data), "-U", "housing", "--auth=trust", "-E", "UTF8", "--no-sync")
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        pg(pg_ctl, "-D", str(data), "-l", str(base / "postgres.log"), "-o", options, "-w", "start")
-        try:
-            # psycopg2 explicitly: SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
-            yield f"postgresql+psycopg2://housing@127.0.0.1:{port}/postgres"
-        finally:
-            pg(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def backend_store(kind: str, tmp_path: Path) -> Iterator[str]:
+def backend_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
     else:
-        with postgres_server() as uri:
-            yield uri
+        pytest.importorskip("psycopg2", reason="psycopg2-binary (dev extra) is needed by MLflow")
+        server = request.getfixturevalue("postgres")  # the session's PostgreSQL (conftest)
+        url = server.create_database("mlflow")
+        # psycopg2 explicitly: SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
+        yield url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -100,6 +46,7 @@ def test_train_evaluate_promote_and_serve_through_a_tracking_server(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     from helpers import write_processed
 
@@ -117,7 +64,7 @@ def test_train_evaluate_promote_and_serve_through_a_tracking_server(
     client_env = {**os.environ, "MLFLOW_TRACKING_URI": url}
 
     with contextlib.ExitStack() as stack:
-        store_uri = stack.enter_context(backend_store(backend, tmp_path))
+        store_uri = stack.enter_context(backend_store(backend, tmp_path, request))
         server = stack.enter_context(
             running(
                 [

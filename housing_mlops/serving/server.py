@@ -119,6 +119,8 @@ def run_server(
     # Before binding anything: is there a model to serve? (ModelError -> exit 5)
     ref = registry.resolve(settings, version=model_version)
     store.create_log(serve.request_log)  # a log it cannot write: ConfigError, before binding
+    if store.parse_log_location(serve.request_log).kind == "postgresql":
+        store.check_spool_dir(serve.spool_dir)  # where rows wait in an outage: writable?
     sock = _bind(host, port)
     common: dict[str, Any] = {
         "host": host,
@@ -137,7 +139,7 @@ def run_server(
         "version": str(ref.version),
         "url": f"http://{host}:{port}",
         "workers": workers,
-        "request_log": str(serve.request_log),
+        "request_log": str(store.parse_log_location(serve.request_log)),  # password: ***
         # Every worker's rows carry the replica's name (workers share this process's).
         "instance": instance,
     }

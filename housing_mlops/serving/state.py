@@ -20,7 +20,7 @@ from housing_mlops.serving.batching import MicroBatcher
 from housing_mlops.serving.metrics import ServingMetrics
 from housing_mlops.serving.predictor import LoadedModel, ModelMeta
 from housing_mlops.serving.reload import ModelHolder, ModelWatcher
-from housing_mlops.store import RequestLogWriter
+from housing_mlops.store import RequestLogWriter, parse_log_location
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +87,21 @@ class Service:
             threads=serve.predictor_threads,
         )
         self.instance = instance_name(serve.instance)
+        location = parse_log_location(serve.request_log)
         # Safe to show (/model/info, logs): a URL's password is replaced by ***.
-        self.log_display = str(serve.request_log)
+        self.log_display = str(location)
         self.writer = RequestLogWriter(
-            serve.request_log,
+            location,
             flush_interval_s=serve.log_flush_interval_s,
             max_queue=serve.log_queue_size,
             on_flush=self.metrics.on_log_flush,
-            spool_dir=serve.spool_dir,
+            # Only a database that can be away needs the spool; a SQLite log next to the
+            # process keeps today's behaviour (a failed write is dropped and counted).
+            spool_dir=serve.spool_dir if location.kind == "postgresql" else None,
             instance=self.instance,
         )
         writer = self.writer
-        self.metrics.add_collector(
-            DriftCollector(serve.request_log, reachable=lambda: not writer.degraded)
-        )
+        self.metrics.add_collector(DriftCollector(location, reachable=lambda: not writer.degraded))
         self.loader = loader or self._registry_loader
         self.watcher = ModelWatcher(
             self.holder,

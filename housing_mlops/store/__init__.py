@@ -1,10 +1,15 @@
-"""The request-log database: the only package that touches SQLite.
+"""The request-log database: the only package that touches SQLite and PostgreSQL.
 
-One interface, whatever the caller:
+One interface, whatever the caller and whichever backend (a SQLite file, the default, or
+a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
 
+- where: ``parse_log_location(value)`` -> ``LogLocation`` (``str()`` hides the password);
 - open: ``open_log(path, create=...)`` for writing, ``open_readonly(path)`` for reading,
   ``create_log(path)`` at the service's start-up, ``check_request_log(path)`` to ask
-  whether a path is a log (``store.connection``);
+  whether a path is a log (``store.connection``); every opener takes a path, a URL or a
+  ``LogLocation``;
+- write: ``open_sink(location)`` -> ``LogSink`` (``write(rows)`` in one transaction,
+  ``LogUnavailable`` when the database cannot take them, ``store.sink``);
 - the request log: ``LoggedRequest`` (a typed row, ``store.rows``) written by
   ``RequestLogWriter`` (``store.writer``), read by ``window_counts``, ``window_sample`` and
   ``serving_stats`` (``store.request_log``);
@@ -13,13 +18,15 @@ One interface, whatever the caller:
   (``store.drift_history``);
 - the tables themselves: ``store.schema``.
 
-Readers and writers take the ``sqlite3.Connection`` an opener returned; readers accept
-None (no log yet) where that means "nothing logged".
+Readers and writers take the connection an opener returned (``LogConnection``: a
+``sqlite3.Connection`` or a ``store.postgres.PgConnection``); readers accept None (no
+log yet) where that means "nothing logged".
 """
 
 from __future__ import annotations
 
 from housing_mlops.store.connection import (
+    LogConnection,
     check_request_log,
     create_log,
     open_log,
@@ -33,29 +40,43 @@ from housing_mlops.store.drift_history import (
     latest_drift_run,
     save_drift_run,
 )
+from housing_mlops.store.location import LogLocation, is_log_url, parse_log_location
 from housing_mlops.store.request_log import (
     serving_stats,
     window_counts,
     window_sample,
 )
-from housing_mlops.store.rows import LoggedRequest
-from housing_mlops.store.schema import REQUEST_COLUMNS
+from housing_mlops.store.rows import ROW_COLUMNS, LoggedRequest, row_values
+from housing_mlops.store.schema import REQUEST_COLUMNS, SCHEMA_VERSION
+from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
+from housing_mlops.store.spool import check_spool_dir
 from housing_mlops.store.writer import FlushReport, RequestLogWriter
 
 __all__ = [
     "REQUEST_COLUMNS",
+    "ROW_COLUMNS",
+    "SCHEMA_VERSION",
     "FlushReport",
+    "LogConnection",
+    "LogLocation",
+    "LogSink",
+    "LogUnavailable",
     "LoggedRequest",
     "RequestLogWriter",
     "cache_reference",
     "cached_reference",
     "check_request_log",
+    "check_spool_dir",
     "create_log",
     "drift_history",
     "drift_score_history",
+    "is_log_url",
     "latest_drift_run",
     "open_log",
     "open_readonly",
+    "open_sink",
+    "parse_log_location",
+    "row_values",
     "save_drift_run",
     "serving_stats",
     "window_counts",

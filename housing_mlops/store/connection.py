@@ -1,5 +1,10 @@
 """Opening the request-log database: one opener for writing, one read-only.
 
+Every opener takes the configured location: a SQLite path, a ``postgresql://`` URL or a
+``LogLocation`` (``store.location``). A URL goes to ``store.postgres`` and gives a
+``PgConnection`` the readers accept like a ``sqlite3.Connection``; a database that cannot
+be reached is a ConfigError naming the redacted URL (exit 3), within a bounded time.
+
 ===========================  ===============================================================
 ``open_log(path, create=)``  read-write, WAL, every table and index in place. ``create=True``
                              makes the file (and its folder) when missing: the service.
@@ -21,10 +26,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, TypeAlias, overload
 
 from housing_mlops.errors import ConfigError, DataError
-from housing_mlops.store.schema import create_tables
+from housing_mlops.store.location import LogLocation, parse_log_location
+from housing_mlops.store.schema import SchemaTooNew, create_tables
+
+if TYPE_CHECKING:
+    from housing_mlops.store.postgres import PgConnection
+
+#: What the openers return and the readers take.
+LogConnection: TypeAlias = "sqlite3.Connection | PgConnection"
+Where: TypeAlias = "Path | str | LogLocation"
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -74,18 +87,44 @@ def _verified(conn: sqlite3.Connection, path: Path, statements: tuple[str, ...])
         raise _not_a_log(path, f"is not a usable SQLite database ({exc})") from None
 
 
+def _open_pg(location: LogLocation, *, create: bool) -> PgConnection | None:
+    from housing_mlops.store import postgres
+
+    conn = postgres.connect(location)
+    try:
+        if not create and "requests" not in conn.tables():
+            conn.close()
+            return None
+        postgres.create_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# A Path is always a SQLite file; a str or LogLocation may name either backend.
 @overload
-def open_log(path: Path | str, *, create: Literal[True]) -> sqlite3.Connection: ...
+def open_log(path: Path, *, create: Literal[True]) -> sqlite3.Connection: ...
 @overload
-def open_log(path: Path | str, *, create: bool) -> sqlite3.Connection | None: ...
-def open_log(path: Path | str, *, create: bool) -> sqlite3.Connection | None:
+def open_log(path: Path, *, create: bool) -> sqlite3.Connection | None: ...  # type: ignore[overload-overlap]
+@overload
+def open_log(path: Where, *, create: Literal[True]) -> LogConnection: ...
+@overload
+def open_log(path: Where, *, create: bool) -> LogConnection | None: ...
+def open_log(path: Where, *, create: bool) -> LogConnection | None:
     """Open the log for writing: WAL mode, every table and index in place.
 
     ``create=True`` creates the file and its folder when missing; ``create=False``
     returns None instead. Raises DataError when the path holds something that is not a
     SQLite database, sqlite3.OperationalError when it cannot be opened for writing.
+    A PostgreSQL log: the schema is created or migrated; ``create=False`` returns None
+    when the database has no request table yet; ConfigError when it cannot be reached.
     """
-    path = Path(path)
+    location = parse_log_location(path)
+    if location.kind == "postgresql":
+        return _open_pg(location, create=create)
+    assert location.path is not None
+    path = location.path
     if not _existing_log(path):
         if not create:
             return None
@@ -94,32 +133,50 @@ def open_log(path: Path | str, *, create: bool) -> sqlite3.Connection | None:
     _verified(conn, path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
     try:
         create_tables(conn)
+    except SchemaTooNew as exc:
+        conn.close()
+        raise ConfigError(
+            f"the request log {path} has schema version {exc.version}, newer than this "
+            "release's: upgrade housing-mlops"
+        ) from None
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def create_log(path: Path | str) -> None:
+def create_log(path: Where) -> None:
     """Create the log (folder, file, tables) when missing, and check it can be written.
 
     Raises DataError when the path holds something else, ConfigError when the log cannot
-    be opened for writing (a read-only folder, a locked database, ...).
+    be opened for writing (a read-only folder, a locked database, ...). A PostgreSQL log:
+    the schema is created or migrated (safe when replicas start at once); ConfigError
+    within a few seconds when the server is unreachable, the credentials are wrong or
+    the database does not exist.
     """
+    location = parse_log_location(path)
     try:
-        open_log(path, create=True).close()
+        open_log(location, create=True).close()
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(
-            f"cannot open the request log {path}: {exc} (check serve.request_log)"
+            f"cannot open the request log {location}: {exc} (check serve.request_log)"
         ) from None
 
 
-def open_readonly(path: Path | str) -> sqlite3.Connection | None:
+def open_readonly(path: Where) -> LogConnection | None:
     """Open an existing log read-only (never creates or changes it); None when missing.
 
     Tables may be missing (a log nothing was written to yet): readers treat them as empty.
+    A PostgreSQL log is never None (the database exists or connecting is a ConfigError);
+    its session is read-only.
     """
-    path = Path(path)
+    location = parse_log_location(path)
+    if location.kind == "postgresql":
+        from housing_mlops.store import postgres
+
+        return postgres.connect(location, read_only=True)
+    assert location.path is not None
+    path = location.path
     if not _existing_log(path):
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
@@ -127,14 +184,25 @@ def open_readonly(path: Path | str) -> sqlite3.Connection | None:
     return conn
 
 
-def check_request_log(path: Path | str) -> bool:
+def check_request_log(path: Where) -> bool:
     """True when ``path`` is a readable request log, False when it does not exist.
 
     Raises DataError when something else is there (a text file, a directory, a damaged
     database). Cheap: the file header and the schema page; never creates or writes. A
     database that cannot be opened right now (locked, a WAL file in a read-only folder)
     passes: it is a request log, and the reader that needs it reports its own error.
+    A PostgreSQL log: connects (ConfigError when it cannot) and says whether the request
+    table exists.
     """
+    location = parse_log_location(path)
+    if location.kind == "postgresql":
+        from housing_mlops.store import postgres
+
+        pg = postgres.connect(location, read_only=True)
+        try:
+            return "requests" in pg.tables()
+        finally:
+            pg.close()
     try:
         conn = open_readonly(path)
     except sqlite3.OperationalError:

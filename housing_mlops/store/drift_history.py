@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from housing_mlops.store.schema import DRIFT_SCORE_COLUMNS, tables
+
+if TYPE_CHECKING:
+    from housing_mlops.store.connection import LogConnection
 
 _JSON_RUN_FIELDS = ("other_versions", "drifting_features", "thresholds")
 
@@ -41,7 +43,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def save_drift_run(conn: sqlite3.Connection, result: dict[str, Any]) -> int:
+def save_drift_run(conn: LogConnection, result: dict[str, Any]) -> int:
     """Store a judged drift check (drift.check_drift's result) and its scores; returns the id."""
     window = result.get("window", {})
     reference = result.get("reference", {})
@@ -67,12 +69,16 @@ def save_drift_run(conn: sqlite3.Connection, result: dict[str, Any]) -> int:
     }
     score_keys = [k for k in DRIFT_SCORE_COLUMNS if k not in ("id", "run_id")]
     with conn:
+        # RETURNING (SQLite >= 3.35 and PostgreSQL): no lastrowid in PostgreSQL.
+        names = ", ".join(f'"{k}"' for k in run)
         cursor = conn.execute(
-            f"INSERT INTO drift_runs ({', '.join(run)}) "  # noqa: S608 - fixed column names
-            f"VALUES ({', '.join('?' * len(run))})",
+            f"INSERT INTO drift_runs ({names}) "  # noqa: S608 - fixed column names
+            f"VALUES ({', '.join('?' * len(run))}) RETURNING id",
             [_plain(v) for v in run.values()],
         )
-        run_id = int(cursor.lastrowid or 0)
+        inserted = cursor.fetchone()
+        assert inserted is not None  # RETURNING gives the new row's id
+        run_id = int(inserted[0])
         conn.executemany(
             f"INSERT INTO drift_scores (run_id, {', '.join(score_keys)}) "  # noqa: S608
             f"VALUES (?, {', '.join('?' * len(score_keys))})",
@@ -89,10 +95,10 @@ def save_drift_run(conn: sqlite3.Connection, result: dict[str, Any]) -> int:
 
 
 def _rows(
-    conn: sqlite3.Connection, sql: str, params: list[Any] | tuple[Any, ...] = ()
+    conn: LogConnection, sql: str, params: list[Any] | tuple[Any, ...] = ()
 ) -> list[dict[str, Any]]:
     cursor = conn.execute(sql, params)
-    names = [d[0] for d in cursor.description]
+    names = [d[0] for d in cursor.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
@@ -106,11 +112,11 @@ def _run_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return run
 
 
-def _has_drift_tables(conn: sqlite3.Connection) -> bool:
+def _has_drift_tables(conn: LogConnection) -> bool:
     return {"drift_runs", "drift_scores"} <= tables(conn)
 
 
-def latest_drift_run(conn: sqlite3.Connection | None) -> dict[str, Any] | None:
+def latest_drift_run(conn: LogConnection | None) -> dict[str, Any] | None:
     """The newest stored drift run with its per-column scores, or None if there is none."""
     if conn is None or not _has_drift_tables(conn):
         return None
@@ -125,7 +131,7 @@ def latest_drift_run(conn: sqlite3.Connection | None) -> dict[str, Any] | None:
     return run
 
 
-def drift_history(conn: sqlite3.Connection | None, limit: int = 50) -> list[dict[str, Any]]:
+def drift_history(conn: LogConnection | None, limit: int = 50) -> list[dict[str, Any]]:
     """Stored drift runs, newest first (without per-column scores), at most ``limit``."""
     if conn is None or not _has_drift_tables(conn):
         return []
@@ -136,7 +142,7 @@ def drift_history(conn: sqlite3.Connection | None, limit: int = 50) -> list[dict
 
 
 def cached_reference(
-    conn: sqlite3.Connection, tracking_uri: str, name: str, version: str
+    conn: LogConnection, tracking_uri: str, name: str, version: str
 ) -> dict[str, Any] | None:
     """The cached training profile of a model version, or None."""
     if "drift_references" not in tables(conn):
@@ -149,7 +155,7 @@ def cached_reference(
 
 
 def cache_reference(
-    conn: sqlite3.Connection,
+    conn: LogConnection,
     tracking_uri: str,
     name: str,
     version: str,
@@ -159,9 +165,13 @@ def cache_reference(
     """Store (or replace) the training profile of a model version."""
     with conn:
         conn.execute(
-            "INSERT OR REPLACE INTO drift_references "
+            # An upsert both backends know (SQLite >= 3.24 and PostgreSQL).
+            "INSERT INTO drift_references "
             "(key, tracking_uri, model_name, model_version, run_id, cached_at, profile) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "tracking_uri = excluded.tracking_uri, model_name = excluded.model_name, "
+            "model_version = excluded.model_version, run_id = excluded.run_id, "
+            "cached_at = excluded.cached_at, profile = excluded.profile",
             [
                 f"{tracking_uri}|{name}|{version}",
                 tracking_uri,
@@ -175,7 +185,7 @@ def cache_reference(
 
 
 def drift_score_history(
-    conn: sqlite3.Connection | None, run_ids: list[int]
+    conn: LogConnection | None, run_ids: list[int]
 ) -> dict[str, list[tuple[float, float]]]:
     """Normalised Wasserstein distance per feature over the given drift runs, oldest first:
     {feature: [(run created_at, wasserstein_norm), ...]} (runs without a value left out)."""

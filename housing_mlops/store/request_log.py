@@ -9,24 +9,34 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from housing_mlops.store.schema import REQUEST_COLUMNS, tables
+
+if TYPE_CHECKING:
+    from housing_mlops.store.connection import LogConnection
 
 # ------------------------------------------------------------------------ readers
 # The sampling predicate keeps a row when a multiplicative hash of its id falls below a
 # threshold: a deterministic Bernoulli(fraction) sample that does not depend on feature
 # values, so a window gives the same numbers every time. SQLite evaluates it on index
-# entries (the id is in every index), so skipped rows are never read from the table.
+# entries (the id is in every index), so skipped rows are never read from the table;
+# PostgreSQL has an index on the expression itself (store.postgres). Both backends give
+# the same sample of the same ids, so the same rows give the same drift verdict.
 _HASH_MOD = 1_000_003
 _HASH_MUL = 618_034  # ~ 0.618 * _HASH_MOD (golden-ratio multiplicative hashing)
+SAMPLE_HASH = f"((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD}"
 
 
 def _sample_clause(fraction: float) -> tuple[str, list[Any]]:
     if fraction >= 1.0:
         return "1 = 1", []
     threshold = max(1, math.ceil(fraction * _HASH_MOD))
-    return f"((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD} < ?", [threshold]
+    return f"{SAMPLE_HASH} < ?", [threshold]
+
+
+def _is_sqlite(conn: LogConnection) -> bool:
+    return isinstance(conn, sqlite3.Connection)
 
 
 def _window_clause(
@@ -40,7 +50,7 @@ def _window_clause(
     return clause, params
 
 
-def _fetch_array(cursor: sqlite3.Cursor, width: int, chunk_rows: int = 20_000) -> Any:
+def _fetch_array(cursor: Any, width: int, chunk_rows: int = 20_000) -> Any:
     """All rows of a cursor as a float64 (n, width) array, fetched in chunks (None -> NaN)."""
     import numpy as np
 
@@ -54,7 +64,7 @@ def _fetch_array(cursor: sqlite3.Cursor, width: int, chunk_rows: int = 20_000) -
 
 
 def window_counts(
-    conn: sqlite3.Connection, since_ts: float, until_ts: float, model_version: str | None = None
+    conn: LogConnection, since_ts: float, until_ts: float, model_version: str | None = None
 ) -> list[dict[str, Any]]:
     """Answered (status 200) rows per model version in [since, until), most rows first."""
     if "requests" not in tables(conn):
@@ -65,11 +75,12 @@ def window_counts(
     # version) is looked up for each version found.
     select = "SELECT model_version, COUNT(*) AS n, MIN(ts), MAX(ts) FROM requests"
     sql = f"{select} WHERE {clause} GROUP BY model_version ORDER BY n DESC"  # noqa: S608
+    same = "IS" if _is_sqlite(conn) else "IS NOT DISTINCT FROM"
     out = []
     for version, n, first, last in conn.execute(sql, params).fetchall():
         name = conn.execute(
-            "SELECT model_name FROM requests WHERE status = 200 AND model_version IS ? "
-            "AND ts >= ? AND ts < ? LIMIT 1",
+            "SELECT model_name FROM requests WHERE status = 200 "  # noqa: S608 - fixed words
+            f"AND model_version {same} ? AND ts >= ? AND ts < ? LIMIT 1",
             [version, first, last + 1e-6],
         ).fetchone()
         out.append(
@@ -85,7 +96,7 @@ def window_counts(
 
 
 def window_sample(
-    conn: sqlite3.Connection,
+    conn: LogConnection,
     since_ts: float,
     until_ts: float,
     model_version: str | None,
@@ -103,12 +114,14 @@ def window_sample(
     clause, params = _window_clause(since_ts, until_ts, model_version)
     sample, sample_params = _sample_clause(fraction)
     select = ", ".join(f'"{c}"' for c in columns)
-    sql = f"SELECT {select} FROM requests WHERE {clause} AND {sample}"  # noqa: S608
+    # In id order on both backends: the same rows give the same arrays, bit for bit, so
+    # drift over PostgreSQL and over SQLite agrees exactly (sorting a sample is cheap).
+    sql = f"SELECT {select} FROM requests WHERE {clause} AND {sample} ORDER BY id"  # noqa: S608
     data = _fetch_array(conn.execute(sql, [*params, *sample_params]), len(columns))
     return {c: data[:, i].copy() for i, c in enumerate(columns)}
 
 
-def serving_stats(conn: sqlite3.Connection | None, sample_rows: int = 200_000) -> dict[str, Any]:
+def serving_stats(conn: LogConnection | None, sample_rows: int = 200_000) -> dict[str, Any]:
     """Traffic summary for the report: per-day counts, error rate, latency and predictions.
 
     Counts are exact (SQL). Latency percentiles are per *request*: every row of a batch
@@ -135,11 +148,15 @@ def serving_stats(conn: sqlite3.Connection | None, sample_rows: int = 200_000) -
     }
     if conn is None or "requests" not in tables(conn):
         return empty
-    total, errors, first, last, requests, heads, last_index = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(status != 200), 0), MIN(ts), MAX(ts), "
-        "COUNT(DISTINCT request_id), COALESCE(SUM(COALESCE(row_index, 0) = 0), 0), "
+    summary = conn.execute(
+        # CASE rather than SUM(condition): PostgreSQL does not sum booleans.
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END), 0), "
+        "MIN(ts), MAX(ts), COUNT(DISTINCT request_id), "
+        "COALESCE(SUM(CASE WHEN COALESCE(row_index, 0) = 0 THEN 1 ELSE 0 END), 0), "
         "COALESCE(MAX(row_index), 0) FROM requests"
     ).fetchone()
+    assert summary is not None  # an aggregate always gives one row
+    total, errors, first, last, requests, heads, last_index = summary
     stats = {
         **empty,
         "rows": int(total),
@@ -152,15 +169,21 @@ def serving_stats(conn: sqlite3.Connection | None, sample_rows: int = 200_000) -
     }
     if not total:
         return stats
+    day = (
+        "date(ts, 'unixepoch')"
+        if _is_sqlite(conn)
+        else "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    )
     stats["per_day"] = [
-        {"day": r[0], "rows": r[1], "errors": r[2], "requests": r[3]}
+        {"day": r[0], "rows": int(r[1]), "errors": int(r[2]), "requests": int(r[3])}
         for r in conn.execute(
-            "SELECT date(ts, 'unixepoch') AS day, COUNT(*), SUM(status != 200), "
+            f"SELECT {day} AS day, COUNT(*), "  # noqa: S608 - fixed expressions
+            "SUM(CASE WHEN status <> 200 THEN 1 ELSE 0 END), "
             "COUNT(DISTINCT request_id) FROM requests GROUP BY day ORDER BY day"
         ).fetchall()
     ]
     stats["by_version"] = [
-        {"model_version": r[0], "rows": r[1]}
+        {"model_version": r[0], "rows": int(r[1])}
         for r in conn.execute(
             "SELECT model_version, COUNT(*) FROM requests WHERE status = 200 "
             "GROUP BY model_version ORDER BY model_version"

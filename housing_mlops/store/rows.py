@@ -28,6 +28,7 @@ class LoggedRequest:
     latency_ms: float | None  # of the whole request (every row of a batch carries it)
     status: int  # HTTP status
     error: str | None = None  # why it was rejected
+    instance: str | None = None  # the replica that answered (serve.instance or host:pid)
 
 
 _NO_FEATURES = (None,) * len(FEATURES)
@@ -43,6 +44,7 @@ ROW_COLUMNS = (
     "latency_ms",
     "status",
     "error",
+    "instance",
 )
 INSERT_SQLITE = (
     f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"  # noqa: S608, E501 - fixed names
@@ -61,4 +63,5 @@ def row_values(row: LoggedRequest) -> tuple[Any, ...]:
         row.latency_ms,
         row.status,
         row.error,
+        row.instance,
     )

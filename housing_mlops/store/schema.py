@@ -16,6 +16,7 @@ prediction     REAL     prediction in $100k (NULL when rejected)
 latency_ms     REAL     server-side latency of the whole request
 status         INTEGER  HTTP status (200, 413, 415, 422, ...)
 error          TEXT     validation error summary for rejected requests
+instance       TEXT     the replica that answered (``serve.instance``, or host:pid)
 =============  =======  ==========================================================
 
 Indexes on ``ts``, ``(model_version, ts)`` and ``(status, model_version, ts)`` keep window
@@ -29,13 +30,22 @@ every score, the verdict and a coarse reference-vs-current histogram as JSON) an
 
 Every statement is ``IF NOT EXISTS`` and the index names are those sqlite-utils gave them
 in logs written by earlier releases, so opening an old log adds only what it lacks.
+``schema_version`` records the version (``SCHEMA_VERSION``): 1 is the layout before
+replicas, 2 added ``requests.instance`` (an older log gets it with ``ALTER TABLE ... ADD
+COLUMN`` when opened for writing). The same tables, in PostgreSQL's types, are created by
+``store.postgres`` under an advisory lock.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from typing import TYPE_CHECKING
 
 from housing_mlops.columns import FEATURES
+
+if TYPE_CHECKING:
+    from housing_mlops.store.postgres import PgConnection
 
 REQUEST_COLUMNS: dict[str, str] = {
     "id": "INTEGER PRIMARY KEY",
@@ -49,6 +59,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "latency_ms": "REAL",
     "status": "INTEGER NOT NULL",
     "error": "TEXT",
+    "instance": "TEXT",
 }
 
 DRIFT_RUN_COLUMNS: dict[str, str] = {
@@ -94,6 +105,28 @@ DRIFT_SCORE_COLUMNS: dict[str, str] = {
 }
 
 
+DRIFT_REFERENCE_COLUMNS: dict[str, str] = {
+    "key": "TEXT PRIMARY KEY",
+    "tracking_uri": "TEXT",
+    "model_name": "TEXT",
+    "model_version": "TEXT",
+    "run_id": "TEXT",
+    "cached_at": "REAL",
+    "profile": "TEXT",
+}
+
+#: The layout this release writes (see the module docstring for what each version added).
+SCHEMA_VERSION = 2
+
+
+class SchemaTooNew(Exception):
+    """The log was written by a newer release (its schema_version is higher than ours)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
+
+
 def _table(name: str, columns: dict[str, str]) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {name} ("
@@ -102,8 +135,8 @@ def _table(name: str, columns: dict[str, str]) -> str:
     )
 
 
-DDL: tuple[str, ...] = (
-    _table("requests", REQUEST_COLUMNS),
+# Shared by both backends (PostgreSQL knows the same CREATE INDEX IF NOT EXISTS).
+INDEXES: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS idx_requests_ts ON requests(ts)",
     "CREATE INDEX IF NOT EXISTS idx_requests_model_version_ts ON requests(model_version, ts)",
     # Lets SQLite count a window's answered rows per version from the index alone (0.3 s
@@ -111,23 +144,52 @@ DDL: tuple[str, ...] = (
     # a few seconds, once.
     "CREATE INDEX IF NOT EXISTS idx_requests_status_model_version_ts "
     "ON requests(status, model_version, ts)",
-    _table("drift_runs", DRIFT_RUN_COLUMNS),
     "CREATE INDEX IF NOT EXISTS idx_drift_runs_created_at ON drift_runs(created_at)",
-    _table("drift_scores", DRIFT_SCORE_COLUMNS),
     "CREATE INDEX IF NOT EXISTS idx_drift_scores_run_id ON drift_scores(run_id)",
-    "CREATE TABLE IF NOT EXISTS drift_references (key TEXT PRIMARY KEY, tracking_uri TEXT, "
-    "model_name TEXT, model_version TEXT, run_id TEXT, cached_at REAL, profile TEXT)",
+)
+
+DDL: tuple[str, ...] = (
+    _table("requests", REQUEST_COLUMNS),
+    _table("drift_runs", DRIFT_RUN_COLUMNS),
+    _table("drift_scores", DRIFT_SCORE_COLUMNS),
+    _table("drift_references", DRIFT_REFERENCE_COLUMNS),
+    *INDEXES,
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
 )
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
-    """Create every table and index that is missing, in one transaction."""
-    with conn:
+    """Create every table and index that is missing and migrate an older log, at once.
+
+    ``BEGIN IMMEDIATE`` takes the write lock first, so two processes opening an old log
+    at the same moment do not both add the ``instance`` column.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         for statement in DDL:
             conn.execute(statement)
+        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        version = int(current.fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(version)
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(requests)").fetchall()}
+        if "instance" not in columns:
+            conn.execute("ALTER TABLE requests ADD COLUMN instance TEXT")
+        if version < SCHEMA_VERSION:
+            conn.execute(
+                "INSERT OR IGNORE INTO schema_version (version, applied_at) VALUES (?, ?)",
+                [SCHEMA_VERSION, time.time()],
+            )
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
 
 
-def tables(conn: sqlite3.Connection) -> set[str]:
+def tables(conn: sqlite3.Connection | PgConnection) -> set[str]:
     """The names of the tables in the database (readers treat a missing one as empty)."""
+    if not isinstance(conn, sqlite3.Connection):
+        return conn.tables()
     rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return {r[0] for r in rows}

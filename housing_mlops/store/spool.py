@@ -225,3 +225,10 @@ def _unlink_spool(path: Path) -> None:
     for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         with contextlib.suppress(OSError):
             leftover.unlink()
+
+
+def check_spool_dir(directory: Path | str) -> None:
+    """At start-up: can a spool be made in ``directory``? ConfigError if not."""
+    spool = Spool(directory, "check")
+    spool.open()
+    spool.close()

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from housing_mlops.store.interim_sink import LogSink, LogUnavailable, open_sink
+from housing_mlops.store.connection import open_log
+from housing_mlops.store.location import parse_log_location
 from housing_mlops.store.rows import LoggedRequest, row_values
+from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
 from housing_mlops.store.spool import Spool
 
 _log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class RequestLogWriter:
         spool_dir: Path | str | None = None,
         instance: str = "",
     ) -> None:
-        self.location = location
+        self.location = parse_log_location(location)
         self.flush_interval_s = float(flush_interval_s)
         self.max_queue = int(max_queue)
         self.batch_rows = max(1, int(batch_rows))
@@ -110,6 +112,10 @@ class RequestLogWriter:
         that ended writers left in the spool folder, then start the thread."""
         if self._thread is not None:
             return
+        if self.location.kind == "sqlite":
+            # A path that holds something else is a DataError now, not at the first write.
+            # (A PostgreSQL sink connects, and makes the schema, at its first write.)
+            open_log(self.location, create=True).close()
         self._sink = open_sink(self.location)
         if self.spool_dir is not None:
             self._spool = Spool(self.spool_dir, self.instance or "writer")

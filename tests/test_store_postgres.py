@@ -1,0 +1,279 @@
+"""The PostgreSQL request log, on a real server (initdb/pg_ctl, conftest's ``postgres``).
+
+What a user of several replicas notices: the schema appears once however many replicas
+start at the same moment; rows written through the sink come back from the readers in
+order with the replica's name; an outage is ``LogUnavailable`` (the caller keeps the
+rows) and the next write reconnects; a bad URL, an unreachable host or a wrong password
+is a ConfigError within seconds, and the password is never in any message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from housing_mlops import store
+from housing_mlops.columns import FEATURES
+from housing_mlops.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def _row(i: int, *, version: str = "1", status: int = 200, instance: str = "a") -> Any:
+    return store.row_values(
+        store.LoggedRequest(
+            ts=1_700_000_000.0 + i,
+            request_id=f"req-{i}",
+            row_index=0,
+            model_name="m",
+            model_version=version if status == 200 else None,
+            features=[float(i + k) for k in range(len(FEATURES))] if status == 200 else None,
+            prediction=0.5 + i / 1000 if status == 200 else None,
+            latency_ms=1.0 + i % 7,
+            status=status,
+            error=None if status == 200 else "bad body",
+            instance=instance,
+        )
+    )
+
+
+def _psql(url: str, sql: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql.encode())
+        return cursor.fetchall() if cursor.description else []
+
+
+# ------------------------------------------------------------------ the location
+def test_a_url_is_parsed_and_printed_without_its_password() -> None:
+    url = "postgresql://app:pa%3Ass@db.internal:5433/requests?sslmode=require"
+    location = store.parse_log_location(url)
+    assert location.kind == "postgresql"
+    assert str(location) == "postgresql://app:***@db.internal:5433/requests?sslmode=require"
+    assert "pa%3Ass" not in repr(location) and "pa%3Ass" not in f"{location}"
+    assert location.url == url  # the raw URL goes to the driver only
+    query = store.parse_log_location("postgres://app@h/db?password=hunter2")
+    assert "hunter2" not in str(query) and str(query).endswith("password=***")
+    sqlite = store.parse_log_location(Path("data/requests.db"))
+    assert sqlite.kind == "sqlite" and sqlite.path == Path("data/requests.db")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("mysql://u:topsecret@h/db", "unsupported request log URL mysql://u:***@h/db"),
+        ("postgresql://u:topsecret@h:5432", "names no database"),
+    ],
+)
+def test_a_url_that_cannot_be_a_log_is_a_config_error(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        store.parse_log_location(value)
+    assert "topsecret" not in str(err.value)
+
+
+# -------------------------------------------------------------- schema and start-up
+def test_replicas_starting_at_once_on_an_empty_database_make_one_schema(postgres: Any) -> None:
+    # Six processes call create_log at the same wall-clock instant, on three fresh
+    # databases in turn: without the advisory lock, concurrent CREATE TABLE IF NOT EXISTS
+    # fail on the system catalogs (about every other round on this machine).
+    urls = [postgres.create_database("race") for _ in range(3)]
+    start_at = time.time() + 2.0
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        from housing_mlops import store
+        for i, url in enumerate(os.environ["LOG_URLS"].split()):
+            time.sleep(max(0.0, {start_at!r} + i - time.time()))
+            store.create_log(url)
+        """
+    )
+    env = {**os.environ, "LOG_URLS": " ".join(urls)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [code for code, _ in results] == [0] * 6, results
+    for url in urls:
+        assert _psql(url, "SELECT version FROM schema_version") == [(store.SCHEMA_VERSION,)]
+    pg_url = urls[0]
+    tables = {
+        r[0]
+        for r in _psql(
+            pg_url,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+    }
+    assert tables == {
+        "requests",
+        "drift_runs",
+        "drift_scores",
+        "drift_references",
+        "schema_version",
+    }
+    columns = [
+        r[0]
+        for r in _psql(
+            pg_url,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests' "
+            "ORDER BY ordinal_position",
+        )
+    ]
+    assert columns == ["id", *store.ROW_COLUMNS]
+
+
+def test_a_version_1_table_gets_the_instance_column(pg_url: str) -> None:
+    # The layout before replicas: every column but `instance`.
+    text = ("request_id", "model_name", "model_version", "error")
+    columns = ", ".join(
+        f'"{c}" {"TEXT" if c in text else "FLOAT8"}' for c in store.ROW_COLUMNS if c != "instance"
+    )
+    _psql(pg_url, f"CREATE TABLE requests (id BIGSERIAL PRIMARY KEY, {columns})")
+    _psql(pg_url, "INSERT INTO requests (ts, request_id, status) VALUES (1, 'old', 200)")
+    store.create_log(pg_url)
+    assert _psql(pg_url, "SELECT request_id, instance FROM requests") == [("old", None)]
+    assert _psql(pg_url, "SELECT MAX(version) FROM schema_version") == [(store.SCHEMA_VERSION,)]
+
+
+def test_a_log_written_by_a_newer_release_is_refused(pg_url: str) -> None:
+    store.create_log(pg_url)
+    _psql(pg_url, "INSERT INTO schema_version VALUES (99, 0)")
+    with pytest.raises(ConfigError, match="schema version 99, newer"):
+        store.create_log(pg_url)
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "refused port", "missing database"])
+def test_a_database_that_cannot_be_reached_is_a_config_error_within_seconds(
+    fault: str, postgres: Any
+) -> None:
+    url = {
+        "wrong password": postgres.url().replace(postgres.password, "not-the-password"),
+        "refused port": postgres.url().replace(f":{postgres.port}/", ":1/"),
+        "missing database": postgres.url("no_such_db"),
+    }[fault]
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        store.create_log(url)
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert "\n" not in message and "cannot connect to the request log postgresql://" in message
+    assert postgres.password not in message and "not-the-password" not in message
+    assert ":***@127.0.0.1" in message
+
+
+# ------------------------------------------------------------------ sink and readers
+def test_the_sink_writes_in_order_and_an_outage_is_log_unavailable(postgres: Any) -> None:
+    url = postgres.create_database()
+    store.create_log(url)
+    sink = store.open_sink(url)
+    try:
+        sink.write([_row(i) for i in range(100)])
+        with postgres.down():
+            with pytest.raises(store.LogUnavailable) as err:
+                sink.write([_row(i) for i in range(100, 200)])
+            assert postgres.password not in str(err.value)
+            with pytest.raises(store.LogUnavailable):  # still down: fails again, fast
+                sink.write([_row(200)])
+        sink.write([_row(i) for i in range(100, 200)])  # reconnects by itself
+    finally:
+        sink.close()
+    rows = _psql(url, "SELECT request_id, instance FROM requests ORDER BY id")
+    assert [r[0] for r in rows] == [f"req-{i}" for i in range(200)]
+    assert {r[1] for r in rows} == {"a"}
+
+
+def test_a_nul_character_does_not_poison_the_batch(pg_url: str) -> None:
+    store.create_log(pg_url)
+    sink = store.open_sink(pg_url)
+    try:
+        bad = list(_row(0, status=422))
+        bad[store.ROW_COLUMNS.index("error")] = "bad \x00 body"
+        sink.write([tuple(bad), _row(1)])
+    finally:
+        sink.close()
+    assert _psql(pg_url, "SELECT error FROM requests ORDER BY id") == [
+        ("bad \ufffd body",),
+        (None,),
+    ]
+
+
+def test_readers_give_the_same_answers_over_postgresql_and_sqlite(
+    pg_url: str, tmp_path: Path
+) -> None:
+    rows = [
+        _row(i, version="2" if i % 5 == 0 else "1", status=422 if i % 11 == 0 else 200)
+        for i in range(3000)
+    ]
+    sqlite_path = tmp_path / "requests.db"
+    for where in (sqlite_path, pg_url):
+        sink = store.open_sink(where)
+        sink.write(rows)
+        sink.close()
+    answers = []
+    for where in (sqlite_path, pg_url):
+        db = store.open_readonly(where)
+        assert db is not None
+        try:
+            counts = store.window_counts(db, 1_700_000_000.0, 1_700_010_000.0)
+            sample = store.window_sample(
+                db, 1_700_000_000.0, 1_700_010_000.0, "1", [*FEATURES, "prediction"], 0.3
+            )
+            stats = store.serving_stats(db, sample_rows=1000)
+        finally:
+            db.close()
+        answers.append((counts, sample, stats))
+    (c1, s1, t1), (c2, s2, t2) = answers
+    assert c1 == c2 and [c["model_version"] for c in c1] == ["1", "2"]
+    assert 0 < s1["MedInc"].size < 2400
+    for column in s1:
+        assert s1[column].tolist() == s2[column].tolist()  # the same sampled rows, exactly
+    preds1, preds2 = t1.pop("predictions"), t2.pop("predictions")
+    assert t1 == t2 and sorted(preds1.tolist()) == sorted(preds2.tolist())
+
+
+def test_drift_history_round_trips_over_postgresql(pg_url: str) -> None:
+    store.create_log(pg_url)
+    db = store.open_log(pg_url, create=False)
+    assert db is not None
+    try:
+        first = store.save_drift_run(db, {"verdict": "ok", "scores": [], "created_at": 10.0})
+        second = store.save_drift_run(
+            db,
+            {
+                "verdict": "drift",
+                "created_at": 20.0,
+                "drifting_features": ["MedInc"],
+                "scores": [{"feature": "MedInc", "psi": 0.4, "wasserstein_norm": 0.2, "hist": [1]}],
+            },
+        )
+        store.cache_reference(db, "uri", "m", "1", "run", {"v": 1})
+        store.cache_reference(db, "uri", "m", "1", "run", {"v": 2})  # replaced, not doubled
+        assert second > first
+        latest = store.latest_drift_run(db)
+        assert latest is not None and latest["id"] == second
+        assert latest["drifting_features"] == ["MedInc"] and latest["scores"][0]["hist"] == [1]
+        assert [r["id"] for r in store.drift_history(db)] == [second, first]
+        assert store.drift_score_history(db, [first, second]) == {"MedInc": [(20.0, 0.2)]}
+        assert store.cached_reference(db, "uri", "m", "1") == {"v": 2}
+    finally:
+        db.close()
+
+
+def test_readers_see_an_empty_database_as_no_log(pg_url: str) -> None:
+    assert store.open_log(pg_url, create=False) is None  # drift never creates a schema
+    assert store.check_request_log(pg_url) is False
+    db = store.open_readonly(pg_url)
+    assert db is not None
+    try:
+        assert store.serving_stats(db)["rows"] == 0 and store.latest_drift_run(db) is None
+    finally:
+        db.close()
