@@ -362,6 +362,18 @@ def bench_housing(
     return result
 
 
+def _count_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("select count(*) from requests").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
 def _count_pg_rows(url: str) -> int:
     import psycopg
 
@@ -373,10 +385,33 @@ def _count_pg_rows(url: str) -> int:
     return int(row[0]) if row else 0
 
 
+class Cluster:
+    """A throwaway PostgreSQL cluster (``throwaway_postgres``): its URL, stop and start."""
+
+    def __init__(self, pg_ctl: str, data: Path, options: str, as_user: list[str]) -> None:
+        self.pg_ctl, self.data, self.options, self.as_user = pg_ctl, data, options, as_user
+        self.url = ""
+
+    def run(self, *args: str) -> None:
+        done = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            log(f"bench: {args[0]} failed: {done.stdout}{done.stderr}")
+            done.check_returncode()
+
+    def start(self) -> None:
+        log_file = str(self.data.parent / "log")
+        self.run(
+            self.pg_ctl, "-D", str(self.data), "-l", log_file, "-o", self.options, "-w", "start"
+        )
+
+    def stop(self) -> None:
+        self.run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
 @contextlib.contextmanager
-def throwaway_postgres(tmp: Path) -> Iterator[str | None]:
+def throwaway_postgres(tmp: Path) -> Iterator[Cluster | None]:
     """A PostgreSQL cluster in ``tmp`` on a free loopback port (initdb/pg_ctl; as the
-    ``postgres`` user when run as root); yields its URL, or None without the tools."""
+    ``postgres`` user when run as root); None without the tools."""
     import glob
     import pwd
 
@@ -386,41 +421,118 @@ def throwaway_postgres(tmp: Path) -> Iterator[str | None]:
 
     initdb, pg_ctl = tool("initdb"), tool("pg_ctl")
     if initdb is None or pg_ctl is None:
-        log("bench: no initdb/pg_ctl (apt-get install postgresql): PostgreSQL run skipped")
+        log("bench: no initdb/pg_ctl (apt-get install postgresql): PostgreSQL runs skipped")
         yield None
         return
-    base = tmp / "pg"
-    base.mkdir()
+    # Its own temp folder: the postgres user cannot enter root's 0700 ``tmp``.
+    base = Path(tempfile.mkdtemp(prefix="housing-bench-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
         os.chown(base, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
-
-    pg(initdb, "-D", str(base / "data"), "-U", "housing", "--auth=trust", "--no-sync")
     # Durable commits (fsync on, the default): the log's cost as a deployment pays it.
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
-    pg(pg_ctl, "-D", str(base / "data"), "-l", str(base / "log"), "-o", options, "-w", "start")
+    cluster = Cluster(
+        pg_ctl, base / "data", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", as_user
+    )
+    cluster.url = f"postgresql://housing@127.0.0.1:{port}/postgres"
     try:
-        yield f"postgresql://housing@127.0.0.1:{port}/postgres"
+        cluster.run(initdb, "-D", str(cluster.data), "-U", "housing", "--auth=trust", "--no-sync")
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                cluster.stop()
     finally:
-        pg(pg_ctl, "-D", str(base / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
 
 
-def _count_rows(db: Path) -> int:
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(db)
+def _metric(base: str, name: str) -> float | None:
+    import httpx
+
     try:
-        return int(conn.execute("select count(*) from requests").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def bench_outage(
+    config: Path, args: argparse.Namespace, tool: str, tmp: Path, cluster: Cluster
+) -> dict[str, Any]:
+    """`housing serve` on the PostgreSQL log, driven for ``--duration`` seconds while the
+    database is stopped for ``--outage`` seconds in the middle; then, once the spool is
+    replayed, the rows in the log against the 2xx answers (warm-up included)."""
+    import threading
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    spool = tmp / "outage-spool"
+    url = cluster.url.rsplit("/", 1)[0] + "/outage"
+    import psycopg
+
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE outage")
+    env = {**os.environ, "HOUSING_REQUEST_LOG": url, "HOUSING_SPOOL_DIR": str(spool)}
+    log_file = tmp / "housing-serve-outage.log"
+    proc = subprocess.Popen(
+        [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("wb"),
+        env=env,
+    )
+    lead = max(1.0, (args.duration - args.outage) / 2)
+    events: dict[str, float] = {}
+
+    def outage() -> None:
+        time.sleep(lead)
+        events["down"] = time.monotonic()
+        cluster.stop()
+        time.sleep(args.outage)
+        events["spooled_before_restart"] = _metric(base, "housing_request_log_spooled_rows") or 0
+        cluster.start()
+        events["up"] = time.monotonic()
+
+    try:
+        wait_http(f"{base}/ready", proc)
+        body = json.dumps(ROW)
+        warm = drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
+        log(
+            f"bench: driving housing serve (PostgreSQL log) for {args.duration:.0f} s, "
+            f"the database down for {args.outage:.0f} s of it"
+        )
+        killer = threading.Thread(target=outage)
+        killer.start()
+        result = drive(f"{base}/predict", body, args.duration, args.connections, tool, tmp)
+        killer.join()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (
+                _metric(base, "housing_request_log_spooled_rows") == 0
+                and _metric(base, "housing_request_log_degraded") == 0
+            ):
+                break
+            time.sleep(0.5)
+        replayed_s = time.monotonic() - events["up"]
+        result["write_failures"] = _metric(base, "housing_request_log_write_failures_total")
+        result["replayed_rows"] = _metric(base, "housing_request_log_replayed_rows_total")
     finally:
-        conn.close()
+        code = stop(proc)
+    answered = warm["requests"] - warm["errors"] + result["requests"] - result["errors"]
+    logged = _count_pg_rows(url)
+    result.update(
+        exit_code=code,
+        outage_s=args.outage,
+        answered_2xx=answered,
+        logged_rows=logged,
+        lost_rows=answered - logged,
+        peak_spooled_rows=events.get("spooled_before_restart"),
+        replay_done_s=round(replayed_s, 1),
+    )
+    return result
 
 
 def bench_mlflow(config: Path, args: argparse.Namespace, tool: str, tmp: Path) -> dict[str, Any]:
@@ -490,7 +602,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="candidate fitted for the throwaway store (default: the hist_gradient_boosting one)",
     )
-    parser.add_argument("--only", choices=["housing", "postgres", "mlflow"], default=None)
+    parser.add_argument(
+        "--only",
+        choices=["housing", "postgres", "mlflow", "logs"],
+        default=None,
+        help="one server (logs: housing serve with each request log, side by side)",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=0.0,
+        help="also drive the PostgreSQL-log service while its (throwaway) database is down "
+        "for this many seconds in the middle of --duration, and count the rows lost",
+    )
     parser.add_argument(
         "--pg-url",
         default=None,
@@ -524,13 +648,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             store = f"the config's store ({settings.mlflow.tracking_uri})"
         results: dict[str, Any] = {}
-        if args.only in (None, "housing"):
+        outage_result: dict[str, Any] | None = None
+        if args.only in (None, "housing", "logs"):
             results["housing serve"] = bench_housing(config, args, tool, tmp)
-        if args.only in (None, "postgres"):
+        if args.only in (None, "postgres", "logs") or args.outage:
             with contextlib.ExitStack() as stack:
-                url = args.pg_url or stack.enter_context(throwaway_postgres(tmp))
-                if url:
+                cluster = None if args.pg_url else stack.enter_context(throwaway_postgres(tmp))
+                url = args.pg_url or (cluster.url if cluster else None)
+                if url and args.only in (None, "postgres", "logs"):
                     results["housing serve (PG log)"] = bench_housing(config, args, tool, tmp, url)
+                if args.outage and cluster:
+                    outage_result = bench_outage(config, args, tool, tmp, cluster)
         if args.only in (None, "mlflow"):
             results["mlflow models serve"] = bench_mlflow(config, args, tool, tmp)
     finally:
@@ -545,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "results": results,
+        "outage": outage_result,
     }
     if "housing serve" in results and "mlflow models serve" in results:
         h, m = results["housing serve"]["rps"], results["mlflow models serve"]["rps"]
@@ -573,6 +702,15 @@ def main(argv: list[str] | None = None) -> int:
         if name in results:
             added = results[name]["request_log_rows_added"]
             print(f"{backend} request log: {added} rows added (logging on)")
+    if outage_result:
+        o = outage_result
+        print(
+            f"outage: PostgreSQL down {o['outage_s']:.0f} s of a {args.duration:.0f} s run at "
+            f"{o['rps']:.0f} req/s: {o['errors']} failed requests, {o['answered_2xx']} answered "
+            f"(warm-up included), {o['logged_rows']} rows in the log once replayed "
+            f"({o['lost_rows']} lost); {o['peak_spooled_rows']:.0f} rows spooled at the end of "
+            f"the outage, replay done {o['replay_done_s']} s after restart"
+        )
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after"
