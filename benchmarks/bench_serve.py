@@ -528,7 +528,10 @@ def bench_outage(
         outage_s=args.outage,
         answered_2xx=answered,
         logged_rows=logged,
-        lost_rows=answered - logged,
+        # wrk does not count the requests in flight when it stops (up to one per
+        # connection and run): those are answered and logged, so logged may exceed it.
+        lost_rows=max(0, answered - logged),
+        logged_beyond_counted=max(0, logged - answered),
         peak_spooled_rows=events.get("spooled_before_restart"),
         replay_done_s=round(replayed_s, 1),
     )
@@ -707,9 +710,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"outage: PostgreSQL down {o['outage_s']:.0f} s of a {args.duration:.0f} s run at "
             f"{o['rps']:.0f} req/s: {o['errors']} failed requests, {o['answered_2xx']} answered "
-            f"(warm-up included), {o['logged_rows']} rows in the log once replayed "
-            f"({o['lost_rows']} lost); {o['peak_spooled_rows']:.0f} rows spooled at the end of "
-            f"the outage, replay done {o['replay_done_s']} s after restart"
+            f"(warm-up included), {o['logged_rows']} rows in the log once replayed: "
+            f"{o['lost_rows']} lost ({o['logged_beyond_counted']} more logged than wrk counted: "
+            f"its requests in flight at the end); {o['peak_spooled_rows']:.0f} rows spooled at "
+            f"the end of the outage, replay done {o['replay_done_s']} s after restart"
         )
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
