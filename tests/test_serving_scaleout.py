@@ -376,6 +376,14 @@ def test_sigterm_in_an_outage_keeps_the_rows_for_the_next_start(
             # The rows answered in the outage wait in the spool file (plus those of the
             # last flush before it was noticed).
             assert in_spool >= 300
+            # A restart while the database is still down stops at start-up (exit 3, one
+            # Error: line without the password) and leaves the spool alone.
+            api.start()
+            assert api.proc is not None
+            assert api.proc.wait(60) == 3
+            last = tail(api.log, 1)
+            assert last.startswith("Error: ") and postgres.password not in last, last
+            assert spooled_rows(spool) == in_spool
         finally:
             postgres.start()
     in_db = sum(_rows_per_instance(pg_url).values())
