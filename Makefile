@@ -55,6 +55,14 @@ format: $(STAMP)
 bench-drift: $(STAMP)
 	$(BIN)/python benchmarks/bench_drift.py $(BENCH_DRIFT_ARGS)
 
+# The same over 10,000,000 rows in PostgreSQL (targets: <= 10 s, <= 300 MB client RSS): a
+# throwaway cluster started with initdb/pg_ctl (apt-get install postgresql), loaded with
+# COPY (~3.7 GB, 2-3 min); BENCH_DRIFT_PG_ARGS="--pg-url postgresql://..." for a server of
+# your own (an empty database), "--rows N" for another size.
+.PHONY: bench-drift-pg
+bench-drift-pg: $(STAMP)
+	$(BIN)/python benchmarks/bench_drift.py --backend postgresql $(BENCH_DRIFT_PG_ARGS)
+
 # `housing serve` vs `mlflow models serve` on the same champion: requests/s, p50, p99 and
 # the ratio at 16 connections (wrk when installed); and side by side `housing serve` with
 # its SQLite log vs a PostgreSQL log (a throwaway cluster via initdb/pg_ctl, or

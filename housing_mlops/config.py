@@ -230,6 +230,26 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
             sec[key] = str((cwd / Path(str(sec[key])).expanduser()).resolve())
 
 
+def with_request_log(settings: Settings, value: str | Path | None) -> Settings:
+    """``settings`` with ``serve.request_log`` replaced (``--request-log``): a path
+    (resolved against the current directory) or a postgresql:// URL (kept as is)."""
+    if value is None:
+        return settings
+    text = str(value)
+    if "://" not in text:
+        text = str((Path.cwd() / Path(text).expanduser()).resolve())
+    elif not is_log_url(text):
+        raise ConfigError(
+            "--request-log takes a SQLite file path or a "
+            f"postgresql://user:password@host:port/database URL, not {text.split('://')[0]}://"
+        )
+    try:
+        serve = ServeConfig.model_validate({**settings.serve.model_dump(), "request_log": text})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(Path("--request-log"), err)) from None
+    return settings.model_copy(update={"serve": serve})
+
+
 def _format_validation_error(path: Path, err: ValidationError) -> str:
     parts = []
     for e in err.errors():

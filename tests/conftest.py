@@ -78,10 +78,20 @@ def _logged_request(row: dict[str, Any]) -> Any:
 @pytest.fixture(scope="session")
 def write_request_log() -> Callable[[Path, list[dict[str, Any]]], None]:
     """``write_request_log(path, rows)``: rows ({column: value}) into the request log at
-    ``path`` (created when missing) through the service's own writer."""
+    ``path`` (created when missing) through the service's own writer; a postgresql://
+    URL through the store's sink (one transaction)."""
 
-    def write(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(path: Path | str, rows: list[dict[str, Any]]) -> None:
+        from housing_mlops import store
         from housing_mlops.store import RequestLogWriter
+
+        if store.is_log_url(path):
+            sink = store.open_sink(path)
+            try:
+                sink.write([store.row_values(_logged_request(row)) for row in rows])
+            finally:
+                sink.close()
+            return
 
         writer = RequestLogWriter(path, flush_interval_s=60, max_queue=len(rows) + 1)
         writer.start()

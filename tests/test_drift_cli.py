@@ -279,3 +279,113 @@ def test_installed_command_exits_6_on_drift(project) -> None:
     )
     assert proc.returncode == 6, proc.stderr
     assert "MedInc" in proc.stdout and "Dataset drift:" in proc.stdout
+
+
+# ------------------------------------------------------------- over PostgreSQL
+@pytest.fixture
+def pg_log(project: dict[str, Any], pg_url: str) -> str:
+    """A PostgreSQL log holding exactly the rows (ids included) of the project's SQLite
+    log: the same rows in both backends."""
+    import sqlite3
+
+    import psycopg
+
+    store.create_log(pg_url)
+    names = ["id", *store.ROW_COLUMNS]
+    quoted = ", ".join(f'"{n}"' for n in names)
+    src = sqlite3.connect(project["settings"].serve.request_log)
+    try:
+        rows = src.execute(f"SELECT {quoted} FROM requests ORDER BY id").fetchall()
+    finally:
+        src.close()
+    with psycopg.connect(pg_url) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY requests ({quoted}) FROM STDIN".encode()) as copy:
+            for row in rows:
+                copy.write_row(row)
+    return pg_url
+
+
+def _comparable(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("run_id", "created_at")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("window", "sample_rows", "exit_code"),
+    [
+        ((-60, 60), None, 0),  # the test split: every row read, no drift
+        ((3500, 3700), None, 6),  # MedInc x 1.2: drift
+        ((-60, 3700), 1000, 6),  # both frames, sampled down to about 1,000 rows
+    ],
+)
+def test_drift_over_postgresql_equals_drift_over_sqlite(
+    project, capsys, pg_log: str, postgres: Any, tmp_path: Path, window, sample_rows, exit_code
+) -> None:
+    config = project["config"]
+    if sample_rows is not None:
+        import yaml
+
+        raw = yaml.safe_load(config.read_text())
+        raw["drift"] = {**raw.get("drift", {}), "sample_rows": sample_rows}
+        config = tmp_path / "sampled.yaml"
+        config.write_text(yaml.safe_dump(raw))
+    args = ["--config", str(config), "drift", "--json", *window_args(project, *window)]
+    results = []
+    for extra in ([], ["--request-log", pg_log]):
+        code = run([*args, *extra])
+        out = capsys.readouterr()
+        assert code == exit_code, out.err
+        assert postgres.password not in out.out + out.err
+        results.append(json.loads(out.out))
+    over_sqlite, over_pg = results
+    if sample_rows is not None:
+        assert over_pg["sampled_rows"] < over_pg["rows"]  # the sampled path was taken
+    assert _comparable(over_pg) == _comparable(over_sqlite)  # exactly, every score
+    db = store.open_readonly(pg_log)
+    assert db is not None
+    try:
+        latest = store.latest_drift_run(db)  # stored in PostgreSQL, not in the SQLite file
+    finally:
+        db.close()
+    assert latest is not None and latest["id"] == over_pg["run_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["wrong password", "refused port", "not postgresql"])
+def test_drift_over_a_bad_url_is_one_error_line_exit_3(
+    project, capsys, postgres: Any, fault: str
+) -> None:
+    url = {
+        "wrong password": postgres.url().replace(postgres.password, "Wr0ng-pw"),
+        "refused port": postgres.url().replace(f":{postgres.port}/", ":1/"),
+        "not postgresql": "mysql://housing:Wr0ng-pw@127.0.0.1/db",
+    }[fault]
+    started = time.monotonic()
+    code = run(["--config", str(project["config"]), "drift", "--request-log", url])
+    out = capsys.readouterr()
+    assert code == 3 and time.monotonic() - started < 15
+    assert out.out == "" and len(out.err.strip().splitlines()) == 1, out.err
+    assert out.err.startswith("Error: ")
+    if fault == "not postgresql":
+        assert "--request-log takes a SQLite file path or a postgresql://" in out.err
+    else:
+        assert ":***@127.0.0.1" in out.err  # the URL is named, its password is not
+    assert "Wr0ng-pw" not in out.err and postgres.password not in out.err
+
+
+@pytest.mark.slow
+def test_drift_over_an_empty_postgresql_database_is_no_log_exit_7(
+    project, capsys, pg_url: str, postgres: Any
+) -> None:
+    code = run(["--config", str(project["config"]), "drift", "--request-log", pg_url])
+    out = capsys.readouterr()
+    assert code == 7, out.err
+    assert out.err.startswith("Error: no request log at postgresql://housing:***@127.0.0.1")
+    assert postgres.password not in out.err
+    db = store.open_readonly(pg_url)
+    assert db is not None
+    try:
+        assert store.latest_drift_run(db) is None  # drift made no schema and stored nothing
+        assert "requests" not in store.schema.tables(db)
+    finally:
+        db.close()

@@ -138,14 +138,27 @@ def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(
     assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_latency_percentiles_count_each_request_once_not_each_row(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], write_request_log: Any
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    write_request_log: Any,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms)."""
+    """One 1,000-row batch (500 ms) among 99 single requests (1..99 ms); the same numbers
+    from a PostgreSQL log (``--request-log URL``), whose password appears nowhere."""
     import numpy as np
 
     config = write_config(tmp_path)
     settings = load_config(config)
+    log: Path | str = settings.serve.request_log
+    extra: list[str] = []
+    secret = "no password"
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres")
+        log, secret = server.create_database(), server.password
+        extra = ["--request-log", str(log)]
     house = {c: 1.0 for c in FEATURES}
     now = time.time()
     batch = [
@@ -176,11 +189,14 @@ def test_latency_percentiles_count_each_request_once_not_each_row(
         }
         for ms in range(1, 100)
     ]
-    write_request_log(settings.serve.request_log, batch + singles)
-    code = run(["--config", str(config), "report", "--json"])
+    write_request_log(log, batch + singles)
+    code = run(["--config", str(config), "report", "--json", *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    markdown = Path(json.loads(captured.out)["markdown"]).read_text()
+    result = json.loads(captured.out)
+    markdown = Path(result["markdown"]).read_text()
+    html = Path(result["html"]).read_text()
+    assert secret not in captured.out + captured.err + markdown + html
     per_request = np.percentile([*range(1, 100), 500.0], [50, 95, 99])  # 50.5, 95.05, 103.01
     for label, value in zip(("p50", "p95", "p99"), per_request, strict=True):
         assert f"| latency {label} (ms) | {value:.4g} |" in markdown, markdown
@@ -208,6 +224,19 @@ def test_progress_names_each_stage_in_order_before_it_runs(tmp_path: Path) -> No
     assert seen[-1][0] == f"writing report.html, report.md and report_files/ to {out}"
     assert not any(written for _, written in seen)  # announced before, not after
     assert Path(result["html"]).is_file()
+
+
+def test_report_over_an_unreachable_postgresql_log_is_exit_3_without_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], postgres: Any
+) -> None:
+    config = write_config(tmp_path)
+    url = postgres.url().replace(postgres.password, "Wr0ng-pw")
+    code = run(["--config", str(config), "report", "--request-log", url])
+    captured = capsys.readouterr()
+    assert code == 3 and captured.out == ""
+    assert captured.err.startswith("Error: cannot connect to the request log postgresql://")
+    assert len(captured.err.splitlines()) == 1 and "Wr0ng-pw" not in captured.err
+    assert not (tmp_path / "reports").exists()  # checked before anything is written
 
 
 @pytest.fixture(scope="module")

@@ -138,3 +138,56 @@ def test_a_log_made_by_sqlite_utils_is_opened_as_is(tmp_path: Path) -> None:
         assert store.window_counts(conn, 0, 10)[0]["rows"] == 1
     finally:
         conn.close()
+
+
+def test_an_old_log_gets_the_instance_column_and_takes_new_rows(tmp_path: Path) -> None:
+    """A log from before replicas (no ``instance`` column): opening it for writing adds
+    the column and records the schema version; its old rows stay, new rows say who
+    answered them."""
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    old = sqlite3.connect(path)
+    columns = ", ".join(
+        f'"{c}" {kind}' for c, kind in store.REQUEST_COLUMNS.items() if c != "instance"
+    )
+    old.execute(f"CREATE TABLE requests ({columns})")
+    old.execute("INSERT INTO requests (ts, request_id, status) VALUES (1, 'old', 200)")
+    old.commit()
+    old.close()
+    sink = store.open_sink(path)
+    row = store.LoggedRequest(
+        ts=2.0,
+        request_id="new",
+        row_index=0,
+        model_name="m",
+        model_version="1",
+        features=[1.0] * len(FEATURES),
+        prediction=1.5,
+        latency_ms=1.0,
+        status=200,
+        instance="api-1",
+    )
+    try:
+        sink.write([store.row_values(row)])
+    finally:
+        sink.close()
+    check = sqlite3.connect(path)
+    try:
+        rows = check.execute("SELECT request_id, instance FROM requests ORDER BY id").fetchall()
+        version = check.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+    finally:
+        check.close()
+    assert rows == [("old", None), ("new", "api-1")]
+    assert version == store.SCHEMA_VERSION
+
+
+def test_a_sqlite_log_that_cannot_take_rows_is_log_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sink = store.open_sink(blocker / "requests.db")  # connects lazily: no error yet
+    with pytest.raises(store.LogUnavailable, match="requests.db"):
+        sink.write(
+            [(1.0, "r", 0, None, None, *([None] * len(FEATURES)), None, 1.0, 422, "e", None)]
+        )
+    sink.close()

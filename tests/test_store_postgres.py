@@ -131,6 +131,37 @@ def test_replicas_starting_at_once_on_an_empty_database_make_one_schema(postgres
     assert columns == ["id", *store.ROW_COLUMNS]
 
 
+def test_starting_a_replica_does_not_wait_for_a_long_read(pg_url: str) -> None:
+    # A drift query over a big window holds a share lock on `requests` for seconds; a
+    # replica starting (or its writer reconnecting) meanwhile must not queue behind it,
+    # which an ALTER TABLE would, and every other replica's inserts behind that.
+    import threading
+
+    import psycopg
+
+    store.create_log(pg_url)
+    with psycopg.connect(pg_url) as reader:
+        reader.execute(b"LOCK TABLE requests IN ACCESS SHARE MODE")  # as a long SELECT does
+        done = threading.Event()
+
+        def start_replica() -> None:
+            store.create_log(pg_url)
+            done.set()
+
+        worker = threading.Thread(target=start_replica)
+        worker.start()
+        try:
+            assert done.wait(10), "create_log waited for the reader's lock"
+            sink = store.open_sink(pg_url)
+            try:
+                sink.write([_row(0)])  # inserts do not wait for readers either
+            finally:
+                sink.close()
+        finally:
+            reader.rollback()
+            worker.join(30)
+
+
 def test_a_version_1_table_gets_the_instance_column(pg_url: str) -> None:
     # The layout before replicas: every column but `instance`.
     text = ("request_id", "model_name", "model_version", "error")
@@ -170,6 +201,23 @@ def test_a_database_that_cannot_be_reached_is_a_config_error_within_seconds(
     assert ":***@127.0.0.1" in message
 
 
+def test_a_server_that_never_answers_is_a_config_error_after_the_connect_timeout() -> None:
+    # A port that accepts connections (the kernel's backlog) but never says a word: the
+    # hang a firewall or a stopped VM gives. Bounded by the 5 s connect timeout.
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://app:n0-answer@127.0.0.1:{silent.getsockname()[1]}/db"
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="timeout") as err:
+            store.create_log(url)
+        took = time.monotonic() - started
+    assert 4 < took < 10, took
+    assert "n0-answer" not in str(err.value) and "app:***@127.0.0.1" in str(err.value)
+
+
 # ------------------------------------------------------------------ sink and readers
 def test_the_sink_writes_in_order_and_an_outage_is_log_unavailable(postgres: Any) -> None:
     url = postgres.create_database()
@@ -189,6 +237,31 @@ def test_the_sink_writes_in_order_and_an_outage_is_log_unavailable(postgres: Any
     rows = _psql(url, "SELECT request_id, instance FROM requests ORDER BY id")
     assert [r[0] for r in rows] == [f"req-{i}" for i in range(200)]
     assert {r[1] for r in rows} == {"a"}
+
+
+def test_a_write_the_database_cannot_finish_is_cancelled_and_log_unavailable(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A migration (or anything) holding the table: the writer must not wait forever.
+    import psycopg
+
+    from housing_mlops.store import postgres as pg
+
+    monkeypatch.setattr(pg, "STATEMENT_TIMEOUT_MS", 500)
+    store.create_log(pg_url)
+    sink = store.open_sink(pg_url)
+    try:
+        with psycopg.connect(pg_url) as locker:
+            locker.execute(b"LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(store.LogUnavailable, match="statement timeout"):
+                sink.write([_row(0)])
+            assert time.monotonic() - started < 5
+            locker.rollback()
+        sink.write([_row(0)])  # the lock gone, the same rows go in
+    finally:
+        sink.close()
+    assert _psql(pg_url, "SELECT request_id FROM requests") == [("req-0",)]
 
 
 def test_a_nul_character_does_not_poison_the_batch(pg_url: str) -> None:

@@ -36,15 +36,27 @@ CONFIG_HELP = "YAML config file (default configs/default.yaml)."
 VERBOSE_HELP = "Debug logging and tracebacks on errors."
 
 
+RequestLogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--request-log",
+        metavar="PATH_OR_URL",
+        help="Request log: a SQLite file or postgresql://user:password@host:port/database.",
+        show_default="serve.request_log, $HOUSING_REQUEST_LOG, data/requests.db",
+    ),
+]
+
+
 @dataclass
 class AppState:
     config_path: Path
     verbose: bool
 
-    def settings(self) -> Settings:
-        from housing_mlops.config import load_config
+    def settings(self, request_log: str | None = None) -> Settings:
+        """The config (with ``--request-log`` over serve.request_log when given)."""
+        from housing_mlops.config import load_config, with_request_log
 
-        return load_config(self.config_path)
+        return with_request_log(load_config(self.config_path), request_log)
 
 
 def state(ctx: typer.Context) -> AppState:

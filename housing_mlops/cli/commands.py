@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from housing_mlops.cli.app import ConfigOpt, JsonOpt, VerboseOpt, app, state
+from housing_mlops.cli.app import ConfigOpt, JsonOpt, RequestLogOpt, VerboseOpt, app, state
 
 
 # --------------------------------------------------------------------------- fetch
@@ -175,12 +175,13 @@ def serve(
             "--model-version", metavar="N", min=1, help="Serve this version, not @champion."
         ),
     ] = None,
+    request_log: RequestLogOpt = None,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the champion model over HTTP (FastAPI on uvicorn)."""
     options = state(ctx)
-    settings = options.settings()
+    settings = options.settings(request_log)
     from housing_mlops.cli import render
     from housing_mlops.serving.server import run_server
 
@@ -233,6 +234,7 @@ def drift(
             "--refresh-reference", help="Fetch the version's training profile from MLflow again."
         ),
     ] = False,
+    request_log: RequestLogOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
@@ -247,7 +249,7 @@ def drift(
     from housing_mlops.errors import DriftFound
 
     result: dict[str, Any] = check_drift(
-        state(ctx).settings(),
+        state(ctx).settings(request_log),
         since,
         until,
         model_version,
@@ -270,6 +272,7 @@ def report(
             "--out", metavar="DIR", help="Output folder.", show_default="paths.reports_dir, reports"
         ),
     ] = None,
+    request_log: RequestLogOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
@@ -279,7 +282,7 @@ def report(
     from housing_mlops.output import StageProgress
     from housing_mlops.report import build_report
 
-    settings = state(ctx).settings()
+    settings = state(ctx).settings(request_log)
     with StageProgress("report") as progress:
         result = build_report(settings, out, progress=progress.stage)
     render.emit(result, as_json, render.report_summary)

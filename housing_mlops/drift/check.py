@@ -98,7 +98,7 @@ def check_drift(
     window_text = f"between {iso_utc(since_ts)} and {iso_utc(until_ts)}"
     which = f" served by model version {version}" if version else ""
 
-    log_path = settings.serve.request_log
+    log_path = store.parse_log_location(settings.serve.request_log)  # prints without password
     db = store.open_log(log_path, create=False)  # None when there is no log: never made here
     if db is None:
         raise InsufficientDataError(

@@ -283,7 +283,8 @@ def drift(settings: Any) -> Section:
     if db is None:
         section.status = "empty"
         return section.note(
-            f"No request log at {settings.serve.request_log} yet, so no drift run: serve "
+            f"No request log at {store.parse_log_location(settings.serve.request_log)}"
+            f" yet, so no drift run: serve "
             "traffic, then run `housing drift`."
         )
     try:
@@ -374,7 +375,8 @@ def serving(settings: Any) -> Section:
     if db is None:
         section.status = "empty"
         return section.note(
-            f"No request log at {settings.serve.request_log}: no traffic yet. Start "
+            f"No request log at {store.parse_log_location(settings.serve.request_log)}"
+            f": no traffic yet. Start "
             "`housing serve` and send requests (e.g. `python -m housing_mlops.traffic`)."
         )
     try:

@@ -43,8 +43,12 @@ from housing_mlops.store.sink import LogUnavailable
 #: connect_timeout, per address tried).
 CONNECT_TIMEOUT_S = 5
 #: Sink connections: a write to a server that stopped answering fails after this long
-#: (TCP_USER_TIMEOUT), instead of blocking the writer thread until the kernel gives up.
+#: (TCP_USER_TIMEOUT), instead of blocking the writer thread until the kernel gives up;
+#: a write the server accepted but cannot finish (a table locked by a migration, a full
+#: disk waiting) is cancelled after STATEMENT_TIMEOUT_MS. Either way the rows stay with
+#: the caller (LogUnavailable), which spools them.
 WRITE_TIMEOUT_MS = 10_000
+STATEMENT_TIMEOUT_MS = 30_000
 # Key of the advisory lock that serialises schema creation and migration (any constant
 # that no other application in the database uses: "hous" in ASCII).
 _SCHEMA_LOCK = 0x686F7573
@@ -173,8 +177,15 @@ def create_schema(conn: PgConnection) -> None:
     The advisory lock is held until the transaction ends: a replica starting at the same
     moment waits, then finds the schema in place (``CREATE ... IF NOT EXISTS`` alone
     races on the system catalogs and fails with a unique violation).
+
+    A database already at this version is left alone, without any DDL: ``ALTER TABLE``
+    (even ``ADD COLUMN IF NOT EXISTS``) takes an exclusive lock on ``requests`` first,
+    which would queue every replica's inserts behind a long drift query each time a
+    replica starts or its writer reconnects.
     """
     try:
+        if schema_version(conn) == SCHEMA_VERSION:
+            return
         with conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK])
             conn.execute(
@@ -184,6 +195,8 @@ def create_schema(conn: PgConnection) -> None:
             current = schema_version(conn)
             if current > SCHEMA_VERSION:
                 raise SchemaTooNew(current)
+            if current == SCHEMA_VERSION:  # made by whoever held the lock before us
+                return
             for statement in _ddl():
                 conn.execute(statement)
             # Version 2 added the replica's name; a version-1 table lacks it.
@@ -228,7 +241,11 @@ class PgSink:
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            conn = _raw_connect(self.location, tcp_user_timeout=WRITE_TIMEOUT_MS)
+            conn = _raw_connect(
+                self.location,
+                tcp_user_timeout=WRITE_TIMEOUT_MS,
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            )
             # Every (re)connection makes sure the tables are there (a few milliseconds):
             # a database recreated during an outage must not refuse every replayed row.
             try:
