@@ -67,9 +67,17 @@ class Replica:
     """One `housing serve` process named ``name`` (serve.instance) on a free port."""
 
     def __init__(
-        self, config: Path, name: str, url: str, spool: Path, tmp: Path, *extra: str
+        self,
+        config: Path,
+        name: str,
+        url: str,
+        spool: Path,
+        tmp: Path,
+        *extra: str,
+        env_log: bool = True,
     ) -> None:
         self.config, self.name, self.url, self.spool, self.extra = config, name, url, spool, extra
+        self.env_log = env_log  # the log's URL in HOUSING_REQUEST_LOG (else in ``extra``)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"{name}.log"
@@ -78,12 +86,9 @@ class Replica:
 
     def start(self) -> Replica:
         self.starts += 1
-        env = {
-            **os.environ,
-            "HOUSING_REQUEST_LOG": self.url,
-            "HOUSING_INSTANCE": self.name,
-            "HOUSING_SPOOL_DIR": str(self.spool),
-        }
+        env = {**os.environ, "HOUSING_INSTANCE": self.name, "HOUSING_SPOOL_DIR": str(self.spool)}
+        if self.env_log:
+            env["HOUSING_REQUEST_LOG"] = self.url
         cmd = [str(HOUSING), "--config", str(self.config), "serve", "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -248,8 +253,20 @@ def test_three_replicas_log_every_answer_under_concurrent_load(
     replicas += [
         Replica(champion_config, "api-1", pg_url, spool, tmp_path),
         Replica(champion_config, "api-2", pg_url, spool, tmp_path),
-        # Two uvicorn workers: two writers, both logging as the replica api-3.
-        Replica(champion_config, "api-3", pg_url, spool, tmp_path, "--workers", "2"),
+        # Two uvicorn workers: two writers, both logging as the replica api-3, to the log
+        # given on the command line (the workers read the config file again).
+        Replica(
+            champion_config,
+            "api-3",
+            pg_url,
+            spool,
+            tmp_path,
+            "--workers",
+            "2",
+            "--request-log",
+            pg_url,
+            env_log=False,
+        ),
     ]
     for r in replicas:
         r.start()  # all at once, on an empty database

@@ -17,7 +17,10 @@ from typing import Any
 
 CONFIG_ENV = "HOUSING_SERVE_CONFIG"
 MODEL_VERSION_ENV = "HOUSING_SERVE_MODEL_VERSION"
-INSTANCE_ENV = "HOUSING_INSTANCE"  # config.ENV_OVERRIDES: serve.instance
+# config.ENV_OVERRIDES: serve.instance, serve.request_log, serve.spool_dir
+INSTANCE_ENV = "HOUSING_INSTANCE"
+REQUEST_LOG_ENV = "HOUSING_REQUEST_LOG"
+SPOOL_DIR_ENV = "HOUSING_SPOOL_DIR"
 
 
 def app_from_env() -> Any:
@@ -160,6 +163,10 @@ def run_server(
         CONFIG_ENV: str(Path(source).resolve()),
         MODEL_VERSION_ENV: None if model_version is None else str(model_version),
         INSTANCE_ENV: instance,
+        # The workers read the config file again: what the command line (--request-log)
+        # or the environment chose must reach them too.
+        REQUEST_LOG_ENV: str(serve.request_log),
+        SPOOL_DIR_ENV: str(serve.spool_dir),
     }
     with multiprocess_directory(), _environ(worker_env):
         if on_ready:
