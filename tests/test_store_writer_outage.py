@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from helpers import spooled_rows, wait_until
 
-from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter
+from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter, create_log
 
 
 def _row(i: int) -> LoggedRequest:
@@ -44,6 +44,7 @@ def _expected(n: int) -> list[tuple[Any, ...]]:
 def test_rows_spool_in_an_outage_and_replay_in_order(
     postgres: Any, pg_url: str, tmp_path: Path
 ) -> None:
+    create_log(pg_url)  # as `housing serve` does before it starts its writers
     reports: list[FlushReport] = []
     writer = RequestLogWriter(
         pg_url,
