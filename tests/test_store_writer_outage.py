@@ -101,3 +101,31 @@ def test_a_stop_in_an_outage_keeps_the_rows_for_the_next_writer(
         third.close()
     assert _logged(pg_url) == _expected(520)
     assert spooled_rows(spool) == 0
+
+
+def test_rows_queued_behind_a_stuck_write_are_spooled_at_close(pg_url: str, tmp_path: Path) -> None:
+    """A write that hangs (here: a table another session holds locked) must not take the
+    rows queued behind it down with the process: close() spools them after its timeout."""
+    create_log(pg_url)
+    spool = tmp_path / "spool"
+    writer = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
+    writer.start()
+    with psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        writer.submit([_row(i) for i in range(10)])  # its COPY now waits for the lock
+        wait_until(lambda: writer.depth == 0, 10, "the first batch to be taken")
+        time.sleep(0.2)
+        writer.submit([_row(i) for i in range(10, 60)])
+        t0 = time.monotonic()
+        writer.close(timeout=1.0)
+        assert time.monotonic() - t0 < 5
+        assert spooled_rows(spool) == 50
+        locker.rollback()  # the lock goes: the stuck COPY of the first batch commits
+    wait_until(lambda: len(_logged(pg_url)) == 10, 30, "the stuck batch")
+    nxt = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
+    nxt.start()
+    try:
+        wait_until(lambda: len(_logged(pg_url)) == 60, 30, "the replay")
+    finally:
+        nxt.close()
+    assert _logged(pg_url) == _expected(60)

@@ -152,12 +152,32 @@ class RequestLogWriter:
         self._wake.set()
         thread.join(timeout)
         if thread.is_alive():
-            _log.error(
-                "request log: the writer did not finish within %.0f s; %d queued row(s) lost",
-                timeout,
-                self.depth,
-            )
+            self._rescue(timeout)
         self._thread = None
+
+    def _rescue(self, timeout: float) -> None:
+        """The thread is stuck in a database call (a silent server, a locked table): the
+        rows still queued go to a spool file of their own, left for the next writer. The
+        batch the thread holds is lost unless its write completes before the process
+        exits."""
+        rows = [self._queue.popleft() for _ in range(len(self._queue))]
+        if self.spool_dir is not None and rows:
+            spool = Spool(self.spool_dir, self.instance or "writer")
+            try:
+                spool.open()
+                spool.append(rows)
+            except Exception:  # noqa: BLE001 - logged below as lost
+                _log.exception("request log: could not spool the queued rows")
+            else:
+                rows = []
+            finally:
+                spool.close()
+        _log.error(
+            "request log: the writer did not finish within %.0f s (the database does not "
+            "answer); %d queued row(s) lost, the rest left in the spool",
+            timeout,
+            len(rows),
+        )
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
