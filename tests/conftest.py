@@ -72,6 +72,7 @@ def _logged_request(row: dict[str, Any]) -> Any:
         latency_ms=row.get("latency_ms"),
         status=row["status"],
         error=row.get("error"),
+        instance=row.get("instance"),
     )
 
 

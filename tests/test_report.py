@@ -172,6 +172,7 @@ def test_latency_percentiles_count_each_request_once_not_each_row(
             "prediction": 2.0,
             "latency_ms": 500.0,
             "status": 200,
+            "instance": "api-1",
         }
         for i in range(1000)
     ]
@@ -186,6 +187,7 @@ def test_latency_percentiles_count_each_request_once_not_each_row(
             "prediction": 2.0,
             "latency_ms": float(ms),
             "status": 200,
+            "instance": f"api-{1 + ms % 2}",
         }
         for ms in range(1, 100)
     ]
@@ -201,6 +203,7 @@ def test_latency_percentiles_count_each_request_once_not_each_row(
     for label, value in zip(("p50", "p95", "p99"), per_request, strict=True):
         assert f"| latency {label} (ms) | {value:.4g} |" in markdown, markdown
     assert "| logged rows | 1099 |" in markdown and "| requests | 100 |" in markdown
+    assert "| rows by replica | api-1: 1049, api-2: 50 |" in markdown, markdown
     assert "Latency is per request" in markdown
     assert "a batch of N rows counts once" in markdown
     assert "largest batch here: 1000 rows" in markdown

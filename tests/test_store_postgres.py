@@ -63,6 +63,8 @@ def test_a_url_is_parsed_and_printed_without_its_password() -> None:
     assert location.url == url  # the raw URL goes to the driver only
     query = store.parse_log_location("postgres://app@h/db?password=hunter2")
     assert "hunter2" not in str(query) and str(query).endswith("password=***")
+    several = store.parse_log_location("postgresql://app:pw1@h1:5432,h2:5433/db")
+    assert str(several) == "postgresql://app:***@h1:5432,h2:5433/db"  # libpq's multi-host
     sqlite = store.parse_log_location(Path("data/requests.db"))
     assert sqlite.kind == "sqlite" and sqlite.path == Path("data/requests.db")
 
@@ -72,6 +74,8 @@ def test_a_url_is_parsed_and_printed_without_its_password() -> None:
     [
         ("mysql://u:topsecret@h/db", "unsupported request log URL mysql://u:***@h/db"),
         ("postgresql://u:topsecret@h:5432", "names no database"),
+        ("postgresql://u:topsecret@[::1:5432/db", "postgresql://*** is malformed"),
+        ("postgresql://u:topsecret@h:port/db", "postgresql://*** is malformed"),
     ],
 )
 def test_a_url_that_cannot_be_a_log_is_a_config_error(value: str, message: str) -> None:

@@ -404,6 +404,18 @@ def serving(settings: Any) -> Section:
                 )
                 or "–",
             },
+            *(
+                [
+                    {
+                        "": "rows by replica",
+                        "value": ", ".join(
+                            f"{r['instance']}: {r['rows']}" for r in stats["by_instance"]
+                        ),
+                    }
+                ]
+                if stats["by_instance"]
+                else []
+            ),
         ],
         ["", "value"],
     )

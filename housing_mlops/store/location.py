@@ -97,7 +97,17 @@ def parse_log_location(value: str | Path | LogLocation) -> LogLocation:
         return value
     if isinstance(value, str) and "://" in value:
         scheme = value.split("://", 1)[0].lower()
-        display, secret = _redact(value)
+        try:
+            display, secret = _redact(value)
+            parts = urlsplit(value)
+            if "," not in parts.netloc:  # libpq's host1:port1,host2:port2 is fine as is
+                parts.port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError as exc:
+            # Not even parseable: show nothing of it but the scheme (it may hold a password).
+            raise ConfigError(
+                f"the request log URL {scheme}://*** is malformed ({exc}): use "
+                "postgresql://user:password@host:port/database"
+            ) from None
         if scheme not in PG_SCHEMES:
             raise ConfigError(
                 f"unsupported request log URL {display}: serve.request_log (or "

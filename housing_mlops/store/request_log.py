@@ -39,6 +39,17 @@ def _is_sqlite(conn: LogConnection) -> bool:
     return isinstance(conn, sqlite3.Connection)
 
 
+def _columns(conn: LogConnection, table: str) -> set[str]:
+    if isinstance(conn, sqlite3.Connection):
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ?",
+        [table],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def _window_clause(
     since_ts: float, until_ts: float, model_version: str | None
 ) -> tuple[str, list[Any]]:
@@ -75,13 +86,15 @@ def window_counts(
     # version) is looked up for each version found.
     select = "SELECT model_version, COUNT(*) AS n, MIN(ts), MAX(ts) FROM requests"
     sql = f"{select} WHERE {clause} GROUP BY model_version ORDER BY n DESC"  # noqa: S608
-    same = "IS" if _is_sqlite(conn) else "IS NOT DISTINCT FROM"
     out = []
     for version, n, first, last in conn.execute(sql, params).fetchall():
+        # "= ?" or "IS NULL" rather than SQLite's "IS ?": both backends know it and both
+        # can use the (model_version, ts) index for it.
+        same, args = ("= ?", [version]) if version is not None else ("IS NULL", [])
         name = conn.execute(
             "SELECT model_name FROM requests WHERE status = 200 "  # noqa: S608 - fixed words
-            f"AND model_version {same} ? AND ts >= ? AND ts < ? LIMIT 1",
-            [version, first, last + 1e-6],
+            f"AND model_version {same} AND ts >= ? AND ts < ? LIMIT 1",
+            [*args, first, last + 1e-6],
         ).fetchone()
         out.append(
             {
@@ -129,7 +142,8 @@ def serving_stats(conn: LogConnection | None, sample_rows: int = 200_000) -> dic
     (``row_index`` 0) is read and a batch of 1,000 rows counts once, not 1,000 times.
     They come from a uniform sample of at most ``sample_rows`` requests, the prediction
     distribution from one of at most ``sample_rows`` rows (the same hash sampling as
-    drift). ``largest_batch`` is the most rows a logged request had.
+    drift). ``largest_batch`` is the most rows a logged request had; ``by_instance`` the
+    rows each replica answered (rows logged before replicas were named are left out).
     """
     import numpy as np
 
@@ -145,6 +159,7 @@ def serving_stats(conn: LogConnection | None, sample_rows: int = 200_000) -> dic
         "largest_batch": 0,
         "predictions": np.empty(0),
         "by_version": [],
+        "by_instance": [],
     }
     if conn is None or "requests" not in tables(conn):
         return empty
@@ -189,6 +204,14 @@ def serving_stats(conn: LogConnection | None, sample_rows: int = 200_000) -> dic
             "GROUP BY model_version ORDER BY model_version"
         ).fetchall()
     ]
+    if "instance" in _columns(conn, "requests"):  # a log from before replicas has none
+        stats["by_instance"] = [
+            {"instance": r[0], "rows": int(r[1])}
+            for r in conn.execute(
+                "SELECT instance, COUNT(*) FROM requests WHERE instance IS NOT NULL "
+                "GROUP BY instance ORDER BY instance"
+            ).fetchall()
+        ]
     clause, params = _sample_clause(min(1.0, sample_rows / max(heads, 1)))
     sql = (
         "SELECT latency_ms FROM requests "  # noqa: S608 - our own fixed clause
