@@ -20,7 +20,13 @@ connections: `wrk` + a Lua script when `wrk` is installed, else a Python asyncio
 generator (`--loadgen python` forces it). The request body is the same row; only the
 envelope differs (MLflow wants ``{"dataframe_records": [...]}``).
 
-Prints requests/s, p50 and p99 latency, errors and the ratio, plus the machine's load
+Side by side, the request log's two backends: `housing serve` is driven once with its
+SQLite log and once, same model and load, with a PostgreSQL log (``--pg-url URL``, or a
+throwaway cluster started here with initdb/pg_ctl when they are installed; as the
+``postgres`` user when run as root), and the ratio of their requests/s is printed (target:
+PostgreSQL >= 90% of SQLite). ``--only housing|postgres|mlflow`` runs one of them.
+
+Prints requests/s, p50 and p99 latency, errors and the ratios, plus the machine's load
 average (the numbers mean little on a busy machine). ``--json`` prints them as JSON.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -40,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -309,21 +317,34 @@ def drive(
 
 
 # ---------------------------------------------------------------------------- main
-def bench_housing(config: Path, args: argparse.Namespace, tool: str, tmp: Path) -> dict[str, Any]:
+def bench_housing(
+    config: Path, args: argparse.Namespace, tool: str, tmp: Path, pg_url: str | None = None
+) -> dict[str, Any]:
+    """`housing serve` with the config's (SQLite) log, or with ``pg_url`` as its log."""
     from housing_mlops.config import load_config
 
     settings = load_config(config)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log(f"bench: starting housing serve on {base}")
-    log_file = tmp / "housing-serve.log"
+    backend = "PostgreSQL" if pg_url else "SQLite"
+    log(f"bench: starting housing serve on {base} ({backend} request log)")
+    log_file = tmp / f"housing-serve-{backend.lower()}.log"
+    env = dict(os.environ)
+    if pg_url:
+        env["HOUSING_REQUEST_LOG"] = pg_url
+        env["HOUSING_SPOOL_DIR"] = str(tmp / "spool")
     proc = subprocess.Popen(
         [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=log_file.open("wb"),
+        env=env,
     )
     db = Path(settings.serve.request_log)
-    before = _count_rows(db)
+
+    def count() -> int:
+        return _count_pg_rows(pg_url) if pg_url else _count_rows(db)
+
+    before = count()
     try:
         try:
             wait_http(f"{base}/ready", proc)
@@ -332,12 +353,12 @@ def bench_housing(config: Path, args: argparse.Namespace, tool: str, tmp: Path) 
             raise
         body = json.dumps(ROW)
         drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
-        log(f"bench: driving housing serve for {args.duration:.0f} s with {tool}")
+        log(f"bench: driving housing serve ({backend} log) for {args.duration:.0f} s with {tool}")
         result = drive(f"{base}/predict", body, args.duration, args.connections, tool, tmp)
     finally:
         code = stop(proc)
     result["exit_code"] = code
-    result["request_log_rows_added"] = _count_rows(db) - before
+    result["request_log_rows_added"] = count() - before
     return result
 
 
@@ -351,6 +372,170 @@ def _count_rows(db: Path) -> int:
         return 0
     finally:
         conn.close()
+
+
+def _count_pg_rows(url: str) -> int:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("select count(*) from requests").fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster (``throwaway_postgres``): its URL, stop and start."""
+
+    def __init__(self, pg_ctl: str, data: Path, options: str, as_user: list[str]) -> None:
+        self.pg_ctl, self.data, self.options, self.as_user = pg_ctl, data, options, as_user
+        self.url = ""
+
+    def run(self, *args: str) -> None:
+        done = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            log(f"bench: {args[0]} failed: {done.stdout}{done.stderr}")
+            done.check_returncode()
+
+    def start(self) -> None:
+        log_file = str(self.data.parent / "log")
+        self.run(
+            self.pg_ctl, "-D", str(self.data), "-l", log_file, "-o", self.options, "-w", "start"
+        )
+
+    def stop(self) -> None:
+        self.run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@contextlib.contextmanager
+def throwaway_postgres(tmp: Path) -> Iterator[Cluster | None]:
+    """A PostgreSQL cluster in ``tmp`` on a free loopback port (initdb/pg_ctl; as the
+    ``postgres`` user when run as root); None without the tools."""
+    import glob
+    import pwd
+
+    def tool(name: str) -> str | None:
+        found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+        return found[-1] if found else shutil.which(name)
+
+    initdb, pg_ctl = tool("initdb"), tool("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        log("bench: no initdb/pg_ctl (apt-get install postgresql): PostgreSQL runs skipped")
+        yield None
+        return
+    # Its own temp folder: the postgres user cannot enter root's 0700 ``tmp``.
+    base = Path(tempfile.mkdtemp(prefix="housing-bench-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    # Durable commits (fsync on, the default): the log's cost as a deployment pays it.
+    cluster = Cluster(
+        pg_ctl, base / "data", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", as_user
+    )
+    cluster.url = f"postgresql://housing@127.0.0.1:{port}/postgres"
+    try:
+        cluster.run(initdb, "-D", str(cluster.data), "-U", "housing", "--auth=trust", "--no-sync")
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _metric(base: str, name: str) -> float | None:
+    import httpx
+
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def bench_outage(
+    config: Path, args: argparse.Namespace, tool: str, tmp: Path, cluster: Cluster
+) -> dict[str, Any]:
+    """`housing serve` on the PostgreSQL log, driven for ``--duration`` seconds while the
+    database is stopped for ``--outage`` seconds in the middle; then, once the spool is
+    replayed, the rows in the log against the 2xx answers (warm-up included)."""
+    import threading
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    spool = tmp / "outage-spool"
+    url = cluster.url.rsplit("/", 1)[0] + "/outage"
+    import psycopg
+
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE outage")
+    env = {**os.environ, "HOUSING_REQUEST_LOG": url, "HOUSING_SPOOL_DIR": str(spool)}
+    log_file = tmp / "housing-serve-outage.log"
+    proc = subprocess.Popen(
+        [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("wb"),
+        env=env,
+    )
+    lead = max(1.0, (args.duration - args.outage) / 2)
+    events: dict[str, float] = {}
+
+    def outage() -> None:
+        time.sleep(lead)
+        events["down"] = time.monotonic()
+        cluster.stop()
+        time.sleep(args.outage)
+        events["spooled_before_restart"] = _metric(base, "housing_request_log_spooled_rows") or 0
+        cluster.start()
+        events["up"] = time.monotonic()
+
+    try:
+        wait_http(f"{base}/ready", proc)
+        body = json.dumps(ROW)
+        warm = drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
+        log(
+            f"bench: driving housing serve (PostgreSQL log) for {args.duration:.0f} s, "
+            f"the database down for {args.outage:.0f} s of it"
+        )
+        killer = threading.Thread(target=outage)
+        killer.start()
+        result = drive(f"{base}/predict", body, args.duration, args.connections, tool, tmp)
+        killer.join()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (
+                _metric(base, "housing_request_log_spooled_rows") == 0
+                and _metric(base, "housing_request_log_degraded") == 0
+            ):
+                break
+            time.sleep(0.5)
+        replayed_s = time.monotonic() - events["up"]
+        result["write_failures"] = _metric(base, "housing_request_log_write_failures_total")
+        result["replayed_rows"] = _metric(base, "housing_request_log_replayed_rows_total")
+    finally:
+        code = stop(proc)
+    answered = warm["requests"] - warm["errors"] + result["requests"] - result["errors"]
+    logged = _count_pg_rows(url)
+    result.update(
+        exit_code=code,
+        outage_s=args.outage,
+        answered_2xx=answered,
+        logged_rows=logged,
+        # wrk does not count the requests in flight when it stops (up to one per
+        # connection and run): those are answered and logged, so logged may exceed it.
+        lost_rows=max(0, answered - logged),
+        logged_beyond_counted=max(0, logged - answered),
+        peak_spooled_rows=events.get("spooled_before_restart"),
+        replay_done_s=round(replayed_s, 1),
+    )
+    return result
 
 
 def bench_mlflow(config: Path, args: argparse.Namespace, tool: str, tmp: Path) -> dict[str, Any]:
@@ -420,7 +605,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="candidate fitted for the throwaway store (default: the hist_gradient_boosting one)",
     )
-    parser.add_argument("--only", choices=["housing", "mlflow"], default=None)
+    parser.add_argument(
+        "--only",
+        choices=["housing", "postgres", "mlflow", "logs"],
+        default=None,
+        help="one server (logs: housing serve with each request log, side by side)",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=0.0,
+        help="also drive the PostgreSQL-log service while its (throwaway) database is down "
+        "for this many seconds in the middle of --duration, and count the rows lost",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=None,
+        help="PostgreSQL URL for the request-log comparison (default: a throwaway cluster)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--_loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -449,8 +651,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             store = f"the config's store ({settings.mlflow.tracking_uri})"
         results: dict[str, Any] = {}
-        if args.only in (None, "housing"):
+        outage_result: dict[str, Any] | None = None
+        if args.only in (None, "housing", "logs"):
             results["housing serve"] = bench_housing(config, args, tool, tmp)
+        if args.only in (None, "postgres", "logs") or args.outage:
+            with contextlib.ExitStack() as stack:
+                cluster = None if args.pg_url else stack.enter_context(throwaway_postgres(tmp))
+                url = args.pg_url or (cluster.url if cluster else None)
+                if url and args.only in (None, "postgres", "logs"):
+                    results["housing serve (PG log)"] = bench_housing(config, args, tool, tmp, url)
+                if args.outage and cluster:
+                    outage_result = bench_outage(config, args, tool, tmp, cluster)
         if args.only in (None, "mlflow"):
             results["mlflow models serve"] = bench_mlflow(config, args, tool, tmp)
     finally:
@@ -465,25 +676,45 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "results": results,
+        "outage": outage_result,
     }
-    if len(results) == 2:
+    if "housing serve" in results and "mlflow models serve" in results:
         h, m = results["housing serve"]["rps"], results["mlflow models serve"]["rps"]
         summary["ratio_rps"] = h / m if m else None
+    if "housing serve" in results and "housing serve (PG log)" in results:
+        h, p = results["housing serve"]["rps"], results["housing serve (PG log)"]["rps"]
+        summary["ratio_pg_sqlite_rps"] = p / h if h else None
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"bench-serve: {args.connections} connections, {args.duration:.0f} s each, {tool}")
     print(f"model: champion of {store}")
-    print(f"{'server':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    print(f"{'server':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, r in results.items():
         print(
-            f"{name:<22}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
+            f"{name:<26}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
         )
     if "ratio_rps" in summary and summary["ratio_rps"]:
         print(f"ratio (housing / mlflow requests/s): {summary['ratio_rps']:.1f}x")
-    h = results.get("housing serve")
-    if h:
-        print(f"housing request log: {h['request_log_rows_added']} rows added (logging on)")
+    if summary.get("ratio_pg_sqlite_rps"):
+        print(
+            "ratio (housing with the PostgreSQL log / with the SQLite log, requests/s): "
+            f"{summary['ratio_pg_sqlite_rps']:.0%} (target >= 90%)"
+        )
+    for name, backend in (("housing serve", "SQLite"), ("housing serve (PG log)", "PostgreSQL")):
+        if name in results:
+            added = results[name]["request_log_rows_added"]
+            print(f"{backend} request log: {added} rows added (logging on)")
+    if outage_result:
+        o = outage_result
+        print(
+            f"outage: PostgreSQL down {o['outage_s']:.0f} s of a {args.duration:.0f} s run at "
+            f"{o['rps']:.0f} req/s: {o['errors']} failed requests, {o['answered_2xx']} answered "
+            f"(warm-up included), {o['logged_rows']} rows in the log once replayed: "
+            f"{o['lost_rows']} lost ({o['logged_beyond_counted']} more logged than wrk counted: "
+            f"its requests in flight at the end); {o['peak_spooled_rows']:.0f} rows spooled at "
+            f"the end of the outage, replay done {o['replay_done_s']} s after restart"
+        )
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after"

@@ -146,6 +146,9 @@ class ServeConfig(_Section):
     microbatch_window_ms: float = Field(1.0, ge=0)
     microbatch_max_rows: int = Field(256, ge=1)
     predictor_threads: int = Field(1, ge=1)
+    # Where rows wait while the request log's database is unreachable (one file per
+    # writer process; replayed in order when it is back, or by the next start).
+    spool_dir: Path = Path("data/spool")
 
     @field_validator("request_log", mode="before")
     @classmethod
@@ -206,6 +209,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HOUSING_SERVE_WORKERS": ("serve", "workers"),
     "HOUSING_REQUEST_LOG": ("serve", "request_log"),
     "HOUSING_INSTANCE": ("serve", "instance"),
+    "HOUSING_SPOOL_DIR": ("serve", "spool_dir"),
 }
 
 
@@ -217,6 +221,7 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
         ("paths", "processed_dir"),
         ("paths", "reports_dir"),
         ("serve", "request_log"),
+        ("serve", "spool_dir"),
     ):
         sec = raw.setdefault(section, {})
         if isinstance(sec, dict) and key in sec and sec[key] is not None:

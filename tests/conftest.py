@@ -50,6 +50,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "HOUSING_SERVE_WORKERS",
         "HOUSING_REQUEST_LOG",
         "HOUSING_INSTANCE",
+        "HOUSING_SPOOL_DIR",
     ):
         monkeypatch.delenv(name, raising=False)
 

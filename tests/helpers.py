@@ -170,6 +170,42 @@ def trained_store(
     return _TRAINED["store"]
 
 
+def register_champion(config: Path, seed: int = 4) -> str:
+    """Fit a small pipeline on synthetic data, register it in the config's registry and
+    make it the champion; returns its version."""
+    from housing_mlops import registry
+    from housing_mlops.drift import build_profile
+    from housing_mlops.features import FEATURES
+    from housing_mlops.models import build_pipeline
+
+    settings = load_config(config)
+    frame = make_frame(500, seed=seed)
+    X, y = frame[FEATURES], frame["MedHouseVal"]
+    candidate = settings.train.candidates[1]  # hist_gb, 30 iterations
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # OpenMP pools spin on a busy 2-core machine
+        pipeline = build_pipeline(candidate, settings.features, 42, n_jobs=1).fit(X, y)
+        pred = pipeline.predict(X)
+    profile = build_profile({**{c: X[c].to_numpy() for c in FEATURES}, "prediction": pred}, 200)
+    ref = registry.log_candidate(
+        settings,
+        run_name="e2e-hist_gb",
+        model=pipeline,
+        X_train=X,
+        params={"max_iter": 30},
+        metrics={"cv_rmse_mean": 0.3},
+        run_tags={"candidate": "hist_gb", "data_version": "synthetic"},
+        version_tags={"candidate": "hist_gb"},
+        train_frame=frame,
+        train_source=config.parent / "train.parquet",
+        train_hash="0" * 64,
+        profile=profile,
+    )
+    registry.set_alias(settings, registry.CHAMPION, ref.version)
+    return ref.version
+
+
 # ------------------------------------------------------ processes and servers
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -481,3 +517,17 @@ def spark_standalone(tmp_path: Path) -> Iterator[str]:
         with running(worker_cmd, worker_log, env=env) as worker:
             wait_until(alive_workers, 120, "a Spark worker", worker, worker_log, interval=0.5)
             yield url
+
+
+def spooled_rows(directory: Path) -> int:
+    """Rows waiting in every request-log spool file of a folder (store.spool)."""
+    import sqlite3
+
+    total = 0
+    for path in sorted(directory.glob("*.db")):
+        conn = sqlite3.connect(path, timeout=5.0)
+        try:
+            total += int(conn.execute("SELECT count(*) FROM spool").fetchone()[0])
+        finally:
+            conn.close()
+    return total

@@ -70,7 +70,10 @@ def write_config(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Pat
             ],
         },
         "promote": {"max_rmse": 1.0, "min_r2": 0.3},
-        "serve": {"request_log": str(tmp_path / "data" / "requests.db")},
+        "serve": {
+            "request_log": str(tmp_path / "data" / "requests.db"),
+            "spool_dir": str(tmp_path / "data" / "spool"),
+        },
         "drift": {"min_rows": 50},
     }
     for section, values in (overrides or {}).items():

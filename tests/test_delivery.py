@@ -262,10 +262,14 @@ def test_compose_has_the_stack_with_health_checks_restart_policies_and_named_vol
     ]:
         mounts = {t: s for s, t in map(_volume_parts, services[name]["volumes"])}
         assert mounts.get(target) in declared, f"{name}:{target} is not a named volume"
-    # ...except the api's data folder (its spool during a database outage): a named volume
-    # would be shared by every replica, so each replica gets an anonymous volume of its own.
+    # The api's data folder is an anonymous volume per replica; its spool folder is one named
+    # volume shared by every replica, so a live replica adopts the spool of one that ended.
     api_mounts = {t: s for s, t in map(_volume_parts, services["api"]["volumes"])}
     assert api_mounts.get("/app/data") == ""
+    assert api_mounts.get("/app/data/spool") == "api-spool"
+    # Room for uvicorn's 30 s drain and the writer's final flush after SIGTERM.
+    grace = str(services["api"]["stop_grace_period"])
+    assert grace.endswith("s") and int(grace[:-1]) >= 60
 
 
 def test_mlflow_uses_postgres_and_serves_artifacts_and_clients_point_at_it() -> None:
@@ -658,13 +662,25 @@ def test_alerts_and_dashboard_use_only_contract_metrics() -> None:
 def test_the_service_exports_the_contract_metrics_it_owns() -> None:
     """The names the dashboard relies on are the names ServingMetrics registers."""
     from housing_mlops.serving.metrics import ServingMetrics
+    from housing_mlops.store import FlushReport
 
     metrics = ServingMetrics()
     metrics.observe_http("/predict", "POST", 200, 0.001)
     metrics.observe_predictions("1", [1.0])
     metrics.validation_errors.labels("MedInc").inc()
     metrics.set_model("m", "1", "champion", "r")
-    metrics.on_log_flush(1, 0, 0, 1.0)
+    metrics.on_log_flush(
+        FlushReport(
+            written=1,
+            dropped=0,
+            write_failures=0,
+            replayed=0,
+            depth=0,
+            spooled=0,
+            degraded=False,
+            last_flush_ts=1.0,
+        )
+    )
     exported = {
         s.name for family in metrics.registry.collect() for s in family.samples
     }  # sample names carry the _total/_bucket suffixes
@@ -672,11 +688,6 @@ def test_the_service_exports_the_contract_metrics_it_owns() -> None:
     assert owned - SPOOL_METRICS - exported == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the spool metrics come with the PostgreSQL writer (pg-serve branch); once it is "
-    "merged this passes, and strict=True fails the run until this marker is removed",
-)
 def test_the_service_exports_the_request_log_spool_metrics() -> None:
     from housing_mlops.serving.metrics import ServingMetrics
 

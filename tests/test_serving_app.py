@@ -356,8 +356,15 @@ def test_oversized_streamed_body_gets_413(client: Any) -> None:
 # ----------------------------------------------------------------- other endpoints
 def test_health_ready_and_model_info(client: Any) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "model_version": "1"}
+    assert client.get("/ready").json() == {
+        "status": "ready",
+        "model_version": "1",
+        "request_log": "ok",
+    }
     info = client.get("/model/info").json()
+    assert info["request_log"]["state"] == "ok"
+    assert info["request_log"]["location"].endswith("requests.db")
+    assert info["instance"]  # <hostname>:<pid> unless serve.instance names it
     assert info["name"] == "test-housing"
     assert info["version"] == "1"
     assert info["alias"] == "champion"
@@ -721,3 +728,20 @@ def test_pinned_version_refuses_reload(
         r = c.post("/model/reload", headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 409
         assert c.get("/model/info").json()["pinned_version"] == 1
+
+
+def test_rows_carry_the_instance_and_a_sqlite_log_needs_no_spool(
+    tmp_path: Path, trained: dict[str, Any]
+) -> None:
+    app = create_app(_settings(tmp_path, instance="api-7"), _model(trained))
+    with TestClient(app) as c:
+        assert c.post("/predict", json=_row(trained)).status_code == 200
+        assert c.get("/model/info").json()["instance"] == "api-7"
+    conn = sqlite3.connect(tmp_path / "requests.db")
+    try:
+        logged = conn.execute("select instance, status from requests").fetchall()
+    finally:
+        conn.close()
+    assert logged == [("api-7", 200)]
+    # The spool is for a database that can be away; a SQLite log works as it always did.
+    assert not (tmp_path / "data" / "spool").exists()

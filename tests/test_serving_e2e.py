@@ -18,47 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import free_port, wait_until
+from helpers import free_port, register_champion, wait_until
 from synthetic import make_frame, write_config
 
 from housing_mlops.config import load_config
 
 HOUSING = str(Path(sys.executable).with_name("housing"))
-
-
-def register_champion(config: Path, seed: int = 4) -> str:
-    """Fit a small pipeline on synthetic data, register it and make it the champion."""
-    from housing_mlops import registry
-    from housing_mlops.drift import build_profile
-    from housing_mlops.features import FEATURES
-    from housing_mlops.models import build_pipeline
-
-    settings = load_config(config)
-    frame = make_frame(500, seed=seed)
-    X, y = frame[FEATURES], frame["MedHouseVal"]
-    candidate = settings.train.candidates[1]  # hist_gb, 30 iterations
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):  # OpenMP pools spin on a busy 2-core machine
-        pipeline = build_pipeline(candidate, settings.features, 42, n_jobs=1).fit(X, y)
-        pred = pipeline.predict(X)
-    profile = build_profile({**{c: X[c].to_numpy() for c in FEATURES}, "prediction": pred}, 200)
-    ref = registry.log_candidate(
-        settings,
-        run_name="e2e-hist_gb",
-        model=pipeline,
-        X_train=X,
-        params={"max_iter": 30},
-        metrics={"cv_rmse_mean": 0.3},
-        run_tags={"candidate": "hist_gb", "data_version": "synthetic"},
-        version_tags={"candidate": "hist_gb"},
-        train_frame=frame,
-        train_source=config.parent / "train.parquet",
-        train_hash="0" * 64,
-        profile=profile,
-    )
-    registry.set_alias(settings, registry.CHAMPION, ref.version)
-    return ref.version
 
 
 @pytest.fixture(scope="module")

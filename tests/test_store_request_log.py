@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from housing_mlops.columns import FEATURES
-from housing_mlops.store import LoggedRequest, RequestLogWriter
+from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter
 
 
 def _row(i: int) -> LoggedRequest:
@@ -36,8 +36,8 @@ def _count(path: Path) -> int:
 
 def test_writer_flushes_within_its_interval(tmp_path: Path) -> None:
     db = tmp_path / "log.db"
-    flushes: list[tuple[int, int, int, float]] = []
-    writer = RequestLogWriter(db, flush_interval_s=0.1, on_flush=lambda *a: flushes.append(a))
+    flushes: list[FlushReport] = []
+    writer = RequestLogWriter(db, flush_interval_s=0.1, on_flush=flushes.append)
     writer.start()
     try:
         writer.submit([_row(i) for i in range(5)])
@@ -45,8 +45,9 @@ def test_writer_flushes_within_its_interval(tmp_path: Path) -> None:
         while _count(db) < 5:
             assert time.time() < deadline, "rows were not flushed on the interval"
             time.sleep(0.02)
-        assert sum(f[0] for f in flushes) == 5
-        assert flushes[-1][3] > 0  # last flush time
+        assert sum(f.written for f in flushes) == 5
+        assert flushes[-1].last_flush_ts > 0
+        assert not flushes[-1].degraded and flushes[-1].spooled == 0
         conn = sqlite3.connect(db)
         assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
         conn.close()
@@ -66,10 +67,8 @@ def test_writer_close_flushes_everything(tmp_path: Path) -> None:
 
 def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     db = tmp_path / "log.db"
-    flushes: list[tuple[int, int, int, float]] = []
-    writer = RequestLogWriter(
-        db, flush_interval_s=60, max_queue=10, on_flush=lambda *a: flushes.append(a)
-    )
+    flushes: list[FlushReport] = []
+    writer = RequestLogWriter(db, flush_interval_s=60, max_queue=10, on_flush=flushes.append)
     writer.start()
     assert writer.submit([_row(i) for i in range(8)]) == 8
     assert writer.submit([_row(i) for i in range(8)]) == 2
@@ -77,7 +76,7 @@ def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     writer.close()
     assert _count(db) == 10
     assert writer.dropped == 6
-    assert sum(f[1] for f in flushes) == 6
+    assert sum(f.dropped for f in flushes) == 6
 
 
 KILL_SCRIPT = """

@@ -29,6 +29,7 @@ swaps the model. The other routes are ordinary FastAPI handlers. The service sta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
@@ -112,16 +113,31 @@ def create_app(
     async def health() -> Response:
         return _json(200, {"status": "ok"})
 
+    writer = service.writer
+
     @app.get(
         "/ready",
-        summary="200 once a model is loaded, else 503",
+        summary="200 once a model is loaded, else 503; says whether the request log is degraded",
         responses={503: {"description": "no model loaded yet"}},
     )
     async def ready() -> Response:
+        # A request log whose database is unreachable does not make the replica unready:
+        # it keeps answering and spools the rows ("request_log": "degraded").
+        log_state = "degraded" if writer.degraded else "ok"
         model = holder.model
         if model is None:
-            return _json(503, {"status": "loading", "last_reload_error": holder.last_reload_error})
-        return _json(200, {"status": "ready", "model_version": model.meta.version})
+            return _json(
+                503,
+                {
+                    "status": "loading",
+                    "last_reload_error": holder.last_reload_error,
+                    "request_log": log_state,
+                },
+            )
+        return _json(
+            200,
+            {"status": "ready", "model_version": model.meta.version, "request_log": log_state},
+        )
 
     @app.get(
         "/model/info",
@@ -146,6 +162,13 @@ def create_app(
                 "last_reload_error": holder.last_reload_error,
                 "input_schema": model.requests.input_schema(),
                 "max_body_bytes": serve_cfg.max_body_bytes,
+                "instance": service.instance,
+                "request_log": {
+                    "location": service.log_display,
+                    "state": "degraded" if writer.degraded else "ok",
+                    "queued_rows": writer.depth,
+                    "spooled_rows": writer.spooled,
+                },
                 "microbatch": {
                     "window_ms": serve_cfg.microbatch_window_ms,
                     "max_rows": serve_cfg.microbatch_max_rows,
@@ -164,7 +187,9 @@ def create_app(
         responses={200: {"description": "the Prometheus text exposition format"}},
     )
     async def prometheus_metrics() -> Response:
-        body, content_type = metrics.render()
+        # In a thread: the drift collector reads the request log, which may be a remote
+        # database that is slow or unreachable right now; /predict must not wait for it.
+        body, content_type = await asyncio.to_thread(metrics.render)
         return Response(body, media_type=content_type)
 
     @app.post(

@@ -217,6 +217,7 @@ class PredictEndpoint:
         content = orjson.dumps(payload)
         self.service.metrics.observe_predictions(version, pred_list)
         ts = scope["housing.ts"]
+        instance = self.service.instance
         latency = (time.perf_counter() - scope["housing.t0"]) * 1000.0
         self.service.writer.submit(
             [
@@ -230,6 +231,7 @@ class PredictEndpoint:
                     prediction=pred,
                     latency_ms=latency,
                     status=200,
+                    instance=instance,
                 )
                 for i, (row, pred) in enumerate(zip(values, pred_list, strict=True))
             ]
@@ -260,6 +262,7 @@ class PredictEndpoint:
                     latency_ms=(time.perf_counter() - scope["housing.t0"]) * 1000.0,
                     status=status,
                     error=error[:2000],
+                    instance=self.service.instance,
                 )
             ]
         )

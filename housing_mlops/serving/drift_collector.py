@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _log = logging.getLogger(__name__)
@@ -24,13 +23,18 @@ _METHODS = (("psi", "psi"), ("ks", "ks"), ("wasserstein", "wasserstein_norm"))
 class DriftCollector:
     """Custom collector: register it on the registry that serves ``/metrics``."""
 
-    def __init__(self, db_path: Path | str) -> None:
-        self.db_path = Path(db_path)
+    def __init__(self, location: Any, reachable: Callable[[], bool] = lambda: True) -> None:
+        self.location = location
+        # False while the request log's database is known to be down: a scrape then skips
+        # the drift gauges instead of waiting for a connect timeout.
+        self.reachable = reachable
 
     def _latest(self) -> dict[str, Any] | None:
         from housing_mlops import store
 
-        db = store.open_readonly(self.db_path)
+        if not self.reachable():
+            return None
+        db = store.open_readonly(self.location)
         if db is None:
             return None
         try:
@@ -44,7 +48,7 @@ class DriftCollector:
         try:
             run = self._latest()
         except Exception:  # noqa: BLE001 - a scrape must not fail because of the drift tables
-            _log.warning("drift collector: cannot read %s", self.db_path, exc_info=True)
+            _log.warning("drift collector: cannot read %s", self.location, exc_info=True)
             return
         if run is None:
             return

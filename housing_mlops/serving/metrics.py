@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +24,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from housing_mlops.store import FlushReport
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -149,16 +152,40 @@ class ServingMetrics:
             registry=r,
         )
         self.log_rows = Counter(
-            "housing_request_log_rows", "Request-log rows written to SQLite.", registry=r
+            "housing_request_log_rows",
+            "Request-log rows written to the database (replayed spool rows included).",
+            registry=r,
         )
         self.log_dropped = Counter(
             "housing_request_log_dropped",
-            "Request-log rows dropped (queue full or write failure).",
+            "Request-log rows dropped (queue full, or a write the database refused).",
             registry=r,
         )
         self.log_last_flush = Gauge(
             "housing_request_log_last_flush_timestamp_seconds",
-            "When the request log was last flushed (Unix time).",
+            "When request-log rows last reached the database (Unix time).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.log_spooled = Gauge(
+            "housing_request_log_spooled_rows",
+            "Request-log rows waiting in the local spool file (the database was unreachable).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.log_write_failures = Counter(
+            "housing_request_log_write_failures",
+            "Failed attempts to write request-log rows to the database.",
+            registry=r,
+        )
+        self.log_replayed = Counter(
+            "housing_request_log_replayed_rows",
+            "Request-log rows replayed from the local spool to the database.",
+            registry=r,
+        )
+        self.log_degraded = Gauge(
+            "housing_request_log_degraded",
+            "1 while the request log's database is unreachable and rows go to the spool.",
             multiprocess_mode="livemax",
             registry=r,
         )
@@ -203,15 +230,21 @@ class ServingMetrics:
         self._info_labels = labels
         self.model_loaded.set_to_current_time()
 
-    def on_log_flush(self, written: int, dropped: int, depth: int, last_flush_ts: float) -> None:
+    def on_log_flush(self, report: FlushReport) -> None:
         """Callback of ``store.RequestLogWriter`` (runs in the writer thread)."""
-        if written:
-            self.log_rows.inc(written)
-        if dropped:
-            self.log_dropped.inc(dropped)
-        self.log_queue_depth.set(depth)
-        if last_flush_ts:
-            self.log_last_flush.set(last_flush_ts)
+        if report.written:
+            self.log_rows.inc(report.written)
+        if report.dropped:
+            self.log_dropped.inc(report.dropped)
+        if report.write_failures:
+            self.log_write_failures.inc(report.write_failures)
+        if report.replayed:
+            self.log_replayed.inc(report.replayed)
+        self.log_queue_depth.set(report.depth)
+        self.log_spooled.set(report.spooled)
+        self.log_degraded.set(1 if report.degraded else 0)
+        if report.last_flush_ts:
+            self.log_last_flush.set(report.last_flush_ts)
 
     # -- exposition
     def add_collector(self, collector: Any) -> None:

@@ -17,6 +17,10 @@ from typing import Any
 
 CONFIG_ENV = "HOUSING_SERVE_CONFIG"
 MODEL_VERSION_ENV = "HOUSING_SERVE_MODEL_VERSION"
+# config.ENV_OVERRIDES: serve.instance, serve.request_log, serve.spool_dir
+INSTANCE_ENV = "HOUSING_INSTANCE"
+REQUEST_LOG_ENV = "HOUSING_REQUEST_LOG"
+SPOOL_DIR_ENV = "HOUSING_SPOOL_DIR"
 
 
 def app_from_env() -> Any:
@@ -106,7 +110,7 @@ def run_server(
     from housing_mlops.errors import UsageError
     from housing_mlops.serving.app import create_app
     from housing_mlops.serving.metrics import multiprocess_directory
-    from housing_mlops.serving.state import load_served_model
+    from housing_mlops.serving.state import instance_name, load_served_model
 
     server_class = _graceful_server_class()
     serve = settings.serve
@@ -118,6 +122,8 @@ def run_server(
     # Before binding anything: is there a model to serve? (ModelError -> exit 5)
     ref = registry.resolve(settings, version=model_version)
     store.create_log(serve.request_log)  # a log it cannot write: ConfigError, before binding
+    if store.parse_log_location(serve.request_log).kind == "postgresql":
+        store.check_spool_dir(serve.spool_dir)  # where rows wait in an outage: writable?
     sock = _bind(host, port)
     common: dict[str, Any] = {
         "host": host,
@@ -130,12 +136,15 @@ def run_server(
         "log_level": "info",
         "timeout_graceful_shutdown": 30,
     }
-    summary = {
+    instance = instance_name(serve.instance)
+    summary: dict[str, Any] = {
         "model": ref.name,
         "version": str(ref.version),
         "url": f"http://{host}:{port}",
         "workers": workers,
-        "request_log": str(serve.request_log),
+        "request_log": str(store.parse_log_location(serve.request_log)),  # password: ***
+        # Every worker's rows carry the replica's name (workers share this process's).
+        "instance": instance,
     }
     if workers == 1:
         with sock:
@@ -153,6 +162,11 @@ def run_server(
     worker_env = {
         CONFIG_ENV: str(Path(source).resolve()),
         MODEL_VERSION_ENV: None if model_version is None else str(model_version),
+        INSTANCE_ENV: instance,
+        # The workers read the config file again: what the command line (--request-log)
+        # or the environment chose must reach them too.
+        REQUEST_LOG_ENV: str(serve.request_log),
+        SPOOL_DIR_ENV: str(serve.spool_dir),
     }
     with multiprocess_directory(), _environ(worker_env):
         if on_ready:

@@ -20,7 +20,7 @@ from housing_mlops.serving.batching import MicroBatcher
 from housing_mlops.serving.metrics import ServingMetrics
 from housing_mlops.serving.predictor import LoadedModel, ModelMeta
 from housing_mlops.serving.reload import ModelHolder, ModelWatcher
-from housing_mlops.store import RequestLogWriter
+from housing_mlops.store import RequestLogWriter, parse_log_location
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ def cache_profile_for_drift(settings: Any, meta: ModelMeta, profile: dict[str, A
         log.warning("could not cache the reference profile for drift: %s", exc)
 
 
+def instance_name(configured: str) -> str:
+    """The replica's name on its request-log rows: ``serve.instance``, else ``<host>:<pid>``."""
+    import os
+    import socket
+
+    return configured or f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Service:
     """Everything one app instance owns: model holder, batcher, request log, metrics."""
 
@@ -71,7 +79,6 @@ class Service:
         self.model_name = settings.mlflow.registered_model_name
         self.pinned_version = model_version
         self.metrics = ServingMetrics()
-        self.metrics.add_collector(DriftCollector(serve.request_log))
         self.holder = ModelHolder(self.metrics, model)
         self.batcher = MicroBatcher(
             self.holder.current,
@@ -79,12 +86,22 @@ class Service:
             max_rows=serve.microbatch_max_rows,
             threads=serve.predictor_threads,
         )
+        self.instance = instance_name(serve.instance)
+        location = parse_log_location(serve.request_log)
+        # Safe to show (/model/info, logs): a URL's password is replaced by ***.
+        self.log_display = str(location)
         self.writer = RequestLogWriter(
-            serve.request_log,
+            location,
             flush_interval_s=serve.log_flush_interval_s,
             max_queue=serve.log_queue_size,
             on_flush=self.metrics.on_log_flush,
+            # Only a database that can be away needs the spool; a SQLite log next to the
+            # process keeps today's behaviour (a failed write is dropped and counted).
+            spool_dir=serve.spool_dir if location.kind == "postgresql" else None,
+            instance=self.instance,
         )
+        writer = self.writer
+        self.metrics.add_collector(DriftCollector(location, reachable=lambda: not writer.degraded))
         self.loader = loader or self._registry_loader
         self.watcher = ModelWatcher(
             self.holder,
@@ -141,7 +158,8 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # uvicorn has answered every in-flight request by now: flush them all to SQLite.
+        # uvicorn has answered every in-flight request by now: flush them all to the log
+        # (or to the spool while its database is unreachable).
         await asyncio.to_thread(self.batcher.close)
         await asyncio.to_thread(self.writer.close)
         self.metrics.process_exit()

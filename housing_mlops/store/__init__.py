@@ -49,12 +49,14 @@ from housing_mlops.store.request_log import (
 from housing_mlops.store.rows import ROW_COLUMNS, LoggedRequest, row_values
 from housing_mlops.store.schema import REQUEST_COLUMNS, SCHEMA_VERSION
 from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
-from housing_mlops.store.writer import RequestLogWriter
+from housing_mlops.store.spool import check_spool_dir
+from housing_mlops.store.writer import FlushReport, RequestLogWriter
 
 __all__ = [
     "REQUEST_COLUMNS",
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
+    "FlushReport",
     "LogConnection",
     "LogLocation",
     "LogSink",
@@ -64,6 +66,7 @@ __all__ = [
     "cache_reference",
     "cached_reference",
     "check_request_log",
+    "check_spool_dir",
     "create_log",
     "drift_history",
     "drift_score_history",

@@ -1,71 +1,127 @@
-"""``RequestLogWriter``: writes request-log rows off the request path (a queue and a thread)."""
+"""``RequestLogWriter``: writes request-log rows off the request path (a queue and a thread),
+and keeps them in a local spool while the database is unreachable."""
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from housing_mlops.store.connection import open_log
-from housing_mlops.store.rows import INSERT_SQLITE, LoggedRequest, row_values
+from housing_mlops.store.location import parse_log_location
+from housing_mlops.store.rows import LoggedRequest, row_values
+from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
+from housing_mlops.store.spool import Spool
 
 _log = logging.getLogger(__name__)
+
+# Retrying an unreachable database: after 0.5 s, then doubling up to this.
+_RETRY_MAX_S = 5.0
+# How often a healthy writer looks for spools left by ended writers (kill -9 of a sibling).
+_ADOPT_EVERY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    """What one writer cycle did: counts since the previous report, and the state now."""
+
+    written: int  # rows committed to the database (replayed ones included)
+    dropped: int  # rows lost: queue full, or a write that failed for a non-outage reason
+    write_failures: int  # failed attempts to reach the database
+    replayed: int  # rows moved from the spool to the database
+    depth: int  # rows queued in memory now
+    spooled: int  # rows waiting in the local spool file now
+    degraded: bool  # the database is unreachable: rows go to the spool
+    last_flush_ts: float  # when rows last reached the database (Unix time; 0 = never)
 
 
 class RequestLogWriter:
     """Writes request-log rows off the request path: a bounded queue drained by a thread.
 
     ``submit`` only appends the rows' column values to an in-memory deque, so it costs
-    the request about a microsecond per row. A daemon thread inserts everything queued in
+    the request about a microsecond per row. A daemon thread writes everything queued in
     one transaction at least every ``flush_interval_s``, sooner once ``batch_rows`` are
     waiting, and once more in ``close`` (the server's shutdown), so a graceful stop loses
-    nothing. When the queue
-    is full new rows are dropped and counted, never blocking a request. A crash (SIGKILL)
-    loses at most the rows of the last interval; WAL keeps the database itself intact.
+    nothing. When the queue is full new rows are dropped and counted, never blocking a
+    request.
 
-    ``on_flush(written, dropped, depth, last_flush_ts)`` is called from the writer thread
-    after every cycle with the rows written and dropped since the previous call (used for
-    Prometheus metrics without tying this module to prometheus_client).
+    Database outage: when a write raises ``LogUnavailable`` the writer turns *degraded*:
+    that batch and every row after it go to the local spool (``store.spool``, a file in
+    ``spool_dir``) in order, and every 0.5-5 s it tries to replay the spool, oldest rows
+    first, in batches. When the spool is empty it is healthy again and writes straight to
+    the database. A stop while degraded leaves the rows in the spool; the next writer
+    that starts with the same ``spool_dir`` adopts and replays them. Without
+    ``spool_dir`` rows that cannot be written are dropped and counted.
+
+    ``on_flush(report)`` is called from the writer thread after every cycle with a
+    ``FlushReport`` (used for Prometheus metrics without tying this module to
+    prometheus_client).
     """
 
     def __init__(
         self,
-        path: Path | str,
+        location: Any,
         flush_interval_s: float = 1.0,
         max_queue: int = 100_000,
         batch_rows: int = 5_000,
-        on_flush: Callable[[int, int, int, float], None] | None = None,
+        on_flush: Callable[[FlushReport], None] | None = None,
+        spool_dir: Path | str | None = None,
+        instance: str = "",
     ) -> None:
-        self.path = Path(path)
+        self.location = parse_log_location(location)
         self.flush_interval_s = float(flush_interval_s)
         self.max_queue = int(max_queue)
         self.batch_rows = max(1, int(batch_rows))
         self.on_flush = on_flush
+        self.spool_dir = None if spool_dir is None else Path(spool_dir)
+        self.instance = instance
         self._queue: deque[tuple[Any, ...]] = deque()  # column values, see submit
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sink: LogSink | None = None
+        self._spool: Spool | None = None
+        self.degraded = False
+        self._retry_at = 0.0
+        self._retry_delay = 0.5
+        self._adopt_at = 0.0
         self.written = 0
         self.dropped = 0
+        self.write_failures = 0
+        self.replayed = 0
         self.last_flush_ts = 0.0
-        self._reported_written = 0
-        self._reported_dropped = 0
+        self._reported = (0, 0, 0, 0)
 
     @property
     def depth(self) -> int:
         """Rows queued and not yet written."""
         return len(self._queue)
 
+    @property
+    def spooled(self) -> int:
+        """Rows waiting in the local spool file."""
+        return self._spool.rows if self._spool is not None else 0
+
     def start(self) -> None:
-        """Create the database and schema now (so errors surface at startup), then the thread."""
+        """Open the log and the spool now (so errors surface at startup), adopt the rows
+        that ended writers left in the spool folder, then start the thread."""
         if self._thread is not None:
             return
-        open_log(self.path, create=True).close()
+        if self.location.kind == "sqlite":
+            # A path that holds something else is a DataError now, not at the first write.
+            # (A PostgreSQL sink connects, and makes the schema, at its first write.)
+            open_log(self.location, create=True).close()
+        self._sink = open_sink(self.location)
+        if self.spool_dir is not None:
+            self._spool = Spool(self.spool_dir, self.instance or "writer")
+            self._spool.open()
+            self._spool.adopt_orphans()
+            self._adopt_at = time.monotonic() + _ADOPT_EVERY_S
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
         self._thread.start()
@@ -87,51 +143,176 @@ class RequestLogWriter:
         return len(accepted)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread after a final flush of everything queued."""
+        """Stop the thread after a final flush of everything queued (to the database, or
+        to the spool while it is unreachable)."""
         thread = self._thread
         if thread is None:
             return
         self._stop.set()
         self._wake.set()
         thread.join(timeout)
+        if thread.is_alive():
+            self._rescue(timeout)
         self._thread = None
 
+    def _rescue(self, timeout: float) -> None:
+        """The thread is stuck in a database call (a silent server, a locked table): the
+        rows still queued go to a spool file of their own, left for the next writer. The
+        batch the thread holds is lost unless its write completes before the process
+        exits."""
+        rows = [self._queue.popleft() for _ in range(len(self._queue))]
+        if self.spool_dir is not None and rows:
+            spool = Spool(self.spool_dir, self.instance or "writer")
+            try:
+                spool.open()
+                spool.append(rows)
+            except Exception:  # noqa: BLE001 - logged below as lost
+                _log.exception("request log: could not spool the queued rows")
+            else:
+                rows = []
+            finally:
+                spool.close()
+        _log.error(
+            "request log: the writer did not finish within %.0f s (the database does not "
+            "answer); %d queued row(s) lost, the rest left in the spool",
+            timeout,
+            len(rows),
+        )
+
+    # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
-        conn = open_log(self.path, create=True)
         try:
             while not self._stop.is_set():
-                self._wake.wait(self.flush_interval_s)
+                self._wake.wait(self._wait_s())
                 self._wake.clear()
-                self._drain(conn)
-            self._drain(conn)
+                self._cycle(final=False)
+            self._cycle(final=True)
         finally:
-            conn.close()
+            if self._spool is not None:
+                if self._spool.rows:
+                    _log.warning(
+                        "request log: %d row(s) stay in the spool %s, replayed at the next start",
+                        self._spool.rows,
+                        self._spool.path,
+                    )
+                self._spool.close()
+            if self._sink is not None:
+                self._sink.close()
 
-    def _drain(self, conn: sqlite3.Connection) -> None:
+    def _wait_s(self) -> float:
+        if self._spool is not None and self._spool.rows:
+            return max(0.05, min(self.flush_interval_s, self._retry_at - time.monotonic()))
+        return self.flush_interval_s
+
+    def _cycle(self, *, final: bool) -> None:
         n = len(self._queue)
-        if n:
-            # popleft n times: rows appended meanwhile stay for the next cycle.
-            batch = [self._queue.popleft() for _ in range(n)]
-            try:
-                with conn:
-                    conn.executemany(INSERT_SQLITE, batch)
-            except Exception:  # noqa: BLE001 - a log failure must never stop serving
-                self.dropped += n
-                _log.exception("request log: could not write %d row(s) to %s", n, self.path)
-            else:
-                self.written += n
-                self.last_flush_ts = time.time()
-        elif not self.last_flush_ts:
+        # popleft n times: rows appended meanwhile stay for the next cycle.
+        batch = [self._queue.popleft() for _ in range(n)]
+        spool = self._spool
+        if spool is not None and spool.rows:
+            # Rows already wait in the spool: these go behind them, to keep the order.
+            self._to_spool(batch)
+            if not (final and self.degraded) and time.monotonic() >= self._retry_at:
+                self._replay()
+        elif batch:
+            self._write(batch)
+        if spool is not None and not final and not self.degraded:
+            now = time.monotonic()
+            if now >= self._adopt_at:
+                self._adopt_at = now + _ADOPT_EVERY_S
+                if spool.adopt_orphans():
+                    self._retry_at = 0.0
+        if not self.last_flush_ts:
             self.last_flush_ts = time.time()
-        if self.on_flush is not None:
-            written, dropped = self.written, self.dropped
+        self._report()
+
+    def _write(self, batch: Sequence[tuple[Any, ...]]) -> None:
+        try:
+            self._sink_write(batch)
+        except LogUnavailable as exc:
+            self._failed(exc)
+            self._to_spool(batch)
+        except Exception:  # noqa: BLE001 - a log failure must never stop serving
+            self.dropped += len(batch)
+            _log.exception("request log: could not write %d row(s)", len(batch))
+        else:
+            self._recovered()
+
+    def _replay(self) -> None:
+        """Replay the spool oldest first, in batches, until it is empty or a write fails."""
+        spool = self._spool
+        assert spool is not None
+        while spool.rows:
+            seq, rows = spool.head(self.batch_rows)
+            if not rows:
+                spool.rows = 0
+                break
             try:
-                self.on_flush(
-                    written - self._reported_written,
-                    dropped - self._reported_dropped,
-                    self.depth,
-                    self.last_flush_ts,
-                )
-            except Exception:  # noqa: BLE001
-                _log.exception("request log: on_flush callback failed")
-            self._reported_written, self._reported_dropped = written, dropped
+                self._sink_write(rows)
+            except LogUnavailable as exc:
+                self._failed(exc)
+                return
+            except Exception:  # noqa: BLE001 - rows the database refuses would block the rest
+                _log.exception("request log: dropping %d spooled row(s) it refused", len(rows))
+                self.dropped += len(rows)
+            else:
+                self.replayed += len(rows)
+            spool.remove_through(seq, len(rows))
+        self._recovered()
+
+    def _recovered(self) -> None:
+        if self.degraded:
+            _log.warning(
+                "request log: the database is back; %d spooled row(s) replayed so far",
+                self.replayed,
+            )
+        self.degraded = False
+        self._retry_delay = 0.5
+
+    def _sink_write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        assert self._sink is not None
+        self._sink.write(rows)
+        self.written += len(rows)
+        self.last_flush_ts = time.time()
+
+    def _failed(self, exc: Exception) -> None:
+        self.write_failures += 1
+        if not self.degraded:
+            where = "the spool" if self._spool is not None else "nowhere (no spool: dropped)"
+            _log.warning("request log: database unreachable (%s); rows go to %s", exc, where)
+        self.degraded = True
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
+
+    def _to_spool(self, batch: Sequence[tuple[Any, ...]]) -> None:
+        if not batch:
+            return
+        if self._spool is None:
+            self.dropped += len(batch)
+            return
+        try:
+            self._spool.append(batch)
+        except Exception:  # noqa: BLE001 - a full disk must not stop serving either
+            self.dropped += len(batch)
+            _log.exception("request log: could not spool %d row(s)", len(batch))
+
+    def _report(self) -> None:
+        if self.on_flush is None:
+            return
+        now = (self.written, self.dropped, self.write_failures, self.replayed)
+        before = self._reported
+        report = FlushReport(
+            written=now[0] - before[0],
+            dropped=now[1] - before[1],
+            write_failures=now[2] - before[2],
+            replayed=now[3] - before[3],
+            depth=self.depth,
+            spooled=self.spooled,
+            degraded=self.degraded,
+            last_flush_ts=self.last_flush_ts,
+        )
+        try:
+            self.on_flush(report)
+        except Exception:  # noqa: BLE001
+            _log.exception("request log: on_flush callback failed")
+        self._reported = now

@@ -1,0 +1,131 @@
+"""The request-log writer against a real PostgreSQL that goes away (the ``postgres`` fixture
+stops and starts the server): rows spool in order while it is down, are replayed oldest
+first when it is back, a stop during the outage leaves them in the spool file, and the
+next writer on that folder replays them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from helpers import spooled_rows, wait_until
+
+from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter, create_log
+
+
+def _row(i: int) -> LoggedRequest:
+    return LoggedRequest(
+        ts=1_800_000_000.0 + i,
+        request_id=f"r{i:06d}",
+        row_index=0,
+        model_name="m",
+        model_version="1",
+        features=[float(i)] * 8,
+        prediction=i / 7.0,
+        latency_ms=0.5,
+        status=200,
+        instance="api-1",
+    )
+
+
+def _logged(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return conn.execute(
+            "SELECT request_id, prediction, instance FROM requests ORDER BY id"
+        ).fetchall()
+
+
+def _expected(n: int) -> list[tuple[Any, ...]]:
+    return [(f"r{i:06d}", i / 7.0, "api-1") for i in range(n)]
+
+
+def test_rows_spool_in_an_outage_and_replay_in_order(
+    postgres: Any, pg_url: str, tmp_path: Path
+) -> None:
+    create_log(pg_url)  # as `housing serve` does before it starts its writers
+    reports: list[FlushReport] = []
+    writer = RequestLogWriter(
+        pg_url,
+        flush_interval_s=0.05,
+        spool_dir=tmp_path / "spool",
+        instance="api-1",
+        on_flush=reports.append,
+    )
+    writer.start()
+    try:
+        writer.submit([_row(i) for i in range(100)])
+        wait_until(lambda: len(_logged(pg_url)) == 100, 20, "the first rows")
+        with postgres.down():
+            writer.submit([_row(i) for i in range(100, 300)])
+            wait_until(lambda: writer.degraded and writer.spooled == 200, 20, "rows spooled")
+            for i in range(300, 1000, 50):  # rows keep coming in the outage
+                writer.submit([_row(j) for j in range(i, i + 50)])
+                time.sleep(0.01)
+            wait_until(lambda: writer.spooled == 900, 20, "every outage row spooled")
+            assert writer.depth == 0
+        wait_until(lambda: not writer.degraded and writer.spooled == 0, 30, "the replay")
+    finally:
+        writer.close()
+    assert _logged(pg_url) == _expected(1000)  # nothing lost, nothing twice, in order
+    assert writer.dropped == 0 and writer.replayed == 900
+    assert sum(r.write_failures for r in reports) >= 1
+    assert any(r.degraded and r.spooled for r in reports)
+    assert not reports[-1].degraded and reports[-1].spooled == 0
+    assert list((tmp_path / "spool").iterdir()) == []  # an empty spool leaves no file
+
+
+def test_a_stop_in_an_outage_keeps_the_rows_for_the_next_writer(
+    postgres: Any, pg_url: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = RequestLogWriter(pg_url, flush_interval_s=60, spool_dir=spool, instance="api-1")
+    first.start()
+    first.submit([_row(i) for i in range(50)])
+    first.close()  # a graceful stop: written
+    with postgres.down():
+        second = RequestLogWriter(pg_url, flush_interval_s=60, spool_dir=spool, instance="api-1")
+        second.start()
+        second.submit([_row(i) for i in range(50, 500)])
+        second.close()  # SIGTERM in the outage: the final flush fails, the rows spool
+        assert second.degraded and second.dropped == 0
+        assert spooled_rows(spool) == 450
+    # The next writer on the folder (as after a restart) adopts the spool, replays it first.
+    third = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
+    third.start()
+    try:
+        third.submit([_row(i) for i in range(500, 520)])
+        wait_until(lambda: len(_logged(pg_url)) == 520, 30, "the replay")
+    finally:
+        third.close()
+    assert _logged(pg_url) == _expected(520)
+    assert spooled_rows(spool) == 0
+
+
+def test_rows_queued_behind_a_stuck_write_are_spooled_at_close(pg_url: str, tmp_path: Path) -> None:
+    """A write that hangs (here: a table another session holds locked) must not take the
+    rows queued behind it down with the process: close() spools them after its timeout."""
+    create_log(pg_url)
+    spool = tmp_path / "spool"
+    writer = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
+    writer.start()
+    with psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        writer.submit([_row(i) for i in range(10)])  # its COPY now waits for the lock
+        wait_until(lambda: writer.depth == 0, 10, "the first batch to be taken")
+        time.sleep(0.2)
+        writer.submit([_row(i) for i in range(10, 60)])
+        t0 = time.monotonic()
+        writer.close(timeout=1.0)
+        assert time.monotonic() - t0 < 5
+        assert spooled_rows(spool) == 50
+        locker.rollback()  # the lock goes: the stuck COPY of the first batch commits
+    wait_until(lambda: len(_logged(pg_url)) == 10, 30, "the stuck batch")
+    nxt = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
+    nxt.start()
+    try:
+        wait_until(lambda: len(_logged(pg_url)) == 60, 30, "the replay")
+    finally:
+        nxt.close()
+    assert _logged(pg_url) == _expected(60)
