@@ -294,7 +294,11 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Settings:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if not is_file:
         raise ConfigError(
             f"config file not found: {path} (pass --config PATH or run from the project root)"
         )

@@ -216,3 +216,14 @@ def test_config_hash_tracks_settings(tmp_path: Path) -> None:
     assert config_hash(settings_from_dict(raw)) == base
     raw["split"] = {"seed": 7}
     assert config_hash(settings_from_dict(raw)) != base
+
+
+
+def test_a_config_path_the_system_cannot_stat_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """os.stat errors other than "no such file" (a folder the user may not enter, a name
+    too long) escape Path.is_file: they must be exit 3 and one line, not a traceback. A
+    name too long stands in for the permission case, which root (these tests) never hits."""
+    path = tmp_path / ("x" * 300) / "c.yaml"
+    assert config_error(capsys, path) == f"Error: cannot read config {path}: File name too long"
