@@ -124,6 +124,7 @@ def pg_url(postgres: Any) -> str:
     return str(postgres.create_database())
 
 
+@pytest.fixture(scope="session")
 def spark_session() -> Any:
     """One local[2] SparkSession for the whole test session (a JVM start costs seconds).
 
