@@ -2,20 +2,31 @@
 # The `housing` CLI as an image: `docker run IMAGE` serves the champion on port 8000;
 # `docker run IMAGE train` (or any other subcommand) runs that stage instead.
 
+# The base, pinned by digest (the multi-arch index of python:3.11-slim) so a rebuild on a real
+# registry gets the same bytes; refresh it with `docker buildx imagetools inspect python:3.11-slim`.
+# Where no registry can be reached, scripts/container-base.sh makes a stand-in from Debian's
+# packages and the build is pointed at it: --build-arg PYTHON_IMAGE="$(scripts/container-base.sh)".
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+
 # ---- build: turn the source tree into a wheel (tests and tooling stay behind) ----
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY housing_mlops ./housing_mlops
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # ---- runtime: the wheel and its dependencies, run as an unprivileged user ----
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HOUSING_SERVE_PORT=8000
+    HOUSING_SERVE_PORT=8000 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    MLFLOW_DISABLE_TELEMETRY=true
+# With a read-only root (`--read-only`, only volumes and a tmpfs on /tmp writable) nothing may
+# write under $HOME (/app): matplotlib's font cache goes to /tmp, and MLflow's usage telemetry
+# (which also writes ~/.config/mlflow) is off, as the image cannot reach the internet anyway.
 
 # LightGBM's shared library links against the system OpenMP runtime (libgomp1).
 # hadolint ignore=DL3008
