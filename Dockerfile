@@ -13,7 +13,15 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY housing_mlops ./housing_mlops
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+# Beside the wheel, its runtime requirements (Requires-Dist without extras): the runtime stage
+# installs them in a layer of their own, which a rebuild after a code change reuses (the
+# dependencies are ~875 MB and minutes of pip; the wheel is seconds).
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist/wheel . \
+    && python -c "import email, glob, zipfile; \
+w = zipfile.ZipFile(glob.glob('/dist/wheel/*.whl')[0]); \
+meta = email.message_from_bytes(w.read(next(n for n in w.namelist() if n.endswith('.dist-info/METADATA')))); \
+print('\n'.join(r for r in meta.get_all('Requires-Dist') if 'extra ==' not in r))" \
+    > /dist/requirements.txt
 
 # ---- runtime: the wheel and its dependencies, run as an unprivileged user ----
 FROM ${PYTHON_IMAGE}
@@ -38,11 +46,13 @@ RUN groupadd --system --gid 10001 housing \
     && useradd --system --uid 10001 --gid housing --home-dir /app --shell /usr/sbin/nologin housing
 
 WORKDIR /app
-COPY --from=build /dist/ /tmp/dist/
 # The dependency versions the tests ran against (requirements.lock, `make lock`).
 COPY requirements.lock /tmp/requirements.lock
-RUN pip install --no-cache-dir -c /tmp/requirements.lock /tmp/dist/*.whl \
-    && rm -rf /tmp/dist /tmp/requirements.lock
+COPY --from=build /dist/requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -c /tmp/requirements.lock -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/requirements.lock
+COPY --from=build /dist/wheel/ /tmp/dist/
+RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
 COPY configs/ ./configs/
 # Relative paths in configs/default.yaml (data/, mlruns/, reports/) resolve under /app.
 RUN mkdir -p data mlruns reports && chown -R housing:housing /app
