@@ -50,9 +50,10 @@ WORKDIR /app
 COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /dist/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -c /tmp/requirements.lock -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt /tmp/requirements.lock
+    && rm /tmp/requirements.txt
 COPY --from=build /dist/wheel/ /tmp/dist/
-RUN pip install --no-cache-dir --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
+RUN pip install --no-cache-dir --no-deps -c /tmp/requirements.lock /tmp/dist/*.whl \
+    && rm -rf /tmp/dist /tmp/requirements.lock
 COPY configs/ ./configs/
 # Relative paths in configs/default.yaml (data/, mlruns/, reports/) resolve under /app.
 RUN mkdir -p data mlruns reports && chown -R housing:housing /app
