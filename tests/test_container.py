@@ -222,6 +222,17 @@ def _answers(url: str) -> bool:
     return httpx.get(url, timeout=2).status_code == 200
 
 
+def _written_outside_volumes(podman: Podman, container: str) -> list[str]:
+    """What a container changed in the image's own filesystem (`podman diff`): lost with the
+    container, and refused under a read-only root. Mount points and /tmp do not count."""
+    changed = [line.split(maxsplit=1)[1] for line in podman("diff", container).stdout.splitlines()]
+    return [
+        path
+        for path in changed
+        if path not in PODMAN_OWN and not path.startswith(("/tmp/", "/archive", "/config"))
+    ]
+
+
 def _houses(n: int) -> list[dict[str, float]]:
     return [sample_row(seed) for seed in range(n)]
 
@@ -268,19 +279,7 @@ def test_the_image_trains_into_a_volume_serves_the_champion_and_stops_cleanly(
             step = podman("run", "--name", name, *hardening, *mounts, app_image, *args)
             assert "Read-only file system" not in step.stderr, _stderr(step.stderr)
             if root == "writable":
-                # Nothing may land in the image's own filesystem: it would be lost with the
-                # container, and a read-only root would refuse it.
-                changed = [
-                    line.split(maxsplit=1)[1]
-                    for line in podman("diff", name).stdout.split("\n")
-                    if line.strip()
-                ]
-                outside = [
-                    path
-                    for path in changed
-                    if path not in PODMAN_OWN
-                    and not path.startswith(("/tmp/", "/archive", "/config"))
-                ]
+                outside = _written_outside_volumes(podman, name)
                 assert outside == [], f"`housing {args[0]}` wrote outside its volumes"
         assert (tmp_path / "volume" / "data" / "processed" / "train.parquet").is_file()
         assert list((tmp_path / "volume" / "mlruns").glob("mlflow.db"))
@@ -324,6 +323,8 @@ def test_the_image_trains_into_a_volume_serves_the_champion_and_stops_cleanly(
         logs = podman("logs", server).stderr
         assert state["ExitCode"] == 0, logs[-3000:]
         assert "Read-only file system" not in logs
+        if root == "writable":
+            assert _written_outside_volumes(podman, server) == []
 
         rows = _logged(tmp_path / "volume" / "data" / "requests.db")
         logged: dict[str, int] = {}
