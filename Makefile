@@ -108,5 +108,16 @@ MUTATION_ARGS ?= --functions should_promote,_get,_evaluated,_best
 mutation: $(STAMP)
 	$(BIN)/python scripts/mutation.py $(MUTATE) $(MUTATION_TESTS) $(MUTATION_ARGS)
 
+# The app image with podman where there is no Docker engine and no registry (README, "With
+# podman, without a registry"): the base from scripts/container-base.sh (the pinned
+# python:3.11-slim, or a Debian stand-in made once per machine), then the Dockerfile.
+IMAGE ?= housing-mlops:local
+.PHONY: image
+image: export CONTAINERS_CONF ?= $(CURDIR)/deploy/podman/containers.conf
+image:
+	base="$$(bash scripts/container-base.sh)" && podman build --format docker --network host \
+		--pull=never --build-arg PYTHON_IMAGE="$$base" --tag $(IMAGE) .
+	podman image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%s: %.2f GB\n", "$(IMAGE)", $$1/1e9}'
+
 clean:
 	rm -rf data mlruns reports .pytest_cache .ruff_cache
