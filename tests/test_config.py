@@ -218,7 +218,6 @@ def test_config_hash_tracks_settings(tmp_path: Path) -> None:
     assert config_hash(settings_from_dict(raw)) != base
 
 
-
 def test_a_config_path_the_system_cannot_stat_is_a_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
