@@ -74,6 +74,7 @@ def children_cpu() -> float:
 def row_costs(config: Path, cwd: Path, versions: list[str], repeat: int) -> dict[str, Any]:
     """Median seconds of one single-row predict per version: fast path and pipeline."""
     import numpy as np
+    from threadpoolctl import threadpool_limits
 
     from housing_mlops import registry
     from housing_mlops.config import load_config
@@ -84,35 +85,39 @@ def row_costs(config: Path, cwd: Path, versions: list[str], repeat: int) -> dict
         make_pipeline_predict,
     )
 
-    from threadpoolctl import threadpool_limits
-
     old = Path.cwd()
     limiter = threadpool_limits(limits=1)  # as `housing serve` (serve.predictor_threads)
     os.chdir(cwd)  # the config's relative paths (store, data) are the benchmark's
     try:
         settings = load_config(config)
-        out: dict[str, Any] = {}
+        models: dict[str, Any] = {}
+        rows: Any = None
         for version in versions:
             ref = registry.resolve(settings, version=int(version))
             pipeline = registry.load_model(settings, ref)
             profile = registry.load_reference_profile(settings, ref)
             model = build_loaded_model(pipeline, ModelMeta.from_ref(ref), profile)
-            rows = check_rows(profile, n=repeat)
-            reference = make_pipeline_predict(pipeline)
-            fast, slow = [], []
-            for i in range(len(rows)):
-                row = rows[i : i + 1]
+            models[version] = (model, make_pipeline_predict(pipeline))
+            rows = check_rows(profile, n=repeat) if rows is None else rows
+        # Round robin over the versions, row by row: a change of machine load hits all alike.
+        fast: dict[str, list[float]] = {v: [] for v in versions}
+        slow: dict[str, list[float]] = {v: [] for v in versions}
+        for i in range(len(rows)):
+            row = rows[i : i + 1]
+            for version, (model, reference) in models.items():
                 t0 = time.perf_counter()
                 model.predict(row)
                 t1 = time.perf_counter()
+                fast[version].append(t1 - t0)
                 if i < repeat // 4:
                     reference(row)
-                    slow.append(time.perf_counter() - t1)
-                fast.append(t1 - t0)
+                    slow[version].append(time.perf_counter() - t1)
+        out: dict[str, Any] = {}
+        for version, (model, reference) in models.items():
             out[version] = {
                 "fast_path": model.fast_path,
-                "row_us": statistics.median(fast) * 1e6,
-                "pipeline_row_us": statistics.median(slow) * 1e6,
+                "row_us": statistics.median(fast[version]) * 1e6,
+                "pipeline_row_us": statistics.median(slow[version]) * 1e6,
                 "max_abs_diff": float(np.max(np.abs(model.predict(rows) - reference(rows)))),
             }
         return out
