@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             "cv_rmse": r["cv_rmse_mean"],
             "cv_rmse_std": r["cv_rmse_std"],
             "holdout_rmse": evaluated[r["version"]]["rmse"],
+            "holdout_r2": evaluated[r["version"]]["r2"],
             **costs[r["version"]],
         }
         for r in trained
@@ -178,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{'candidate':<16}{'CV RMSE':>18}{'holdout':>10}{'row µs':>9}{'pipeline µs':>13}")
+        print(
+            f"{'candidate':<16}{'CV RMSE':>18}{'holdout':>10}{'R²':>7}{'row µs':>9}"
+            f"{'pipeline µs':>13}"
+        )
         for r in rows:
             cv = f"{r['cv_rmse']:.4f} ± {r['cv_rmse_std']:.4f}"
             print(
-                f"{r['candidate']:<16}{cv:>18}{r['holdout_rmse']:>10.4f}"
+                f"{r['candidate']:<16}{cv:>18}{r['holdout_rmse']:>10.4f}{r['holdout_r2']:>7.3f}"
                 f"{r['row_us']:>9.0f}{r['pipeline_row_us']:>13.0f}"
                 + ("" if r["fast_path"] else "  (no fast path)")
             )
