@@ -298,7 +298,8 @@ def train(
             progress(desc, done, total)
 
     def on_fold(i: int) -> None:
-        report(f"cross-validation {i}/{folds} ({len(candidates)} candidates)", i)
+        names = ", ".join(c.name for c in candidates)
+        report(f"{names}: cross-validation {i}/{folds}", i)
 
     results: list[dict[str, Any]] = []
     limiter = limit_threads(settings.train.n_jobs)
