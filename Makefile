@@ -85,6 +85,13 @@ bench-serve: $(STAMP)
 bench-predict: $(STAMP)
 	$(BIN)/python benchmarks/bench_predict.py $(BENCH_PREDICT_ARGS)
 
+# `housing train` with the default config in a throwaway folder: wall and CPU seconds, CV and
+# holdout RMSE per candidate, the per-row predict cost (fast path and pipeline) of each, and
+# a last `bench-train: key=value ...` line. BENCH_TRAIN_ARGS="--config other.yaml --json".
+.PHONY: bench-train
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
+
 # Pin every dependency (the dev and spark extras included), for every platform, from Python 3.11 up.
 # Run after changing dependencies in pyproject.toml and commit the result; `make install`
 # then reinstalls with it. --upgrade moves every pin to the newest allowed release.

@@ -97,6 +97,8 @@ class TrainConfig(_Section):
     # One thread per fit: on a shared 2-core box OpenMP with 2 threads was 6-25x slower
     # than 1 thread whenever another process ran (configs/default.yaml says more).
     n_jobs: int = Field(1, ge=1)
+    # Worker processes for the CV folds and final fits (1: all in the calling process).
+    cv_workers: int = Field(2, ge=1)
     candidates: list[CandidateConfig]
 
     @model_validator(mode="after")

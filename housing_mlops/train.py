@@ -7,6 +7,9 @@ R²; the candidate is then fitted on the whole train split, logged as one MLflow
 reference profile) and registered as a new version of the configured model. All versions
 of one ``train`` call share a ``train_batch`` tag, which is what ``housing evaluate``
 picks by default.
+
+The folds and the final fits run in ``train.cv_workers`` processes (joblib); each fold
+fits the feature transform once and shares it between the candidates (``fit_candidates``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,37 +108,155 @@ def candidate_params(candidate: CandidateConfig, settings: Settings, rows: int) 
     return params
 
 
-def cross_validate(
-    settings: Settings,
-    candidate: CandidateConfig,
-    X: Any,
-    y: Any,
-    on_fold: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """Mean and std of RMSE, MAE and R² over shuffled K folds (deterministic by seed)."""
+def _summarise(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and std over folds of RMSE, MAE and R²."""
     import numpy as np
-    from sklearn.model_selection import KFold
 
-    from housing_mlops import models
-    from housing_mlops.evaluate import compute_metrics
-
-    folds = KFold(n_splits=settings.train.cv_folds, shuffle=True, random_state=settings.train.seed)
-    scores: dict[str, list[float]] = {"rmse": [], "mae": [], "r2": []}
-    for i, (fit_idx, val_idx) in enumerate(folds.split(X)):
-        pipeline = models.build_pipeline(
-            candidate, settings.features, settings.train.seed, n_jobs=settings.train.n_jobs
-        )
-        pipeline.fit(X.iloc[fit_idx], y.iloc[fit_idx])
-        metrics = compute_metrics(y.iloc[val_idx], pipeline.predict(X.iloc[val_idx]))
-        for key in scores:
-            scores[key].append(metrics[key])
-        if on_fold:
-            on_fold(i + 1)
     out: dict[str, float] = {}
-    for key, values in scores.items():
+    for key in ("rmse", "mae", "r2"):
+        values = [fold[key] for fold in scores]
         out[f"cv_{key}_mean"] = float(np.mean(values))
         out[f"cv_{key}_std"] = float(np.std(values))
     return out
+
+
+def _fold_task(
+    candidates: list[CandidateConfig],
+    features_cfg: Any,
+    seed: int,
+    n_jobs: int,
+    X: Any,
+    y: Any,
+    fit_idx: Any,
+    val_idx: Any,
+) -> list[dict[str, float] | str]:
+    """One CV fold of every candidate, in a worker process or in this one.
+
+    The feature transform is fitted once per fold (per kind of features: engineered or
+    raw) and shared by the candidates, which then fit their estimator on its output:
+    exactly what each candidate's Pipeline would compute (``Pipeline.fit`` is
+    ``fit_transform`` then ``estimator.fit``; ``predict`` is ``transform`` then
+    ``predict``), without recomputing the neighbour lookups per candidate. A candidate
+    whose params are wrong gives its message instead of metrics.
+    """
+    from housing_mlops import models
+    from housing_mlops.evaluate import compute_metrics
+
+    limiter = limit_threads(n_jobs)
+    try:
+        X_fit, y_fit, X_val = X.iloc[fit_idx], y.iloc[fit_idx], X.iloc[val_idx]
+        transformed: dict[bool, tuple[Any, Any]] = {}
+        out: list[dict[str, float] | str] = []
+        for candidate in candidates:
+            engineered = bool(candidate.engineered_features)
+            try:
+                if engineered not in transformed:
+                    pre = models.build_preprocessor(features_cfg, engineered=engineered, seed=seed)
+                    transformed[engineered] = (
+                        pre.fit_transform(X_fit, y_fit),
+                        pre.transform(X_val),
+                    )
+                A, B = transformed[engineered]
+                est = models.build_estimator(
+                    candidate.estimator, dict(candidate.params), seed, n_jobs=n_jobs
+                )
+                est.fit(A, y_fit)
+                out.append(compute_metrics(y.iloc[val_idx], est.predict(B)))
+            except (ValueError, TypeError) as exc:
+                out.append(str(exc))
+        return out
+    finally:
+        limiter.restore_original_limits()
+
+
+def _fit_task(
+    candidate: CandidateConfig, features_cfg: Any, seed: int, n_jobs: int, X: Any, y: Any
+) -> tuple[Any, float, Any] | str:
+    """The candidate's Pipeline fitted on the whole train split: (model, fit seconds,
+    predictions on the train split), or the error message."""
+    from housing_mlops import models
+
+    limiter = limit_threads(n_jobs)
+    try:
+        model = models.build_pipeline(candidate, features_cfg, seed, n_jobs=n_jobs)
+        started = time.perf_counter()
+        model.fit(X, y)
+        fit_time = time.perf_counter() - started
+        return model, fit_time, model.predict(X)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    finally:
+        limiter.restore_original_limits()
+
+
+def _failed(candidate: CandidateConfig, message: str) -> ModelError:
+    return ModelError(
+        f"training candidate '{candidate.name}' failed: {message} (check its params in the config)"
+    )
+
+
+def fit_candidates(
+    settings: Settings,
+    candidates: list[CandidateConfig],
+    X: Any,
+    y: Any,
+    on_fold: Callable[[int], None] | None = None,
+) -> Iterator[tuple[CandidateConfig, dict[str, float], Any, float, Any]]:
+    """Cross-validate every candidate, then fit each on the whole train split.
+
+    Yields ``(candidate, cv metrics, fitted pipeline, fit seconds, train predictions)`` in
+    config order, as each final fit is done (the caller logs one while the next fits).
+    The K folds and the final fits run as tasks in ``train.cv_workers`` processes (1: in
+    this process); every task seeds its own models, so the numbers do not depend on the
+    number of workers. ``on_fold(i)`` is called as fold i (of every candidate) is done.
+    """
+    from joblib import Parallel, delayed
+    from sklearn.model_selection import KFold
+
+    cfg = settings.train
+    folds = KFold(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
+    args = (settings.features, cfg.seed, cfg.n_jobs)
+    tasks = [
+        delayed(_fold_task)(candidates, *args, X, y, fit_idx, val_idx)
+        for fit_idx, val_idx in folds.split(X)
+    ]
+    tasks += [delayed(_fit_task)(candidate, *args, X, y) for candidate in candidates]
+    workers = min(cfg.cv_workers, len(tasks))
+    # Ordered results: the folds first, then the final fits in config order.
+    results = Parallel(n_jobs=workers, return_as="generator")(tasks)
+    try:
+        yield from _collect(candidates, cfg.cv_folds, results, on_fold)
+    finally:
+        # Stop the tasks still queued (a failed candidate, a failed logging) without
+        # joblib's warning about results computed and not used.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.close()
+
+
+def _collect(
+    candidates: list[CandidateConfig],
+    n_folds: int,
+    results: Iterator[Any],
+    on_fold: Callable[[int], None] | None,
+) -> Iterator[tuple[CandidateConfig, dict[str, float], Any, float, Any]]:
+    scores: list[list[dict[str, float] | str]] = []
+    for i in range(n_folds):
+        scores.append(next(results))
+        if on_fold:
+            on_fold(i + 1)
+    for n, candidate in enumerate(candidates):
+        fold_scores = []
+        for fold in scores:
+            score = fold[n]
+            if isinstance(score, str):
+                raise _failed(candidate, score)
+            fold_scores.append(score)
+        fitted = next(results)
+        if isinstance(fitted, str):
+            raise _failed(candidate, fitted)
+        model, fit_time, train_pred = fitted
+        yield candidate, _summarise(fold_scores), model, fit_time, train_pred
 
 
 def train(
@@ -143,7 +265,7 @@ def train(
     """Cross-validate, fit, log and register each candidate; one result row per candidate."""
     import pandas as pd
 
-    from housing_mlops import __version__, featurize, models, registry
+    from housing_mlops import __version__, featurize, registry
     from housing_mlops.config import config_hash
     from housing_mlops.drift import build_profile
     from housing_mlops.evaluate import compute_metrics
@@ -156,8 +278,8 @@ def train(
 
     batch = new_batch_id()
     folds = settings.train.cv_folds
-    steps_per = folds + 2  # folds, final fit, logging
-    total = steps_per * len(candidates)
+    # Steps: the K folds (every candidate), then a final fit and the logging per candidate.
+    total = folds + 2 * len(candidates)
     common_tags = {
         "data_version": str(manifest.get("raw_content_hash", "")),
         "train_hash": str(manifest.get("train_hash", "")),
@@ -171,36 +293,22 @@ def train(
     train_source = Path(settings.paths.processed_dir) / "train.parquet"
     train_frame = pd.concat([X, y.rename(TARGET)], axis=1)
 
+    def report(desc: str, done: int) -> None:
+        if progress:
+            progress(desc, done, total)
+
+    def on_fold(i: int) -> None:
+        names = ", ".join(c.name for c in candidates)
+        report(f"{names}: cross-validation {i}/{folds}", i)
+
     results: list[dict[str, Any]] = []
     limiter = limit_threads(settings.train.n_jobs)
     try:
-        for n, candidate in enumerate(candidates):
-            base = n * steps_per
-
-            def report(desc: str, done: int, _base: int = base) -> None:
-                if progress:
-                    progress(desc, _base + done, total)
-
-            def on_fold(i: int, name: str = candidate.name) -> None:
-                report(f"{name}: cross-validation {i}/{folds}", i)
-
-            on_fold(0)
-            try:
-                cv = cross_validate(settings, candidate, X, y, on_fold=on_fold)
-                report(f"{candidate.name}: fit on {len(X)} rows", folds)
-                model = models.build_pipeline(
-                    candidate, settings.features, settings.train.seed, n_jobs=settings.train.n_jobs
-                )
-                started = time.perf_counter()
-                model.fit(X, y)
-                fit_time = time.perf_counter() - started
-                train_pred = model.predict(X)
-            except (ValueError, TypeError) as exc:
-                raise ModelError(
-                    f"training candidate '{candidate.name}' failed: {exc} (check its params in "
-                    "the config)"
-                ) from exc
-            report(f"{candidate.name}: logging to MLflow", folds + 1)
+        on_fold(0)
+        fitted = fit_candidates(settings, candidates, X, y, on_fold=on_fold)
+        for n, (candidate, cv, model, fit_time, train_pred) in enumerate(fitted):
+            done = folds + 2 * n
+            report(f"{candidate.name}: fitted on {len(X)} rows; logging to MLflow", done + 1)
             metrics = {
                 **cv,
                 "fit_time_s": fit_time,
@@ -230,7 +338,7 @@ def train(
                 train_hash=common_tags["train_hash"] or common_tags["data_version"],
                 profile=profile,
             )
-            report(f"{candidate.name}: registered version {ref.version}", steps_per)
+            report(f"{candidate.name}: registered version {ref.version}", done + 2)
             results.append(
                 {
                     "candidate": candidate.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import make_settings, trained_store
@@ -106,3 +107,86 @@ def test_results_table_lists_each_candidate(
     assert code == 0
     assert "ridge" in out and "±" in out and "housing evaluate" in out
     assert "hist_gb" not in out
+
+
+def _reference_cv(settings: Any, candidate: Any) -> dict[str, float]:
+    """What cross-validation means: each candidate's own Pipeline, fitted fold by fold."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    from housing_mlops import featurize, models
+    from housing_mlops.evaluate import compute_metrics
+
+    X, y = featurize.load_split(settings, "train")
+    folds = KFold(settings.train.cv_folds, shuffle=True, random_state=settings.train.seed)
+    scores = []
+    for fit_idx, val_idx in folds.split(X):
+        pipeline = models.build_pipeline(candidate, settings.features, settings.train.seed)
+        pipeline.fit(X.iloc[fit_idx], y.iloc[fit_idx])
+        scores.append(compute_metrics(y.iloc[val_idx], pipeline.predict(X.iloc[val_idx])))
+    return {
+        f"cv_{key}_{stat}": float(fn([s[key] for s in scores]))
+        for key in ("rmse", "mae", "r2")
+        for stat, fn in (("mean", np.mean), ("std", np.std))
+    }
+
+
+def test_cv_in_worker_processes_with_a_shared_transform_equals_each_pipeline_alone(
+    tmp_path: Path,
+) -> None:
+    # The folds run in 2 processes and each fold fits the feature transform once for all
+    # candidates; the numbers must be exactly those of every candidate's own Pipeline,
+    # including a candidate on the raw features (a different transform).
+    from housing_mlops import featurize
+    from housing_mlops.train import fit_candidates
+
+    candidates = [
+        {"name": "ridge", "estimator": "ridge", "params": {"alpha": 1.0}},
+        {"name": "lgbm", "estimator": "lightgbm", "params": {"n_estimators": 20}},
+        {
+            "name": "raw_hgb",
+            "estimator": "hist_gradient_boosting",
+            "params": {"max_iter": 20},
+            "engineered_features": False,
+        },
+    ]
+    results = {}
+    for workers in (2, 1):
+        settings = make_settings(
+            _mkdir(tmp_path / str(workers)),
+            {"train": {"cv_folds": 3, "cv_workers": workers, "candidates": candidates}},
+        )
+        X, y = featurize.load_split(settings, "train")
+        results[workers] = list(fit_candidates(settings, settings.train.candidates, X, y))
+    assert [r[0].name for r in results[2]] == ["ridge", "lgbm", "raw_hgb"]
+    for (candidate, cv, model, _, train_pred), (_, cv_one, _, _, pred_one) in zip(
+        results[2], results[1], strict=True
+    ):
+        assert cv == cv_one == _reference_cv(settings, candidate), candidate.name
+        # The final fit came back from a worker: it predicts what it predicted there.
+        assert (model.predict(X) == train_pred).all()
+        assert (train_pred == pred_one).all()
+    # The raw candidate really saw other features than the engineered ones.
+    assert results[2][2][1]["cv_rmse_mean"] != results[2][1][1]["cv_rmse_mean"]
+
+
+def test_bad_candidate_params_in_a_worker_fail_naming_the_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    candidates = [
+        {"name": "ridge", "estimator": "ridge", "params": {"alpha": 1.0}},
+        {"name": "broken", "estimator": "hist_gradient_boosting", "params": {"max_iter": -1}},
+    ]
+    settings = make_settings(tmp_path, {"train": {"cv_workers": 2, "candidates": candidates}})
+    code = run(["--config", str(settings.source), "train"])
+    err = capsys.readouterr().err
+    assert code == 5
+    assert "Error: training candidate 'broken' failed" in err
+    assert "Traceback" not in err
+    # The candidate before it was logged whole, as when the folds ran in this process.
+    assert [r.tags["candidate"] for r in registry.list_versions(settings)] == ["ridge"]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
