@@ -21,8 +21,9 @@ Four runs, each a separate process (wall time from start to exit, peak RSS by
 - MLflow, Spark: ``mlflow.pyfunc.spark_udf(..., env_manager="local")`` on the same
   ``local[2]`` session settings, writing Parquet.
 
-Prints rows/s, peak RSS, the ratios, and the largest difference between the predictions
-(the Spark half needs pyspark and Java; ``--skip-spark`` leaves it out). ``--json`` too.
+Prints rows/s, CPU seconds, peak RSS, the ratios (wall; CPU for the local pair) and
+the largest difference between the predictions (the Spark half needs pyspark and Java;
+``--skip-spark`` leaves it out). ``--json`` too.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ spark.stop()
 
 
 def timed(cmd: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds and the peak RSS of that process (MB)."""
+    """Run ``cmd``; wall seconds, CPU seconds and the peak RSS of that process (MB)."""
     started = time.perf_counter()
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -88,7 +89,14 @@ def timed(cmd: list[str], env: dict[str, str], log_path: Path) -> dict[str, Any]
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"bench: {cmd[:3]} exited {proc.returncode}:\n{tail}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "wall_s": round(wall, 2),
+        # user + system CPU of the process and the children it reaped: what the run cost,
+        # which the machine's load hardly changes. Not Spark's: pyspark leaves its JVM
+        # (and the Python workers under it) unreaped, so only the driver's CPU is seen.
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def make_input(config: Path, rows: int, tmp: Path) -> tuple[Path, int]:
@@ -212,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, ours, theirs in pairs
         if ours in results and theirs in results
     }
+    summary["cpu_ratios"] = {
+        key: round(results[theirs]["cpu_s"] / results[ours]["cpu_s"], 2)
+        for key, ours, theirs in pairs[:1]  # the local engines (see ``timed``)
+        if ours in results and theirs in results
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -221,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(r, dict):
             print(
                 f"  {name:38s} {r['wall_s']:8.2f} s  {r['rows_per_s']:>10,.0f} rows/s  "
-                f"peak RSS {r['peak_rss_mb']:,.0f} MB (that process)"
+                f"CPU {r['cpu_s']:7.1f} s  peak RSS {r['peak_rss_mb']:,.0f} MB (that process)"
             )
     for key, ratio in summary["ratios"].items():
-        print(f"  ratio ({key}): ours {ratio}x faster (wall, process start to exit)")
+        cpu = summary["cpu_ratios"].get(key)
+        less = f"; {cpu}x less CPU" if cpu is not None else " (CPU: driver only, not compared)"
+        print(f"  ratio ({key}): ours {ratio}x faster (wall, process start to exit){less}")
     for key in ("max_abs_diff_local", "max_abs_diff_spark", "max_abs_diff_spark_vs_local"):
         if key in results:
             print(f"  {key}: {results[key]:.3g}")

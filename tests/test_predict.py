@@ -194,6 +194,43 @@ def test_on_error_fail_names_rows_and_keeps_the_previous_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["listings.parquet", "scored.parquet"]
 
 
+def test_many_batches_scored_in_parallel_keep_row_order(
+    config: Path, test_split: Path, pipeline: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four cores: the test split in 7-row batches is scored four batches at a time; the
+    # output must still be every row once, in input order, each with its own prediction.
+    monkeypatch.setattr("housing_mlops.predict.job.os.cpu_count", lambda: 4)
+    out = tmp_path / "scored.parquet"
+    job = dataclasses.replace(make_job(str(test_split), out), batch_rows=7)
+    run_predict(load_config(config), job)
+    frame = pq.read_table(out).to_pandas()
+    expected = pd.read_parquet(test_split)
+    assert len(expected) > 10 * 7
+    np.testing.assert_array_equal(frame["row_id"], np.arange(len(expected)))
+    np.testing.assert_array_equal(frame[FEATURES].to_numpy(), expected[FEATURES].to_numpy())
+    want = pipeline.predict(expected[FEATURES])
+    assert np.abs(frame["prediction"].to_numpy() - want).max() <= 1e-9
+
+
+def test_in_order_yields_in_input_order_and_raises_in_turn() -> None:
+    import time
+
+    from housing_mlops.predict.scoring import in_order
+
+    def slow_first(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3")
+        time.sleep(0.05 if i % 2 == 0 else 0.0)  # even items finish after odd ones
+        return i * 10
+
+    got: list[int] = []
+    with in_order(2) as pool, pytest.raises(ValueError, match="item 3"):
+        got.extend(pool(slow_first, range(8)))
+    assert got == [0, 10, 20]
+    with in_order(3) as pool:
+        assert list(pool(lambda i: i * 10, range(20))) == [i * 10 for i in range(20)]
+
+
 def test_failure_after_written_batches_leaves_no_partial_file(config: Path, tmp_path: Path) -> None:
     from housing_mlops.errors import DataError
 

@@ -28,6 +28,9 @@ from housing_mlops.predict import read_lineage
 
 pytestmark = pytest.mark.slow
 
+_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+_SPLIT = "spark.sql.files.maxPartitionBytes"
+
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -88,6 +91,32 @@ def test_spark_engine_equals_the_local_engine(
     assert lineage["model_version"] == "2" and lineage["engine"] == "spark"
     assert lineage["input_sha256"] == read_lineage(tmp_path / "local.parquet")["input_sha256"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_one_partition_scores_its_batches_two_at_a_time_in_order(
+    spark_session: Any, config: Path, tmp_path: Path
+) -> None:
+    # One row group is one partition on a 2-core session: its task scores its Arrow
+    # batches (200 rows here, 15 of them) two at a time; rows and row ids keep file order.
+    src, _ = _listings(tmp_path)
+    single = tmp_path / "one-group.parquet"
+    pq.write_table(pq.read_table(src), single, row_group_size=10_000)
+    local_out, _ = _local(config, single, tmp_path)
+    conf = spark_session.conf
+    saved = {k: conf.get(k) for k in (_BATCH, _SPLIT)}
+    conf.set(_BATCH, "200")
+    conf.set(_SPLIT, str(128 << 20))
+    try:
+        assert spark_session.read.parquet(str(single)).rdd.getNumPartitions() == 1
+        out = tmp_path / "spark.parquet"
+        args = ["--engine", "spark", "-o", str(out), "--on-error", "skip"]
+        assert run(["-c", str(config), "predict", str(single), *args]) == 0
+    finally:
+        for key, value in saved.items():
+            conf.set(key, value)
+    spark_out = pq.read_table(out).to_pandas()
+    np.testing.assert_array_equal(spark_out["row_id"], local_out["row_id"])  # no sort
+    _same(spark_out, local_out)
 
 
 def test_spark_on_error_fail_writes_nothing(

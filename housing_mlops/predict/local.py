@@ -10,6 +10,7 @@ a previous output stays as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from housing_mlops.predict.scoring import (
     PREDICTION_USD,
     ROW_ID,
     RUN_ID,
+    ScoredBatch,
+    in_order,
     score_batch,
 )
 
@@ -124,6 +127,11 @@ def features(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray | None]:
     return X, (np.column_stack(nulls) if any_null else None)
 
 
+def _score(model: Any, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, ScoredBatch]:
+    X, missing = features(batch)
+    return batch, score_batch(model, X, missing)
+
+
 class _Writer:
     """A Parquet or CSV writer on a temporary path; ``commit`` renames it into place."""
 
@@ -155,8 +163,8 @@ def _added(n: int, offset: int, ids: np.ndarray, preds: np.ndarray, ref: Any) ->
     return [
         pa.array(preds, pa.float64()),
         pa.array(np.round(preds * 100_000.0, 2), pa.float64()),
-        pa.array([str(ref.version)] * n, pa.string()),
-        pa.array([ref.run_id] * n, pa.string()),
+        pa.repeat(pa.scalar(str(ref.version), pa.string()), n),
+        pa.repeat(pa.scalar(ref.run_id, pa.string()), n),
         pa.array(ids + offset, pa.int64()),
     ]
 
@@ -167,7 +175,9 @@ def score_local(
     """Score ``job`` in this process; return the counts (rows in, scored, rejected)."""
     dataset, schema, total = open_input(job)
     progress("loading the model (skops, fast-path check)", 0, None)
-    model = package.load()
+    # One batch per core, each with one tree-evaluation thread (see ``in_order``).
+    workers = package.threads
+    model = dataclasses.replace(package, threads=1).load()
     ref = package.ref
     out_schema = schema.append(pa.field(PREDICTION, pa.float64()))
     out_schema = out_schema.append(pa.field(PREDICTION_USD, pa.float64()))
@@ -200,10 +210,9 @@ def score_local(
             )
             stack.callback(rej.close)
         progress(label, 0, total)
-        for batch in _batches(job, dataset):
+        pool = stack.enter_context(in_order(workers))
+        for batch, result in pool(lambda b: _score(model, b), _batches(job, dataset)):
             n = batch.num_rows
-            X, missing = features(batch)
-            result = score_batch(model, X, missing)
             if result.rejections and job.on_error == "fail":
                 raise DataError(bad_rows_message(result.rejections, rows_in, more=False))
             ids = np.flatnonzero(result.valid)

@@ -46,6 +46,8 @@ from housing_mlops.predict.scoring import (
     PREDICTION_USD,
     ROW_ID,
     RUN_ID,
+    ScoredBatch,
+    in_order,
     score_batch,
 )
 from housing_mlops.validation import Rejection
@@ -135,7 +137,7 @@ def _partition_offsets(df: Any) -> dict[int, int]:
     return offsets
 
 
-def _scorer(package_bc: Any, offsets_bc: Any) -> Any:
+def _scorer(package_bc: Any, offsets_bc: Any, workers: int) -> Any:
     def score(batches: Iterator[Any]) -> Iterator[Any]:
         from pyspark import TaskContext
 
@@ -143,26 +145,30 @@ def _scorer(package_bc: Any, offsets_bc: Any) -> Any:
         ref = package_bc.value.ref
         ctx = TaskContext.get()
         position = offsets_bc.value.get(ctx.partitionId() if ctx else 0, 0)
-        for pdf in batches:
-            n = len(pdf)
+
+        def one(pdf: Any) -> tuple[Any, ScoredBatch]:
             X = pdf[FEATURES].to_numpy(dtype=np.float64, na_value=np.nan)
-            result = score_batch(model, X)
-            predictions = np.full(n, np.nan)
-            predictions[result.valid] = result.predictions
-            errors = np.full(n, None, dtype=object)
-            for r in result.rejections:
-                errors[r.row] = r.text()
-            yield pdf.assign(
-                **{
-                    PREDICTION: predictions,
-                    PREDICTION_USD: np.round(predictions * 100_000.0, 2),
-                    MODEL_VERSION: str(ref.version),
-                    RUN_ID: ref.run_id,
-                    ROW_ID: np.arange(position, position + n, dtype=np.int64),
-                    _ERROR_COLUMN: errors,
-                }
-            )
-            position += n
+            return pdf, score_batch(model, X)
+
+        with in_order(workers) as pool:
+            for pdf, result in pool(one, batches):
+                n = len(pdf)
+                predictions = np.full(n, np.nan)
+                predictions[result.valid] = result.predictions
+                errors = np.full(n, None, dtype=object)
+                for r in result.rejections:
+                    errors[r.row] = r.text()
+                yield pdf.assign(
+                    **{
+                        PREDICTION: predictions,
+                        PREDICTION_USD: np.round(predictions * 100_000.0, 2),
+                        MODEL_VERSION: str(ref.version),
+                        RUN_ID: ref.run_id,
+                        ROW_ID: np.arange(position, position + n, dtype=np.int64),
+                        _ERROR_COLUMN: errors,
+                    }
+                )
+                position += n
 
     return score
 
@@ -210,8 +216,11 @@ def score_spark(
         offsets = _partition_offsets(df)
         sc = spark.sparkContext
         # Spark runs one task per core: one tree-evaluation thread per task, not one per
-        # core per task (LightGBM would oversubscribe the executor's cores).
+        # core per task (LightGBM would oversubscribe the executor's cores). With fewer
+        # partitions than cores (a file of one row group is one partition), each task
+        # scores that many of its Arrow batches at once instead (``in_order``).
         package_bc = sc.broadcast(dataclasses.replace(package, threads=1))
+        workers = max(1, min(package.threads, sc.defaultParallelism // max(1, len(offsets))))
         offsets_bc = sc.broadcast(offsets)
         fields = [
             StructField(PREDICTION, DoubleType()),
@@ -222,7 +231,7 @@ def score_spark(
             StructField(_ERROR_COLUMN, StringType()),
         ]
         schema = StructType([*df.schema.fields, *fields])
-        scored = df.mapInPandas(_scorer(package_bc, offsets_bc), schema).persist(
+        scored = df.mapInPandas(_scorer(package_bc, offsets_bc, workers), schema).persist(
             StorageLevel.MEMORY_AND_DISK
         )
         progress(f"scoring on {master}", 0, None)
