@@ -97,6 +97,11 @@ def test_scores_the_test_split_as_is_in_order_with_lineage(
     assert set(frame["model_version"]) == {"2"}
     assert summary["rows_in"] == summary["scored"] == len(expected)
     assert summary["rejected"] == 0 and summary["model"]["version"] == "2"
+    # The rate is over the scoring time, not the model's load: a small file's rate is real.
+    assert 0 < summary["scoring_seconds"] < summary["seconds"]
+    assert summary["rows_per_s"] == pytest.approx(
+        len(expected) / summary["scoring_seconds"], rel=0.05
+    )
     ref = registry.resolve(load_config(config))
     lineage = read_lineage(out)
     assert lineage["model_version"] == "2" and lineage["run_id"] == ref.run_id

@@ -284,8 +284,8 @@ def predict_summary(result: Row) -> None:
             + (f" (@{model['alias']})" if model.get("alias") else ""),
             "engine": result["engine"]
             + (f" on {result['spark_master']}" if result.get("spark_master") else ""),
-            "time": f"{result['seconds']:.2f} s"
-            + (f" ({rate:,.0f} rows/s)" if rate is not None else ""),
+            "time": f"{result['seconds']:.2f} s (scoring {result['scoring_seconds']:.2f} s"
+            + (f", {rate:,.0f} rows/s)" if rate is not None else ")"),
         },
         title="housing predict",
     )
