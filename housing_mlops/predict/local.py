@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,15 @@ def _added(n: int, offset: int, ids: np.ndarray, preds: np.ndarray, ref: Any) ->
 
 def score_local(
     job: PredictJob, package: ModelPackage, lineage: dict[str, str], progress: Progress
-) -> dict[str, int]:
-    """Score ``job`` in this process; return the counts (rows in, scored, rejected)."""
+) -> dict[str, float]:
+    """Score ``job`` in this process; return the counts (rows in, scored, rejected) and the
+    seconds from the loaded model to the written output."""
     dataset, schema, total = open_input(job)
     progress("loading the model (skops, fast-path check)", 0, None)
     # One batch per core, each with one tree-evaluation thread (see ``in_order``).
     workers = package.threads
     model = dataclasses.replace(package, threads=1).load()
+    scoring_started = time.perf_counter()
     ref = package.ref
     out_schema = schema.append(pa.field(PREDICTION, pa.float64()))
     out_schema = out_schema.append(pa.field(PREDICTION_USD, pa.float64()))
@@ -240,4 +243,9 @@ def score_local(
             rej.close()
             rej.commit()
         out.commit()
-    return {"rows_in": rows_in, "scored": scored, "rejected": rejected}
+    return {
+        "rows_in": rows_in,
+        "scored": scored,
+        "rejected": rejected,
+        "scoring_seconds": time.perf_counter() - scoring_started,
+    }
