@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from housing_mlops import store
@@ -140,16 +141,18 @@ def test_a_log_made_by_sqlite_utils_is_opened_as_is(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_an_old_log_gets_the_instance_column_and_takes_new_rows(tmp_path: Path) -> None:
-    """A log from before replicas (no ``instance`` column): opening it for writing adds
-    the column and records the schema version; its old rows stay, new rows say who
-    answered them."""
+def test_an_old_log_gets_the_new_columns_and_takes_new_rows(tmp_path: Path) -> None:
+    """A log from before replicas and challengers (no ``instance``, ``role``, shadow
+    columns): opening it for writing adds them and records the schema version; its old rows
+    stay, new rows say who answered them and what the challenger said in shadow."""
     import sqlite3
 
     path = tmp_path / "requests.db"
     old = sqlite3.connect(path)
     columns = ", ".join(
-        f'"{c}" {kind}' for c, kind in store.REQUEST_COLUMNS.items() if c != "instance"
+        f'"{c}" {kind}'
+        for c, kind in store.REQUEST_COLUMNS.items()
+        if c not in ("instance", "role", "shadow_version", "shadow_prediction")
     )
     old.execute(f"CREATE TABLE requests ({columns})")
     old.execute("INSERT INTO requests (ts, request_id, status) VALUES (1, 'old', 200)")
@@ -167,6 +170,9 @@ def test_an_old_log_gets_the_instance_column_and_takes_new_rows(tmp_path: Path) 
         latency_ms=1.0,
         status=200,
         instance="api-1",
+        role="champion",
+        shadow_version="3",
+        shadow_prediction=1.75,
     )
     try:
         sink.write([store.row_values(row)])
@@ -174,12 +180,75 @@ def test_an_old_log_gets_the_instance_column_and_takes_new_rows(tmp_path: Path) 
         sink.close()
     check = sqlite3.connect(path)
     try:
-        rows = check.execute("SELECT request_id, instance FROM requests ORDER BY id").fetchall()
+        rows = check.execute(
+            "SELECT request_id, instance, role, shadow_version, shadow_prediction "
+            "FROM requests ORDER BY id"
+        ).fetchall()
         version = check.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
     finally:
         check.close()
-    assert rows == [("old", None), ("new", "api-1")]
+    assert rows == [("old", None, None, None, None), ("new", "api-1", "champion", "3", 1.75)]
     assert version == store.SCHEMA_VERSION
+
+
+def test_labelled_rows_join_each_label_to_the_row_it_labels(tmp_path: Path) -> None:
+    """Labels join their request row by (request_id, row_index); unlabelled, rejected and
+    out-of-window rows are left out; a second label for the same row is refused."""
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+
+    def logged(ts: float, rid: str, index: int, pred: float | None, **kw: Any) -> Any:
+        return store.LoggedRequest(
+            ts=ts,
+            request_id=rid,
+            row_index=index,
+            model_name="m",
+            model_version=None if pred is None else kw.pop("version", "1"),
+            features=None if pred is None else [1.0] * len(FEATURES),
+            prediction=pred,
+            latency_ms=1.0,
+            status=200 if pred is not None else 422,
+            **kw,
+        )
+
+    rows = [
+        logged(10.0, "a", 0, 1.0, role="champion", shadow_version="2", shadow_prediction=1.2),
+        logged(11.0, "b", 0, 2.0, role="champion"),
+        logged(11.0, "b", 1, 3.0, role="champion"),
+        logged(12.0, "c", 0, 4.0, role="challenger", version="2"),
+        logged(13.0, "d", 0, None),
+        logged(99.0, "e", 0, 5.0, role="champion"),
+    ]
+    sink = store.open_sink(path)
+    try:
+        sink.write([store.row_values(r) for r in rows])
+    finally:
+        sink.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO feedback (request_id, row_index, actual, received_at, source) "
+            "VALUES (?, ?, ?, 50, 'test')",
+            [("a", 0, 1.1), ("b", 1, 2.9), ("c", 0, 4.4), ("d", 0, 9.0), ("e", 0, 5.5)],
+        )
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO feedback (request_id, row_index, actual, received_at) "
+            "VALUES ('a', 0, 7.0, 51)"
+        )
+    conn.close()
+    with store.open_readonly(path) as readonly:
+        got = store.labelled_rows(readonly, since_ts=0.0, until_ts=50.0)
+    assert len(got) == 3
+    assert got.ts.tolist() == [10.0, 11.0, 12.0]
+    assert got.model_version.tolist() == ["1", "1", "2"]
+    assert got.role.tolist() == ["champion", "champion", "challenger"]
+    assert got.prediction.tolist() == [1.0, 3.0, 4.0]
+    assert got.actual.tolist() == [1.1, 2.9, 4.4]
+    assert got.shadow_version.tolist() == ["2", None, None]
+    assert got.shadow_prediction[0] == 1.2 and np.isnan(got.shadow_prediction[1:]).all()
+    assert len(store.labelled_rows(None)) == 0
 
 
 def test_a_sqlite_log_that_cannot_take_rows_is_log_unavailable(tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ def test_replicas_starting_at_once_on_an_empty_database_make_one_schema(postgres
         "drift_runs",
         "drift_scores",
         "drift_references",
+        "feedback",
         "schema_version",
     }
     columns = [
@@ -166,17 +167,32 @@ def test_starting_a_replica_does_not_wait_for_a_long_read(pg_url: str) -> None:
             worker.join(30)
 
 
-def test_a_version_1_table_gets_the_instance_column(pg_url: str) -> None:
-    # The layout before replicas: every column but `instance`.
+def test_a_version_1_table_gets_the_newer_columns(pg_url: str) -> None:
+    # The layout before replicas and challengers: no `instance`, `role` or shadow columns.
     text = ("request_id", "model_name", "model_version", "error")
+    added = ("instance", "role", "shadow_version", "shadow_prediction")
     columns = ", ".join(
-        f'"{c}" {"TEXT" if c in text else "FLOAT8"}' for c in store.ROW_COLUMNS if c != "instance"
+        f'"{c}" {"TEXT" if c in text else "FLOAT8"}' for c in store.ROW_COLUMNS if c not in added
     )
     _psql(pg_url, f"CREATE TABLE requests (id BIGSERIAL PRIMARY KEY, {columns})")
     _psql(pg_url, "INSERT INTO requests (ts, request_id, status) VALUES (1, 'old', 200)")
     store.create_log(pg_url)
-    assert _psql(pg_url, "SELECT request_id, instance FROM requests") == [("old", None)]
+    assert _psql(pg_url, f"SELECT request_id, {', '.join(added)} FROM requests") == [
+        ("old", None, None, None, None)
+    ]
     assert _psql(pg_url, "SELECT MAX(version) FROM schema_version") == [(store.SCHEMA_VERSION,)]
+    _psql(
+        pg_url,
+        "INSERT INTO feedback (request_id, row_index, actual, received_at) "
+        "VALUES ('old', 0, 2.5, 3)",
+    )
+    db = store.open_readonly(pg_url)
+    assert db is not None
+    try:
+        got = store.labelled_rows(db)
+    finally:
+        db.close()
+    assert got.actual.tolist() == [2.5] and got.role.tolist() == [None]
 
 
 def test_a_log_written_by_a_newer_release_is_refused(pg_url: str) -> None:

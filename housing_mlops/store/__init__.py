@@ -16,6 +16,8 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
 - drift history: ``save_drift_run``, ``latest_drift_run``, ``drift_history`` and the
   reference-profile cache ``cached_reference`` / ``cache_reference``
   (``store.drift_history``);
+- ground truth: ``labelled_rows`` -> ``LabelledRows`` (answered rows joined to their true
+  value in ``feedback``, ``store.feedback``);
 - the tables themselves: ``store.schema``.
 
 Readers and writers take the connection an opener returned (``LogConnection``: a
@@ -40,6 +42,7 @@ from housing_mlops.store.drift_history import (
     latest_drift_run,
     save_drift_run,
 )
+from housing_mlops.store.feedback import LabelledRows, labelled_rows
 from housing_mlops.store.location import LogLocation, is_log_url, parse_log_location
 from housing_mlops.store.request_log import (
     serving_stats,
@@ -57,6 +60,7 @@ __all__ = [
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
     "FlushReport",
+    "LabelledRows",
     "LogConnection",
     "LogLocation",
     "LogSink",
@@ -71,6 +75,7 @@ __all__ = [
     "drift_history",
     "drift_score_history",
     "is_log_url",
+    "labelled_rows",
     "latest_drift_run",
     "open_log",
     "open_readonly",

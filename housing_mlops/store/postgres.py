@@ -29,9 +29,11 @@ from housing_mlops.store.location import LogLocation
 from housing_mlops.store.request_log import SAMPLE_HASH
 from housing_mlops.store.rows import ROW_COLUMNS
 from housing_mlops.store.schema import (
+    ADDED_REQUEST_COLUMNS,
     DRIFT_REFERENCE_COLUMNS,
     DRIFT_RUN_COLUMNS,
     DRIFT_SCORE_COLUMNS,
+    FEEDBACK_COLUMNS,
     INDEXES,
     REQUEST_COLUMNS,
     SCHEMA_VERSION,
@@ -70,12 +72,18 @@ def _table(name: str, columns: dict[str, str]) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({body})"
 
 
-def _ddl() -> list[str]:
+def _tables() -> list[str]:
     return [
         _table("requests", REQUEST_COLUMNS),
         _table("drift_runs", DRIFT_RUN_COLUMNS),
         _table("drift_scores", DRIFT_SCORE_COLUMNS),
         _table("drift_references", DRIFT_REFERENCE_COLUMNS),
+        _table("feedback", FEEDBACK_COLUMNS),
+    ]
+
+
+def _indexes() -> list[str]:
+    return [
         *INDEXES,
         # Drift's uniform sample (store.request_log) reads a version's sampled rows from
         # this index instead of scanning the table: unlike SQLite's, PostgreSQL's indexes
@@ -207,10 +215,15 @@ def create_schema(conn: PgConnection) -> None:
                 raise SchemaTooNew(current)
             if current == SCHEMA_VERSION:  # made by whoever held the lock before us
                 return
-            for statement in _ddl():
+            for statement in _tables():
                 conn.execute(statement)
-            # Version 2 added the replica's name; a version-1 table lacks it.
-            conn.execute("ALTER TABLE requests ADD COLUMN IF NOT EXISTS instance TEXT")
+            # Columns added since version 1 (the replica's name, the challenger's columns).
+            for column, kind in ADDED_REQUEST_COLUMNS.items():
+                conn.execute(
+                    f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {column} {_pg_type(kind)}"
+                )
+            for statement in _indexes():
+                conn.execute(statement)
             if current < SCHEMA_VERSION:
                 conn.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?) "

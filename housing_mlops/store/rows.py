@@ -29,6 +29,9 @@ class LoggedRequest:
     status: int  # HTTP status
     error: str | None = None  # why it was rejected
     instance: str | None = None  # the replica that answered (serve.instance or host:pid)
+    role: str | None = None  # "champion" or "challenger": whose answer the client got
+    shadow_version: str | None = None  # the challenger version that scored it in shadow
+    shadow_prediction: float | None = None  # the challenger's shadow prediction, $100k
 
 
 _NO_FEATURES = (None,) * len(FEATURES)
@@ -45,6 +48,9 @@ ROW_COLUMNS = (
     "status",
     "error",
     "instance",
+    "role",
+    "shadow_version",
+    "shadow_prediction",
 )
 INSERT_SQLITE = (
     f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"  # noqa: S608, E501 - fixed names
@@ -64,4 +70,7 @@ def row_values(row: LoggedRequest) -> tuple[Any, ...]:
         row.status,
         row.error,
         row.instance,
+        row.role,
+        row.shadow_version,
+        row.shadow_prediction,
     )

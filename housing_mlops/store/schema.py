@@ -17,7 +17,28 @@ latency_ms     REAL     server-side latency of the whole request
 status         INTEGER  HTTP status (200, 413, 415, 422, ...)
 error          TEXT     validation error summary for rejected requests
 instance       TEXT     the replica that answered (``serve.instance``, or host:pid)
+role           TEXT     ``champion`` or ``challenger``: the model whose answer the client
+                        got (NULL when rejected, and in rows written before version 3)
+shadow_version TEXT     the challenger version that scored the row in shadow (else NULL)
+shadow_prediction REAL  the challenger's prediction in shadow, in $100k (else NULL)
 =============  =======  ==========================================================
+
+``model_version`` and ``prediction`` are always those of the answer the client got; with a
+challenger in shadow its prediction of the same row sits beside them.
+
+Table ``feedback`` (ground truth: one true value per logged prediction row, at most one):
+
+=============  =======  ==========================================================
+id             INTEGER  primary key
+request_id     TEXT     the logged request's id
+row_index      INTEGER  the row of that request (0 for a single house)
+actual         REAL     the true value, in $100k (finite)
+received_at    REAL     UTC Unix time the label was stored
+source         TEXT     where it came from (``api`` for POST /feedback, else a file name)
+=============  =======  ==========================================================
+
+A unique index on ``(request_id, row_index)`` refuses a second label for the same row, and
+``requests(request_id)`` is indexed so labels join their requests without a scan.
 
 Indexes on ``ts``, ``(model_version, ts)`` and ``(status, model_version, ts)`` keep window
 queries fast (the last one covers drift's count of answered rows per version).
@@ -31,9 +52,10 @@ every score, the verdict and a coarse reference-vs-current histogram as JSON) an
 Every statement is ``IF NOT EXISTS`` and the index names are those sqlite-utils gave them
 in logs written by earlier releases, so opening an old log adds only what it lacks.
 ``schema_version`` records the version (``SCHEMA_VERSION``): 1 is the layout before
-replicas, 2 added ``requests.instance`` (an older log gets it with ``ALTER TABLE ... ADD
-COLUMN`` when opened for writing). The same tables, in PostgreSQL's types, are created by
-``store.postgres`` under an advisory lock.
+replicas, 2 added ``requests.instance``, 3 the challenger's columns (``role``,
+``shadow_version``, ``shadow_prediction``) and ``feedback``; an older log gets what it lacks
+with ``ALTER TABLE ... ADD COLUMN`` when opened for writing. The same tables, in
+PostgreSQL's types, are created by ``store.postgres`` under an advisory lock.
 """
 
 from __future__ import annotations
@@ -60,6 +82,27 @@ REQUEST_COLUMNS: dict[str, str] = {
     "status": "INTEGER NOT NULL",
     "error": "TEXT",
     "instance": "TEXT",
+    "role": "TEXT",
+    "shadow_version": "TEXT",
+    "shadow_prediction": "REAL",
+}
+
+#: Columns added to ``requests`` after version 1, with the version that added them: an
+#: older log gets them by ``ALTER TABLE ... ADD COLUMN`` when opened for writing.
+ADDED_REQUEST_COLUMNS: dict[str, str] = {
+    "instance": "TEXT",  # 2
+    "role": "TEXT",  # 3
+    "shadow_version": "TEXT",  # 3
+    "shadow_prediction": "REAL",  # 3
+}
+
+FEEDBACK_COLUMNS: dict[str, str] = {
+    "id": "INTEGER PRIMARY KEY",
+    "request_id": "TEXT NOT NULL",
+    "row_index": "INTEGER NOT NULL",
+    "actual": "REAL NOT NULL",
+    "received_at": "REAL NOT NULL",
+    "source": "TEXT",
 }
 
 DRIFT_RUN_COLUMNS: dict[str, str] = {
@@ -116,7 +159,7 @@ DRIFT_REFERENCE_COLUMNS: dict[str, str] = {
 }
 
 #: The layout this release writes (see the module docstring for what each version added).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaTooNew(Exception):
@@ -144,38 +187,45 @@ INDEXES: tuple[str, ...] = (
     # a few seconds, once.
     "CREATE INDEX IF NOT EXISTS idx_requests_status_model_version_ts "
     "ON requests(status, model_version, ts)",
+    "CREATE INDEX IF NOT EXISTS idx_requests_request_id ON requests(request_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_feedback_request_row ON feedback(request_id, row_index)",
     "CREATE INDEX IF NOT EXISTS idx_drift_runs_created_at ON drift_runs(created_at)",
     "CREATE INDEX IF NOT EXISTS idx_drift_scores_run_id ON drift_scores(run_id)",
 )
 
-DDL: tuple[str, ...] = (
+TABLES: tuple[str, ...] = (
     _table("requests", REQUEST_COLUMNS),
     _table("drift_runs", DRIFT_RUN_COLUMNS),
     _table("drift_scores", DRIFT_SCORE_COLUMNS),
     _table("drift_references", DRIFT_REFERENCE_COLUMNS),
-    *INDEXES,
+    _table("feedback", FEEDBACK_COLUMNS),
     "CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
 )
+# The tables, then the indexes (an index may name a column an old table gets added first).
+DDL: tuple[str, ...] = (*TABLES, *INDEXES)
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
     """Create every table and index that is missing and migrate an older log, at once.
 
     ``BEGIN IMMEDIATE`` takes the write lock first, so two processes opening an old log
-    at the same moment do not both add the ``instance`` column.
+    at the same moment do not both add the same column.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in DDL:
+        for statement in TABLES:
             conn.execute(statement)
         current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
         version = int(current.fetchone()[0])
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(version)
         columns = {r[1] for r in conn.execute("PRAGMA table_info(requests)").fetchall()}
-        if "instance" not in columns:
-            conn.execute("ALTER TABLE requests ADD COLUMN instance TEXT")
+        for column, kind in ADDED_REQUEST_COLUMNS.items():
+            if column not in columns:
+                conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+        for statement in INDEXES:
+            conn.execute(statement)
         if version < SCHEMA_VERSION:
             conn.execute(
                 "INSERT OR IGNORE INTO schema_version (version, applied_at) VALUES (?, ?)",

@@ -218,6 +218,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, {_quoted(ROW_COLUMNS)})"
         )
+        # A spool file kept from an older release lacks the newer columns (untyped, NULL).
+        present = {r[1] for r in conn.execute("PRAGMA table_info(spool)")}
+        for column in ROW_COLUMNS:
+            if column not in present:
+                conn.execute(f'ALTER TABLE spool ADD COLUMN "{column}"')
     return conn
 
 
