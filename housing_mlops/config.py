@@ -178,6 +178,15 @@ class DriftConfig(_Section):
     sample_rows: int = Field(50_000, ge=1000)  # window rows read (uniform sample) per check
 
 
+class PredictConfig(_Section):
+    # Compiled trees for `housing predict` (predict.compiled): auto = for inputs of at least
+    # compile_min_rows rows, or when this model's are already cached; always; never.
+    compile: Literal["auto", "always", "never"] = "auto"
+    compile_min_rows: int = Field(1_000_000, ge=0)
+    # Where compiled trees are kept; empty: $XDG_CACHE_HOME/housing-mlops/trees.
+    compile_cache: str = ""
+
+
 class Settings(_Section):
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
@@ -189,6 +198,7 @@ class Settings(_Section):
     promote: PromoteConfig = PromoteConfig()
     serve: ServeConfig = ServeConfig()
     drift: DriftConfig = DriftConfig()
+    predict: PredictConfig = PredictConfig()
     # Where the file came from (not part of the YAML).
     source: Path | None = Field(default=None, exclude=True)
 
@@ -212,6 +222,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HOUSING_REQUEST_LOG": ("serve", "request_log"),
     "HOUSING_INSTANCE": ("serve", "instance"),
     "HOUSING_SPOOL_DIR": ("serve", "spool_dir"),
+    "HOUSING_COMPILE_CACHE": ("predict", "compile_cache"),
 }
 
 

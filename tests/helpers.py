@@ -170,9 +170,10 @@ def trained_store(
     return _TRAINED["store"]
 
 
-def register_champion(config: Path, seed: int = 4) -> str:
+def register_champion(config: Path, seed: int = 4, candidate: Any = None) -> str:
     """Fit a small pipeline on synthetic data, register it in the config's registry and
-    make it the champion; returns its version."""
+    make it the champion; returns its version. ``candidate``: a ``CandidateConfig``
+    (default: the config's hist_gb, 30 iterations)."""
     from housing_mlops import registry
     from housing_mlops.drift import build_profile
     from housing_mlops.features import FEATURES
@@ -181,7 +182,7 @@ def register_champion(config: Path, seed: int = 4) -> str:
     settings = load_config(config)
     frame = make_frame(500, seed=seed)
     X, y = frame[FEATURES], frame["MedHouseVal"]
-    candidate = settings.train.candidates[1]  # hist_gb, 30 iterations
+    candidate = candidate or settings.train.candidates[1]
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):  # OpenMP pools spin on a busy 2-core machine
@@ -190,13 +191,13 @@ def register_champion(config: Path, seed: int = 4) -> str:
     profile = build_profile({**{c: X[c].to_numpy() for c in FEATURES}, "prediction": pred}, 200)
     ref = registry.log_candidate(
         settings,
-        run_name="e2e-hist_gb",
+        run_name=f"e2e-{candidate.name}",
         model=pipeline,
         X_train=X,
-        params={"max_iter": 30},
+        params=dict(candidate.params),
         metrics={"cv_rmse_mean": 0.3},
-        run_tags={"candidate": "hist_gb", "data_version": "synthetic"},
-        version_tags={"candidate": "hist_gb"},
+        run_tags={"candidate": candidate.name, "data_version": "synthetic"},
+        version_tags={"candidate": candidate.name},
         train_frame=frame,
         train_source=config.parent / "train.parquet",
         train_hash="0" * 64,

@@ -351,6 +351,17 @@ def predict(
             show_default="OUTPUT with a .rejects suffix",
         ),
     ] = None,
+    compile_trees: Annotated[
+        str | None,
+        typer.Option(
+            "--compile",
+            metavar="auto|always|never",
+            help="Score a LightGBM model's trees as compiled C (same numbers, about 2.7x "
+            "faster; built once per model with cc, then cached): auto for inputs of "
+            "predict.compile_min_rows rows or when already cached.",
+            show_default="predict.compile (auto)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
@@ -358,7 +369,8 @@ def predict(
     """Score a file with the registered model (@champion), locally or on Apache Spark.
 
     Every row is checked with the rules of POST /predict. Exit codes: 2 a bad option or an
-    output path that cannot be written, 3 the spark extra or Java missing (--engine spark),
+    output path that cannot be written, 3 the spark extra or Java missing (--engine spark)
+    or --compile always on a model or machine that cannot compile its trees,
     4 a missing, empty or malformed input or (with --on-error fail) a row breaking the
     rules, 5 no such model.
     """
@@ -376,6 +388,7 @@ def predict(
         spark_master=spark_master,
         on_error=on_error,
         rejects=rejects,
+        compile=compile_trees or settings.predict.compile,
     )
     with StageProgress("predict") as progress:
         result = run(settings, job, progress=progress)

@@ -270,6 +270,15 @@ def report_summary(result: Row) -> None:
 
 
 # ------------------------------------------------------------------------- predict
+def _trees(trees: Row) -> str:
+    if trees.get("evaluator") == "compiled":
+        if trees.get("cached"):
+            return "compiled (from the cache)"
+        return f"compiled (built in {trees.get('compile_seconds', 0):.1f} s, now cached)"
+    reason = trees.get("reason")
+    return "LightGBM" + (f" ({reason})" if reason else "")
+
+
 def predict_summary(result: Row) -> None:
     model = result["model"]
     rejects = f" (rejects: {result['rejects']})" if result.get("rejects") else ""
@@ -284,6 +293,7 @@ def predict_summary(result: Row) -> None:
             + (f" (@{model['alias']})" if model.get("alias") else ""),
             "engine": result["engine"]
             + (f" on {result['spark_master']}" if result.get("spark_master") else ""),
+            "trees": _trees(result.get("trees") or {}),
             "time": f"{result['seconds']:.2f} s (scoring {result['scoring_seconds']:.2f} s"
             + (f", {rate:,.0f} rows/s)" if rate is not None else ")"),
         },

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from housing_mlops.columns import FEATURES
-from housing_mlops.errors import DataError, UsageError
+from housing_mlops.errors import ConfigError, DataError, UsageError
 from housing_mlops.files import file_sha256
 from housing_mlops.predict.scoring import ADDED_COLUMNS
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int | None], None]
 ENGINES = ("local", "spark")
 ON_ERROR = ("fail", "skip")
+COMPILE = ("auto", "always", "never")
 # How many bad rows an `--on-error fail` message names.
 SHOWN_REJECTIONS = 5
 LINEAGE_PREFIX = "housing."
@@ -65,6 +66,7 @@ class PredictJob:
     version: int | None = None
     alias: str | None = None
     batch_rows: int = 65_536
+    compile: str = "auto"  # compiled trees: auto (big inputs, or already cached) / always / never
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,10 +143,13 @@ def make_job(
     spark_master: str | None = None,
     on_error: str = "fail",
     rejects: Path | None = None,
+    compile: str = "auto",  # noqa: A002 - the option's name
 ) -> PredictJob:
     """Check the options and paths (no model loaded yet); raise Usage/DataError."""
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if compile not in COMPILE:
+        raise UsageError(f"--compile must be one of {', '.join(COMPILE)}, not {compile!r}")
     if on_error not in ON_ERROR:
         raise UsageError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
     if version is not None and alias is not None:
@@ -176,7 +181,21 @@ def make_job(
         spark_master=spark_master,
         version=version,
         alias=alias,
+        compile=compile,
     )
+
+
+def estimated_rows(inp: InputFiles) -> int:
+    """Rows in the input: exact for Parquet (footers only), estimated for CSV (size / 60
+    bytes, about a row of the test split written as CSV)."""
+    if inp.format == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in inp.files)
+        except Exception:  # noqa: BLE001 - a bad file is reported by the engine itself
+            return 0
+    return sum(f.stat().st_size for f in inp.files) // 60
 
 
 def check_columns(names: list[str], source: str) -> None:
@@ -234,25 +253,125 @@ def bad_rows_message(rejections: list[Any], offset: int, more: bool) -> str:
 
 # ------------------------------------------------------------------------- the model
 @dataclass(frozen=True)
+class TreesUsed:
+    """Which tree evaluator scored: ``compiled`` or ``lightgbm`` (and why not compiled)."""
+
+    evaluator: str
+    compile_seconds: float = 0.0
+    cached: bool = False
+    reason: str | None = None
+    library: Path | None = None
+
+
+@dataclass(frozen=True)
 class ModelPackage:
     """The model as shipped to whoever scores: the verified model.skops bytes, the registry
     reference (its sha256 tag is checked again on load) and the reference profile (the
-    ranges). Plain data: Spark sends it to executors, which load it once each."""
+    ranges). Plain data: Spark sends it to executors, which load it once each.
+
+    ``trees``: ``lightgbm`` (the booster scores), or ``compile`` (use the compiled trees,
+    ``predict.compiled``: from ``trees_blob`` when the driver shipped them, else built or
+    taken from the cache in ``trees_cache``); ``trees_required`` makes a model that cannot
+    use them an error (``--compile always``) instead of a note."""
 
     ref: Any
     blob: bytes
     profile: dict[str, Any] | None
     threads: int
+    trees: str = "lightgbm"
+    trees_required: bool = False
+    trees_cache: str | None = None
+    trees_blob: bytes | None = None
+
+    @property
+    def model_key(self) -> str:
+        return hashlib.sha256(self.blob).hexdigest()
 
     def load(self) -> Any:
         """The serving wrapper (fast path checked against ``pipeline.predict``, ranges)."""
+        return self.load_for_scoring()[0]
+
+    def load_for_scoring(self) -> tuple[Any, TreesUsed]:
+        """The serving wrapper, with the compiled trees in its predict when asked for and
+        they give exactly LightGBM's numbers; and which evaluator it uses."""
         from housing_mlops import registry
         from housing_mlops.serving.predictor import ModelMeta, build_loaded_model
 
         pipeline = registry.load_model_bytes(self.ref, self.blob)
-        return build_loaded_model(
+        model = build_loaded_model(
             pipeline, ModelMeta.from_ref(self.ref), self.profile, threads=self.threads
         )
+        if self.trees != "compile":
+            return model, TreesUsed("lightgbm")
+        return self._with_compiled(model, pipeline)
+
+    def _with_compiled(self, model: Any, pipeline: Any) -> tuple[Any, TreesUsed]:
+        import dataclasses
+
+        import numpy as np
+
+        from housing_mlops.predict import compiled
+        from housing_mlops.serving.predictor import check_rows
+
+        try:
+            booster = compiled.lightgbm_booster(pipeline)
+            if booster is None:
+                raise compiled.NotCompilable("the model is not a LightGBM model")
+            if not model.fast_path:
+                raise compiled.NotCompilable("the model scores through pipeline.predict")
+            if self.trees_blob is not None:
+                info = booster.dump_model(num_iteration=1)
+                lib = compiled.load_bytes(
+                    self.trees_blob, int(info["max_feature_idx"]) + 1, booster.num_trees()
+                )
+            else:
+                cache = Path(self.trees_cache) if self.trees_cache else None
+                lib = compiled.build(booster, self.model_key, cache)
+            check = np.vstack([check_rows(self.profile), check_rows(None)])
+            predict = compiled.compiled_predict(model, lib, check)
+        except compiled.NotCompilable as exc:
+            if self.trees_required:
+                raise ConfigError(f"--compile always: {exc}") from None
+            log.info("compiled trees not used: %s", exc)
+            return model, TreesUsed("lightgbm", reason=str(exc))
+        used = TreesUsed("compiled", lib.seconds, lib.cached, library=lib.path)
+        return dataclasses.replace(model, predict=predict), used
+
+
+def with_trees(
+    settings: Any, job: PredictJob, package: ModelPackage, say: Progress
+) -> tuple[ModelPackage, TreesUsed | None]:
+    """Decide whether this run uses compiled trees (``job.compile``) and prepare them:
+    ``auto`` compiles for an input of at least ``predict.compile_min_rows`` rows (a compile
+    costs about 15-40 s here, once per model) or when the model's are already cached."""
+    import dataclasses
+
+    from housing_mlops.predict import compiled
+
+    cfg = settings.predict
+    cache = cfg.compile_cache or None
+    if job.compile == "never":
+        return package, TreesUsed("lightgbm", reason="--compile never")
+    if job.compile == "auto":
+        rows = estimated_rows(job.input)
+        cache_path = Path(cache) if cache else None
+        if rows < cfg.compile_min_rows and not compiled.is_cached(package.model_key, cache_path):
+            return package, TreesUsed(
+                "lightgbm",
+                reason=f"auto: {rows:,} rows, fewer than predict.compile_min_rows "
+                f"{cfg.compile_min_rows:,}, and none cached",
+            )
+    package = dataclasses.replace(
+        package, trees="compile", trees_required=job.compile == "always", trees_cache=cache
+    )
+    if job.engine != "spark":
+        return package, None  # built (or read from the cache) where the model is loaded
+    # Spark: the driver builds them once and ships the library with the model.
+    say("compiled trees (built once per model and machine, then cached)", 0, None)
+    _, used = package.load_for_scoring()
+    if used.evaluator != "compiled" or used.library is None:
+        return dataclasses.replace(package, trees="lightgbm"), used
+    return dataclasses.replace(package, trees_blob=used.library.read_bytes()), used
 
 
 def load_package(settings: Any, version: int | None, alias: str | None) -> ModelPackage:
@@ -332,6 +451,7 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
     say("hashing the input", 0, None)
     input_sha = job.input.sha256()
     meta = lineage(job, package, input_sha)
+    package, trees = with_trees(settings, job, package, say)
     scoring_started = time.perf_counter()
     if job.engine == "spark":
         from housing_mlops.predict.spark import score_spark
@@ -344,6 +464,7 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
     ended = time.perf_counter()
     seconds = ended - started
     scoring = float(counts.get("scoring_seconds", ended - scoring_started))
+    trees = counts.get("trees") or trees or TreesUsed("lightgbm")
     ref = package.ref
     return {
         "input": str(job.input.spec),
@@ -359,6 +480,12 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
         "seconds": round(seconds, 3),
         "scoring_seconds": round(scoring, 3),
         "rows_per_s": round(counts["rows_in"] / scoring, 1) if scoring > 0 else None,
+        "trees": {
+            "evaluator": trees.evaluator,
+            "compile_seconds": round(trees.compile_seconds, 3),
+            "cached": trees.cached,
+            "reason": trees.reason,
+        },
         "model": {
             "name": ref.name,
             "version": str(ref.version),

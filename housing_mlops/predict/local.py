@@ -172,14 +172,17 @@ def _added(n: int, offset: int, ids: np.ndarray, preds: np.ndarray, ref: Any) ->
 
 def score_local(
     job: PredictJob, package: ModelPackage, lineage: dict[str, str], progress: Progress
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Score ``job`` in this process; return the counts (rows in, scored, rejected) and the
     seconds from the loaded model to the written output."""
     dataset, schema, total = open_input(job)
-    progress("loading the model (skops, fast-path check)", 0, None)
+    loading = "loading the model (skops, fast-path check)"
+    if package.trees == "compile":
+        loading += "; compiled trees (built once per model and machine, then cached)"
+    progress(loading, 0, None)
     # One batch per core, each with one tree-evaluation thread (see ``in_order``).
     workers = package.threads
-    model = dataclasses.replace(package, threads=1).load()
+    model, trees = dataclasses.replace(package, threads=1).load_for_scoring()
     scoring_started = time.perf_counter()
     ref = package.ref
     out_schema = schema.append(pa.field(PREDICTION, pa.float64()))
@@ -248,4 +251,6 @@ def score_local(
         "scored": scored,
         "rejected": rejected,
         "scoring_seconds": time.perf_counter() - scoring_started,
+        # Whether the compiled trees were really used (only asked for when "compile").
+        **({"trees": trees} if package.trees == "compile" else {}),
     }
