@@ -83,6 +83,13 @@ def _inject(root: Path, module: str, line: str) -> None:
             "Apache Spark is imported only by the Spark engine of housing predict",
             "housing_mlops.predict.local -> pyspark",
         ),
+        # Native code loaded outside predict.compiled.
+        (
+            "predict/local.py",
+            "import ctypes  # noqa",
+            "Native code (ctypes, the C compiler) is loaded and run only by predict.compiled",
+            "housing_mlops.predict.local -> ctypes",
+        ),
         # The shared input rules reaching up into the service that uses them.
         (
             "validation.py",
