@@ -39,3 +39,6 @@ _.collect  # serving.drift_collector
 
 # Context manager protocol: __exit__(exc_type, exc, tb).
 tb
+
+# store.LabelledRows: every joined column is part of the row a caller gets (label delay).
+_.received_at

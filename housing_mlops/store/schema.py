@@ -202,8 +202,6 @@ TABLES: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)",
 )
-# The tables, then the indexes (an index may name a column an old table gets added first).
-DDL: tuple[str, ...] = (*TABLES, *INDEXES)
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
