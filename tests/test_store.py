@@ -238,8 +238,9 @@ def test_labelled_rows_join_each_label_to_the_row_it_labels(tmp_path: Path) -> N
             "VALUES ('a', 0, 7.0, 51)"
         )
     conn.close()
-    with store.open_readonly(path) as readonly:
-        got = store.labelled_rows(readonly, since_ts=0.0, until_ts=50.0)
+    readonly = store.open_readonly(path)
+    assert readonly is not None
+    got = store.labelled_rows(readonly, since_ts=0.0, until_ts=50.0)
     assert len(got) == 3
     assert got.ts.tolist() == [10.0, 11.0, 12.0]
     assert got.model_version.tolist() == ["1", "1", "2"]
@@ -249,6 +250,7 @@ def test_labelled_rows_join_each_label_to_the_row_it_labels(tmp_path: Path) -> N
     assert got.shadow_version.tolist() == ["2", None, None]
     assert got.shadow_prediction[0] == 1.2 and np.isnan(got.shadow_prediction[1:]).all()
     assert len(store.labelled_rows(None)) == 0
+    readonly.close()
 
 
 def test_a_sqlite_log_that_cannot_take_rows_is_log_unavailable(tmp_path: Path) -> None:

@@ -55,6 +55,9 @@ STATEMENT_TIMEOUT_MS = 30_000
 # that no other application in the database uses: "hous" in ASCII).
 _SCHEMA_LOCK = 0x686F7573
 _PLACEHOLDER = re.compile(r"\?")
+#: What any failure of the database raises (for the store's modules, which do not import
+#: psycopg themselves).
+DatabaseError = psycopg.Error
 
 
 def _pg_type(kind: str) -> str:
