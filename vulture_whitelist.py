@@ -16,6 +16,7 @@ health  # GET /health
 ready  # GET /ready
 prometheus_metrics  # GET /metrics
 reload_model  # POST /model/reload
+feedback  # POST /feedback (serving.feedback) and the `housing feedback` command
 
 # pydantic: model settings and validators are read by the metaclass; response-model fields
 # are serialized by name.
@@ -39,3 +40,8 @@ _.collect  # serving.drift_collector
 
 # Context manager protocol: __exit__(exc_type, exc, tb).
 tb
+
+# Read by the callers of store.labelled_rows (live quality, the report); the DDL list is
+# the whole schema in creation order, kept for readers of store.schema.
+_.received_at
+DDL

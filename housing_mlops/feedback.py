@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from housing_mlops.store import FeedbackResult
 
 REQUIRED = ("request_id", "actual")
-OPTIONAL = ("row_index",)
 Progress = Callable[[str, int, int], None]
 
 

@@ -22,7 +22,6 @@ them per model version and role (``champion``, ``challenger`` for canary answers
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -39,10 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 BOOTSTRAP_SEED = 20260101
 #: Resampled row indices held in memory at once (chunks of bootstrap samples).
 _BOOTSTRAP_CELLS = 4_000_000
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if not math.isfinite(value) else float(value)
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
