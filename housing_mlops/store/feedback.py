@@ -5,9 +5,9 @@ classified as applied, unknown (no answered request row with that ``(request_id,
 row_index)``), duplicate (the row already has a label, or the item repeats an earlier one
 of the same batch) or invalid (an empty id, a negative row, a non-finite value), and the
 applied ones are written in ONE transaction on either backend. The items go into a
-temporary table in multi-row ``INSERT ... VALUES`` statements (1,000 rows each, the same
-SQL on SQLite and PostgreSQL), and one join classifies them and one ``INSERT ... SELECT``
-writes them: no query per item, so 100,000 labels take about a second.
+temporary table (multi-row ``INSERT ... VALUES`` of 1,000 rows on SQLite, one ``COPY`` on
+PostgreSQL), one join classifies them and one ``INSERT ... SELECT`` writes them: no query
+per item (100,000 labels: about 0.5 s on SQLite, 3 s on PostgreSQL, `make bench-feedback`).
 
 ``labelled_rows`` joins every label to the answered request row it labels: what live quality
 (``evaluate --live``, the report, the service's live-RMSE gauge) is computed from. The
@@ -381,15 +381,18 @@ def _classify_and_insert(
     progress: Callable[[str, int, int], None] | None,
 ) -> int:
     total = len(valid)
-    for start in range(0, total, _CHUNK):
-        chunk = valid[start : start + _CHUNK]
-        conn.execute(
-            "INSERT INTO feedback_in (request_id, row_index, actual, position) VALUES "  # noqa: S608 - placeholders only
-            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
-            [value for row in chunk for value in row],
-        )
-        if progress is not None:
-            progress("loading labels", min(start + _CHUNK, total), total)
+    if progress is not None:
+        progress("loading labels", 0, total)
+    if isinstance(conn, sqlite3.Connection):
+        for start in range(0, total, _CHUNK):
+            chunk = valid[start : start + _CHUNK]
+            conn.execute(
+                "INSERT INTO feedback_in (request_id, row_index, actual, position) VALUES "  # noqa: S608 - placeholders only
+                + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+                [value for row in chunk for value in row],
+            )
+    else:  # COPY: ten times faster than multi-row INSERTs through psycopg
+        conn.copy_rows("feedback_in", ("request_id", "row_index", "actual", "position"), valid)
     if progress is not None:
         progress("matching labels to logged requests", total, total)
     # The bad ones only (usually few): unknown rows, and rows that already have a label.

@@ -119,6 +119,15 @@ class PgConnection:
         with self._conn.cursor() as cur:
             cur.executemany(sql.encode(), rows)
 
+    def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Bulk-load ``rows`` with one ``COPY ... FROM STDIN`` (fixed names only)."""
+        names = ", ".join(f'"{c}"' for c in columns)
+        with self._conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def tables(self) -> set[str]:
         rows = self.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
