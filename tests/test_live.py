@@ -193,9 +193,7 @@ def test_canary_rows_are_compared_with_the_champion_rows_of_the_same_period(
     store.apply_feedback(location, [("early", 0, 1.0)], source="t", all_or_nothing=True)
     # The canary answers every other request (ts 5001, 5003, ... 5299).
     p1, y1 = _log_answers(location, served, range(0, 300, 2), version=1, role="champion", batch=1)
-    p2, y2 = _log_answers(
-        location, served, range(1, 300, 2), version=2, role="challenger", batch=1
-    )
+    p2, y2 = _log_answers(location, served, range(1, 300, 2), version=2, role="challenger", batch=1)
     conn = store.open_readonly(location)
     assert conn is not None
     rows = store.labelled_rows(conn)

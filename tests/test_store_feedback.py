@@ -86,7 +86,11 @@ def test_every_label_is_counted_by_reason_and_the_good_ones_applied(log: Any) ->
     result = store.apply_feedback(log, items, source="api", all_or_nothing=False)
     assert (result.applied, result.unknown, result.duplicate, result.invalid) == (2, 3, 2, 4)
     assert result.received == len(items) and not result.rejected
-    assert feedback_rows(log) == [("c", 0, 3.0, "seed"), ("a", 0, 1.5, "api"), ("b", 2, 4.25, "api")]
+    assert feedback_rows(log) == [
+        ("c", 0, 3.0, "seed"),
+        ("a", 0, 1.5, "api"),
+        ("b", 2, 4.25, "api"),
+    ]
     unknown = result.examples["unknown"]
     assert [(e["position"], e["request_id"]) for e in unknown] == [(2, "b"), (3, "bad"), (4, "zzz")]
     assert {e["reason"] for e in result.examples["duplicate"]} == {
@@ -116,9 +120,7 @@ def test_all_or_nothing_applies_nothing_when_one_label_is_bad(log: Any) -> None:
 
 
 def test_labelled_rows_join_each_label_to_its_request_row(log: Any) -> None:
-    store.apply_feedback(
-        log, [("b", 1, 9.5), ("a", 0, 1.25)], source="api", all_or_nothing=True
-    )
+    store.apply_feedback(log, [("b", 1, 9.5), ("a", 0, 1.25)], source="api", all_or_nothing=True)
     conn = store.open_readonly(log)
     try:
         rows = store.labelled_rows(conn)
