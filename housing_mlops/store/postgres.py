@@ -119,9 +119,7 @@ class PgConnection:
         with self._conn.cursor() as cur:
             cur.executemany(sql.encode(), rows)
 
-    def copy_rows(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Bulk-load ``rows`` with one ``COPY ... FROM STDIN`` (fixed names only)."""
         names = ", ".join(f'"{c}"' for c in columns)
         with self._conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
