@@ -55,7 +55,7 @@ def test_bootstrap_interval_is_reproducible_and_narrows_with_more_rows() -> None
     rmse = live.regression_metrics(y, p)["rmse"]
     small = live.bootstrap_rmse_ci(y[:100], p[:100], samples=500, confidence=0.95)
     large = live.bootstrap_rmse_ci(y, p, samples=500, confidence=0.95)
-    assert small is not None and large is not None
+    assert small is not None and large is not None and rmse is not None
     assert large[0] < rmse < large[1]
     assert (large[1] - large[0]) < (small[1] - small[0]) / 2
     assert live.bootstrap_rmse_ci(y, p, samples=500, confidence=0.95) == large  # seeded

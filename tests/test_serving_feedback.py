@@ -63,7 +63,7 @@ def client(tmp_path: Path, model: Any, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("HOUSING_FEEDBACK_TOKEN", TOKEN)
     app = create_app(_settings(tmp_path, tmp_path / "requests.db"), model["loaded"])
     with TestClient(app) as c:
-        c.log_path = tmp_path / "requests.db"  # type: ignore[attr-defined]
+        c.log_path = tmp_path / "requests.db"
         yield c
 
 

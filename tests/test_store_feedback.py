@@ -188,6 +188,7 @@ def test_100k_labels_in_one_call(log: Any, capsys: pytest.CaptureFixture[str]) -
     conn = store.open_readonly(log)
     assert conn is not None
     try:
-        assert conn.execute("SELECT count(*) FROM feedback").fetchone()[0] == n + 1
+        count = conn.execute("SELECT count(*) FROM feedback").fetchone()
+        assert count is not None and count[0] == n + 1
     finally:
         conn.close()
