@@ -107,7 +107,8 @@ def measure(name: str, location: Any, n: int, tmp: Path) -> dict[str, float]:
     wall, cpu, rss, code = run_cli(["feedback", str(csv), *common, "--json"])
     assert code == 0, f"housing feedback exited {code}"
     log(
-        f"{name}: housing feedback ({n:,} rows CSV): {wall:.2f} s wall, {cpu:.2f} s CPU, {rss:.0f} MB"
+        f"{name}: housing feedback ({n:,} rows CSV): {wall:.2f} s wall, {cpu:.2f} s CPU, "
+        f"{rss:.0f} MB"
     )
     live_wall, live_cpu, live_rss, code = run_cli(["evaluate", "--live", *common, "--json"])
     assert code == 0, f"housing evaluate --live exited {code}"
