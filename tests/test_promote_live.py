@@ -90,6 +90,11 @@ def test_to_challenger_uses_the_offline_gate(
     code, _, err = _cli(capsys, settings, "--to", "challenger")
     assert code == 5 and "Error: version 1 is already the challenger" in err
 
+    # The offline gate may also make the challenger champion: then it is no challenger.
+    code, out, err = _cli(capsys, settings, "--json")
+    assert code == 0 and out["version"] == "1", err
+    assert _aliases(settings) == {"champion": "1", "challenger": None, "previous-champion": "2"}
+
 
 def _live_settings(evaluated: Settings, tmp_path: Path, log: Any) -> Settings:
     """A registry copy with champion 2 and challenger 1, logging to ``log``."""

@@ -152,6 +152,7 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("no request_id", b'{"actual": 1.0}', "missing"),
     ("empty request_id", b'{"request_id": "", "actual": 1.0}', "string_too_short"),
     ("request_id a number", b'{"request_id": 7, "actual": 1.0}', "string_type"),
+    ("NUL in request_id", b'{"request_id": "a\\u0000b", "actual": 1.0}', "string_pattern_mismatch"),
     ("negative row", b'{"request_id": "a", "actual": 1.0, "row_index": -1}', "greater_than_equal"),
     ("row as float", b'{"request_id": "a", "actual": 1.0, "row_index": 1.5}', "int_type"),
     ("unknown field", b'{"request_id": "a", "actual": 1.0, "price": 2}', "extra_forbidden"),

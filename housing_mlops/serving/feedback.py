@@ -21,6 +21,8 @@ status  meaning
         applied, send it again later
 ======  ====================================================================================
 
+The body is checked before the token (413, 415, 422 first, as the OpenAPI schema says of a
+body that breaks it; the schema is public anyway); the token before the database is touched.
 The database write runs in a worker thread, so the event loop keeps answering /predict.
 """
 
@@ -49,7 +51,10 @@ class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     request_id: str = Field(
-        min_length=1, max_length=200, description="The request_id /predict returned."
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00]+$",  # PostgreSQL text cannot hold NUL
+        description="The request_id /predict returned.",
     )
     actual: float = Field(
         allow_inf_nan=False, description="The true value in $100k (finite), like predictions."
@@ -76,6 +81,23 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
+
+
+def _check_token(request: Request, env: str) -> Response | None:
+    """None when the Bearer token is right; else the 404 (off), 401 or 403 answer."""
+    token = os.environ.get(env, "")
+    if not token:
+        return _json(404, {"detail": f"feedback over HTTP is off: set {env} to enable it"})
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return _json(
+            401,
+            {"detail": "missing Bearer token (Authorization: Bearer <token>)"},
+            {"www-authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return _json(403, {"detail": "wrong feedback token"})
+    return None
 
 
 def mount_feedback(app: FastAPI, settings: Any) -> None:
@@ -116,19 +138,6 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
         },
     )
     async def feedback(request: Request) -> Response:
-        env = serve_cfg.feedback_token_env
-        token = os.environ.get(env, "")
-        if not token:
-            return _json(404, {"detail": f"feedback over HTTP is off: set {env} to enable it"})
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return _json(
-                401,
-                {"detail": "missing Bearer token (Authorization: Bearer <token>)"},
-                {"www-authenticate": "Bearer"},
-            )
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return _json(403, {"detail": "wrong feedback token"})
         content_type = request.headers.get("content-type", "")
         if not _is_json(content_type):
             got = content_type.split(";", 1)[0].strip() or "none"
@@ -172,6 +181,9 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
                 if entry["type"] == "extra_forbidden":
                     entry["msg"] = "unknown field; expected only request_id, actual, row_index"
             return _unprocessable(detail)
+        refused = _check_token(request, serve_cfg.feedback_token_env)
+        if refused is not None:
+            return refused
         labels = [(i.request_id, i.row_index, i.actual) for i in items]
         try:
             result = await asyncio.to_thread(
