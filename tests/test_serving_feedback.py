@@ -106,7 +106,7 @@ def test_labels_join_the_answered_requests(client: Any, model: Any) -> None:
         "/feedback",
         json=[
             {"request_id": one, "actual": 2.5},
-            {"request_id": batch, "row_index": 2, "actual": 1.75},
+            {"request_id": batch, "row_index": 2.0, "actual": 1.75},  # 2.0 is an integer
             {"request_id": batch, "row_index": 9, "actual": 1.0},  # no such row
             {"request_id": "never-seen", "actual": 1.0},
         ],
@@ -154,7 +154,9 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("request_id a number", b'{"request_id": 7, "actual": 1.0}', "string_type"),
     ("NUL in request_id", b'{"request_id": "a\\u0000b", "actual": 1.0}', "string_pattern_mismatch"),
     ("negative row", b'{"request_id": "a", "actual": 1.0, "row_index": -1}', "greater_than_equal"),
-    ("row as float", b'{"request_id": "a", "actual": 1.0, "row_index": 1.5}', "int_type"),
+    ("row as fraction", b'{"request_id": "a", "actual": 1.0, "row_index": 1.5}', "int_type"),
+    ("row as text", b'{"request_id": "a", "actual": 1.0, "row_index": "1"}', "int_type"),
+    ("row too big", b'{"request_id": "a", "actual": 1.0, "row_index": 1e20}', "less_than_equal"),
     ("unknown field", b'{"request_id": "a", "actual": 1.0, "price": 2}', "extra_forbidden"),
     ("a string", b'"a"', "model_type"),
     ("null", b"null", "model_type"),

@@ -82,9 +82,10 @@ def test_every_label_is_counted_by_reason_and_the_good_ones_applied(log: Any) ->
         ("b", 1, math.inf),  # invalid
         ("", 0, 1.0),  # invalid
         ("b", -1, 1.0),  # invalid
+        ("b", 2**63, 1.0),  # invalid: would overflow the column
     ]
     result = store.apply_feedback(log, items, source="api", all_or_nothing=False)
-    assert (result.applied, result.unknown, result.duplicate, result.invalid) == (2, 3, 2, 4)
+    assert (result.applied, result.unknown, result.duplicate, result.invalid) == (2, 3, 2, 5)
     assert result.received == len(items) and not result.rejected
     assert feedback_rows(log) == [
         ("c", 0, 3.0, "seed"),
@@ -103,6 +104,7 @@ def test_every_label_is_counted_by_reason_and_the_good_ones_applied(log: Any) ->
         "actual must be a finite number",
         "request_id must be a non-empty string",
         "row_index must be an integer >= 0",
+        "row_index must be at most 2147483647",
     ]
 
 

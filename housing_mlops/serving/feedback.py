@@ -32,17 +32,25 @@ import asyncio
 import hmac
 import logging
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from housing_mlops.errors import HousingError
 from housing_mlops.serving.schemas import format_errors
+from housing_mlops.store.feedback import MAX_ROW_INDEX
 
 log = logging.getLogger(__name__)
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer includes 3.0: take it as 3 (1.5, strings, booleans stay bad)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class FeedbackItem(BaseModel):
@@ -59,7 +67,9 @@ class FeedbackItem(BaseModel):
     actual: float = Field(
         allow_inf_nan=False, description="The true value in $100k (finite), like predictions."
     )
-    row_index: int = Field(0, ge=0, description="The row of a batch request (0: a single house).")
+    row_index: Annotated[int, BeforeValidator(_whole_number)] = Field(
+        0, ge=0, le=MAX_ROW_INDEX, description="The row of a batch request (0: a single house)."
+    )
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:

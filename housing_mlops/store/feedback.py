@@ -134,6 +134,9 @@ EXAMPLES_PER_REASON = 5
 #: SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement).
 _CHUNK = 1000
 _MAX_ID_LENGTH = 200
+#: The largest row_index taken (far beyond any batch; keeps the value an int in every
+#: database, where a larger Python int would overflow the column).
+MAX_ROW_INDEX = 2**31 - 1
 
 #: One label: (request_id, row_index, actual). Anything else is counted as invalid.
 FeedbackItem = tuple[Any, Any, Any]
@@ -190,6 +193,8 @@ def item_problem(request_id: Any, row_index: Any, actual: Any) -> str | None:
         return "request_id contains a NUL character"
     if isinstance(row_index, bool) or not isinstance(row_index, int) or row_index < 0:
         return "row_index must be an integer >= 0"
+    if row_index > MAX_ROW_INDEX:
+        return f"row_index must be at most {MAX_ROW_INDEX}"
     if isinstance(actual, bool) or not isinstance(actual, int | float):
         return "actual must be a number"
     if not math.isfinite(float(actual)):
