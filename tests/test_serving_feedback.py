@@ -221,3 +221,39 @@ def test_a_database_outage_is_503_and_nothing_is_applied(
         # Back up: the same label is applied (nothing was half-written before).
         r = c.post("/feedback", json={"request_id": "known", "actual": 1.0}, headers=AUTH)
         assert r.status_code == 200 and r.json()["applied"] == 1
+
+
+def test_feedback_over_real_http_while_predictions_keep_flowing(
+    tmp_path: Path, model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On uvicorn: a batch answered by /predict, labelled by POST /feedback (labels that
+    arrive before the row is flushed are unknown and can be sent again)."""
+    import httpx
+    from helpers import ServerThread
+
+    monkeypatch.setenv("HOUSING_FEEDBACK_TOKEN", TOKEN)
+    log_path = tmp_path / "requests.db"
+    app = create_app(_settings(tmp_path, log_path), model["loaded"])
+    houses = [{k: float(v) for k, v in model["X"].iloc[i].items()} for i in range(3)]
+    with ServerThread(app) as server, httpx.Client(base_url=server.base, timeout=10) as http:
+        answer = http.post("/predict", json={"instances": houses}).json()
+        labels = [
+            {"request_id": answer["request_id"], "row_index": i, "actual": 1.0 + i}
+            for i in range(3)
+        ]
+
+        def labelled() -> bool:
+            r = http.post("/feedback", json=labels, headers=AUTH)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["applied"] + body["unknown"] + body["duplicate"] == 3
+            return bool(body["duplicate"] == 3)  # every row labelled (now or before)
+
+        wait_until(labelled, 10, "the labels to be applied")
+        assert http.post("/predict", json=houses[0]).status_code == 200
+    conn = store.open_readonly(log_path)
+    assert conn is not None
+    rows = store.labelled_rows(conn)
+    conn.close()
+    assert rows.actual.tolist() == [1.0, 2.0, 3.0]
+    assert rows.prediction.tolist() == pytest.approx(answer["predictions"])

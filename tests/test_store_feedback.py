@@ -194,3 +194,30 @@ def test_100k_labels_in_one_call(log: Any, capsys: pytest.CaptureFixture[str]) -
         assert count is not None and count[0] == n + 1
     finally:
         conn.close()
+
+
+def test_writers_labelling_the_same_rows_at_once_apply_each_label_once(log: Any) -> None:
+    """Four writers send the same 2,000 labels at the same moment: each row is labelled
+    once, the others count it as a duplicate, nobody fails."""
+    import threading
+
+    n = 2000
+    write_rows(log, [_answered(f"w{i}", ts=3000.0 + i) for i in range(n)])
+    items = [(f"w{i}", 0, float(i)) for i in range(n)]
+    results: list[Any] = []
+    start = threading.Barrier(4)
+
+    def send() -> None:
+        start.wait()
+        results.append(store.apply_feedback(log, items, source="race", all_or_nothing=False))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4
+    assert sum(r.applied for r in results) == n
+    assert sum(r.duplicate for r in results) == 3 * n
+    assert all(r.unknown == 0 and r.invalid == 0 for r in results)
+    assert len(feedback_rows(log)) == n + 1
