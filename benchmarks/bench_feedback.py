@@ -7,7 +7,9 @@ For each backend (SQLite, and PostgreSQL in a throwaway cluster from bench_drift
 - ``housing feedback labels.csv`` in a fresh process (reading the file, checking every row,
   the transaction; the labels are removed first so it applies them again);
 - ``housing evaluate --live --json`` (labelled rows read, RMSE/MAE/R² per version and role,
-  bootstrap intervals with promote.bootstrap_samples resamples, the paired comparison).
+  bootstrap intervals with promote.bootstrap_samples resamples, the paired comparison);
+- ``POST /feedback`` through the app (TestClient, in process): 200 requests of one label,
+  then one of 100 labels (each request opens its own connection to the log).
 
 Prints one line per measurement and a last ``bench-feedback: key=value ...`` line. Timings
 are printed, never asserted (there is no pass/fail here).
@@ -116,11 +118,63 @@ def measure(name: str, location: Any, n: int, tmp: Path) -> dict[str, float]:
         f"{name}: housing evaluate --live ({n:,} labelled rows, 2 groups + 1 paired comparison, "
         f"1000 resamples): {live_wall:.2f} s wall, {live_cpu:.2f} s CPU, {live_rss:.0f} MB"
     )
+    single_p50, single_p95, batch_ms = api_latency(location, ids, tmp / name)
+    log(
+        f"{name}: POST /feedback one label p50 {single_p50:.1f} ms, p95 {single_p95:.1f} ms; "
+        f"100 labels {batch_ms:.1f} ms"
+    )
     return {
+        f"{name}_api_single_p50_ms": single_p50,
+        f"{name}_api_batch100_ms": batch_ms,
         f"{name}_apply_s": in_process,
         f"{name}_cli_feedback_s": wall,
         f"{name}_evaluate_live_s": live_wall,
     }
+
+
+def api_latency(location: Any, ids: list[str], tmp: Path) -> tuple[float, float, float]:
+    """POST /feedback latencies in ms: (p50, p95 of 200 single labels, one of 100 labels)."""
+    import logging
+    import os
+    import statistics
+
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from housing_mlops.config import load_config
+    from housing_mlops.serving.app import create_app
+
+    clear_labels(location)
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    config["serve"].update({"request_log": str(location), "reload_interval_s": 0})
+    config["serve"]["spool_dir"] = str(tmp / "spool")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = load_config(tmp / "config.yaml")
+    os.environ[settings.serve.feedback_token_env] = "bench"
+    logging.getLogger("housing_mlops").setLevel(logging.CRITICAL)  # no model: not needed here
+
+    def no_model(version: str | None) -> Any:
+        raise RuntimeError("no model in this benchmark")
+
+    app = create_app(settings, None, loader=no_model, alias_version=lambda: None)
+    auth = {"authorization": "Bearer bench"}
+    times = []
+    with TestClient(app) as client:
+        for request_id in ids[:200]:
+            started = time.perf_counter()
+            r = client.post(
+                "/feedback", json={"request_id": request_id, "actual": 1.0}, headers=auth
+            )
+            times.append((time.perf_counter() - started) * 1000)
+            assert r.status_code == 200 and r.json()["applied"] == 1, r.text
+        batch = [{"request_id": i, "actual": 1.0} for i in ids[200:300]]
+        started = time.perf_counter()
+        r = client.post("/feedback", json=batch, headers=auth)
+        batch_ms = (time.perf_counter() - started) * 1000
+        assert r.json()["applied"] == 100, r.text
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1], batch_ms
 
 
 def main() -> None:
