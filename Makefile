@@ -77,6 +77,13 @@ bench-drift-pg: $(STAMP)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py $(BENCH_SERVE_ARGS)
 
+# Ground truth in bulk: 100,000 labels through store.apply_feedback and `housing feedback
+# FILE`, then `housing evaluate --live` on them, on SQLite and PostgreSQL (a throwaway
+# cluster, or BENCH_FEEDBACK_ARGS="--pg-url URL"; "--no-pg", "--rows N").
+.PHONY: bench-feedback
+bench-feedback: $(STAMP)
+	$(BIN)/python benchmarks/bench_feedback.py $(BENCH_FEEDBACK_ARGS)
+
 # `housing predict` on 1,000,000 rows (the test split resampled): the local engine's rows/s
 # and peak RSS (targets >= 100,000 rows/s, <= 1 GB) vs mlflow.pyfunc's predict on the same
 # file, and the Spark engine vs mlflow.pyfunc.spark_udf on local[2] (needs the spark extra:

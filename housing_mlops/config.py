@@ -128,6 +128,12 @@ class PromoteConfig(_Section):
     min_r2: float = 0.85
     # The candidate must beat the champion by at least this much of the metric.
     min_improvement: float = Field(0.0, ge=0)
+    # The live gate (`housing promote --from-live`): labelled rows the challenger needs,
+    # the confidence of the bootstrap interval of RMSE_challenger - RMSE_champion (its
+    # upper end must be < 0) and the number of bootstrap resamples (also `evaluate --live`).
+    min_live_rows: int = Field(200, ge=1)
+    live_confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100)
 
 
 class ServeConfig(_Section):
@@ -145,6 +151,8 @@ class ServeConfig(_Section):
     log_queue_size: int = Field(100_000, ge=1)
     reload_interval_s: float = Field(30.0, ge=0)
     reload_token_env: str = "HOUSING_RELOAD_TOKEN"  # noqa: S105 - a variable name, not a secret
+    # The Bearer token of POST /feedback is read from this variable (unset: endpoint off).
+    feedback_token_env: str = "HOUSING_FEEDBACK_TOKEN"  # noqa: S105 - a variable name
     microbatch_window_ms: float = Field(1.0, ge=0)
     microbatch_max_rows: int = Field(256, ge=1)
     predictor_threads: int = Field(1, ge=1)

@@ -21,12 +21,27 @@ values, dry_run, promoted, ...); a refusal raises ``GateRejected`` carrying that
 as its ``payload``. Newer registered versions that were never evaluated are not candidates:
 ``unevaluated_newer_versions`` lists them and the reason says so, so a dry run does not
 silently judge an old batch.
+
+``promote(settings, to="challenger")`` moves the ``challenger`` alias instead, through the
+same gate (the service then runs it in shadow or canary); without ``--version`` the
+candidate is the best evaluated version of the latest training (``train_batch``) that is
+not the champion.
+
+``promote_from_live`` is the live gate (``housing promote --from-live``): the challenger
+becomes champion only with at least ``promote.min_live_rows`` labelled rows compared with
+the champion on comparable rows (paired on shadowed rows, else its canary answers against
+the champion's of the same period, see ``live``), and only when the upper end of the
+``promote.live_confidence`` bootstrap interval of ``RMSE_challenger - RMSE_champion`` is
+below zero. The decision and its evidence go into tags on both versions either way
+(``live_decision``); a promotion moves ``champion`` to the challenger, the old champion to
+``previous-champion`` and removes ``challenger``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -158,6 +173,16 @@ def _history_tag(ref: ModelRef, entry: dict[str, Any]) -> str:
     return json.dumps(history[-HISTORY_LIMIT:], separators=(",", ":"))
 
 
+def _latest_batch_pool(
+    refs: list[ModelRef], champion_version: str | None
+) -> tuple[str | None, list[ModelRef]]:
+    """(the newest version's train_batch, its evaluated versions that are not the champion)."""
+    newest = max(refs, key=lambda r: int(r.version))
+    batch = newest.tags.get("train_batch")
+    same = [r for r in refs if r.tags.get("train_batch") == batch] if batch else [newest]
+    return batch, [r for r in same if _evaluated(r) and r.version != champion_version]
+
+
 def _label(ref: ModelRef) -> str:
     return f"version {ref.version} ({ref.tags.get('candidate', '?')})"
 
@@ -205,14 +230,19 @@ def _rollback(settings: Settings, dry_run: bool) -> dict[str, Any]:
     return result
 
 
+TARGETS = ("champion", "challenger")
+
+
 def promote(
     settings: Settings,
     version: int | None = None,
     dry_run: bool = False,
     force: bool = False,
     rollback: bool = False,
+    to: str = "champion",
 ) -> dict[str, Any]:
-    """Move ``champion`` to the best evaluated candidate if the gate passes.
+    """Move ``champion`` (or ``challenger``, ``to``) to the best evaluated candidate if
+    the gate passes.
 
     Raises GateRejected (exit 6) when the gate says no, with the decision object (the
     dict a success returns, ``promoted`` false) as its payload; ModelError when there is
@@ -220,9 +250,11 @@ def promote(
     """
     from housing_mlops import registry
 
+    if to not in TARGETS:
+        raise UsageError(f"--to takes champion or challenger, not {to!r}")
     if rollback:
-        if version is not None or force:
-            raise UsageError("--rollback cannot be combined with --version or --force")
+        if version is not None or force or to != "champion":
+            raise UsageError("--rollback cannot be combined with --version, --force or --to")
         return _rollback(settings, dry_run)
     if force and version is None:
         raise UsageError("--force needs --version N: the override is for one chosen version")
@@ -232,7 +264,21 @@ def promote(
         raise ModelError("no trained model versions: run `housing train` first")
     champion_version = registry.get_alias_version(settings, registry.CHAMPION)
     champion = next((r for r in refs if r.version == champion_version), None)
+    challenger_version = registry.get_alias_version(settings, registry.CHALLENGER)
     metric = settings.promote.metric
+
+    if to == "challenger":
+        if version is None:
+            batch, pool = _latest_batch_pool(refs, champion_version)
+            if not pool:
+                which = f" (train_batch {batch})" if batch else ""
+                raise ModelError(
+                    f"no evaluated candidate of the latest training{which} besides the "
+                    "champion: run `housing evaluate --all` (or `housing train` first)"
+                )
+            version = int(_best(pool, metric).version)
+        if str(version) == challenger_version:
+            raise ModelError(f"version {version} is already the challenger")
 
     if version is not None:
         candidate = next((r for r in refs if r.version == str(version)), None)
@@ -279,6 +325,7 @@ def promote(
     reason = "; ".join([decision.reason, *(f"note: {n}" for n in notes)])
     result: dict[str, Any] = {
         "action": "force" if force else "gate",
+        "target": to,
         "version": candidate.version,
         "candidate": candidate.tags.get("candidate"),
         "metric": f"holdout_{metric}",
@@ -287,6 +334,7 @@ def promote(
         "gate_passed": decision.passed,
         "reason": reason,
         "champion_before": champion_version,
+        "challenger_before": challenger_version,
         "dry_run": dry_run,
         "decision": asdict(decision),
         "unevaluated_newer_versions": unevaluated,
@@ -295,12 +343,15 @@ def promote(
     if not decision.passed and not force:
         against = f" against champion version {champion_version}" if champion else ""
         prefix = "dry run: " if dry_run else ""
+        target = " to challenger" if to == "challenger" else ""
         raise GateRejected(
-            f"{prefix}{_label(candidate)} not promoted{against}: {reason}",
+            f"{prefix}{_label(candidate)} not promoted{target}{against}: {reason}",
             payload={**result, "promoted": False, "champion_after": champion_version},
         )
     if dry_run:
         return {**result, "promoted": False, "champion_after": champion_version}
+    if to == "challenger":
+        return _set_challenger(settings, candidate, decision, force, result)
 
     now = iso_utc()
     if champion_version is not None:
@@ -325,9 +376,211 @@ def promote(
             }
         )
     registry.set_version_tags(settings, candidate.version, tags)
+    if challenger_version == candidate.version:  # the challenger made it by the offline gate
+        registry.delete_alias(settings, registry.CHALLENGER)
     return {
         **result,
         "promoted": True,
         "champion_after": candidate.version,
         "previous_champion_after": champion_version,
+    }
+
+
+def _set_challenger(
+    settings: Settings,
+    candidate: ModelRef,
+    decision: Decision,
+    force: bool,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    from housing_mlops import registry
+
+    now = iso_utc()
+    kind = "challenger-force" if force else "challenger"
+    registry.set_alias(settings, registry.CHALLENGER, candidate.version)
+    tags: dict[str, Any] = {
+        "challenger_at": now,
+        "challenger_reason": decision.reason[:500],
+        "promotion_history": _history_tag(
+            candidate,
+            {"at": now, "kind": kind, "replaced": result["challenger_before"]},
+        ),
+    }
+    if force:
+        tags.update(
+            {
+                "promoted_by_force": "true",
+                "forced_at": now,
+                "forced_gate_result": "passed" if decision.passed else "rejected",
+            }
+        )
+    registry.set_version_tags(settings, candidate.version, tags)
+    return {
+        **result,
+        "promoted": True,
+        "champion_after": result["champion_before"],
+        "challenger_after": candidate.version,
+    }
+
+
+# ------------------------------------------------------------------------ live gate
+@dataclass(frozen=True)
+class LiveDecision:
+    passed: bool
+    reason: str
+    evidence: dict[str, Any] | None
+
+
+def should_promote_live(
+    comparisons: list[dict[str, Any]], promote_cfg: PromoteConfig
+) -> LiveDecision:
+    """The live gate over ``live.compare``'s comparisons of challenger and champion.
+
+    The evidence is the paired comparison (shadowed rows) when it has at least
+    ``min_live_rows`` rows, else the unpaired canary one when that has; the challenger
+    passes when the upper end of the ``live_confidence`` interval of
+    ``RMSE_challenger - RMSE_champion`` is below zero.
+    """
+    need = promote_cfg.min_live_rows
+    by_kind = {c["kind"]: c for c in comparisons}
+    evidence = next(
+        (by_kind[k] for k in ("paired", "unpaired") if k in by_kind and by_kind[k]["rows"] >= need),
+        None,
+    )
+    if evidence is None:
+        paired = by_kind.get("paired", {}).get("rows", 0)
+        canary = by_kind.get("unpaired", {}).get("rows", 0)
+        return LiveDecision(
+            False,
+            f"too few labelled rows: {paired} shadowed and {canary} canary rows of the "
+            f"challenger, need promote.min_live_rows {need} of either (send true values "
+            "with POST /feedback or `housing feedback FILE`)",
+            by_kind.get("paired") or by_kind.get("unpaired"),
+        )
+    from housing_mlops.live import summary_line
+
+    ci = evidence["difference_ci"]
+    confidence = promote_cfg.live_confidence
+    line = summary_line(evidence, confidence)
+    rule = (
+        f"rule: the upper end of the {confidence:.0%} bootstrap interval of "
+        "RMSE_challenger - RMSE_champion must be < 0"
+    )
+    if ci is not None and ci[1] < 0:
+        return LiveDecision(True, f"{line} ({rule})", evidence)
+    return LiveDecision(False, f"not better: {line} ({rule})", evidence)
+
+
+def promote_from_live(
+    settings: Settings, dry_run: bool = False, since: str | None = None
+) -> dict[str, Any]:
+    """Make the challenger champion when its live RMSE beats the champion's.
+
+    Raises GateRejected (exit 6) when there is no challenger or champion, too few
+    labelled rows, or the challenger is not better with the configured confidence; the
+    payload is the decision object with its evidence.
+    """
+    from housing_mlops import registry
+    from housing_mlops.drift.window import parse_when
+    from housing_mlops.live import compare, read_labelled
+
+    cfg = settings.promote
+    champion = registry.get_alias_version(settings, registry.CHAMPION)
+    challenger = registry.get_alias_version(settings, registry.CHALLENGER)
+    result: dict[str, Any] = {
+        "action": "live",
+        "target": "champion",
+        "version": challenger,
+        "champion_before": champion,
+        "challenger_before": challenger,
+        "dry_run": dry_run,
+        "min_live_rows": cfg.min_live_rows,
+        "confidence": cfg.live_confidence,
+        "bootstrap_samples": cfg.bootstrap_samples,
+        "evidence": None,
+        "comparisons": [],
+        "gate_passed": False,
+    }
+    prefix = "dry run: " if dry_run else ""
+
+    def refuse(reason: str) -> GateRejected:
+        return GateRejected(
+            f"{prefix}{reason}",
+            payload={**result, "reason": reason, "promoted": False, "champion_after": champion},
+        )
+
+    if challenger is None:
+        raise refuse(
+            f"no challenger: no version has the alias '{registry.CHALLENGER}' (run "
+            "`housing promote --to challenger` and serve it in shadow or canary first)"
+        )
+    if champion is None:
+        raise refuse(
+            f"no champion to compare challenger version {challenger} with: run "
+            f"`housing promote --version {challenger}` to promote it on its holdout metrics"
+        )
+    since_ts = parse_when(since, time.time(), "--since") if since is not None else None
+    rows = read_labelled(settings, since_ts)
+    comparisons = compare(
+        rows, champion, challenger, samples=cfg.bootstrap_samples, confidence=cfg.live_confidence
+    )
+    decision = should_promote_live(comparisons, cfg)
+    reason = f"challenger version {challenger} vs champion version {champion}: {decision.reason}"
+    result.update(
+        {
+            "comparisons": comparisons,
+            "evidence": decision.evidence,
+            "gate_passed": decision.passed,
+            "reason": reason,
+        }
+    )
+    now = iso_utc()
+    record = json.dumps(
+        {
+            "at": now,
+            "passed": decision.passed,
+            "champion": champion,
+            "challenger": challenger,
+            "reason": decision.reason[:300],
+            "evidence": decision.evidence,
+        },
+        separators=(",", ":"),
+        default=float,
+    )
+    if not decision.passed:
+        if not dry_run:
+            registry.set_version_tags(
+                settings, challenger, {"live_decision": record, "live_decision_at": now}
+            )
+        raise refuse(reason)
+    if dry_run:
+        return {**result, "promoted": False, "champion_after": champion}
+
+    ref = registry.resolve(settings, version=int(challenger))
+    registry.set_alias(settings, registry.PREVIOUS_CHAMPION, champion)
+    registry.set_alias(settings, registry.CHAMPION, challenger)
+    registry.delete_alias(settings, registry.CHALLENGER)
+    registry.set_version_tags(
+        settings, champion, {"demoted_at": now, "live_decision": record, "live_decision_at": now}
+    )
+    registry.set_version_tags(
+        settings,
+        challenger,
+        {
+            "promoted_at": now,
+            "promotion_kind": "live",
+            "promotion_reason": decision.reason[:500],
+            "live_decision": record,
+            "live_decision_at": now,
+            "promotion_history": _history_tag(
+                ref, {"at": now, "kind": "live", "replaced": champion}
+            ),
+        },
+    )
+    return {
+        **result,
+        "promoted": True,
+        "champion_after": challenger,
+        "previous_champion_after": champion,
+        "challenger_after": None,
     }

@@ -532,3 +532,46 @@ def spooled_rows(directory: Path) -> int:
         finally:
             conn.close()
     return total
+
+
+# ------------------------------------------------------------- request-log rows (typed)
+def answered_row(
+    request_id: str,
+    row_index: int = 0,
+    *,
+    ts: float = 1000.0,
+    version: str = "1",
+    prediction: float = 2.0,
+    role: str | None = "champion",
+    shadow_version: str | None = None,
+    shadow_prediction: float | None = None,
+) -> Any:
+    """An answered (status 200) request-log row, as ``store.LoggedRequest``."""
+    from housing_mlops.store import LoggedRequest
+
+    return LoggedRequest(
+        ts=ts,
+        request_id=request_id,
+        row_index=row_index,
+        model_name="m",
+        model_version=version,
+        features=[1.0] * 8,
+        prediction=prediction,
+        latency_ms=1.0,
+        status=200,
+        role=role,
+        shadow_version=shadow_version,
+        shadow_prediction=shadow_prediction,
+    )
+
+
+def write_log_rows(location: Any, rows: list[Any]) -> None:
+    """``LoggedRequest`` rows into the log at ``location`` (SQLite path or URL) in one
+    transaction, through the store's sink (what the service's writer uses)."""
+    from housing_mlops import store
+
+    sink = store.open_sink(location)
+    try:
+        sink.write([store.row_values(r) for r in rows])
+    finally:
+        sink.close()

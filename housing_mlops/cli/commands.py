@@ -92,21 +92,56 @@ def evaluate(
         int | None, typer.Option("--version", metavar="N", min=1, help="Model version.")
     ] = None,
     all_versions: Annotated[bool, typer.Option("--all", help="Every version.")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Live quality instead: RMSE, MAE, R² per served version and role on the "
+            "logged requests that have true values (POST /feedback, `housing feedback`).",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="With --live: requests since 30m, 12h, 7d, 2w or an ISO-8601 time.",
+            show_default="every labelled request",
+        ),
+    ] = None,
+    request_log: RequestLogOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Holdout metrics, slices, plots and behavioural checks for registered versions."""
-    from housing_mlops.cli import render
-    from housing_mlops.evaluate import evaluate as evaluate_versions
-    from housing_mlops.output import StageProgress
+    """Holdout metrics, slices, plots and behavioural checks for registered versions.
 
-    settings = state(ctx).settings()
-    with StageProgress("evaluate") as progress:
-        rows = evaluate_versions(
-            settings, version=version, all_versions=all_versions, progress=progress
-        )
-    render.emit(rows, as_json, render.evaluate_tables)
+    With --live: live RMSE (with its bootstrap interval), MAE and R² per model version and
+    role on the labelled requests, and challenger vs champion on the same rows. No
+    labelled request yet is not an error: it says so, exit 0.
+    """
+    from housing_mlops.cli import render
+    from housing_mlops.errors import UsageError
+
+    if not live:
+        if since is not None or request_log is not None:
+            raise UsageError("--since and --request-log go with --live")
+        from housing_mlops.evaluate import evaluate as evaluate_versions
+        from housing_mlops.output import StageProgress
+
+        settings = state(ctx).settings()
+        with StageProgress("evaluate") as progress:
+            rows = evaluate_versions(
+                settings, version=version, all_versions=all_versions, progress=progress
+            )
+        render.emit(rows, as_json, render.evaluate_tables)
+        return
+    if version is not None or all_versions:
+        raise UsageError("--live judges every served version: drop --version/--all")
+    from housing_mlops.live import live_quality
+
+    result = live_quality(state(ctx).settings(request_log), since)
+    render.emit(result, as_json, render.live_quality_tables)
 
 
 # ------------------------------------------------------------------------- promote
@@ -121,18 +156,94 @@ def promote(
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Swap champion and previous-champion.")
     ] = False,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="champion|challenger",
+            help="The alias to move. challenger: the best evaluated candidate of the latest "
+            "training (or --version N), through the same gate.",
+        ),
+    ] = "champion",
+    from_live: Annotated[
+        bool,
+        typer.Option(
+            "--from-live",
+            help="Make the challenger champion if its live RMSE beats the champion's on "
+            "comparable labelled rows (promote.min_live_rows, promote.live_confidence).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Move the `champion` alias to the best evaluated candidate if it passes the gate."""
-    from housing_mlops.cli import render
-    from housing_mlops.promote import promote as promote_version
+    """Move the `champion` alias to the best evaluated candidate if it passes the gate.
 
-    result = promote_version(
-        state(ctx).settings(), version=version, dry_run=dry_run, force=force, rollback=rollback
-    )
+    Exit codes: 0 promoted (or would be, --dry-run), 2 conflicting options, 5 nothing to
+    promote or an unknown version, 6 a gate refused (offline, or with --from-live: no
+    challenger, too few labelled rows, or not better with the configured confidence).
+    """
+    from housing_mlops.cli import render
+
+    settings = state(ctx).settings()
+    if from_live:
+        from housing_mlops.errors import UsageError
+        from housing_mlops.promote import promote_from_live
+
+        if version is not None or force or rollback or to != "champion":
+            raise UsageError(
+                "--from-live cannot be combined with --version, --force, --rollback or --to"
+            )
+        result = promote_from_live(settings, dry_run=dry_run)
+    else:
+        from housing_mlops.promote import promote as promote_version
+
+        result = promote_version(
+            settings, version=version, dry_run=dry_run, force=force, rollback=rollback, to=to
+        )
     render.emit(result, as_json, render.promote_summary)
+
+
+# ------------------------------------------------------------------------ feedback
+@app.command()
+def feedback(
+    ctx: typer.Context,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="CSV or Parquet with columns request_id, actual ($100k) and optional row_index.",
+            show_default=False,
+        ),
+    ],
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Apply the good rows and report the bad ones (default: any bad row, nothing "
+            "applied).",
+        ),
+    ] = False,
+    request_log: RequestLogOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Store true values for logged requests from a file, in one transaction.
+
+    Bad rows: unknown (no answered request with that request_id and row_index), duplicate
+    (labelled already, or twice in the file), invalid (empty id, negative row_index,
+    non-finite actual). Exit codes: 0 applied, 3 no request log or it cannot be written,
+    4 a bad file, or any bad row without --skip-bad (nothing applied).
+    """
+    from housing_mlops.cli import render
+    from housing_mlops.feedback import apply_feedback_file
+    from housing_mlops.output import StageProgress
+
+    settings = state(ctx).settings(request_log)
+    with StageProgress("feedback") as progress:
+        result = apply_feedback_file(settings, path, skip_bad=skip_bad, progress=progress)
+    render.emit(result, as_json, render.feedback_summary)
 
 
 # --------------------------------------------------------------------------- serve

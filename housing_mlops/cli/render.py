@@ -169,12 +169,98 @@ def evaluate_tables(rows: list[Row]) -> None:
         )
 
 
+def _ci(pair: list[float] | None) -> str | None:
+    return None if not pair else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
+
+
+def live_quality_tables(result: Row) -> None:
+    """``evaluate --live``: one row per version and role, then the comparisons."""
+    window = f"since {result['since']}" if result["since"] else "all time"
+    if not result["labelled_rows"]:
+        stdout.print(
+            f"No labelled requests in {result['request_log']} ({window}): send true values "
+            "with POST /feedback or `housing feedback FILE`, then run this again.",
+            highlight=False,
+            markup=False,
+        )
+        return
+    level = f"{result['confidence']:.0%}"
+    rows = [
+        {
+            "version": m["model_version"],
+            "role": m["role"],
+            "rows": m["rows"],
+            "rmse": m["rmse"],
+            f"rmse {level} CI": _ci(m["rmse_ci"]),
+            "mae": m["mae"],
+            "r2": m["r2"],
+            "last request": m["last_ts"],
+        }
+        for m in result["models"]
+    ]
+    print_table(
+        rows,
+        ["version", "role", "rows", "rmse", f"rmse {level} CI", "mae", "r2", "last request"],
+        title=f"housing evaluate --live: {result['labelled_rows']} labelled rows ({window}; "
+        f"bootstrap of {result['bootstrap_samples']})",
+    )
+    if result["comparisons"]:
+        comparisons = [
+            {
+                "champion": c["champion_version"],
+                "challenger": c["challenger_version"],
+                "rows": c["kind"] == "paired"
+                and f"{c['rows']} shadowed (same rows)"
+                or f"{c['rows']} canary vs {c['champion_rows']}",
+                "champion rmse": c["champion_rmse"],
+                "challenger rmse": c["challenger_rmse"],
+                "difference": c["difference"],
+                f"{level} CI": _ci(c["difference_ci"]),
+            }
+            for c in result["comparisons"]
+        ]
+        print_table(
+            comparisons,
+            [
+                "champion",
+                "challenger",
+                "rows",
+                "champion rmse",
+                "challenger rmse",
+                "difference",
+                f"{level} CI",
+            ],
+            title="challenger vs champion (difference = challenger - champion; < 0 is better)",
+        )
+
+
+# ------------------------------------------------------------------------ feedback
+def feedback_summary(result: Row) -> None:
+    pairs: dict[str, Any] = {
+        "file": result["file"],
+        "request log": result["request_log"],
+        "rows": result["received"],
+        "applied": result["applied"],
+        "unknown": result["unknown"],
+        "duplicate": result["duplicate"],
+        "invalid": result["invalid"],
+        "seconds": result["seconds"],
+    }
+    for reason, examples in result["examples"].items():
+        for example in examples[:3]:
+            pairs[f"{reason}: row {example['position'] + 1}"] = (
+                f"{example['request_id']} [{example['row_index']}]: {example['reason']}"
+            )
+    print_kv(pairs, title="housing feedback")
+
+
 # ------------------------------------------------------------------------- promote
 def promote_summary(result: Row) -> None:
+    target = result.get("target", "champion")
     if result["dry_run"]:
-        outcome = f"dry run: version {result['version']} would become champion"
+        outcome = f"dry run: version {result['version']} would become {target}"
     else:
-        outcome = f"version {result['version']} is now champion"
+        outcome = f"version {result['version']} is now {target}"
     pairs = {
         "result": outcome,
         "action": result["action"],
@@ -186,6 +272,20 @@ def promote_summary(result: Row) -> None:
         "champion before": result.get("champion_before"),
         "previous-champion now": result.get("previous_champion_after"),
     }
+    if target == "challenger" or result.get("action") == "live":
+        pairs["challenger before"] = result.get("challenger_before")
+    evidence = result.get("evidence")
+    if evidence:
+        ci = evidence.get("difference_ci")
+        pairs.update(
+            {
+                "live evidence": f"{evidence['kind']}, {evidence['rows']} rows",
+                "challenger live RMSE": evidence.get("challenger_rmse"),
+                "champion live RMSE": evidence.get("champion_rmse"),
+                "difference": evidence.get("difference"),
+                f"{result['confidence']:.0%} CI": f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else None,
+            }
+        )
     if "metric" in result:
         pairs.update(
             {

@@ -5,7 +5,8 @@ working directory) and a local artifact folder (``mlruns/artifacts``), so nothin
 server. ``mlflow.tracking_uri`` in the config or ``MLFLOW_TRACKING_URI`` points at a real
 tracking server instead (``http(s)://...``); an unreachable server is a ``ModelError``.
 
-Models are addressed by registry *aliases* (``champion``, ``previous-champion``), never
+Models are addressed by registry *aliases* (``champion``, ``challenger``,
+``previous-champion``), never
 by the deprecated stages.
 
 The package: ``registry.connection`` (tracking URI, client, errors), ``registry.read``
@@ -20,6 +21,7 @@ from housing_mlops.registry.connection import (
     tracking_uri,
 )
 from housing_mlops.registry.read import (
+    CHALLENGER,
     CHAMPION,
     MODEL_ARTIFACT,
     MODEL_FILE,
@@ -44,6 +46,7 @@ from housing_mlops.registry.write import (
 )
 
 __all__ = [
+    "CHALLENGER",
     "CHAMPION",
     "MODEL_ARTIFACT",
     "MODEL_FILE",

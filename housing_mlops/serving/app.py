@@ -19,6 +19,9 @@ Status codes of ``/predict`` (bad input never gives a 500):
 token, 403 with a wrong one, 409 when a ``--model-version`` is pinned, 200 with the
 result, 500 when loading the new version failed (the old one keeps serving).
 
+``POST /feedback`` (true values for answered requests) is mounted from ``serving.feedback``,
+which documents its status codes.
+
 ``POST /predict`` is the raw ASGI ``PredictEndpoint`` (``serving.asgi``), not a FastAPI
 handler, so FastAPI cannot document it: ``openapi`` below adds its operation, generated
 (``schemas.predict_openapi``) from the served model's own validating models, so the
@@ -43,6 +46,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.routing import Route
 
 from housing_mlops.serving.asgi import PredictEndpoint, ServingMiddleware
+from housing_mlops.serving.feedback import mount_feedback
 from housing_mlops.serving.predictor import LoadedModel
 from housing_mlops.serving.schemas import RequestModels, build_request_models, predict_openapi
 from housing_mlops.serving.state import Service
@@ -228,6 +232,8 @@ def create_app(
             )
         result = await service.watcher.check()
         return _json(500 if result.error else 200, result.as_dict())
+
+    mount_feedback(app, settings)
 
     generate_openapi = app.openapi  # FastAPI's own, cached in app.openapi_schema
     # The request models the cached schema documents (not the model: no reference that

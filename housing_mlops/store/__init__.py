@@ -16,8 +16,10 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
 - drift history: ``save_drift_run``, ``latest_drift_run``, ``drift_history`` and the
   reference-profile cache ``cached_reference`` / ``cache_reference``
   (``store.drift_history``);
-- ground truth: ``labelled_rows`` -> ``LabelledRows`` (answered rows joined to their true
-  value in ``feedback``, ``store.feedback``);
+- ground truth: ``apply_feedback`` -> ``FeedbackResult`` (labels written in one
+  transaction, counted as applied / unknown / duplicate / invalid) and ``labelled_rows`` ->
+  ``LabelledRows`` (answered rows joined to their true value in ``feedback``,
+  ``store.feedback``);
 - the tables themselves: ``store.schema``.
 
 Readers and writers take the connection an opener returned (``LogConnection``: a
@@ -42,7 +44,15 @@ from housing_mlops.store.drift_history import (
     latest_drift_run,
     save_drift_run,
 )
-from housing_mlops.store.feedback import LabelledRows, labelled_rows
+from housing_mlops.store.feedback import (
+    REASONS as FEEDBACK_REASONS,
+)
+from housing_mlops.store.feedback import (
+    FeedbackResult,
+    LabelledRows,
+    apply_feedback,
+    labelled_rows,
+)
 from housing_mlops.store.location import LogLocation, is_log_url, parse_log_location
 from housing_mlops.store.request_log import (
     serving_stats,
@@ -56,9 +66,11 @@ from housing_mlops.store.spool import check_spool_dir
 from housing_mlops.store.writer import FlushReport, RequestLogWriter
 
 __all__ = [
+    "FEEDBACK_REASONS",
     "REQUEST_COLUMNS",
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
+    "FeedbackResult",
     "FlushReport",
     "LabelledRows",
     "LogConnection",
@@ -67,6 +79,7 @@ __all__ = [
     "LogUnavailable",
     "LoggedRequest",
     "RequestLogWriter",
+    "apply_feedback",
     "cache_reference",
     "cached_reference",
     "check_request_log",

@@ -55,6 +55,9 @@ STATEMENT_TIMEOUT_MS = 30_000
 # that no other application in the database uses: "hous" in ASCII).
 _SCHEMA_LOCK = 0x686F7573
 _PLACEHOLDER = re.compile(r"\?")
+#: What any failure of the database raises (for the store's modules, which do not import
+#: psycopg themselves).
+DatabaseError = psycopg.Error
 
 
 def _pg_type(kind: str) -> str:
@@ -115,6 +118,13 @@ class PgConnection:
         sql = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
         with self._conn.cursor() as cur:
             cur.executemany(sql.encode(), rows)
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Bulk-load ``rows`` with one ``COPY ... FROM STDIN`` (fixed names only)."""
+        names = ", ".join(f'"{c}"' for c in columns)
+        with self._conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def tables(self) -> set[str]:
         rows = self.execute(

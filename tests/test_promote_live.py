@@ -1,0 +1,276 @@
+"""`housing promote --to challenger` and `housing promote --from-live` on a real MLflow
+registry, with the live evidence written to a real request log (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import answered_row, copy_store, trained_store, write_log_rows
+
+from housing_mlops import registry, store
+from housing_mlops.cli import run
+from housing_mlops.config import Settings, with_request_log
+from housing_mlops.promote import promote_from_live
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread() -> Iterator[None]:
+    import lightgbm  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Versions 1 (ridge) and 2 (hist_gb), both evaluated; ridge is better offline."""
+    from housing_mlops.evaluate import evaluate
+
+    base = trained_store(tmp_path_factory)[0]
+    settings = copy_store(base, tmp_path_factory.mktemp("evaluated-live"))
+    evaluate(settings)
+    return settings
+
+
+def _cli(
+    capsys: pytest.CaptureFixture[str], settings: Settings, *args: str
+) -> tuple[int, Any, str]:
+    code = run(["--config", str(settings.source), "promote", *args])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if "--json" in args and out.strip() else out, err
+
+
+def _aliases(settings: Settings) -> dict[str, str | None]:
+    return {
+        alias: registry.get_alias_version(settings, alias)
+        for alias in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS_CHAMPION)
+    }
+
+
+def test_to_challenger_uses_the_offline_gate(
+    evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = copy_store(evaluated, tmp_path)
+    assert _cli(capsys, settings)[0] == 0  # version 1 (the better one) becomes champion
+
+    # The only other candidate of the latest training is worse: refused, exit 6.
+    code, out, err = _cli(capsys, settings, "--to", "challenger", "--json")
+    assert code == 6
+    assert out["version"] == "2" and out["target"] == "challenger" and out["promoted"] is False
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "Refused: version 2 (hist_gb) not promoted to challenger against champion version 1: "
+            "holdout_rmse"
+        )
+    )
+    assert _aliases(settings)[registry.CHALLENGER] is None
+    code, _, err = _cli(capsys, settings, "--to", "challenger", "--version", "1")
+    assert code == 5 and "Error: version 1 is already the champion" in err
+    code, _, err = _cli(capsys, settings, "--to", "nobody")
+    assert code == 2 and "Error: --to takes champion or challenger, not 'nobody'" in err
+
+    # With version 2 as champion, version 1 passes the gate and becomes the challenger.
+    registry.set_alias(settings, registry.CHAMPION, "2")
+    code, out, err = _cli(capsys, settings, "--to", "challenger", "--json")
+    assert code == 0, err
+    assert out["version"] == "1" and out["challenger_after"] == "1" and out["promoted"] is True
+    assert _aliases(settings) == {"champion": "2", "challenger": "1", "previous-champion": None}
+    tags = registry.resolve(settings, version=1).tags
+    assert tags["challenger_at"] and "beats the champion" in tags["challenger_reason"]
+    assert json.loads(tags["promotion_history"])[-1]["kind"] == "challenger"
+    code, _, err = _cli(capsys, settings, "--to", "challenger")
+    assert code == 5 and "Error: version 1 is already the challenger" in err
+
+    # The offline gate may also make the challenger champion: then it is no challenger.
+    code, out, err = _cli(capsys, settings, "--json")
+    assert code == 0 and out["version"] == "1", err
+    assert _aliases(settings) == {"champion": "1", "challenger": None, "previous-champion": "2"}
+
+
+def _live_settings(evaluated: Settings, tmp_path: Path, log: Any) -> Settings:
+    """A registry copy with champion 2 and challenger 1, logging to ``log``."""
+    settings = with_request_log(copy_store(evaluated, tmp_path), str(log))
+    registry.set_alias(settings, registry.CHAMPION, "2")
+    registry.set_alias(settings, registry.CHALLENGER, "1")
+    return settings
+
+
+def _shadowed(log: Any, n: int, challenger_noise: float, *, start: int = 0, seed: int = 0) -> None:
+    """``n`` labelled requests answered by the champion (v2, error sd 0.5) and shadowed
+    by the challenger (v1, error sd ``challenger_noise``)."""
+    rng = np.random.default_rng(seed)
+    actual = rng.uniform(0.5, 5.0, n)
+    champion = actual + rng.normal(0, 0.5, n)
+    challenger = actual + rng.normal(0, challenger_noise, n)
+    ids = [f"s{start + i}" for i in range(n)]
+    write_log_rows(
+        log,
+        [
+            answered_row(
+                ids[i],
+                ts=1000.0 + start + i,
+                version="2",
+                prediction=float(champion[i]),
+                shadow_version="1",
+                shadow_prediction=float(challenger[i]),
+            )
+            for i in range(n)
+        ],
+    )
+    labels = [(ids[i], 0, float(actual[i])) for i in range(n)]
+    assert store.apply_feedback(log, labels, source="t", all_or_nothing=True).applied == n
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        return tmp_path / "live.db"
+    return request.getfixturevalue("pg_url")
+
+
+def test_from_live_refuses_too_few_rows_and_worse_then_promotes_when_better(
+    evaluated: Settings, tmp_path: Path, log: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _live_settings(evaluated, tmp_path, log)
+    before = _aliases(settings)
+
+    # 150 labelled shadow rows: fewer than promote.min_live_rows (200).
+    _shadowed(log, 150, challenger_noise=0.3)
+    with pytest.raises(Exception) as refused:
+        promote_from_live(settings)
+    assert type(refused.value).__name__ == "GateRejected"
+    assert str(refused.value) == (
+        "challenger version 1 vs champion version 2: too few labelled rows: 150 shadowed and "
+        "0 canary rows of the challenger, need promote.min_live_rows 200 of either (send true "
+        "values with POST /feedback or `housing feedback FILE`)"
+    )
+    assert _aliases(settings) == before
+
+    # 400 more where the challenger is clearly worse: refused, with the numbers.
+    _shadowed(log, 400, challenger_noise=0.9, start=1000, seed=1)
+    with pytest.raises(Exception) as refused:
+        promote_from_live(settings)
+    payload = refused.value.payload  # type: ignore[attr-defined]
+    evidence = payload["evidence"]
+    assert evidence["kind"] == "paired" and evidence["rows"] == 550
+    assert evidence["difference"] > 0 and evidence["difference_ci"][1] > 0
+    assert "not better: challenger version 1 live RMSE" in str(refused.value)
+    assert "rule: the upper end of the 95% bootstrap interval" in str(refused.value)
+    assert _aliases(settings) == before
+    decision = json.loads(registry.resolve(settings, version=1).tags["live_decision"])
+    assert decision["passed"] is False and decision["evidence"]["rows"] == 550
+
+
+def test_from_live_promotes_a_better_challenger_and_keeps_the_previous_champion(
+    evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "live.db"
+    settings = _live_settings(evaluated, tmp_path, log)
+    _shadowed(log, 300, challenger_noise=0.3)
+
+    # A dry run judges and changes nothing.
+    result = promote_from_live(settings, dry_run=True)
+    assert result["gate_passed"] is True and result["promoted"] is False
+    assert _aliases(settings) == {"champion": "2", "challenger": "1", "previous-champion": None}
+
+    result = promote_from_live(settings)
+    assert result["promoted"] is True and result["action"] == "live"
+    assert result["evidence"]["rows"] == 300 and result["evidence"]["difference_ci"][1] < 0
+    assert _aliases(settings) == {"champion": "1", "challenger": None, "previous-champion": "2"}
+    new = registry.resolve(settings, version=1).tags
+    assert new["promotion_kind"] == "live"
+    assert json.loads(new["live_decision"])["passed"] is True
+    assert json.loads(new["promotion_history"])[-1] == {
+        "at": new["promoted_at"],
+        "kind": "live",
+        "replaced": "2",
+    }
+    assert registry.resolve(settings, version=2).tags["demoted_at"]
+
+    # Rollback brings the previous champion back.
+    from housing_mlops.promote import promote
+
+    promote(settings, rollback=True)
+    assert _aliases(settings)["champion"] == "2"
+
+    # The challenger alias is gone (it became champion): nothing more to judge.
+    with pytest.raises(Exception, match="^no challenger: no version has the alias"):
+        promote_from_live(settings)
+
+
+def test_from_live_cli_exit_codes(
+    evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = copy_store(evaluated, tmp_path)  # its config logs to tmp_path/data/requests.db
+    code, _, err = _cli(capsys, settings, "--from-live")
+    assert code == 6
+    assert err.strip() == (
+        "Refused: no challenger: no version has the alias 'challenger' (run `housing promote "
+        "--to challenger` and serve it in shadow or canary first)"
+    )
+    registry.set_alias(settings, registry.CHALLENGER, "1")
+    code, _, err = _cli(capsys, settings, "--from-live")
+    assert code == 6
+    assert err.strip() == (
+        "Refused: no champion to compare challenger version 1 with: run `housing promote "
+        "--version 1` to promote it on its holdout metrics"
+    )
+    registry.set_alias(settings, registry.CHAMPION, "2")
+    _shadowed(settings.serve.request_log, 250, challenger_noise=0.3)
+    code, out, err = _cli(capsys, settings, "--from-live", "--dry-run", "--json")
+    assert code == 0, err
+    assert out["gate_passed"] is True and out["dry_run"] is True and out["promoted"] is False
+    code, out, err = _cli(capsys, settings, "--from-live")
+    assert code == 0, err
+    assert "version 1 is now champion" in out and "paired, 250 rows" in out
+    assert _aliases(settings) == {"champion": "1", "challenger": None, "previous-champion": "2"}
+    code, _, err = _cli(capsys, settings, "--from-live", "--version", "1")
+    assert code == 2
+    assert (
+        "Error: --from-live cannot be combined with --version, --force, --rollback or --to" in err
+    )
+
+
+def test_canary_evidence_promotes_when_better(
+    evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "live.db"
+    settings = _live_settings(evaluated, tmp_path, log)
+    rng = np.random.default_rng(5)
+    n = 1200
+    actual = rng.uniform(0.5, 5.0, n)
+    canary = np.arange(n) % 5 == 0  # every fifth request answered by the challenger
+    noise = np.where(canary, 0.2, 0.6)
+    pred = actual + rng.normal(0, 1, n) * noise
+    write_log_rows(
+        log,
+        [
+            answered_row(
+                f"k{i}",
+                ts=1000.0 + i,
+                version="1" if canary[i] else "2",
+                role="challenger" if canary[i] else "champion",
+                prediction=float(pred[i]),
+            )
+            for i in range(n)
+        ],
+    )
+    store.apply_feedback(
+        log, [(f"k{i}", 0, float(actual[i])) for i in range(n)], source="t", all_or_nothing=True
+    )
+    result = promote_from_live(settings)
+    assert result["promoted"] is True
+    assert result["evidence"]["kind"] == "unpaired"
+    # The champion's rows of the canary's period: up to its last answer (request 1195).
+    in_period = int((~canary[:1196]).sum())
+    assert result["evidence"]["rows"] == 240 and result["evidence"]["champion_rows"] == in_period
+    assert _aliases(settings) == {"champion": "1", "challenger": None, "previous-champion": "2"}
