@@ -12,12 +12,13 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
   ``LogUnavailable`` when the database cannot take them, ``store.sink``);
 - the request log: ``LoggedRequest`` (a typed row, ``store.rows``) written by
   ``RequestLogWriter`` (``store.writer``), read by ``window_counts``, ``window_sample`` and
-  ``serving_stats`` (``store.request_log``);
+  ``serving_stats``, and champion vs challenger by ``role_stats`` (``store.request_log``);
 - drift history: ``save_drift_run``, ``latest_drift_run``, ``drift_history`` and the
   reference-profile cache ``cached_reference`` / ``cache_reference``
   (``store.drift_history``);
 - ground truth: ``labelled_rows`` -> ``LabelledRows`` (answered rows joined to their true
-  value in ``feedback``, ``store.feedback``);
+  value in ``feedback``) and ``live_error_sums`` (live error sums per role and version,
+  aggregated in the database; ``store.feedback``);
 - the tables themselves: ``store.schema``.
 
 Readers and writers take the connection an opener returned (``LogConnection``: a
@@ -42,9 +43,10 @@ from housing_mlops.store.drift_history import (
     latest_drift_run,
     save_drift_run,
 )
-from housing_mlops.store.feedback import LabelledRows, labelled_rows
+from housing_mlops.store.feedback import LabelledRows, labelled_rows, live_error_sums
 from housing_mlops.store.location import LogLocation, is_log_url, parse_log_location
 from housing_mlops.store.request_log import (
+    role_stats,
     serving_stats,
     window_counts,
     window_sample,
@@ -76,11 +78,13 @@ __all__ = [
     "drift_score_history",
     "is_log_url",
     "labelled_rows",
+    "live_error_sums",
     "latest_drift_run",
     "open_log",
     "open_readonly",
     "open_sink",
     "parse_log_location",
+    "role_stats",
     "row_values",
     "save_drift_run",
     "serving_stats",
