@@ -513,16 +513,22 @@ def champion_vs_challenger(settings: Any) -> Section:
                     "answered by": f"v{s['model_version']}",
                     "shadow": f"v{s['shadow_version']}",
                     "shadowed rows": s["rows"],
-                    "mean |Δ|": s["mean_abs_diff"],
-                    "p95 |Δ|": s["p95_abs_diff"],
+                    "mean abs. difference": s["mean_abs_diff"],
+                    "p95 abs. difference": s["p95_abs_diff"],
                 }
                 for s in shadow
             ],
-            ["answered by", "shadow", "shadowed rows", "mean |Δ|", "p95 |Δ|"],
+            [
+                "answered by",
+                "shadow",
+                "shadowed rows",
+                "mean abs. difference",
+                "p95 abs. difference",
+            ],
         )
         section.text(
-            "|prediction − shadow prediction| in $100k on the rows the challenger scored in "
-            "shadow (the client got the champion's answer)."
+            "Absolute difference between the answer and the shadow prediction, in $100k, on "
+            "the rows the challenger scored in shadow (the client got the champion's answer)."
         )
 
     section.heading("Live quality")
@@ -561,8 +567,8 @@ def champion_vs_challenger(settings: Any) -> Section:
     )
     first, last = float(labelled.ts.min()), float(labelled.ts.max())
     section.text(
-        f"On {len(labelled)} labelled requests from {readable_utc(first)} to "
-        f"{readable_utc(last)}; a challenger in shadow is scored on the rows it shadowed."
+        f"On {len(labelled)} labelled rows (requests from {readable_utc(first)} to "
+        f"{readable_utc(last)}); a challenger in shadow is scored on the rows it shadowed."
     )
     pairs = live_quality.paired(labelled)
     if pairs:
