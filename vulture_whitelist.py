@@ -39,3 +39,8 @@ _.collect  # serving.drift_collector
 
 # Context manager protocol: __exit__(exc_type, exc, tb).
 tb
+
+# Schema 3 (issue 12, on main before the three branches): a column of LabelledRows that
+# evaluate --live reads, and the full DDL list kept for documentation and the PG backend.
+_.received_at  # store.feedback.LabelledRows
+DDL  # store.schema

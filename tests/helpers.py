@@ -569,7 +569,12 @@ def champion_challenger_rows(n: int = 600, start: float = 1_700_000_000.0) -> li
     for i in range(n):
         ts = start + 60.0 * i
         kind = i % 10
-        base = dict(ts=ts, request_id=f"r{i}", model_name="m", features=features)
+        base: dict[str, Any] = {
+            "ts": ts,
+            "request_id": f"r{i}",
+            "model_name": "m",
+            "features": features,
+        }
         pred = 1.0 + (i % 7) * 0.25
         if kind < 6:
             rows.append(

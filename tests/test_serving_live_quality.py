@@ -210,7 +210,7 @@ def test_interval_zero_switches_the_gauges_off(tmp_path: Path) -> None:
 
     app, settings, house = _app(tmp_path, interval_s=0)
     with TestClient(app) as client:
-        _predict_and_label(client, settings.serve.request_log, house, 0.4)  # type: ignore[arg-type]
+        _predict_and_label(client, settings.serve.request_log, house, 0.4)
         text = client.get("/metrics").text
     assert _metric(text, "housing_model_holdout_rmse", role="champion", model_version="1") == 0.3
     assert "housing_live_labelled_rows{" not in text and "housing_live_rmse{" not in text

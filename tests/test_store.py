@@ -238,8 +238,12 @@ def test_labelled_rows_join_each_label_to_the_row_it_labels(tmp_path: Path) -> N
             "VALUES ('a', 0, 7.0, 51)"
         )
     conn.close()
-    with store.open_readonly(path) as readonly:
+    readonly = store.open_readonly(path)
+    assert readonly is not None
+    try:
         got = store.labelled_rows(readonly, since_ts=0.0, until_ts=50.0)
+    finally:
+        readonly.close()
     assert len(got) == 3
     assert got.ts.tolist() == [10.0, 11.0, 12.0]
     assert got.model_version.tolist() == ["1", "1", "2"]

@@ -45,14 +45,16 @@ def _fill(where: Path | str) -> list[Any]:
     return rows
 
 
-def _read(where: Path | str, **window: float) -> tuple[dict[str, Any], list[dict], Any]:
+def _read(
+    where: Path | str, since_ts: float | None = None, until_ts: float | None = None
+) -> tuple[dict[str, Any], list[dict], Any]:
     db = store.open_readonly(where)
     assert db is not None
     try:
         return (
-            store.role_stats(db, **window),
-            store.live_error_sums(db, **window),
-            store.labelled_rows(db, **window),
+            store.role_stats(db, since_ts, until_ts),
+            store.live_error_sums(db, since_ts, until_ts),
+            store.labelled_rows(db, since_ts, until_ts),
         )
     finally:
         db.close()

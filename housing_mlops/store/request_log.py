@@ -324,7 +324,7 @@ def role_stats(
         pairs, key=lambda p: (-p[2], str(p[0]), str(p[1]))
     ):
         sample, sample_params = _sample_clause(min(1.0, sample_rows / max(int(rows), 1)))
-        same = [
+        conditions = [
             f"{column} = ?" if value is not None else f"{column} IS NULL"
             for column, value in (("model_version", version), ("shadow_version", shadow_version))
         ]
@@ -332,7 +332,7 @@ def role_stats(
         diffs = _fetch_array(
             conn.execute(
                 "SELECT ABS(prediction - shadow_prediction) FROM requests "  # noqa: S608
-                f"WHERE {shadowed} AND {' AND '.join(same)} AND {sample}",
+                f"WHERE {shadowed} AND {' AND '.join(conditions)} AND {sample}",
                 [*params, *args, *sample_params],
             ),
             1,
