@@ -126,6 +126,36 @@ def test_an_old_log_without_labels_or_roles_gives_nothing_to_compare(tmp_path: P
     assert store.live_error_sums(None) == []
 
 
+def test_a_log_from_before_roles_never_opened_for_writing_reads_as_the_champions(
+    tmp_path: Path,
+) -> None:
+    """Reading never migrates: a schema-1 log (no role or shadow columns, no feedback
+    table) gives its traffic as the champion's, and nothing to compare."""
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    old = sqlite3.connect(path)
+    columns = ", ".join(
+        f'"{c}" {kind}'
+        for c, kind in store.REQUEST_COLUMNS.items()
+        if c not in ("instance", "role", "shadow_version", "shadow_prediction")
+    )
+    old.execute(f"CREATE TABLE requests ({columns})")
+    old.executemany(
+        "INSERT INTO requests (ts, request_id, row_index, model_version, prediction, "
+        "latency_ms, status) VALUES (?, ?, 0, '4', 1.0, ?, 200)",
+        [(float(i), f"r{i}", float(i)) for i in range(1, 11)],
+    )
+    old.commit()
+    old.close()
+    stats, sums, labelled = _read(path)
+    assert [(v["role"], v["model_version"], v["rows"]) for v in stats["versions"]] == [
+        ("champion", "4", 10)
+    ]
+    assert stats["versions"][0]["latency_ms"]["p50"] == 5.5
+    assert stats["shadow"] == [] and sums == [] and len(labelled) == 0
+
+
 @pytest.mark.slow
 def test_postgresql_and_sqlite_give_the_same_answers(tmp_path: Path, pg_url: str) -> None:
     answers = []

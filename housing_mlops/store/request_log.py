@@ -268,6 +268,10 @@ def role_stats(
     out: dict[str, Any] = {"versions": [], "shadow": []}
     if conn is None or "requests" not in tables(conn):
         return out
+    # A log no release with roles has opened for writing yet has no role column (reading
+    # never migrates it): all its rows are the champion's.
+    columns = _columns(conn, "requests")
+    role_of = ROLE if "role" in columns else "'champion'"
     clause = "status = 200"
     params: list[Any] = []
     if since_ts is not None:
@@ -277,7 +281,7 @@ def role_stats(
         clause += " AND ts < ?"
         params.append(float(until_ts))
     groups = conn.execute(
-        f"SELECT {ROLE} AS r, model_version, COUNT(*), "  # noqa: S608 - fixed expressions
+        f"SELECT {role_of} AS r, model_version, COUNT(*), "  # noqa: S608 - fixed expressions
         "COALESCE(SUM(CASE WHEN COALESCE(row_index, 0) = 0 THEN 1 ELSE 0 END), 0) "
         f"FROM requests WHERE {clause} GROUP BY r, model_version",
         params,
@@ -288,7 +292,7 @@ def role_stats(
         latency = _fetch_array(
             conn.execute(
                 "SELECT latency_ms FROM requests "  # noqa: S608 - fixed expressions
-                f"WHERE {clause} AND {ROLE} = ? AND model_version {same} "
+                f"WHERE {clause} AND {role_of} = ? AND model_version {same} "
                 f"AND COALESCE(row_index, 0) = 0 AND {sample}",
                 [*params, role, *args, *sample_params],
             ),
@@ -311,7 +315,7 @@ def role_stats(
             }
         out["versions"].append(entry)
 
-    if "shadow_prediction" not in _columns(conn, "requests"):
+    if "shadow_prediction" not in columns:
         return out
     shadowed = f"{clause} AND shadow_prediction IS NOT NULL AND prediction IS NOT NULL"
     pairs = conn.execute(
