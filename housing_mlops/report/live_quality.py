@@ -30,14 +30,6 @@ class Scored:
     actual: np.ndarray
 
 
-def rmse(prediction: np.ndarray, actual: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(prediction) - np.asarray(actual)) ** 2)))
-
-
-def mae(prediction: np.ndarray, actual: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.asarray(prediction) - np.asarray(actual))))
-
-
 def scored(rows: Any) -> Scored:
     """Every (role, version) prediction of the labelled rows: answered, then shadow.
 
@@ -55,70 +47,65 @@ def scored(rows: Any) -> Scored:
     )
 
 
-def _keys(s: Scored) -> list[tuple[str, str | None]]:
-    return sorted(
-        {
-            (str(r), None if v is None else str(v))
-            for r, v in zip(s.role, s.model_version, strict=True)
-        },
-        key=lambda k: (k[0] != "champion", k[0], str(k[1])),
-    )
-
-
-def _mask(s: Scored, key: tuple[str, str | None]) -> np.ndarray:
-    role, version = key
-    return np.array(
-        [r == role and v == version for r, v in zip(s.role, s.model_version, strict=True)],
-        dtype=bool,
-    )
+def _groups(s: Scored) -> tuple[list[tuple[str, str | None]], np.ndarray]:
+    """The (role, version) keys, the champion's first, and each prediction's key number."""
+    pairs = [
+        (str(r), None if v is None else str(v))
+        for r, v in zip(s.role.tolist(), s.model_version.tolist(), strict=True)
+    ]
+    keys = sorted(set(pairs), key=lambda k: (k[0] != "champion", k[0], str(k[1])))
+    number = {key: i for i, key in enumerate(keys)}
+    return keys, np.fromiter((number[p] for p in pairs), dtype=np.int64, count=len(pairs))
 
 
 def per_version(rows: Any) -> list[dict[str, Any]]:
     """Overall live RMSE and MAE per (role, version), with its number of labelled rows."""
     s = scored(rows)
-    out = []
-    for key in _keys(s):
-        m = _mask(s, key)
-        out.append(
-            {
-                "role": key[0],
-                "model_version": key[1],
-                "rows": int(m.sum()),
-                "rmse": rmse(s.prediction[m], s.actual[m]),
-                "mae": mae(s.prediction[m], s.actual[m]),
-            }
-        )
-    return out
+    keys, group = _groups(s)
+    error = s.prediction - s.actual
+    n = np.bincount(group, minlength=len(keys))
+    sse = np.bincount(group, weights=error**2, minlength=len(keys))
+    sae = np.bincount(group, weights=np.abs(error), minlength=len(keys))
+    return [
+        {
+            "role": key[0],
+            "model_version": key[1],
+            "rows": int(n[i]),
+            "rmse": float(np.sqrt(sse[i] / n[i])),
+            "mae": float(sae[i] / n[i]),
+        }
+        for i, key in enumerate(keys)
+    ]
 
 
 def paired(rows: Any) -> list[dict[str, Any]]:
     """Both models on the same rows: per (answering version, shadow version) pair."""
     shadow = np.isfinite(rows.shadow_prediction)
-    pairs = sorted(
-        {
-            (str(v), str(sv))
-            for v, sv in zip(rows.model_version[shadow], rows.shadow_version[shadow], strict=True)
-        }
+    pairs = [
+        (str(v), str(sv))
+        for v, sv in zip(
+            rows.model_version[shadow].tolist(), rows.shadow_version[shadow].tolist(), strict=True
+        )
+    ]
+    keys = sorted(set(pairs))
+    number = {key: i for i, key in enumerate(keys)}
+    group = np.fromiter((number[p] for p in pairs), dtype=np.int64, count=len(pairs))
+    actual = rows.actual[shadow]
+    n = np.bincount(group, minlength=len(keys))
+    sse = np.bincount(group, weights=(rows.prediction[shadow] - actual) ** 2, minlength=len(keys))
+    shadow_sse = np.bincount(
+        group, weights=(rows.shadow_prediction[shadow] - actual) ** 2, minlength=len(keys)
     )
-    out = []
-    for version, shadow_version in pairs:
-        m = shadow & np.array(
-            [
-                str(v) == version and str(sv) == shadow_version
-                for v, sv in zip(rows.model_version, rows.shadow_version, strict=True)
-            ],
-            dtype=bool,
-        )
-        out.append(
-            {
-                "model_version": version,
-                "shadow_version": shadow_version,
-                "rows": int(m.sum()),
-                "rmse": rmse(rows.prediction[m], rows.actual[m]),
-                "shadow_rmse": rmse(rows.shadow_prediction[m], rows.actual[m]),
-            }
-        )
-    return out
+    return [
+        {
+            "model_version": version,
+            "shadow_version": shadow_version,
+            "rows": int(n[i]),
+            "rmse": float(np.sqrt(sse[i] / n[i])),
+            "shadow_rmse": float(np.sqrt(shadow_sse[i] / n[i])),
+        }
+        for i, (version, shadow_version) in enumerate(keys)
+    ]
 
 
 def bucket_seconds(first_ts: float, last_ts: float) -> float:
@@ -129,22 +116,27 @@ def bucket_seconds(first_ts: float, last_ts: float) -> float:
 def over_time(rows: Any, bucket_s: float) -> dict[tuple[str, str | None], list[dict[str, Any]]]:
     """Live RMSE per (role, version) and time bucket (UTC-aligned, by request time)."""
     s = scored(rows)
+    keys, group = _groups(s)
     buckets = np.floor(s.ts / bucket_s) * bucket_s
-    out: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
-    for key in _keys(s):
-        m = _mask(s, key)
-        series = []
-        for start in np.unique(buckets[m]):
-            b = m & (buckets == start)
-            series.append(
-                {
-                    "start": float(start),
-                    "rows": int(b.sum()),
-                    "rmse": rmse(s.prediction[b], s.actual[b]),
-                }
-            )
-        out[key] = series
-    return out
+    starts, bucket = np.unique(buckets, return_inverse=True)
+    cell = group * len(starts) + bucket.reshape(-1)
+    size = len(keys) * len(starts)
+    n = np.bincount(cell, minlength=size).reshape(len(keys), len(starts))
+    sse = np.bincount(cell, weights=(s.prediction - s.actual) ** 2, minlength=size).reshape(
+        len(keys), len(starts)
+    )
+    return {
+        key: [
+            {
+                "start": float(starts[j]),
+                "rows": int(n[i, j]),
+                "rmse": float(np.sqrt(sse[i, j] / n[i, j])),
+            }
+            for j in range(len(starts))
+            if n[i, j]
+        ]
+        for i, key in enumerate(keys)
+    }
 
 
 def traffic_shares(versions: list[dict[str, Any]]) -> list[float]:
