@@ -65,6 +65,8 @@ def test_a_gate_refusal_is_announced_as_expected_and_the_demo_goes_on(tmp_path: 
     # After the refusal the demo says so and carries on to serving (which the stub fails).
     after = err[call:]
     assert "kept the current champion (exit 6, expected on a rerun)" in after
+    # The challenger step: no version to read from the stub's dry run, so none is forced.
+    assert "No challenger (exit 6); the demo goes on with the champion alone." in after
     assert "== serve" in after
     assert "housing serve exited early" in after
 
@@ -74,7 +76,11 @@ def test_a_gate_refusal_is_announced_as_expected_and_the_demo_goes_on(tmp_path: 
 FLOW_STUB = """#!/usr/bin/env bash
 echo "housing $* | token=${HOUSING_FEEDBACK_TOKEN:-unset}" >> "$CALLS"
 case "$1" in
-  promote) if [ "$2" = "--to" ]; then echo "Refused: challenger" >&2; exit 6; fi ;;
+  promote)
+    case "$*" in
+      "promote --to challenger") echo "Refused: version 3 not promoted to challenger" >&2; exit 6 ;;
+      "promote --to challenger --dry-run --json") echo '{"version": "3"}'; exit 6 ;;
+    esac ;;
   serve) exec "$REAL_PYTHON" -c '
 import http.server, os
 class Ready(http.server.BaseHTTPRequestHandler):
@@ -135,10 +141,16 @@ def test_the_demo_shadows_a_challenger_sends_labels_and_scores_live_quality(
     def at(prefix: str) -> int:
         return next(i for i, c in enumerate(commands) if c.startswith(prefix))
 
-    # The runner-up is promoted to challenger right after the champion's gate; its refusal
-    # (exit 6 on a rerun) is announced and the demo goes on.
-    assert at("housing promote --to challenger") == at("housing promote") + 1
-    assert "No new challenger (exit 6, expected on a rerun)" in result.stderr
+    # The runner-up is promoted to challenger right after the champion's gate; when the
+    # offline gate refuses it (it does not beat the champion), the demo says so and makes
+    # that version (read from the dry run's JSON) the challenger with --force.
+    first_promote = at("housing promote")
+    assert commands[first_promote + 1 : first_promote + 4] == [
+        "housing promote --to challenger",
+        "housing promote --to challenger --dry-run --json",
+        "housing promote --to challenger --version 3 --force",
+    ]
+    assert "the demo makes version 3 the challenger anyway (--force)" in result.stderr
     # The service runs the challenger in shadow, with a feedback token it shares with
     # the traffic generator; half of the first traffic gets true values.
     serve = lines[at("housing serve")]
