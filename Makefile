@@ -99,6 +99,13 @@ bench-predict: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
+# The champion-vs-challenger readers over 1,000,000 logged requests with 20 % labelled
+# (SQLite; BENCH_LIVE_ARGS="--pg-url postgresql://..." for an empty PostgreSQL database):
+# the live-quality gauges' refresh, role_stats, labelled_rows and the report section.
+.PHONY: bench-live
+bench-live: $(STAMP)
+	$(BIN)/python benchmarks/bench_live.py $(BENCH_LIVE_ARGS)
+
 # Pin every dependency (the dev and spark extras included), for every platform, from Python 3.11 up.
 # Run after changing dependencies in pyproject.toml and commit the result; `make install`
 # then reinstalls with it. --upgrade moves every pin to the newest allowed release.

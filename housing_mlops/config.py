@@ -159,6 +159,10 @@ class ServeConfig(_Section):
     # Where rows wait while the request log's database is unreachable (one file per
     # writer process; replayed in order when it is back, or by the next start).
     spool_dir: Path = Path("data/spool")
+    # Live-quality gauges (housing_live_rmse ...): recomputed every interval (0: off) from
+    # the labelled requests of the last window.
+    live_quality_interval_s: float = Field(60.0, ge=0)
+    live_quality_window_s: float = Field(86_400.0, gt=0)
 
     @field_validator("request_log", mode="before")
     @classmethod

@@ -12,7 +12,16 @@ population. ``--rate`` is in rows per second (0: as fast as the server answers),
 over ``--concurrency`` connections; ``--batch-size`` > 1 sends ``{"instances": [...]}``.
 Rows the service rejects (a shift can push values out of the accepted ranges) are
 counted by status, not retried. Prints a summary (or ``--json``); exit 0 when at least
-one row was answered, 1 when none was, 2 for bad options.
+one row was answered, 1 when none was (or when ``--feedback-share`` was asked for and no
+label reached the service), 2 for bad options.
+
+Ground truth: ``--feedback-share F`` posts the true value (the split's ``MedHouseVal``)
+of a share F of the answered rows to ``POST /feedback``, keyed by the request id the
+service returned (and the row's position in a batch), ``--feedback-delay`` seconds after
+the last row was sent (the service writes its request log every second; a label that
+arrives before its row is counted ``unknown``), in batches, with the Bearer token from
+``--feedback-token`` or ``HOUSING_FEEDBACK_TOKEN``. The summary says how many labels the
+service applied, did not know (``unknown``) or already had (``duplicate``).
 
 It uses httpx, the project's one HTTP client library, directly rather than through
 ``housing_mlops.download``: it is an async load generator for our own service, not a
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -59,6 +69,13 @@ def parse_shift(values: Sequence[str] | None) -> dict[str, float]:
     return shift
 
 
+def _order(size: int, n: int, seed: int) -> np.ndarray:
+    """Which source rows to send, in order: shuffled, cycling when ``n`` > ``size``."""
+    rng = np.random.default_rng(seed)
+    reps = -(-n // size)
+    return np.concatenate([rng.permutation(size) for _ in range(reps)])[:n]
+
+
 def prepare_rows(
     frame: Any, n: int, shift: Mapping[str, float] | None = None, seed: int = 0
 ) -> list[dict[str, float]]:
@@ -70,13 +87,27 @@ def prepare_rows(
         raise UsageError("no rows to send: the source frame is empty")
     if n == 0:
         return []
-    rng = np.random.default_rng(seed)
-    reps = -(-n // len(values))
-    order = np.concatenate([rng.permutation(len(values)) for _ in range(reps)])[:n]
-    chosen = values[order]
+    chosen = values[_order(len(values), n, seed)]
     for name, factor in (shift or {}).items():
         chosen[:, FEATURES.index(name)] *= factor
     return [dict(zip(FEATURES, map(float, row), strict=True)) for row in chosen]
+
+
+def prepare_targets(target: Any, n: int, seed: int = 0) -> list[float]:
+    """The true values of the rows ``prepare_rows`` gives for the same ``n`` and ``seed``."""
+    values = np.asarray(target, dtype=float)
+    if n <= 0 or len(values) == 0:
+        return []
+    return [float(v) for v in values[_order(len(values), n, seed)]]
+
+
+def choose_feedback(answered: int, share: float, seed: int = 0) -> list[int]:
+    """Positions (sorted) of ``round(share * answered)`` answered rows, a uniform choice."""
+    if not 0.0 <= share <= 1.0:
+        raise UsageError("--feedback-share must be between 0 and 1")
+    k = int(round(share * answered))
+    rng = np.random.default_rng(seed + 1_000_003)
+    return sorted(int(i) for i in rng.choice(answered, size=k, replace=False)) if k else []
 
 
 async def _send_all(
@@ -93,6 +124,9 @@ async def _send_all(
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     statuses: Counter[str] = Counter()
     row_statuses: Counter[str] = Counter()
+    roles: Counter[str] = Counter()
+    # The request id of each answered batch (None until answered with 200).
+    request_ids: list[str | None] = [None] * len(batches)
     latencies: list[float] = []
     failures: list[str] = []
     semaphore = asyncio.Semaphore(concurrency)
@@ -101,7 +135,7 @@ async def _send_all(
 
     async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport) as client:
 
-        async def send(batch: list[dict[str, float]]) -> None:
+        async def send(number: int, batch: list[dict[str, float]]) -> None:
             body: Any = batch[0] if batch_size == 1 else {"instances": batch}
             start = time.perf_counter()
             try:
@@ -116,6 +150,9 @@ async def _send_all(
                 latencies.append((time.perf_counter() - start) * 1000.0)
                 statuses[str(response.status_code)] += 1
                 row_statuses[str(response.status_code)] += len(batch)
+                if response.status_code == 200:
+                    request_ids[number] = _request_id(response)
+                    roles[response.headers.get("x-model-role", "champion")] += len(batch)
             finally:
                 semaphore.release()
 
@@ -127,7 +164,7 @@ async def _send_all(
                 if delay > 0:
                     await asyncio.sleep(delay)
             await semaphore.acquire()
-            tasks.append(asyncio.create_task(send(batch)))
+            tasks.append(asyncio.create_task(send(i, batch)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
 
@@ -150,7 +187,106 @@ async def _send_all(
             else {}
         ),
         "failures": failures,
+        "rows_by_role": dict(sorted(roles.items())),
+        # (request id, row index, position in ``rows``) of every answered row.
+        "answered": [
+            (rid, j, number * batch_size + j)
+            for number, rid in enumerate(request_ids)
+            if rid is not None
+            for j in range(len(batches[number]))
+        ],
     }
+
+
+def _request_id(response: Any) -> str | None:
+    """The id the service gave the request: in the JSON body, else the X-Request-ID header."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    return str(rid) if rid else response.headers.get("x-request-id")
+
+
+async def _post_feedback(
+    url: str,
+    labels: list[dict[str, Any]],
+    token: str,
+    batch_size: int,
+    timeout: float,
+    transport: Any = None,
+) -> dict[str, Any]:
+    import httpx
+
+    endpoint = url.rstrip("/") + "/feedback"
+    counts: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    failures: list[str] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+        for start in range(0, len(labels), batch_size):
+            chunk = labels[start : start + batch_size]
+            try:
+                response = await client.post(endpoint, json=chunk, headers=headers)
+            except httpx.HTTPError as exc:
+                statuses["error"] += 1
+                message = f"{type(exc).__name__}: {exc}"
+            else:
+                statuses[str(response.status_code)] += 1
+                if response.status_code == 200:
+                    body = response.json()
+                    for key in ("applied", "unknown", "duplicate"):
+                        counts[key] += int(body.get(key, 0))
+                    continue
+                message = f"HTTP {response.status_code}: {response.text[:200]}"
+            if len(failures) < 5 and message not in failures:
+                failures.append(message)
+    return {
+        "url": endpoint,
+        "labels": len(labels),
+        "applied": counts["applied"],
+        "unknown": counts["unknown"],
+        "duplicate": counts["duplicate"],
+        "status": dict(sorted(statuses.items())),
+        "failures": failures,
+    }
+
+
+def send_feedback(
+    url: str,
+    summary: dict[str, Any],
+    targets: Sequence[float],
+    share: float,
+    token: str,
+    delay_s: float = 2.0,
+    batch_size: int = 1000,
+    seed: int = 0,
+    timeout: float = 10.0,
+    transport: Any = None,
+) -> dict[str, Any]:
+    """POST the true value of a ``share`` of the rows ``send_rows`` got answers for.
+
+    ``targets`` are the true values of the rows sent, in the same order
+    (``prepare_targets``). Waits ``delay_s`` first, so the service has logged the rows;
+    sends ``batch_size`` labels per request. Returns the counts the service reported.
+    """
+    if delay_s < 0:
+        raise UsageError("--feedback-delay must be >= 0")
+    if batch_size < 1:
+        raise UsageError("the feedback batch size must be >= 1")
+    if not token:
+        raise UsageError(
+            "--feedback-share needs the service's feedback token: set "
+            "HOUSING_FEEDBACK_TOKEN or pass --feedback-token"
+        )
+    answered = summary["answered"]
+    labels = [
+        {"request_id": rid, "row_index": j, "actual": float(targets[position])}
+        for rid, j, position in (answered[i] for i in choose_feedback(len(answered), share, seed))
+    ]
+    if delay_s:
+        time.sleep(delay_s)
+    return asyncio.run(_post_feedback(url, labels, token, batch_size, timeout, transport))
 
 
 def send_rows(
@@ -163,6 +299,10 @@ def send_rows(
     transport: Any = None,
 ) -> dict[str, Any]:
     """POST ``rows`` to ``{url}/predict`` at ``rate`` rows/s (0 = unpaced); returns a summary.
+
+    ``summary["answered"]`` lists ``(request id, row index in its request, position in
+    rows)`` for every answered row: what ``send_feedback`` labels (``main`` leaves it out
+    of what it prints).
 
     ``transport`` is an optional httpx transport (e.g. ``httpx.ASGITransport(app)``).
     """
@@ -195,6 +335,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"], help="Source split.")
     p.add_argument("--seed", type=int, default=0, help="Shuffle seed.")
     p.add_argument("--timeout", type=float, default=10.0, help="Per-request timeout (s).")
+    p.add_argument(
+        "--feedback-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="Post the true value of this share (0..1) of the answered rows to /feedback.",
+    )
+    p.add_argument(
+        "--feedback-delay",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="Seconds to wait after the last row before posting labels (default 2).",
+    )
+    p.add_argument(
+        "--feedback-token",
+        default=None,
+        help="Bearer token for POST /feedback (default: $HOUSING_FEEDBACK_TOKEN).",
+    )
     p.add_argument("--config", "-c", type=Path, default=Path("configs/default.yaml"))
     p.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     return p
@@ -208,14 +367,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         from housing_mlops.featurize import load_split
 
         shift = parse_shift(args.shift)
+        share = float(args.feedback_share)
+        if not 0.0 <= share <= 1.0:
+            raise UsageError("--feedback-share must be between 0 and 1")
+        if args.feedback_delay < 0:
+            raise UsageError("--feedback-delay must be >= 0")
+        token = ""
+        if share > 0:
+            env = "HOUSING_FEEDBACK_TOKEN"
+            token = args.feedback_token or os.environ.get(env, "")
+            if not token:
+                raise UsageError(
+                    f"--feedback-share needs the service's feedback token: set {env} "
+                    "or pass --feedback-token"
+                )
         settings = load_config(args.config)
         url = args.url or f"http://{settings.serve.host}:{settings.serve.port}"
-        frame, _ = load_split(settings, args.split)
+        frame, target = load_split(settings, args.split)
         rows = prepare_rows(frame, args.rows, shift, args.seed)
         summary = send_rows(url, rows, args.rate, args.batch_size, args.concurrency, args.timeout)
+        if share > 0:
+            if args.feedback_delay:
+                print(
+                    f"waiting {args.feedback_delay:g} s for the request log, then posting labels",
+                    file=sys.stderr,
+                )
+            summary["feedback"] = send_feedback(
+                url,
+                summary,
+                prepare_targets(target, args.rows, args.seed),
+                share,
+                token,
+                delay_s=args.feedback_delay,
+                batch_size=settings.serve.max_batch_size,
+                seed=args.seed,
+                timeout=args.timeout,
+            )
     except HousingError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
+    summary.pop("answered", None)
     summary["shift"] = shift
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -228,11 +419,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms" if lat else "")
             + (f"; shift {shift}" if shift else "")
         )
+        feedback = summary.get("feedback")
+        if feedback is not None:
+            print(
+                f"feedback: posted {feedback['labels']} labels to {feedback['url']}: "
+                f"applied {feedback['applied']}, unknown {feedback['unknown']}, "
+                f"duplicate {feedback['duplicate']}"
+                + (f"; responses {feedback['status']}" if feedback["labels"] else "")
+            )
     if summary["rows"] and not summary["ok_rows"]:
         detail = "; ".join(summary["failures"]) or f"statuses {summary['status']}"
         print(
             f"Error: no row was answered by {summary['url']} ({detail}): "
             "is `housing serve` running?",
+            file=sys.stderr,
+        )
+        return 1
+    feedback = summary.get("feedback")
+    if feedback and feedback["labels"] and "200" not in feedback["status"]:
+        detail = "; ".join(feedback["failures"]) or f"statuses {feedback['status']}"
+        print(
+            f"Error: no label was accepted by {feedback['url']} ({detail}): is the "
+            "feedback token the service's (HOUSING_FEEDBACK_TOKEN)?",
             file=sys.stderr,
         )
         return 1

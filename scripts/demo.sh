@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole pipeline on this machine: fetch -> featurize -> train -> evaluate -> promote,
-# then a real `housing serve`, some normal and some shifted traffic, drift, the report and
-# a batch scoring of the test split with `housing predict`.
+# the runner-up as challenger, then a real `housing serve` with the challenger in shadow,
+# normal traffic with true values for half of it (POST /feedback) and shifted traffic,
+# drift, live quality of both models (`housing evaluate --live`), the report and a batch
+# scoring of the test split with `housing predict`.
 # Run through `make demo` (which creates .venv and installs first). On a rerun the promote
 # step may print "Refused: ..." (exit 6, the gate keeps the champion): expected, not a failure.
 set -euo pipefail
@@ -32,9 +34,34 @@ elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 
-step "serve on ${URL} (background)"
+step "promote the runner-up to challenger (exit 6 = the offline gate refused it: expected)"
+# The best candidate of the latest training run that is not the champion. The offline gate
+# usually refuses it (exit 6): it does not beat the champion's holdout RMSE, which is why
+# it is the runner-up. Whether it does better on live traffic is what the shadow run below
+# measures, so the demo then makes that version the challenger anyway (--force, recorded in
+# its promotion history as such). Without any candidate the service serves the champion alone.
+set +e; "$HOUSING" promote --to challenger; rc=$?; set -e
+if [ "$rc" -eq 6 ]; then
+  set +e
+  runner_up="$("$HOUSING" promote --to challenger --dry-run --json 2>/dev/null \
+    | "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("version") or "")' 2>/dev/null)"
+  set -e
+  if [ -n "$runner_up" ]; then
+    echo "The gate refused it (exit 6, expected); the demo makes version ${runner_up} the challenger anyway (--force) to compare both live." >&2
+    "$HOUSING" promote --to challenger --version "$runner_up" --force
+  else
+    echo "No challenger (exit 6); the demo goes on with the champion alone." >&2
+  fi
+elif [ "$rc" -ne 0 ]; then
+  exit "$rc"
+fi
+
+# The Bearer token of POST /feedback, for the service and the traffic generator alike.
+export HOUSING_FEEDBACK_TOKEN="${HOUSING_FEEDBACK_TOKEN:-demo-feedback-token}"
+
+step "serve on ${URL} with the challenger in shadow (background)"
 log="$(mktemp -t housing-serve.XXXXXX.log)"
-"$HOUSING" serve --port "$PORT" >"$log" 2>&1 &
+"$HOUSING" serve --port "$PORT" --challenger-mode shadow >"$log" 2>&1 &
 server=$!
 cleanup() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -46,8 +73,10 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-step "traffic: 400 rows of the test split, then 400 with MedInc x 1.2"
-"$PY" -m housing_mlops.traffic --url "$URL" --rows 400 --rate 0 --seed 1
+step "traffic: 400 rows of the test split (true values posted for half of them), then 400 with MedInc x 1.2"
+# --feedback-share 0.5: 2 s after the last row (the request log flushes every second) the
+# true values of 200 answered rows go to POST /feedback, as sale prices would arrive later.
+"$PY" -m housing_mlops.traffic --url "$URL" --rows 400 --rate 0 --seed 1 --feedback-share 0.5
 "$PY" -m housing_mlops.traffic --url "$URL" --rows 400 --rate 0 --seed 2 --shift MedInc=1.2
 
 step "stop the server (SIGTERM flushes the request log)"
@@ -58,7 +87,10 @@ step "drift over the last hour (exit 6 = drift found, expected after the shifted
 set +e; "$HOUSING" drift --since 1h; rc=$?; set -e
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 6 ]; then exit "$rc"; fi
 
-step "report"
+step "live quality: RMSE of the champion and the challenger on the labelled requests"
+"$HOUSING" evaluate --live --since 1h
+
+step "report (champion vs challenger: traffic, divergence, live RMSE of both)"
 "$HOUSING" report
 
 step "predict: score the test split in batch (rows outside the /predict rules go to a rejects file)"
@@ -71,6 +103,7 @@ Done. Where to look (first \`source $BIN/activate\` to put housing and mlflow on
   predictions:   $(pwd)/data/processed/test.predictions.parquet  (rejects: test.predictions.rejects.parquet)
   MLflow UI:     mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  (then http://127.0.0.1:5000)
   champion:      housing evaluate --json   |   housing promote --dry-run
+  live quality:  housing evaluate --live --since 1h   |   housing promote --from-live --dry-run
   serve it:      housing serve --port 8000
   predict:       curl -s -X POST http://127.0.0.1:8000/predict -H 'Content-Type: application/json' \\
                    -d '{"MedInc": 8.3252, "HouseAge": 41, "AveRooms": 6.984127, "AveBedrms": 1.02381, "Population": 322, "AveOccup": 2.555556, "Latitude": 37.88, "Longitude": -122.23}'

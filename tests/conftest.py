@@ -73,6 +73,9 @@ def _logged_request(row: dict[str, Any]) -> Any:
         status=row["status"],
         error=row.get("error"),
         instance=row.get("instance"),
+        role=row.get("role"),
+        shadow_version=row.get("shadow_version"),
+        shadow_prediction=row.get("shadow_prediction"),
     )
 
 

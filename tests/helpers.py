@@ -575,3 +575,103 @@ def write_log_rows(location: Any, rows: list[Any]) -> None:
         sink.write([store.row_values(r) for r in rows])
     finally:
         sink.close()
+
+
+# ------------------------------------------------------------------- live quality
+def add_feedback(location: Path | str, labels: list[tuple[str, int, float]]) -> None:
+    """True values ``(request_id, row_index, actual)`` into the log's ``feedback`` table by
+    plain SQL through the store's opener (SQLite path or postgresql:// URL), one
+    transaction: a stand-in for the service's POST /feedback in tests of the readers."""
+    from housing_mlops import store
+
+    conn = store.open_log(location, create=False)
+    assert conn is not None, f"no request log at {location}"
+    try:
+        with conn:
+            for request_id, row_index, actual in labels:
+                conn.execute(
+                    "INSERT INTO feedback (request_id, row_index, actual, received_at, source) "
+                    "VALUES (?, ?, ?, ?, 'test')",
+                    [request_id, row_index, float(actual), time.time()],
+                )
+    finally:
+        conn.close()
+
+
+def champion_challenger_rows(n: int = 600, start: float = 1_700_000_000.0) -> list[Any]:
+    """A request log of a champion (v1) with a challenger (v2), as ``LoggedRequest`` rows.
+
+    Per 10 requests (60 s apart): 6 answered by the champion and shadowed by v2, 2
+    answered by v2 as the canary, 1 two-row batch of the champion without a shadow and
+    1 rejected (422). Predictions differ by a known amount: shadow = champion + 0.1 * k
+    (k = 0..4). Roughly every 60 s one request, so n=600 spans ~10 hours.
+    """
+    from housing_mlops.store import LoggedRequest
+
+    rows: list[Any] = []
+    features = [3.0, 20.0, 5.0, 1.0, 1000.0, 3.0, 36.0, -120.0]
+    for i in range(n):
+        ts = start + 60.0 * i
+        kind = i % 10
+        base: dict[str, Any] = {
+            "ts": ts,
+            "request_id": f"r{i}",
+            "model_name": "m",
+            "features": features,
+        }
+        pred = 1.0 + (i % 7) * 0.25
+        if kind < 6:
+            rows.append(
+                LoggedRequest(
+                    **base,
+                    row_index=0,
+                    model_version="1",
+                    prediction=pred,
+                    latency_ms=2.0 + i % 5,
+                    status=200,
+                    role="champion",
+                    shadow_version="2",
+                    shadow_prediction=pred + 0.1 * (i % 5),
+                )
+            )
+        elif kind < 8:
+            rows.append(
+                LoggedRequest(
+                    **base,
+                    row_index=0,
+                    model_version="2",
+                    prediction=pred + 0.05,
+                    latency_ms=4.0 + i % 3,
+                    status=200,
+                    role="challenger",
+                )
+            )
+        elif kind == 8:
+            for index in (0, 1):
+                rows.append(
+                    LoggedRequest(
+                        **base,
+                        row_index=index,
+                        model_version="1",
+                        prediction=pred + index,
+                        latency_ms=20.0,
+                        status=200,
+                        role="champion",
+                    )
+                )
+        else:
+            rows.append(
+                LoggedRequest(
+                    ts=ts,
+                    request_id=f"r{i}",
+                    row_index=0,
+                    model_name="m",
+                    model_version=None,
+                    features=None,
+                    prediction=None,
+                    latency_ms=0.5,
+                    status=422,
+                    error="bad body",
+                )
+            )
+    return rows

@@ -67,6 +67,18 @@ SPOOL_METRICS = {
     "housing_request_log_replayed_rows_total",
     "housing_request_log_degraded",
 }
+# Live quality (issue 12): exported by the service's LiveQualityCollector (serving.live_quality).
+LIVE_METRICS = {
+    "housing_live_rmse",
+    "housing_live_labelled_rows",
+    "housing_model_holdout_rmse",
+}
+# The challenger's shadow scoring (issue 12, serving.metrics on the challenger-serving branch).
+SHADOW_METRICS = {
+    "housing_shadow_dropped_total",
+    "housing_shadow_errors_total",
+    "housing_shadow_queue_depth",
+}
 # The metric contract (COMMON.md); names as Prometheus stores them.
 CONTRACT_METRICS = {
     "housing_http_requests_total",
@@ -90,6 +102,8 @@ CONTRACT_METRICS = {
     "housing_drift_score",
     "housing_dataset_drift",
     "housing_drift_last_run_timestamp_seconds",
+    *LIVE_METRICS,
+    *SHADOW_METRICS,
 }
 REQUIRED_ALERTS = {
     "HousingHigh5xxRate",
@@ -101,6 +115,7 @@ REQUIRED_ALERTS = {
     "HousingApiNoReplicas",
     "RequestLogSpooling",
     "RequestLogDatabaseUnreachable",
+    "LiveRmseAboveHoldout",
 }
 # Run once (restart "no"); every other service is long-running with a health check.
 ONE_SHOT_SERVICES = {"trainer", "request-log-db"}
@@ -705,8 +720,22 @@ def test_the_service_exports_the_contract_metrics_it_owns() -> None:
     exported = {
         s.name for family in metrics.registry.collect() for s in family.samples
     }  # sample names carry the _total/_bucket suffixes
-    owned = {m for m in CONTRACT_METRICS if "drift" not in m}
-    assert owned - SPOOL_METRICS - exported == set()
+    owned = {m for m in CONTRACT_METRICS if "drift" not in m} - LIVE_METRICS
+    # SHADOW_METRICS: ServingMetrics gains them with the challenger (challenger-serving
+    # branch); once merged, drop this exclusion.
+    assert owned - SPOOL_METRICS - SHADOW_METRICS - exported == set()
+
+
+def test_the_service_exports_the_live_quality_metrics() -> None:
+    """The gauges the dashboard and LiveRmseAboveHoldout use, from the live-quality collector."""
+    from housing_mlops.serving.live_quality import LiveQualityCollector
+    from housing_mlops.serving.predictor import ModelMeta
+
+    meta = ModelMeta(name="m", version="1", metrics={"holdout_rmse": 0.3})
+    collector = LiveQualityCollector("none.db", lambda: [("champion", meta)], 60, 60)
+    collector.snapshot, collector.refreshed_at = {("champion", "1"): (3, 0.4)}, 1.0
+    exported = {s.name for family in collector.collect() for s in family.samples}
+    assert exported == LIVE_METRICS
 
 
 def test_the_service_exports_the_request_log_spool_metrics() -> None:
@@ -737,6 +766,12 @@ def test_dashboard_has_every_required_panel() -> None:
         "Latency of /predict by replica (p99)": "by (instance, le)",
         "Model version by replica": "by (instance, version)",
         "Request log spool and database writes": "housing_request_log_spooled_rows",
+        # Champion vs challenger (issue 12).
+        "Traffic share by role": "sum by (role)",
+        "Latency of /predict by role (p99)": "by (role, le)",
+        "Live RMSE vs holdout RMSE": "housing_model_holdout_rmse",
+        "Labelled rows": "housing_live_labelled_rows",
+        "Shadow scoring dropped": "housing_shadow_dropped_total",
     }
     for title, fragment in wanted.items():
         assert title in panels, title

@@ -65,5 +65,102 @@ def test_a_gate_refusal_is_announced_as_expected_and_the_demo_goes_on(tmp_path: 
     # After the refusal the demo says so and carries on to serving (which the stub fails).
     after = err[call:]
     assert "kept the current champion (exit 6, expected on a rerun)" in after
+    # The challenger step: no version to read from the stub's dry run, so none is forced.
+    assert "No challenger (exit 6); the demo goes on with the champion alone." in after
     assert "== serve" in after
     assert "housing serve exited early" in after
+
+
+# A stub whose `serve` answers /ready (a real HTTP server on DEMO_PORT), so the script runs
+# to its end; every call is recorded in $CALLS with the feedback token the call saw.
+FLOW_STUB = """#!/usr/bin/env bash
+echo "housing $* | token=${HOUSING_FEEDBACK_TOKEN:-unset}" >> "$CALLS"
+case "$1" in
+  promote)
+    case "$*" in
+      "promote --to challenger") echo "Refused: version 3 not promoted to challenger" >&2; exit 6 ;;
+      "promote --to challenger --dry-run --json") echo '{"version": "3"}'; exit 6 ;;
+    esac ;;
+  serve) exec "$REAL_PYTHON" -c '
+import http.server, os
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["DEMO_PORT"])), Ready).serve_forever()
+' ;;
+esac
+exit 0
+"""
+# `python -m housing_mlops.traffic ...` is recorded; any other use runs the real Python.
+PYTHON_STUB = """#!/usr/bin/env bash
+if [ "$1" = "-m" ] && [ "$2" = "housing_mlops.traffic" ]; then
+  shift 2
+  echo "traffic $* | token=${HOUSING_FEEDBACK_TOKEN:-unset}" >> "$CALLS"
+  exit 0
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def test_the_demo_shadows_a_challenger_sends_labels_and_scores_live_quality(
+    tmp_path: Path,
+) -> None:
+    from helpers import free_port
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("housing", FLOW_STUB), ("python", PYTHON_STUB)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "BIN": str(bin_dir),
+        "DEMO_PORT": str(port),
+        "CALLS": str(calls),
+        "REAL_PYTHON": sys.executable,
+    }
+    env.pop("HOUSING_FEEDBACK_TOKEN", None)
+    result = subprocess.run(
+        ["bash", str(DEMO)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    commands = [line.split(" | ")[0] for line in lines]
+    order = [c.split(" --")[0] if c.startswith("traffic") else c for c in commands]
+
+    def at(prefix: str) -> int:
+        return next(i for i, c in enumerate(commands) if c.startswith(prefix))
+
+    # The runner-up is promoted to challenger right after the champion's gate; when the
+    # offline gate refuses it (it does not beat the champion), the demo says so and makes
+    # that version (read from the dry run's JSON) the challenger with --force.
+    first_promote = at("housing promote")
+    assert commands[first_promote + 1 : first_promote + 4] == [
+        "housing promote --to challenger",
+        "housing promote --to challenger --dry-run --json",
+        "housing promote --to challenger --version 3 --force",
+    ]
+    assert "the demo makes version 3 the challenger anyway (--force)" in result.stderr
+    # The service runs the challenger in shadow, with a feedback token it shares with
+    # the traffic generator; half of the first traffic gets true values.
+    serve = lines[at("housing serve")]
+    assert f"housing serve --port {port} --challenger-mode shadow" in serve
+    token = serve.split("token=")[1]
+    assert token != "unset"
+    first, second = (i for i, c in enumerate(commands) if c.startswith("traffic"))
+    assert "--feedback-share 0.5" in commands[first] and lines[first].endswith(f"token={token}")
+    assert "--feedback-share" not in commands[second] and "--shift MedInc=1.2" in commands[second]
+    # Live quality once the server has stopped (its log flushed), then the report.
+    assert at("housing serve") < first < second < at("housing drift")
+    assert at("housing drift") < at("housing evaluate --live") < at("housing report")
+    assert order[-1].startswith("housing predict")

@@ -69,6 +69,9 @@ TRAFFIC_PANELS = {
     "Model version by replica",
     "Request log writer",
     "Request log by replica",
+    "Traffic share by role",
+    "Latency of /predict by role (p99)",
+    "Labelled rows",  # 0 for the served champion: no label has arrived
 }
 # Per-replica panels: every query returns one series per replica.
 PER_REPLICA_PANELS = {

@@ -221,9 +221,11 @@ def test_progress_names_each_stage_in_order_before_it_runs(tmp_path: Path) -> No
         "evaluating",
         "reading",
         "reading",
+        "reading",
         "writing",
     ]
     assert "MLflow" in seen[0][0] and "drift" in seen[2][0] and "serving" in seen[3][0]
+    assert "champion vs challenger" in seen[4][0]
     assert seen[-1][0] == f"writing report.html, report.md and report_files/ to {out}"
     assert not any(written for _, written in seen)  # announced before, not after
     assert Path(result["html"]).is_file()
@@ -340,6 +342,7 @@ def test_full_report_has_every_section_with_embedded_images(full_state, full_rep
         "evaluation": "ok",
         "drift": "ok",
         "serving": "ok",
+        "live": "empty",  # the champion alone, no labels: one line says so
     }
     html = Path(result["html"]).read_text()
     assert_self_contained(html)
@@ -405,3 +408,50 @@ def test_model_without_traffic_says_so(full_state, tmp_path: Path) -> None:
     html = Path(result["html"]).read_text()
     assert "no drift run" in html and "no traffic yet" in html
     assert_self_contained(html)
+
+
+def test_live_rmse_stands_beside_each_versions_holdout_rmse(
+    full_state, tmp_path: Path, write_request_log: Any
+) -> None:
+    """A champion shadowed by the other registered version, every row labelled: the live
+    table shows each version's holdout RMSE from the registry and the live/holdout ratio."""
+    from helpers import add_feedback
+
+    from housing_mlops import registry
+
+    settings = full_state["settings"]
+    champion = full_state["champion"].version
+    other = next(v.version for v in registry.list_versions(settings) if v.version != champion)
+    holdout = {v.version: v.metrics["holdout_rmse"] for v in registry.list_versions(settings)}
+    log = tmp_path / "live.db"
+    rows = [
+        {
+            "ts": 1_700_000_000.0 + i,
+            "request_id": f"r{i}",
+            "model_name": "m",
+            "model_version": champion,
+            **{c: 1.0 for c in FEATURES},
+            "prediction": 2.0,
+            "latency_ms": 1.0,
+            "status": 200,
+            "role": "champion",
+            "shadow_version": other,
+            "shadow_prediction": 2.5,
+        }
+        for i in range(50)
+    ]
+    write_request_log(log, rows)
+    add_feedback(log, [(f"r{i}", 0, 2.4) for i in range(50)])  # champion 0.4 off, other 0.1
+    live = settings.model_copy(
+        update={"serve": settings.serve.model_copy(update={"request_log": log})}
+    )
+    result = build_report(live, tmp_path / "out")
+    assert result["sections"]["live"] == "ok"
+    markdown = Path(result["markdown"]).read_text().split("## Champion vs challenger")[1]
+    fmt = lambda v: f"{v:.4g}"  # noqa: E731 - the report's number format
+    ratio = 0.4 / holdout[champion]
+    assert (
+        f"| champion | {champion} | 50 | 0.4 | 0.4 | {fmt(holdout[champion])} | {fmt(ratio)} |"
+        in markdown
+    ), markdown
+    assert f"| challenger | {other} | 50 | 0.1 | 0.1 | {fmt(holdout[other])} |" in markdown

@@ -223,3 +223,161 @@ def test_demo_path_traffic_to_real_service_then_drift(
     marks = {s["feature"]: s["verdict"] for s in shifted["scores"]}
     assert code == 6 and shifted["rows"] >= 590, marks  # a few rows may leave the valid range
     assert marks["MedInc"] == "drift" and marks["prediction"] == "drift", marks
+
+
+# -------------------------------------------------------------------- ground truth
+FEEDBACK_TOKEN = "feedback-s3cret"  # noqa: S105 - a test token
+
+
+@pytest.fixture
+def labelled_stand_in() -> Any:
+    """A stand-in for the service's /predict and POST /feedback on real uvicorn.
+
+    POST /feedback is on the live-quality branch; this stand-in follows its contract
+    (common.md: Bearer token, one object or an array, 200 with applied/unknown/duplicate
+    counts) so the generator's side is tested here; at integration the lead points this
+    test at the real service. /predict answers with a request id and records each row
+    sent under (request id, row index), with the moment it answered.
+    """
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    state: dict[str, Any] = {"rows": {}, "labels": {}, "posts": [], "answered_at": []}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        body = await request.json()
+        rows = body["instances"] if "instances" in body else [body]
+        rid = f"q{len(state['rows'])}"
+        for j, row in enumerate(rows):
+            state["rows"][rid, j] = row
+        state["answered_at"].append(time.monotonic())
+        return JSONResponse(
+            {"request_id": rid, "predictions": [1.0] * len(rows)},
+            headers={"X-Request-ID": rid, "X-Model-Role": "champion"},
+        )
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Any:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            return JSONResponse({"detail": "missing Bearer token"}, status_code=401)
+        if auth.removeprefix("Bearer ") != FEEDBACK_TOKEN:
+            return JSONResponse({"detail": "wrong feedback token"}, status_code=403)
+        body = await request.json()
+        items = body if isinstance(body, list) else [body]
+        state["posts"].append((time.monotonic(), len(items)))
+        counts = {"applied": 0, "unknown": 0, "duplicate": 0}
+        for item in items:
+            key = (item["request_id"], item.get("row_index", 0))
+            if key not in state["rows"]:
+                counts["unknown"] += 1
+            elif key in state["labels"]:
+                counts["duplicate"] += 1
+            else:
+                state["labels"][key] = item["actual"]
+                counts["applied"] += 1
+        return counts
+
+    with ServerThread(app, log_level="error") as server:
+        yield {"url": server.base, **state}
+
+
+def _truth(config: Path) -> dict[tuple[float, ...], float]:
+    """The test split's true value of each row, keyed by its features."""
+    from housing_mlops import featurize
+
+    x_test, y_test = featurize.load_split(load_config(config), "test")
+    return {
+        tuple(float(x_test[f].iloc[i]) for f in FEATURES): float(y_test.iloc[i])
+        for i in range(len(x_test))
+    }
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_feedback_posts_the_true_value_of_a_share_of_the_answered_rows(
+    labelled_stand_in, processed_config, capsys, monkeypatch, batch_size: int
+) -> None:
+    monkeypatch.setenv("HOUSING_FEEDBACK_TOKEN", FEEDBACK_TOKEN)
+    code = main(
+        [
+            "--config",
+            str(processed_config),
+            "--url",
+            labelled_stand_in["url"],
+            "--rows",
+            "40",
+            "--rate",
+            "0",
+            "--batch-size",
+            str(batch_size),
+            "--feedback-share",
+            "0.5",
+            "--feedback-delay",
+            "0.5",
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    feedback = json.loads(captured.out)["feedback"]
+    assert feedback["labels"] == 20 and feedback["applied"] == 20, feedback
+    assert feedback["unknown"] == feedback["duplicate"] == 0
+    labels = labelled_stand_in["labels"]
+    assert len(labels) == 20
+    # Each label is the true MedHouseVal of the very row sent under that id and index.
+    truth = _truth(processed_config)
+    for key, actual in labels.items():
+        row = labelled_stand_in["rows"][key]
+        assert actual == pytest.approx(truth[tuple(row[f] for f in FEATURES)])
+    # Batched (one POST for 20 labels), and only after the delay.
+    assert [n for _, n in labelled_stand_in["posts"]] == [20]
+    assert labelled_stand_in["posts"][0][0] - max(labelled_stand_in["answered_at"]) >= 0.5
+    assert "waiting 0.5 s for the request log" in captured.err
+
+
+def test_feedback_summary_line_and_a_wrong_token_is_exit_1(
+    labelled_stand_in, processed_config, capsys, monkeypatch
+) -> None:
+    common = ["--config", str(processed_config), "--url", labelled_stand_in["url"]]
+    common += ["--rows", "10", "--rate", "0", "--feedback-delay", "0"]
+    code = main([*common, "--feedback-share", "1", "--feedback-token", FEEDBACK_TOKEN])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (
+        f"feedback: posted 10 labels to {labelled_stand_in['url']}/feedback: applied 10, "
+        "unknown 0, duplicate 0" in out
+    ), out
+    monkeypatch.setenv("HOUSING_FEEDBACK_TOKEN", "not-the-token")
+    code = main([*common, "--feedback-share", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"Error: no label was accepted by {labelled_stand_in['url']}/feedback (HTTP 403"
+        )
+    ), err
+    assert len(labelled_stand_in["labels"]) == 10  # nothing more was applied
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--feedback-share", "1.5"], "--feedback-share must be between 0 and 1"),
+        (["--feedback-share", "0.5", "--feedback-delay", "-1"], "--feedback-delay must be >= 0"),
+        (["--feedback-share", "0.5"], "set HOUSING_FEEDBACK_TOKEN or pass --feedback-token"),
+    ],
+)
+def test_bad_feedback_options_are_exit_2_before_anything_is_sent(
+    labelled_stand_in, processed_config, capsys, extra: list[str], message: str
+) -> None:
+    code = main(
+        ["--config", str(processed_config), "--url", labelled_stand_in["url"], "--rows", "5"]
+        + extra
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert labelled_stand_in["rows"] == {}  # nothing sent

@@ -11,7 +11,10 @@
 * the latest drift run (table, reference-vs-current histograms of the columns marked
   drift or warn) and the drift history;
 * serving statistics from the request log: requests per day, latency p50/p95/p99, error
-  rate, the distribution of predictions.
+  rate, the distribution of predictions;
+* champion vs challenger (issue 12): traffic share and latency per role and version, the
+  prediction divergence on shadowed rows, and live RMSE (overall, paired on shadowed
+  rows, and over time per hour or day) once true values have arrived.
 
 Whatever is missing (no model, no data, no traffic, no drift run) gives a section that
 says so and what to run; one failing section never stops the others. Plots are PNGs,
@@ -122,6 +125,7 @@ def build_report(
     from housing_mlops.report.sections import (
         Section,
         champion_and_leaderboard,
+        champion_vs_challenger,
         drift,
         evaluation,
         serving,
@@ -161,7 +165,11 @@ def build_report(
     drift_section = _safe(Section("drift", "Drift"), lambda: drift(settings))
     stage("reading serving statistics from the request log and plotting")
     serving_section = _safe(Section("serving", "Serving"), lambda: serving(settings))
-    sections = [champion, board, evaluation_section, drift_section, serving_section]
+    stage("reading champion vs challenger and live quality from the request log")
+    live_section = _safe(
+        Section("live", "Champion vs challenger"), lambda: champion_vs_challenger(settings)
+    )
+    sections = [champion, board, evaluation_section, drift_section, serving_section, live_section]
 
     meta = [f"Generated {readable_utc(time.time())} by housing-mlops {__version__}."]
     try:

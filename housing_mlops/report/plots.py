@@ -158,3 +158,34 @@ def predictions_png(predictions: np.ndarray) -> bytes:
     ax.set_ylabel("rows")
     ax.set_title(f"Distribution of predictions ({predictions.size} answered rows sampled)")
     return _png(fig)
+
+
+def live_rmse_png(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    holdout: Mapping[str, float],
+    bucket: str,
+) -> bytes:
+    """Live RMSE per model over time (one line per role/version), holdout RMSE dashed.
+
+    ``series`` maps a label (e.g. ``champion v3``) to buckets ``{start, rows, rmse}``;
+    ``holdout`` maps the same labels to the version's offline holdout RMSE.
+    """
+    fig = _figure(7.4, 3.4)
+    ax = fig.add_subplot()
+    for i, (label, points) in enumerate(series.items()):
+        color = f"C{i}"
+        xs = [datetime.fromtimestamp(p["start"], tz=UTC) for p in points]
+        ax.plot(xs, [p["rmse"] for p in points], marker="o", markersize=3, color=color, label=label)
+        if label in holdout:
+            ax.axhline(
+                holdout[label],
+                color=color,
+                linewidth=1,
+                linestyle="--",
+                label=f"{label} holdout",
+            )
+    ax.set_ylabel("RMSE ($100k)")
+    ax.set_title(f"Live RMSE per {bucket} (labelled requests, by request time, UTC)")
+    ax.legend(fontsize=7)
+    fig.autofmt_xdate()
+    return _png(fig)

@@ -435,3 +435,171 @@ def serving(settings: Any) -> Section:
         chart = plots.predictions_png(predictions)
         section.image("predictions.png", chart, "Distribution of predictions")
     return section
+
+
+NO_CHALLENGER = (
+    "No challenger has served and no true values have arrived yet: nothing to compare. "
+    "Run `housing promote --to challenger`, serve with `--challenger-mode shadow` and send "
+    "labels (`POST /feedback` or `housing feedback FILE`)."
+)
+
+
+def _holdout_rmse(settings: Any) -> dict[str, float]:
+    """Every registered version's offline holdout RMSE (empty when the registry has none)."""
+    from housing_mlops import registry
+
+    if not registry.store_exists(settings):
+        return {}
+    return {
+        str(ref.version): float(ref.metrics["holdout_rmse"])
+        for ref in registry.list_versions(settings)
+        if ref.metrics.get("holdout_rmse") is not None
+    }
+
+
+def _model_label(role: str, version: str | None) -> str:
+    return f"{role} v{version}" if version is not None else role
+
+
+def champion_vs_challenger(settings: Any) -> Section:
+    from housing_mlops import store
+    from housing_mlops.report import live_quality
+
+    section = Section("live", "Champion vs challenger")
+    db = store.open_readonly(settings.serve.request_log)
+    if db is None:
+        section.status = "empty"
+        return section.note(
+            f"No request log at {store.parse_log_location(settings.serve.request_log)}"
+            ": no traffic yet, so no champion or challenger to compare."
+        )
+    try:
+        traffic = store.role_stats(db)
+        labelled = store.labelled_rows(db)
+    finally:
+        db.close()
+    versions, shadow = traffic["versions"], traffic["shadow"]
+    challenger = any(v["role"] == "challenger" for v in versions) or bool(shadow)
+    if not challenger and not len(labelled):
+        section.status = "empty"
+        return section.note(NO_CHALLENGER)
+
+    section.heading("Traffic and latency")
+    shares = live_quality.traffic_shares(versions)
+    section.table(
+        [
+            {
+                "role": v["role"],
+                "version": v["model_version"],
+                "rows": v["rows"],
+                "share": f"{100 * share:.1f} %",
+                "requests": v["requests"],
+                "latency p50 (ms)": v["latency_ms"].get("p50"),
+                "latency p99 (ms)": v["latency_ms"].get("p99"),
+            }
+            for v, share in zip(versions, shares, strict=True)
+        ],
+        ["role", "version", "rows", "share", "requests", "latency p50 (ms)", "latency p99 (ms)"],
+    )
+    section.text(
+        "Rows each model answered (the client got its prediction); latency per request, "
+        "as in the serving section."
+    )
+    if shadow:
+        section.heading("Prediction divergence (shadow)")
+        section.table(
+            [
+                {
+                    "answered by": f"v{s['model_version']}",
+                    "shadow": f"v{s['shadow_version']}",
+                    "shadowed rows": s["rows"],
+                    "mean abs. difference": s["mean_abs_diff"],
+                    "p95 abs. difference": s["p95_abs_diff"],
+                }
+                for s in shadow
+            ],
+            [
+                "answered by",
+                "shadow",
+                "shadowed rows",
+                "mean abs. difference",
+                "p95 abs. difference",
+            ],
+        )
+        section.text(
+            "Absolute difference between the answer and the shadow prediction, in $100k, on "
+            "the rows the challenger scored in shadow (the client got the champion's answer)."
+        )
+
+    section.heading("Live quality")
+    if not len(labelled):
+        section.note(
+            "No true values yet: live RMSE appears here once labels arrive "
+            "(`POST /feedback` or `housing feedback FILE`)."
+        )
+        return section
+    holdout = _holdout_rmse(settings)
+    overall = live_quality.per_version(labelled)
+    section.table(
+        [
+            {
+                "role": q["role"],
+                "version": q["model_version"],
+                "labelled rows": q["rows"],
+                "live RMSE": q["rmse"],
+                "live MAE": q["mae"],
+                "holdout RMSE": holdout.get(str(q["model_version"])),
+                "live / holdout": q["rmse"] / holdout[str(q["model_version"])]
+                if holdout.get(str(q["model_version"]))
+                else None,
+            }
+            for q in overall
+        ],
+        [
+            "role",
+            "version",
+            "labelled rows",
+            "live RMSE",
+            "live MAE",
+            "holdout RMSE",
+            "live / holdout",
+        ],
+    )
+    first, last = float(labelled.ts.min()), float(labelled.ts.max())
+    section.text(
+        f"On {len(labelled)} labelled rows (requests from {readable_utc(first)} to "
+        f"{readable_utc(last)}); a challenger in shadow is scored on the rows it shadowed."
+    )
+    pairs = live_quality.paired(labelled)
+    if pairs:
+        section.table(
+            [
+                {
+                    "champion": f"v{p['model_version']}",
+                    "challenger": f"v{p['shadow_version']}",
+                    "same rows": p["rows"],
+                    "champion RMSE": p["rmse"],
+                    "challenger RMSE": p["shadow_rmse"],
+                }
+                for p in pairs
+            ],
+            ["champion", "challenger", "same rows", "champion RMSE", "challenger RMSE"],
+        )
+        section.text("Both models on the same labelled rows (paired comparison).")
+    bucket_s = live_quality.bucket_seconds(first, last)
+    bucket = "hour" if bucket_s == live_quality.HOUR else "day"
+    series = {
+        _model_label(role, version): points
+        for (role, version), points in live_quality.over_time(labelled, bucket_s).items()
+    }
+    holdout_by_label = {
+        _model_label(q["role"], q["model_version"]): holdout[str(q["model_version"])]
+        for q in overall
+        if str(q["model_version"]) in holdout
+    }
+    section.image(
+        "live_rmse.png",
+        plots.live_rmse_png(series, holdout_by_label, bucket),
+        f"Live RMSE per {bucket}",
+    )
+    return section

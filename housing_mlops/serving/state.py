@@ -73,6 +73,7 @@ class Service:
         alias_version: Callable[[], str | None] | None,
     ) -> None:
         from housing_mlops.serving.drift_collector import DriftCollector
+        from housing_mlops.serving.live_quality import LiveQualityCollector
 
         self.settings = settings
         serve = settings.serve
@@ -102,6 +103,14 @@ class Service:
         )
         writer = self.writer
         self.metrics.add_collector(DriftCollector(location, reachable=lambda: not writer.degraded))
+        self.live_quality = LiveQualityCollector(
+            location,
+            self.served_models,
+            serve.live_quality_interval_s,
+            serve.live_quality_window_s,
+            reachable=lambda: not writer.degraded,
+        )
+        self.metrics.add_collector(self.live_quality)
         self.loader = loader or self._registry_loader
         self.watcher = ModelWatcher(
             self.holder,
@@ -112,6 +121,15 @@ class Service:
         self._tasks: list[asyncio.Task[Any]] = []
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
+
+    def served_models(self) -> list[tuple[str, ModelMeta]]:
+        """The models answering now, with their role (for the live-quality gauges)."""
+        served = [("champion", self.holder.model)]
+        # The challenger's holder (shadow/canary, when the service has one).
+        challenger = getattr(self, "challenger", None)
+        if challenger is not None:
+            served.append(("challenger", challenger.model))
+        return [(role, model.meta) for role, model in served if model is not None]
 
     # -- registry access (only through housing_mlops.registry)
     def _registry_loader(self, version: str | None) -> LoadedModel:
@@ -128,6 +146,8 @@ class Service:
     async def startup(self, wait_for_model: bool = False) -> None:
         self.writer.start()
         self.batcher.start()
+        if self.settings.serve.live_quality_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self.live_quality.run()))
         if self.holder.model is None and wait_for_model:
             # A worker of a multi-worker server: accept connections only once loaded.
             self.holder.swap(await asyncio.to_thread(self.loader, None))

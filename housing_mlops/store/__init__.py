@@ -12,13 +12,14 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
   ``LogUnavailable`` when the database cannot take them, ``store.sink``);
 - the request log: ``LoggedRequest`` (a typed row, ``store.rows``) written by
   ``RequestLogWriter`` (``store.writer``), read by ``window_counts``, ``window_sample`` and
-  ``serving_stats`` (``store.request_log``);
+  ``serving_stats``, and champion vs challenger by ``role_stats`` (``store.request_log``);
 - drift history: ``save_drift_run``, ``latest_drift_run``, ``drift_history`` and the
   reference-profile cache ``cached_reference`` / ``cache_reference``
   (``store.drift_history``);
 - ground truth: ``apply_feedback`` -> ``FeedbackResult`` (labels written in one
-  transaction, counted as applied / unknown / duplicate / invalid) and ``labelled_rows`` ->
-  ``LabelledRows`` (answered rows joined to their true value in ``feedback``,
+  transaction, counted as applied / unknown / duplicate / invalid), ``labelled_rows`` ->
+  ``LabelledRows`` (answered rows joined to their true value in ``feedback``) and
+  ``live_error_sums`` (live error sums per role and version, aggregated in the database;
   ``store.feedback``);
 - the tables themselves: ``store.schema``.
 
@@ -52,9 +53,11 @@ from housing_mlops.store.feedback import (
     LabelledRows,
     apply_feedback,
     labelled_rows,
+    live_error_sums,
 )
 from housing_mlops.store.location import LogLocation, is_log_url, parse_log_location
 from housing_mlops.store.request_log import (
+    role_stats,
     serving_stats,
     window_counts,
     window_sample,
@@ -89,11 +92,13 @@ __all__ = [
     "drift_score_history",
     "is_log_url",
     "labelled_rows",
+    "live_error_sums",
     "latest_drift_run",
     "open_log",
     "open_readonly",
     "open_sink",
     "parse_log_location",
+    "role_stats",
     "row_values",
     "save_drift_run",
     "serving_stats",

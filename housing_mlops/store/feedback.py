@@ -448,3 +448,60 @@ def _classify_and_insert(
         if all_or_nothing:
             raise _NothingToCommit
     return applied
+
+
+def live_error_sums(
+    conn: LogConnection | None,
+    since_ts: float | None = None,
+    until_ts: float | None = None,
+) -> list[dict[str, Any]]:
+    """Per (role, model version): labelled rows and the sums live RMSE/MAE are made of.
+
+    Aggregated in the database (the service's live-quality gauges read it every minute
+    over a day of traffic, so no row is fetched): ``rows``, ``sse`` (sum of squared
+    errors) and ``sae`` (sum of absolute errors) of each version's predictions against
+    the labels. A version counts the rows it answered, plus, for a challenger in shadow,
+    the rows it scored in shadow (``shadow_prediction``, role ``challenger``): the same
+    rows and errors ``labelled_rows`` gives. Rows logged before roles existed count as
+    the champion's. Sorted by role, then version.
+    """
+    if conn is None or not {"requests", "feedback"} <= tables(conn):
+        return []
+    join = (
+        "FROM feedback f JOIN requests r ON r.request_id = f.request_id "
+        "AND COALESCE(r.row_index, 0) = f.row_index WHERE r.status = 200"
+    )
+    params: list[Any] = []
+    if since_ts is not None:
+        join += " AND r.ts >= ?"
+        params.append(float(since_ts))
+    if until_ts is not None:
+        join += " AND r.ts < ?"
+        params.append(float(until_ts))
+    answered = conn.execute(
+        "SELECT COALESCE(r.role, 'champion') AS rl, r.model_version, COUNT(*), "  # noqa: S608
+        "SUM((r.prediction - f.actual) * (r.prediction - f.actual)), "
+        f"SUM(ABS(r.prediction - f.actual)) {join} AND r.prediction IS NOT NULL "
+        "GROUP BY rl, r.model_version",
+        params,
+    ).fetchall()
+    shadowed = conn.execute(
+        "SELECT 'challenger', r.shadow_version, COUNT(*), "  # noqa: S608 - fixed names
+        "SUM((r.shadow_prediction - f.actual) * (r.shadow_prediction - f.actual)), "
+        f"SUM(ABS(r.shadow_prediction - f.actual)) {join} "
+        "AND r.shadow_prediction IS NOT NULL GROUP BY r.shadow_version",
+        params,
+    ).fetchall()
+    totals: dict[tuple[str, str | None], list[float]] = {}
+    for role, version, rows, sse, sae in [*answered, *shadowed]:
+        key = (str(role), None if version is None else str(version))
+        into = totals.setdefault(key, [0, 0.0, 0.0])
+        into[0] += int(rows)
+        into[1] += float(sse or 0.0)
+        into[2] += float(sae or 0.0)
+    return [
+        {"role": role, "model_version": version, "rows": int(n), "sse": sse, "sae": sae}
+        for (role, version), (n, sse, sae) in sorted(
+            totals.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+        )
+    ]

@@ -240,3 +240,114 @@ def serving_stats(conn: LogConnection | None, sample_rows: int = 200_000) -> dic
     predictions = data[data[:, 1] == 200, 0]
     stats["predictions"] = predictions[np.isfinite(predictions)]
     return stats
+
+
+# Rows logged before roles existed (schema 1 and 2) were all answered by the champion.
+ROLE = "COALESCE(role, 'champion')"
+
+
+def role_stats(
+    conn: LogConnection | None,
+    since_ts: float | None = None,
+    until_ts: float | None = None,
+    sample_rows: int = 200_000,
+) -> dict[str, Any]:
+    """Champion vs challenger for the report: traffic, latency and shadow divergence.
+
+    ``versions``: one entry per (role, model version) that answered rows in
+    ``[since_ts, until_ts)``, most rows first: ``rows`` (answered rows), ``requests``
+    and the per-request latency p50/p99 (each request's first row only, as
+    ``serving_stats``; a uniform sample of at most ``sample_rows`` requests per entry).
+    ``shadow``: one entry per (answering version, shadow version) with the number of
+    shadowed rows and the divergence ``|prediction - shadow_prediction|`` (exact mean,
+    p95 over a sample of at most ``sample_rows`` rows). Rows logged before roles existed
+    count as the champion's.
+    """
+    import numpy as np
+
+    out: dict[str, Any] = {"versions": [], "shadow": []}
+    if conn is None or "requests" not in tables(conn):
+        return out
+    # A log no release with roles has opened for writing yet has no role column (reading
+    # never migrates it): all its rows are the champion's.
+    columns = _columns(conn, "requests")
+    role_of = ROLE if "role" in columns else "'champion'"
+    clause = "status = 200"
+    params: list[Any] = []
+    if since_ts is not None:
+        clause += " AND ts >= ?"
+        params.append(float(since_ts))
+    if until_ts is not None:
+        clause += " AND ts < ?"
+        params.append(float(until_ts))
+    groups = conn.execute(
+        f"SELECT {role_of} AS r, model_version, COUNT(*), "  # noqa: S608 - fixed expressions
+        "COALESCE(SUM(CASE WHEN COALESCE(row_index, 0) = 0 THEN 1 ELSE 0 END), 0) "
+        f"FROM requests WHERE {clause} GROUP BY r, model_version",
+        params,
+    ).fetchall()
+    for role, version, rows, heads in sorted(groups, key=lambda g: (-g[2], g[0], str(g[1]))):
+        sample, sample_params = _sample_clause(min(1.0, sample_rows / max(int(heads), 1)))
+        same, args = ("= ?", [version]) if version is not None else ("IS NULL", [])
+        latency = _fetch_array(
+            conn.execute(
+                "SELECT latency_ms FROM requests "  # noqa: S608 - fixed expressions
+                f"WHERE {clause} AND {role_of} = ? AND model_version {same} "
+                f"AND COALESCE(row_index, 0) = 0 AND {sample}",
+                [*params, role, *args, *sample_params],
+            ),
+            1,
+        )[:, 0]
+        latency = latency[np.isfinite(latency)]
+        entry: dict[str, Any] = {
+            "role": role,
+            "model_version": version,
+            "rows": int(rows),
+            "requests": int(heads),
+            "latency_ms": {},
+        }
+        if latency.size:
+            p50, p99 = np.percentile(latency, [50, 99])
+            entry["latency_ms"] = {
+                "p50": float(p50),
+                "p99": float(p99),
+                "requests": int(latency.size),
+            }
+        out["versions"].append(entry)
+
+    if "shadow_prediction" not in columns:
+        return out
+    shadowed = f"{clause} AND shadow_prediction IS NOT NULL AND prediction IS NOT NULL"
+    pairs = conn.execute(
+        "SELECT model_version, shadow_version, COUNT(*), "  # noqa: S608 - fixed expressions
+        "AVG(ABS(prediction - shadow_prediction)) "
+        f"FROM requests WHERE {shadowed} GROUP BY model_version, shadow_version",
+        params,
+    ).fetchall()
+    for version, shadow_version, rows, mean in sorted(
+        pairs, key=lambda p: (-p[2], str(p[0]), str(p[1]))
+    ):
+        sample, sample_params = _sample_clause(min(1.0, sample_rows / max(int(rows), 1)))
+        conditions = [
+            f"{column} = ?" if value is not None else f"{column} IS NULL"
+            for column, value in (("model_version", version), ("shadow_version", shadow_version))
+        ]
+        args = [v for v in (version, shadow_version) if v is not None]
+        diffs = _fetch_array(
+            conn.execute(
+                "SELECT ABS(prediction - shadow_prediction) FROM requests "  # noqa: S608
+                f"WHERE {shadowed} AND {' AND '.join(conditions)} AND {sample}",
+                [*params, *args, *sample_params],
+            ),
+            1,
+        )[:, 0]
+        out["shadow"].append(
+            {
+                "model_version": version,
+                "shadow_version": shadow_version,
+                "rows": int(rows),
+                "mean_abs_diff": float(mean),
+                "p95_abs_diff": float(np.percentile(diffs, 95)) if diffs.size else None,
+            }
+        )
+    return out
