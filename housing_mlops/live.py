@@ -180,19 +180,23 @@ def _role(value: Any) -> str | None:
 
 
 def _group_rows(rows: LabelledRows, samples: int, confidence: float) -> list[dict[str, Any]]:
-    """One entry per (model version, role) with labelled rows: the answers the clients
-    got (role champion/challenger, or None for rows logged before roles), then every
-    challenger's shadow predictions (role ``shadow``)."""
+    """One entry per (model version, role, how scored) with labelled rows: the answers the
+    clients got (``scored`` ``answered``; role champion/challenger, or None for rows logged
+    before roles), then every challenger's shadow predictions (role ``challenger``,
+    ``scored`` ``shadow``: the same role name as the report and the live-RMSE gauges)."""
     import numpy as np
 
     groups: list[dict[str, Any]] = []
 
-    def add(version: str, role: str | None, mask: np.ndarray, predicted: np.ndarray) -> None:
+    def add(
+        version: str, role: str | None, mask: np.ndarray, predicted: np.ndarray, scored: str
+    ) -> None:
         y, p = rows.actual[mask], predicted[mask]
         groups.append(
             {
                 "model_version": version,
                 "role": role,
+                "scored": scored,
                 "rows": int(y.size),
                 **regression_metrics(y, p),
                 "rmse_ci": _as_list(
@@ -210,12 +214,14 @@ def _group_rows(rows: LabelledRows, samples: int, confidence: float) -> list[dic
     versions = rows.model_version.astype(str)
     roles = np.array([r or "" for r in rows.role], dtype=object)
     for version, role in keys:
-        add(version, role, (versions == version) & (roles == (role or "")), rows.prediction)
+        mask = (versions == version) & (roles == (role or ""))
+        add(version, role, mask, rows.prediction, "answered")
     shadowed = np.isfinite(rows.shadow_prediction)
     shadow_versions = sorted({str(v) for v in rows.shadow_version[shadowed]}, key=_version_key)
     shadow_of = rows.shadow_version.astype(str)
     for version in shadow_versions:
-        add(version, "shadow", shadowed & (shadow_of == version), rows.shadow_prediction)
+        mask = shadowed & (shadow_of == version)
+        add(version, "challenger", mask, rows.shadow_prediction, "shadow")
     return groups
 
 

@@ -79,10 +79,16 @@ def should_promote(
     candidate_metrics: Mapping[str, float],
     champion_metrics: Mapping[str, float] | None,
     promote_cfg: PromoteConfig,
+    *,
+    to: str = "champion",
 ) -> Decision:
     """The gate: absolute thresholds, then a strict improvement over the champion.
 
-    Metrics are keyed like the MLflow run (``holdout_rmse``, ``holdout_r2``, ...).
+    Metrics are keyed like the MLflow run (``holdout_rmse``, ``holdout_r2``, ...). For a
+    challenger (``to="challenger"``) the gate stops after the thresholds and checks: it is
+    served to find out on live traffic whether it beats the champion, which
+    ``should_promote_live`` then decides; asking it to win offline first would leave
+    nothing to try (the offline runner-up never beats the champion's holdout).
     """
     metric = promote_cfg.metric
     value = _get(candidate_metrics, metric)
@@ -117,6 +123,14 @@ def should_promote(
         f"holdout_rmse {rmse:.4f} <= {promote_cfg.max_rmse:.4f} and "
         f"holdout_r2 {r2:.4f} >= {promote_cfg.min_r2:.4f}"
     )
+    if to == "challenger":
+        return Decision(
+            True,
+            f"passes the thresholds: {absolute} (a challenger need not beat the champion "
+            "offline: its live RMSE decides, `housing promote --from-live`)",
+            metric,
+            value,
+        )
     champion = _get(champion_metrics, metric)
     if champion is None:
         why = "no champion yet" if not champion_metrics else "the champion has no holdout metric"
@@ -173,14 +187,37 @@ def _history_tag(ref: ModelRef, entry: dict[str, Any]) -> str:
     return json.dumps(history[-HISTORY_LIMIT:], separators=(",", ":"))
 
 
+def _same_model(ref: ModelRef, champion: ModelRef | None) -> bool:
+    """Is ``ref`` the champion again: the same model file, or the same candidate trained on
+    the same data (a rerun of the same training: same seed, same trees)?"""
+    if champion is None:
+        return False
+    sha = ref.tags.get("model_sha256")
+    if sha and sha == champion.tags.get("model_sha256"):
+        return True
+    candidate = ref.tags.get("candidate")
+    return (
+        candidate is not None
+        and candidate == champion.tags.get("candidate")
+        and ref.data_version is not None
+        and ref.data_version == champion.data_version
+    )
+
+
 def _latest_batch_pool(
-    refs: list[ModelRef], champion_version: str | None
+    refs: list[ModelRef], champion: ModelRef | None
 ) -> tuple[str | None, list[ModelRef]]:
-    """(the newest version's train_batch, its evaluated versions that are not the champion)."""
+    """(the newest version's train_batch, its evaluated versions that are not the champion
+    nor a retrain of it on the same data, which would serve the same answers)."""
     newest = max(refs, key=lambda r: int(r.version))
     batch = newest.tags.get("train_batch")
     same = [r for r in refs if r.tags.get("train_batch") == batch] if batch else [newest]
-    return batch, [r for r in same if _evaluated(r) and r.version != champion_version]
+    champion_version = champion.version if champion is not None else None
+    return batch, [
+        r
+        for r in same
+        if _evaluated(r) and r.version != champion_version and not _same_model(r, champion)
+    ]
 
 
 def _label(ref: ModelRef) -> str:
@@ -269,12 +306,13 @@ def promote(
 
     if to == "challenger":
         if version is None:
-            batch, pool = _latest_batch_pool(refs, champion_version)
+            batch, pool = _latest_batch_pool(refs, champion)
             if not pool:
                 which = f" (train_batch {batch})" if batch else ""
                 raise ModelError(
                     f"no evaluated candidate of the latest training{which} besides the "
-                    "champion: run `housing evaluate --all` (or `housing train` first)"
+                    "champion and retrains of it on the same data: run `housing evaluate "
+                    "--all` (or `housing train` first), or name one with --version N"
                 )
             version = int(_best(pool, metric).version)
         if str(version) == challenger_version:
@@ -304,7 +342,10 @@ def promote(
         candidate = _best(pool, metric)
 
     decision = should_promote(
-        candidate.metrics, champion.metrics if champion is not None else None, settings.promote
+        candidate.metrics,
+        champion.metrics if champion is not None else None,
+        settings.promote,
+        to=to,
     )
     # The gate judged only evaluated versions: say so when newer ones were left out.
     unevaluated = [

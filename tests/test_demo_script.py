@@ -65,8 +65,8 @@ def test_a_gate_refusal_is_announced_as_expected_and_the_demo_goes_on(tmp_path: 
     # After the refusal the demo says so and carries on to serving (which the stub fails).
     after = err[call:]
     assert "kept the current champion (exit 6, expected on a rerun)" in after
-    # The challenger step: no version to read from the stub's dry run, so none is forced.
-    assert "No challenger (exit 6); the demo goes on with the champion alone." in after
+    # The challenger step: the stub refuses it too; the demo serves the champion alone.
+    assert "No challenger this time (exit 6); the demo goes on with the champion alone." in after
     assert "== serve" in after
     assert "housing serve exited early" in after
 
@@ -78,8 +78,7 @@ echo "housing $* | token=${HOUSING_FEEDBACK_TOKEN:-unset}" >> "$CALLS"
 case "$1" in
   promote)
     case "$*" in
-      "promote --to challenger") echo "Refused: version 3 not promoted to challenger" >&2; exit 6 ;;
-      "promote --to challenger --dry-run --json") echo '{"version": "3"}'; exit 6 ;;
+      "promote --to challenger") echo "version 3 promoted to challenger"; exit 0 ;;
     esac ;;
   serve) exec "$REAL_PYTHON" -c '
 import http.server, os
@@ -141,16 +140,11 @@ def test_the_demo_shadows_a_challenger_sends_labels_and_scores_live_quality(
     def at(prefix: str) -> int:
         return next(i for i, c in enumerate(commands) if c.startswith(prefix))
 
-    # The runner-up is promoted to challenger right after the champion's gate; when the
-    # offline gate refuses it (it does not beat the champion), the demo says so and makes
-    # that version (read from the dry run's JSON) the challenger with --force.
+    # The runner-up is promoted to challenger right after the champion's gate, with no
+    # override: a challenger is held to the thresholds, not to beating the champion.
     first_promote = at("housing promote")
-    assert commands[first_promote + 1 : first_promote + 4] == [
-        "housing promote --to challenger",
-        "housing promote --to challenger --dry-run --json",
-        "housing promote --to challenger --version 3 --force",
-    ]
-    assert "the demo makes version 3 the challenger anyway (--force)" in result.stderr
+    assert commands[first_promote + 1] == "housing promote --to challenger"
+    assert not any("--force" in c for c in commands)
     # The service runs the challenger in shadow, with a feedback token it shares with
     # the traffic generator; half of the first traffic gets true values.
     serve = lines[at("housing serve")]

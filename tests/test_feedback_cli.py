@@ -171,14 +171,19 @@ def test_evaluate_live_table_and_json(
     assert (champion["model_version"], champion["role"], champion["rows"]) == ("1", "champion", 4)
     assert champion["rmse"] == pytest.approx((1.5 / 4) ** 0.5)
     assert champion["mae"] == pytest.approx(0.5)
-    assert (shadow["model_version"], shadow["role"], shadow["rows"]) == ("2", "shadow", 1)
+    assert (shadow["model_version"], shadow["role"], shadow["scored"]) == (
+        "2",
+        "challenger",
+        "shadow",
+    )
+    assert shadow["rows"] == 1
     assert shadow["rmse"] == pytest.approx(0.2) and shadow["rmse_ci"] is None  # one row
     (paired,) = result["comparisons"]
     assert paired["rows"] == 1 and paired["difference"] == pytest.approx(0.2 - 0.5)
 
     code, out, _ = _cli(capsys, "evaluate", "--live", "-c", str(project["config"]))
     assert code == 0
-    assert "housing evaluate --live: 4 labelled rows" in out and "shadow" in out
+    assert "housing evaluate --live: 4 labelled rows" in out and "challenger (shadow)" in out
     assert "challenger vs champion" in out
 
 

@@ -164,9 +164,12 @@ def test_live_rmse_of_a_version_equals_its_offline_rmse_on_the_same_rows(
     X, y = frame[FEATURES], frame[TARGET]
     offline = {v: compute_metrics(y, served["models"][v].predict(X)) for v in (1, 2)}
     assert result["labelled_rows"] == 300
-    by_key = {(m["model_version"], m["role"]): m for m in result["models"]}
-    assert set(by_key) == {("1", "champion"), ("2", "shadow")}
-    for key, version in ((("1", "champion"), 1), (("2", "shadow"), 2)):
+    by_key = {(m["model_version"], m["role"], m["scored"]): m for m in result["models"]}
+    assert set(by_key) == {("1", "champion", "answered"), ("2", "challenger", "shadow")}
+    for key, version in (
+        (("1", "champion", "answered"), 1),
+        (("2", "challenger", "shadow"), 2),
+    ):
         m = by_key[key]
         assert m["rows"] == 300
         for name in ("rmse", "mae", "r2"):

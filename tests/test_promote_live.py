@@ -54,46 +54,101 @@ def _aliases(settings: Settings) -> dict[str, str | None]:
     }
 
 
-def test_to_challenger_uses_the_offline_gate(
+def _with_max_rmse(settings: Settings, tmp_path: Path, max_rmse: float) -> Settings:
+    import yaml
+
+    from housing_mlops.config import load_config
+
+    assert settings.source is not None
+    raw = yaml.safe_load(settings.source.read_text())
+    raw.setdefault("promote", {})["max_rmse"] = max_rmse
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def test_to_challenger_uses_the_offline_thresholds_not_the_improvement(
     evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = copy_store(evaluated, tmp_path)
     assert _cli(capsys, settings)[0] == 0  # version 1 (the better one) becomes champion
 
-    # The only other candidate of the latest training is worse: refused, exit 6.
-    code, out, err = _cli(capsys, settings, "--to", "challenger", "--json")
+    # A threshold it misses: refused, exit 6, nothing moved.
+    strict = _with_max_rmse(settings, tmp_path, 0.001)
+    code, out, err = _cli(capsys, strict, "--to", "challenger", "--json")
     assert code == 6
     assert out["version"] == "2" and out["target"] == "challenger" and out["promoted"] is False
-    assert (
-        err.strip()
-        .splitlines()[-1]
-        .startswith(
-            "Refused: version 2 (hist_gb) not promoted to challenger against champion version 1: "
-            "holdout_rmse"
-        )
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        "Refused: version 2 (hist_gb) not promoted to challenger against champion version 1: "
+        "holdout_rmse"
     )
+    assert "is above the limit 0.0010" in last
     assert _aliases(settings)[registry.CHALLENGER] is None
+
+    # Worse than the champion offline, within the thresholds: it becomes the challenger
+    # (live traffic decides), with the reason recorded.
+    code, out, err = _cli(capsys, settings, "--to", "challenger", "--json")
+    assert code == 0, err
+    assert out["version"] == "2" and out["challenger_after"] == "2" and out["promoted"] is True
+    assert out["candidate_value"] > registry.resolve(settings, version=1).metrics["holdout_rmse"]
+    assert _aliases(settings) == {"champion": "1", "challenger": "2", "previous-champion": None}
+    tags = registry.resolve(settings, version=2).tags
+    assert tags["challenger_at"] and "need not beat the champion" in tags["challenger_reason"]
+    assert json.loads(tags["promotion_history"])[-1]["kind"] == "challenger"
+    code, _, err = _cli(capsys, settings, "--to", "challenger")
+    assert code == 5 and "Error: version 2 is already the challenger" in err
     code, _, err = _cli(capsys, settings, "--to", "challenger", "--version", "1")
     assert code == 5 and "Error: version 1 is already the champion" in err
     code, _, err = _cli(capsys, settings, "--to", "nobody")
     assert code == 2 and "Error: --to takes champion or challenger, not 'nobody'" in err
 
-    # With version 2 as champion, version 1 passes the gate and becomes the challenger.
-    registry.set_alias(settings, registry.CHAMPION, "2")
-    code, out, err = _cli(capsys, settings, "--to", "challenger", "--json")
-    assert code == 0, err
-    assert out["version"] == "1" and out["challenger_after"] == "1" and out["promoted"] is True
-    assert _aliases(settings) == {"champion": "2", "challenger": "1", "previous-champion": None}
-    tags = registry.resolve(settings, version=1).tags
-    assert tags["challenger_at"] and "beats the champion" in tags["challenger_reason"]
-    assert json.loads(tags["promotion_history"])[-1]["kind"] == "challenger"
-    code, _, err = _cli(capsys, settings, "--to", "challenger")
-    assert code == 5 and "Error: version 1 is already the challenger" in err
-
     # The offline gate may also make the challenger champion: then it is no challenger.
+    registry.set_alias(settings, registry.CHAMPION, "2")
+    registry.set_alias(settings, registry.CHALLENGER, "1")
     code, out, err = _cli(capsys, settings, "--json")
     assert code == 0 and out["version"] == "1", err
     assert _aliases(settings) == {"champion": "1", "challenger": None, "previous-champion": "2"}
+
+
+def test_a_retrain_of_the_champion_on_the_same_data_is_not_a_challenger() -> None:
+    from housing_mlops.promote import _latest_batch_pool
+    from housing_mlops.registry import ModelRef
+
+    def ref(version: str, candidate: str, data: str, sha: str, rmse: float) -> ModelRef:
+        tags = {"candidate": candidate, "train_batch": "b2", "model_sha256": sha}
+        tags["evaluated"] = "true"
+        return ModelRef(
+            name="m",
+            version=version,
+            run_id=f"r{version}",
+            alias=None,
+            source="",
+            tags=tags,
+            metrics={"holdout_rmse": rmse, "holdout_r2": 0.9, "holdout_mae": 0.3},
+            data_version=data,
+        )
+
+    champion = ModelRef(
+        name="m",
+        version="4",
+        run_id="r4",
+        alias="champion",
+        source="",
+        tags={"candidate": "lightgbm", "train_batch": "b1", "model_sha256": "aaa"},
+        data_version="d1",
+    )
+    rerun = [
+        ref("7", "hist_gb", "d1", "bbb", 0.41),
+        ref("8", "lightgbm", "d1", "ccc", 0.39),  # same candidate, same data: the champion
+        ref("9", "ridge", "d1", "aaa", 0.60),  # the champion's very file
+    ]
+    _, pool = _latest_batch_pool([champion, *rerun], champion)
+    assert [r.version for r in pool] == ["7"]
+    # New data: the retrained lightgbm is a real challenger.
+    fresh = [ref("7", "hist_gb", "d2", "bbb", 0.41), ref("8", "lightgbm", "d2", "ccc", 0.39)]
+    _, pool = _latest_batch_pool([champion, *fresh], champion)
+    assert [r.version for r in pool] == ["7", "8"]
 
 
 def _live_settings(evaluated: Settings, tmp_path: Path, log: Any) -> Settings:

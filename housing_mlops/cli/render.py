@@ -188,7 +188,7 @@ def live_quality_tables(result: Row) -> None:
     rows = [
         {
             "version": m["model_version"],
-            "role": m["role"],
+            "role": (m["role"] or "-") + (" (shadow)" if m.get("scored") == "shadow" else ""),
             "rows": m["rows"],
             "rmse": m["rmse"],
             f"rmse {level} CI": _ci(m["rmse_ci"]),
