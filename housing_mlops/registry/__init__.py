@@ -20,6 +20,7 @@ from housing_mlops.registry.connection import (
     tracking_uri,
 )
 from housing_mlops.registry.read import (
+    CHALLENGER,
     CHAMPION,
     MODEL_ARTIFACT,
     MODEL_FILE,
@@ -44,6 +45,7 @@ from housing_mlops.registry.write import (
 )
 
 __all__ = [
+    "CHALLENGER",
     "CHAMPION",
     "MODEL_ARTIFACT",
     "MODEL_FILE",

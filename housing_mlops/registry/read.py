@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from housing_mlops.config import Settings
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
 MODEL_ARTIFACT = "model"
 MODEL_FILE = "model.skops"
