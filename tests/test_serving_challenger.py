@@ -388,6 +388,26 @@ def test_a_failing_challenger_never_changes_the_answer(
     assert [r["prediction"] for r in logged] == [r.json()["prediction"] for r in got]
 
 
+def test_a_failing_canary_challenger_hands_the_request_to_the_champion(
+    tmp_path: Path, pipes: dict[str, Any]
+) -> None:
+    settings = _settings(tmp_path, challenger_mode="canary", canary_share=1.0)
+    broken = _BrokenModel(fail=True)
+    app = _app(settings, pipes, challenger=_broken_challenger(pipes, broken))
+    rows = pipes["rows"][:5]
+    with ServerThread(app) as server, httpx.Client(base_url=server.base, timeout=10) as http:
+        got = [http.post("/predict", json=row) for row in rows]
+    assert broken.calls == len(rows)  # every request went to the challenger first
+    assert [r.status_code for r in got] == [200] * len(rows)
+    assert {(r.headers["x-model-role"], r.headers["x-model-version"]) for r in got} == {
+        ("champion", "1")
+    }
+    champion = _expected(pipes, "1", rows)
+    assert [r.json()["prediction"] for r in got] == pytest.approx(champion, rel=1e-9, abs=1e-9)
+    logged = _log_rows(settings.serve.request_log)
+    assert [(r["role"], r["model_version"]) for r in logged] == [("champion", "1")] * len(rows)
+
+
 def test_a_hung_challenger_never_delays_the_answer_and_no_row_is_lost(
     tmp_path: Path, pipes: dict[str, Any]
 ) -> None:

@@ -115,6 +115,7 @@ class PredictEndpoint:
         self.service = service
         self.max_body = service.settings.serve.max_body_bytes
         self.canary_header = service.settings.serve.canary_key_header.lower().encode("latin-1")
+        self._fallback_logged = -60.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if "housing.t0" not in scope:  # reached through FastAPI's routing
@@ -224,7 +225,10 @@ class PredictEndpoint:
                 if role != "challenger":
                     raise
                 # A canary challenger that fails (or was just removed): the champion answers.
-                log.exception("the challenger failed to predict; the champion answers")
+                now = time.monotonic()
+                if now - self._fallback_logged >= 60.0:  # not a traceback per request
+                    self._fallback_logged = now
+                    log.exception("the challenger failed to predict; the champion answers")
                 role = "champion"
                 preds, used = await service.batcher.predict(X)
         except Exception as exc:  # noqa: BLE001 - a model failure, not bad input

@@ -7,8 +7,8 @@ swapped in with a single reference assignment (``ModelHolder.swap``). Batches al
 dispatched keep the model they captured, so requests in flight finish on the old model. A
 failed load keeps the old model serving, is logged, counted in
 ``housing_model_reload_failures_total`` and shown in ``/model/info`` (``last_reload_error``).
-``run`` calls ``check`` every ``serve.reload_interval_s`` (0 switches the watcher off);
-``POST /model/reload`` calls it on demand.
+The service (``Service.check_models``) calls ``check`` of both watchers every
+``serve.reload_interval_s`` (0 switches that off), and ``POST /model/reload`` on demand.
 
 The service has one holder and one watcher per role. The challenger's watcher
 (``unload_when_missing``) also unloads the challenger when its alias is removed; a
@@ -97,17 +97,6 @@ class ModelWatcher:
         self.alias = alias
         self.unload_when_missing = unload_when_missing
         self._lock = asyncio.Lock()
-
-    async def run(self) -> None:
-        """Check forever, every ``interval_s`` (cancel the task to stop)."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
-                log.exception("model watcher: unexpected error")
 
     async def check(self) -> ReloadResult:
         """Load and swap in the alias's version if it changed; never raises for a bad load."""

@@ -92,10 +92,6 @@ class ShadowScorer:
         """Rows waiting for the challenger (not counting the batch being scored)."""
         return self._rows
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
     def start(self) -> None:
         if self._thread is not None:
             return
