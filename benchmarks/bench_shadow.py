@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     lr = summary["logged_rows"]["shadow"]
     print(
-        f"shadow service: {shadow['scored_rows']} rows scored by the challenger, "
+        f"shadow service: {shadow['scored_rows']} rows scored by the challenger in "
+        f"{shadow['batches']} calls ({shadow['scored_rows'] / max(shadow['batches'], 1):.1f} "
+        "rows per call), "
         f"{shadow['dropped_rows']} dropped (queue full), {shadow['error_rows']} failed; "
         f"request log: {lr['with_shadow']} of {lr['answered']} answered rows carry the "
         "shadow prediction"

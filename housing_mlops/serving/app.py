@@ -224,6 +224,7 @@ def create_app(
                 "queue_size": serve_cfg.shadow_queue_size,
                 "queued_rows": shadow.depth,
                 "scored_rows": shadow.scored,
+                "batches": shadow.batches,
                 "dropped_rows": shadow.dropped,
                 "error_rows": shadow.errors,
             },

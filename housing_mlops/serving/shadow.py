@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 # A failing challenger would log one traceback per batch: at most one per this many seconds.
 _ERROR_LOG_EVERY_S = 60.0
+# Woken by a request, the worker waits this long for company before it scores (unless a
+# full batch is already queued): a predict call costs about as much for 1 row as for 20, so
+# scoring each request alone would cost the challenger several times the champion's CPU
+# (the champion's micro-batches are filled by concurrency). Nobody waits for these answers.
+LINGER_S = 0.005
 
 Item = tuple[np.ndarray, list["LoggedRequest"]]
 
@@ -84,6 +89,7 @@ class ShadowScorer:
         self._thread: threading.Thread | None = None
         self._last_error_log = 0.0
         self.scored = 0  # rows scored by the challenger
+        self.batches = 0  # predict calls of the challenger
         self.dropped = 0  # rows not queued (queue full, or not running)
         self.errors = 0  # rows the challenger failed to score
 
@@ -154,6 +160,8 @@ class ShadowScorer:
         _limit_threads(self.threads)
         while True:
             self._wake.wait()
+            if self._rows < self.batch_rows and not self._stop.is_set():
+                self._stop.wait(LINGER_S)  # gather company (close() cuts it short)
             self._wake.clear()
             while (batch := self._take()) is not None:
                 self._score(batch)
@@ -183,6 +191,7 @@ class ShadowScorer:
         n = sum(len(rows) for _, rows in items)
         preds: np.ndarray | None = None
         if model is not None:
+            self.batches += 1
             try:
                 X = items[0][0] if len(items) == 1 else np.concatenate([x for x, _ in items])
                 preds = np.asarray(model.predict(X), dtype=np.float64).reshape(-1)

@@ -19,7 +19,7 @@ from typing import Any
 
 from housing_mlops.serving.batching import MicroBatcher
 from housing_mlops.serving.metrics import ServingMetrics
-from housing_mlops.serving.predictor import LoadedModel, ModelMeta
+from housing_mlops.serving.predictor import HGB_COMPILED_MAX_ROWS, LoadedModel, ModelMeta
 from housing_mlops.serving.reload import ModelHolder, ModelWatcher, ReloadResult
 from housing_mlops.serving.shadow import ShadowScorer
 from housing_mlops.store import RequestLogWriter, parse_log_location
@@ -131,7 +131,9 @@ class Service:
             writer.submit,
             self.metrics,
             max_rows=serve.shadow_queue_size,
-            batch_rows=serve.microbatch_max_rows,
+            # At most 32 rows a call: the largest batch HistGradientBoosting's vectorised
+            # walk takes (sklearn's own path costs 2.5x more for 33 rows than for 32).
+            batch_rows=min(serve.microbatch_max_rows, HGB_COMPILED_MAX_ROWS),
             threads=serve.predictor_threads,
         )
         self.metrics.add_collector(DriftCollector(location, reachable=lambda: not writer.degraded))
