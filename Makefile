@@ -83,6 +83,13 @@ bench-serve: $(STAMP)
 .PHONY: bench-feedback
 bench-feedback: $(STAMP)
 	$(BIN)/python benchmarks/bench_feedback.py $(BENCH_FEEDBACK_ARGS)
+# What a challenger in shadow costs: `housing serve --challenger-mode off` vs `shadow` on the
+# same champion and challenger, the same wrk load (16 connections, single-row POST),
+# interleaved over BENCH_SHADOW_ARGS="--rounds 3 --duration 10"; prints req/s and p99 of
+# each and the ratios (targets: req/s >= 70%, p99 <= 1.2x of shadow off).
+.PHONY: bench-shadow
+bench-shadow: $(STAMP)
+	$(BIN)/python benchmarks/bench_shadow.py $(BENCH_SHADOW_ARGS)
 
 # `housing predict` on 1,000,000 rows (the test split resampled): the local engine's rows/s
 # and peak RSS (targets >= 100,000 rows/s, <= 1 GB) vs mlflow.pyfunc's predict on the same

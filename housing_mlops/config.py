@@ -163,6 +163,22 @@ class ServeConfig(_Section):
     # the labelled requests of the last window.
     live_quality_interval_s: float = Field(60.0, ge=0)
     live_quality_window_s: float = Field(86_400.0, gt=0)
+    # The registry's `challenger` version beside the champion: off (not loaded for
+    # answers), shadow (scored off the hot path and logged beside the champion's answer),
+    # canary (answers canary_share of the requests, chosen by a hash of canary_key_header,
+    # else of the request id). Env HOUSING_SERVE_CHALLENGER_MODE, --challenger-mode.
+    challenger_mode: Literal["off", "shadow", "canary"] = "off"
+    canary_share: float = Field(0.1, ge=0, le=1)
+    canary_key_header: str = "X-Client-Key"
+    # Rows waiting for the challenger's shadow score; beyond it they are logged without
+    # one and counted (housing_shadow_dropped_total), never delaying an answer.
+    shadow_queue_size: int = Field(10_000, ge=1)
+
+    @field_validator("challenger_mode", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false.
+        return "off" if value is False else value
 
     @field_validator("request_log", mode="before")
     @classmethod
@@ -235,6 +251,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HOUSING_INSTANCE": ("serve", "instance"),
     "HOUSING_SPOOL_DIR": ("serve", "spool_dir"),
     "HOUSING_COMPILE_CACHE": ("predict", "compile_cache"),
+    "HOUSING_SERVE_CHALLENGER_MODE": ("serve", "challenger_mode"),
 }
 
 

@@ -721,9 +721,7 @@ def test_the_service_exports_the_contract_metrics_it_owns() -> None:
         s.name for family in metrics.registry.collect() for s in family.samples
     }  # sample names carry the _total/_bucket suffixes
     owned = {m for m in CONTRACT_METRICS if "drift" not in m} - LIVE_METRICS
-    # SHADOW_METRICS: ServingMetrics gains them with the challenger (challenger-serving
-    # branch); once merged, drop this exclusion.
-    assert owned - SPOOL_METRICS - SHADOW_METRICS - exported == set()
+    assert owned - SPOOL_METRICS - exported == set()
 
 
 def test_the_service_exports_the_live_quality_metrics() -> None:

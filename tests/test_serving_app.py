@@ -473,6 +473,7 @@ def test_openapi_documents_the_real_answers_of_predict(
         "request_id",
         "model_name",
         "model_version",
+        "role",
         "prediction",
         "prediction_usd",
     }
@@ -481,6 +482,7 @@ def test_openapi_documents_the_real_answers_of_predict(
         "request_id",
         "model_name",
         "model_version",
+        "role",
         "count",
         "predictions",
         "predictions_usd",
@@ -608,27 +610,46 @@ def test_log_rows_and_metrics_after_a_known_sequence(
         wrong_type = c.post("/predict", content=b"{}", headers={"content-type": "text/plain"})
         assert (bad.status_code, wrong_type.status_code) == (422, 415)
         text = c.get("/metrics").text
-        assert _metric(text, "housing_predictions_total", model_version="1") == 4
-        assert _metric(text, "housing_prediction_value_count", model_version="1") == 4
+        assert _metric(text, "housing_predictions_total", model_version="1", role="champion") == 4
+        assert (
+            _metric(text, "housing_prediction_value_count", model_version="1", role="champion") == 4
+        )
         assert (
             _metric(
-                text, "housing_http_requests_total", handler="/predict", method="POST", status="200"
+                text,
+                "housing_http_requests_total",
+                handler="/predict",
+                method="POST",
+                status="200",
+                role="champion",
             )
             == 2
         )
         assert (
             _metric(
-                text, "housing_http_requests_total", handler="/predict", method="POST", status="422"
+                text,
+                "housing_http_requests_total",
+                handler="/predict",
+                method="POST",
+                status="422",
+                role="",
             )
             == 1
         )
         assert (
             _metric(
-                text, "housing_http_requests_total", handler="/predict", method="POST", status="415"
+                text,
+                "housing_http_requests_total",
+                handler="/predict",
+                method="POST",
+                status="415",
+                role="",
             )
             == 1
         )
-        assert _metric(text, "housing_http_request_duration_seconds_count", handler="/predict") == 4
+        durations = "housing_http_request_duration_seconds_count"
+        assert _metric(text, durations, handler="/predict", role="champion") == 2
+        assert _metric(text, durations, handler="/predict", role="") == 2
         assert _metric(text, "housing_validation_errors_total", field="MedInc") == 1
         assert _metric(text, "housing_validation_errors_total", field="Latitude") == 1
         assert (

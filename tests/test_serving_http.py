@@ -139,7 +139,8 @@ def test_requests_without_an_answer_are_not_counted_as_server_errors(
     assert predict == {"415": 1.0}
     assert aborted == 2
     durations = _samples(text, "housing_http_request_duration_seconds_count")
-    assert durations[(("handler", "/predict"),)] == 1.0
+    # A rejection has no role (no model answered).
+    assert durations[(("handler", "/predict"), ("role", ""))] == 1.0
 
 
 def _predict_statuses(text: str) -> dict[str, float]:

@@ -286,6 +286,16 @@ def serve(
             "--model-version", metavar="N", min=1, help="Serve this version, not @champion."
         ),
     ] = None,
+    challenger_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--challenger-mode",
+            metavar="off|shadow|canary",
+            help="What the @challenger version does: nothing, score every request off the "
+            "hot path (logged beside the answer), or answer serve.canary_share of them.",
+            show_default="serve.challenger_mode, off",
+        ),
+    ] = None,
     request_log: RequestLogOpt = None,
     config: ConfigOpt = None,
     verbose: VerboseOpt = False,
@@ -304,6 +314,7 @@ def serve(
         model_version=model_version,
         config_path=options.config_path,
         on_ready=render.serving_banner,
+        challenger_mode=challenger_mode,
     )
 
 

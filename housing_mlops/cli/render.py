@@ -299,10 +299,18 @@ def promote_summary(result: Row) -> None:
 
 # --------------------------------------------------------------------------- serve
 def serving_banner(info: Row) -> None:
+    mode = info.get("challenger_mode", "off")
+    challenger = info.get("challenger_version")
+    if mode == "off":
+        also = ""
+    elif challenger is None:
+        also = f"; challenger mode {mode}, but no version has the challenger alias yet"
+    else:
+        also = f"; challenger version {challenger} in {mode} mode"
     stderr.print(
         f"Serving {info['model']} version {info['version']} at {info['url']} "
         f"({info['workers']} worker(s); docs at {info['url']}/docs; "
-        f"request log {info['request_log']}). Ctrl+C to stop."
+        f"request log {info['request_log']}{also}). Ctrl+C to stop."
     )
 
 

@@ -17,7 +17,9 @@ Status codes of ``/predict`` (bad input never gives a 500):
 ``POST /model/reload``: 404 when no token is configured (the variable named by
 ``serve.reload_token_env`` is unset or empty: the endpoint is off), 401 without a Bearer
 token, 403 with a wrong one, 409 when a ``--model-version`` is pinned, 200 with the
-result, 500 when loading the new version failed (the old one keeps serving).
+result, 500 when loading the new version failed (the old one keeps serving). It follows
+the ``champion`` alias and, with ``serve.challenger_mode`` shadow or canary, the
+``challenger`` alias too (the result's ``challenger`` part).
 
 ``POST /feedback`` (true values for answered requests) is mounted from ``serving.feedback``,
 which documents its status codes.
@@ -70,6 +72,9 @@ def create_app(
     loader: Callable[[str | None], LoadedModel] | None = None,
     alias_version: Callable[[], str | None] | None = None,
     wait_for_model: bool = False,
+    challenger: LoadedModel | None = None,
+    challenger_loader: Callable[[str], LoadedModel] | None = None,
+    challenger_alias_version: Callable[[], str | None] | None = None,
 ) -> ServingMiddleware:
     """The ASGI app serving ``model`` (or the registry's champion, loaded at startup).
 
@@ -80,10 +85,24 @@ def create_app(
     pass their own to serve in-memory pipelines. ``model_version`` pins a version (the
     watcher is then off). Without ``model`` the app loads one at startup: in the
     background (``/ready`` says 503 meanwhile), or before serving with ``wait_for_model``.
+
+    The challenger (``serve.challenger_mode`` shadow or canary) likewise: ``challenger``
+    preloaded, ``challenger_loader(version)`` and ``challenger_alias_version()``, which
+    default to the registry's ``challenger`` alias when ``alias_version`` does too (a test
+    passing its own ``alias_version`` and no ``challenger_alias_version`` has none).
     """
     from housing_mlops import __version__
 
-    service = Service(settings, model, model_version, loader, alias_version)
+    service = Service(
+        settings,
+        model,
+        model_version,
+        loader,
+        alias_version,
+        challenger=challenger,
+        challenger_loader=challenger_loader,
+        challenger_alias_version=challenger_alias_version,
+    )
     predict = PredictEndpoint(service)
 
     @contextlib.asynccontextmanager
@@ -180,9 +199,40 @@ def create_app(
                     "batches": service.batcher.batches,
                     "rows": service.batcher.rows,
                 },
+                "role": "champion",
+                **challenger_info(),
             }
         )
         return _json(200, info)
+
+    def challenger_info() -> dict[str, Any]:
+        """The challenger's part of /model/info: the mode in effect and why, the model."""
+        challenger = service.challenger.model
+        part: dict[str, Any] | None = None
+        if challenger is not None:
+            part = challenger.info()
+            part["role"] = "challenger"
+        shadow = service.shadow
+        return {
+            "challenger_mode": service.mode,
+            "challenger_mode_configured": service.configured_mode,
+            "challenger_mode_reason": service.mode_reason(),
+            "challenger": part,
+            "challenger_last_reload_error": service.challenger.last_reload_error,
+            "challenger_last_reload_at": service.challenger.last_reload_at,
+            "canary": {
+                "share": service.canary_share,
+                "key_header": serve_cfg.canary_key_header,
+            },
+            "shadow": {
+                "queue_size": serve_cfg.shadow_queue_size,
+                "queued_rows": shadow.depth,
+                "scored_rows": shadow.scored,
+                "batches": shadow.batches,
+                "dropped_rows": shadow.dropped,
+                "error_rows": shadow.errors,
+            },
+        }
 
     @app.get(
         "/metrics",
@@ -198,13 +248,16 @@ def create_app(
 
     @app.post(
         "/model/reload",
-        summary="Reload the champion now (Authorization: Bearer <token>)",
+        summary="Reload the champion (and challenger) now (Authorization: Bearer <token>)",
         responses={
             401: {"description": "no Bearer token"},
             403: {"description": "wrong token"},
             404: {"description": "reload over HTTP is off: no token configured"},
             409: {"description": "a --model-version is pinned"},
-            500: {"description": "the new version failed to load; the old one keeps serving"},
+            500: {
+                "description": "a new version (champion or challenger) failed to load; the "
+                "old one keeps serving"
+            },
         },
     )
     async def reload_model(request: Request) -> Response:
@@ -230,8 +283,13 @@ def create_app(
                     "restart without --model-version to follow the champion"
                 },
             )
-        result = await service.watcher.check()
-        return _json(500 if result.error else 200, result.as_dict())
+        result, challenger = await service.check_models()
+        failed = bool(result.error or (challenger is not None and challenger.error))
+        body = {
+            **result.as_dict(),
+            "challenger": challenger.as_dict() if challenger is not None else None,
+        }
+        return _json(500 if failed else 200, body)
 
     mount_feedback(app, settings)
 

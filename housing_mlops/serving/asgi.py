@@ -6,6 +6,13 @@ validates it once (``RequestModels.parse_body``, pydantic in Rust), predicts thr
 micro-batcher and answers with orjson-encoded bytes. Every answer, rejections included, is
 queued for the request log as ``LoggedRequest`` rows.
 
+With a challenger (``Service.mode``): in canary mode the stable hash of the
+``serve.canary_key_header`` value (else of the request id) picks the model that answers
+(``serving.routing``); in shadow mode the champion answers and the rows go to the shadow
+scorer, which logs them once the challenger has scored them (``serving.shadow``). Answers
+say which model answered: headers ``X-Model-Version`` and ``X-Model-Role``, and ``role`` in
+the body.
+
 It is the endpoint of FastAPI's ``/predict`` route (so routing is FastAPI's: 405 for other
 methods, the trailing-slash redirect), and ``ServingMiddleware``, outermost, also calls it
 directly for ``POST /predict``: the hot path then skips FastAPI's middleware, routing and
@@ -25,6 +32,8 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
+from housing_mlops.serving.predictor import LoadedModel
+from housing_mlops.serving.routing import routes_to_challenger
 from housing_mlops.serving.schemas import format_errors, metric_field
 from housing_mlops.serving.state import Service
 from housing_mlops.store import LoggedRequest
@@ -90,7 +99,9 @@ class ServingMiddleware:
         finally:
             handler = path if path in HANDLERS else "other"
             if status:
-                self.service.metrics.observe_http(handler, method, status, time.perf_counter() - t0)
+                self.service.metrics.observe_http(
+                    handler, method, status, time.perf_counter() - t0, scope.get("housing.role", "")
+                )
             else:
                 # The connection closed before any answer: the client left mid-body, or
                 # uvicorn rejected a malformed body with its own 400. Not a 5xx of ours.
@@ -103,6 +114,8 @@ class PredictEndpoint:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.max_body = service.settings.serve.max_body_bytes
+        self.canary_header = service.settings.serve.canary_key_header.lower().encode("latin-1")
+        self._fallback_logged = -60.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if "housing.t0" not in scope:  # reached through FastAPI's routing
@@ -111,7 +124,12 @@ class PredictEndpoint:
         body = await self._gate(scope, receive, send)
         if body is not None:
             status, content, rid = await self._predict(scope, body)
-            await _send_json(send, status, content, [(b"x-request-id", rid.encode())])
+            headers = [(b"x-request-id", rid.encode())]
+            answered: LoadedModel | None = scope.get("housing.model")
+            if answered is not None:
+                headers.append((b"x-model-version", answered.meta.version.encode()))
+                headers.append((b"x-model-role", scope["housing.role"].encode()))
+            await _send_json(send, status, content, headers)
 
     # ---------------------------------------------------------------- reading the body
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
@@ -131,6 +149,8 @@ class PredictEndpoint:
                 text = value.decode("latin-1")
                 if _REQUEST_ID.match(text):
                     request_id = text
+            elif key == self.canary_header:
+                scope["housing.canary_key"] = value.decode("latin-1")
         scope["housing.request_id"] = request_id or self.service.new_request_id()
         media = content_type.split(b";", 1)[0].strip().lower()
         if media != b"application/json" and not (
@@ -178,17 +198,39 @@ class PredictEndpoint:
     async def _predict(self, scope: Scope, body: bytes) -> tuple[int, bytes, str]:
         """Validate, predict (micro-batched), log; returns (status, JSON bytes, request id)."""
         rid: str = scope["housing.request_id"]
-        model = self.service.holder.model
+        service = self.service
+        model = service.holder.model
         if model is None:
             self._log_rejected(scope, 503, "no model loaded yet")
             return 503, orjson.dumps({"detail": "no model loaded yet", "request_id": rid}), rid
+        mode = service.mode
+        role = "champion"
+        batcher = service.batcher
+        if mode == "canary":
+            challenger = service.challenger.model
+            key = scope.get("housing.canary_key") or rid
+            if challenger is not None and routes_to_challenger(key, service.canary_share):
+                # The challenger's own validation: its reference ranges decide.
+                model, role, batcher = challenger, "challenger", service.challenger_batcher
         try:
             houses, single = model.requests.parse_body(body)
         except ValidationError as exc:
             return self._invalid(scope, exc.errors(include_url=False))  # type: ignore[arg-type]
         values = [tuple(house.__dict__.values()) for house in houses]
+        X = np.array(values, dtype=np.float64)
         try:
-            preds, used = await self.service.batcher.predict(np.array(values, dtype=np.float64))
+            try:
+                preds, used = await batcher.predict(X)
+            except Exception:
+                if role != "challenger":
+                    raise
+                # A canary challenger that fails (or was just removed): the champion answers.
+                now = time.monotonic()
+                if now - self._fallback_logged >= 60.0:  # not a traceback per request
+                    self._fallback_logged = now
+                    log.exception("the challenger failed to predict; the champion answers")
+                role = "champion"
+                preds, used = await service.batcher.predict(X)
         except Exception as exc:  # noqa: BLE001 - a model failure, not bad input
             log.exception("prediction failed")
             self._log_rejected(scope, 500, f"prediction failed: {exc}")
@@ -202,6 +244,7 @@ class PredictEndpoint:
                 "request_id": rid,
                 "model_name": name,
                 "model_version": version,
+                "role": role,
                 "prediction": p,
                 "prediction_usd": round(p * 100_000.0, 2),
             }
@@ -210,32 +253,38 @@ class PredictEndpoint:
                 "request_id": rid,
                 "model_name": name,
                 "model_version": version,
+                "role": role,
                 "count": len(pred_list),
                 "predictions": pred_list,
                 "predictions_usd": [round(p * 100_000.0, 2) for p in pred_list],
             }
         content = orjson.dumps(payload)
-        self.service.metrics.observe_predictions(version, pred_list)
+        scope["housing.model"] = used
+        scope["housing.role"] = role
+        service.metrics.observe_predictions(version, pred_list, role)
         ts = scope["housing.ts"]
-        instance = self.service.instance
+        instance = service.instance
         latency = (time.perf_counter() - scope["housing.t0"]) * 1000.0
-        self.service.writer.submit(
-            [
-                LoggedRequest(
-                    ts=ts,
-                    request_id=rid,
-                    row_index=i,
-                    model_name=name,
-                    model_version=version,
-                    features=row,
-                    prediction=pred,
-                    latency_ms=latency,
-                    status=200,
-                    instance=instance,
-                )
-                for i, (row, pred) in enumerate(zip(values, pred_list, strict=True))
-            ]
-        )
+        rows = [
+            LoggedRequest(
+                ts=ts,
+                request_id=rid,
+                row_index=i,
+                model_name=name,
+                model_version=version,
+                features=row,
+                prediction=pred,
+                latency_ms=latency,
+                status=200,
+                instance=instance,
+                role=role,
+            )
+            for i, (row, pred) in enumerate(zip(values, pred_list, strict=True))
+        ]
+        # In shadow the scorer logs the rows once the challenger has scored them; when its
+        # queue is full (or it is not running) they are logged here, without a shadow.
+        if mode != "shadow" or not service.shadow.submit(X, rows):
+            service.writer.submit(rows)
         return 200, content, rid
 
     def _invalid(self, scope: Scope, errors: list[dict[str, Any]]) -> tuple[int, bytes, str]:

@@ -85,8 +85,9 @@ class ServingMetrics:
         r = self.registry
         self.http_requests = Counter(
             "housing_http_requests",
-            "HTTP requests by handler, method and status.",
-            ["handler", "method", "status"],
+            "HTTP requests by handler, method, status and role (champion or challenger: the "
+            "model whose answer a /predict request got; empty for other requests and rejections).",
+            ["handler", "method", "status", "role"],
             registry=r,
         )
         self.http_aborted = Counter(
@@ -99,21 +100,22 @@ class ServingMetrics:
         )
         self.http_duration = Histogram(
             "housing_http_request_duration_seconds",
-            "Server-side HTTP request latency by handler.",
-            ["handler"],
+            "Server-side HTTP request latency by handler and role (see housing_http_requests).",
+            ["handler", "role"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.predictions = Counter(
             "housing_predictions",
-            "Rows predicted, by model version.",
-            ["model_version"],
+            "Rows predicted, by model version and role (a challenger's shadow predictions "
+            "count under role=challenger).",
+            ["model_version", "role"],
             registry=r,
         )
         self.prediction_value = Histogram(
             "housing_prediction_value",
-            "Predicted median house value in $100k, by model version.",
-            ["model_version"],
+            "Predicted median house value in $100k, by model version and role.",
+            ["model_version", "role"],
             buckets=PREDICTION_BUCKETS,
             registry=r,
         )
@@ -126,7 +128,8 @@ class ServingMetrics:
         )
         self.model_info = Gauge(
             "housing_model_info",
-            "1 for the model version being served.",
+            "1 for each version being served (the champion, and the challenger when loaded; "
+            "its alias label says which).",
             ["name", "version", "alias", "run_id"],
             multiprocess_mode="livemax",
             registry=r,
@@ -189,19 +192,39 @@ class ServingMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.shadow_dropped = Counter(
+            "housing_shadow_dropped",
+            "Rows the challenger did not score in shadow because its queue was full "
+            "(logged without a shadow prediction).",
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "housing_shadow_errors",
+            "Rows the challenger failed to score in shadow (it raised; logged without a "
+            "shadow prediction).",
+            registry=r,
+        )
+        self.shadow_queue_depth = Gauge(
+            "housing_shadow_queue_depth",
+            "Rows waiting for the challenger's shadow score.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self._extra_collectors: list[Any] = []
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._model_children: dict[str, tuple[Any, Any]] = {}
-        self._info_labels: tuple[str, str, str, str] | None = None
+        self._http_children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+        self._model_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._info_labels: dict[str, tuple[str, str, str, str]] = {}
 
     # -- hot path helpers (label lookups are cached; prometheus_client's are not free)
-    def observe_http(self, handler: str, method: str, status: int, seconds: float) -> None:
-        key = (handler, method, status)
+    def observe_http(
+        self, handler: str, method: str, status: int, seconds: float, role: str = ""
+    ) -> None:
+        key = (handler, method, status, role)
         children = self._http_children.get(key)
         if children is None:
             children = (
-                self.http_requests.labels(handler, method, str(status)),
-                self.http_duration.labels(handler),
+                self.http_requests.labels(handler, method, str(status), role),
+                self.http_duration.labels(handler, role),
             )
             self._http_children[key] = children
         children[0].inc()
@@ -211,24 +234,44 @@ class ServingMetrics:
         """A request that got no answer from the service (rare: no cached child)."""
         self.http_aborted.labels(handler, method).inc()
 
-    def observe_predictions(self, version: str, values: Any) -> None:
-        children = self._model_children.get(version)
+    def observe_predictions(self, version: str, values: Any, role: str = "champion") -> None:
+        key = (version, role)
+        children = self._model_children.get(key)
         if children is None:
-            children = (self.predictions.labels(version), self.prediction_value.labels(version))
-            self._model_children[version] = children
+            children = (
+                self.predictions.labels(version, role),
+                self.prediction_value.labels(version, role),
+            )
+            self._model_children[key] = children
         children[0].inc(len(values))
         observe = children[1].observe
         for v in values:
             observe(float(v))
 
-    def set_model(self, name: str, version: str, alias: str | None, run_id: str | None) -> None:
-        """Point ``housing_model_info`` at the served version (the old one drops to 0)."""
+    def set_model(
+        self,
+        name: str,
+        version: str,
+        alias: str | None,
+        run_id: str | None,
+        role: str = "champion",
+    ) -> None:
+        """Point ``housing_model_info`` at the version serving ``role`` (the one it
+        replaces drops to 0)."""
         labels = (name, version, alias or "", run_id or "")
-        if self._info_labels is not None and self._info_labels != labels:
-            self.model_info.labels(*self._info_labels).set(0)
+        before = self._info_labels.get(role)
+        if before is not None and before != labels:
+            self.model_info.labels(*before).set(0)
         self.model_info.labels(*labels).set(1)
-        self._info_labels = labels
-        self.model_loaded.set_to_current_time()
+        self._info_labels[role] = labels
+        if role == "champion":
+            self.model_loaded.set_to_current_time()
+
+    def unset_model(self, role: str) -> None:
+        """No model serves ``role`` any more (the challenger alias was removed)."""
+        before = self._info_labels.pop(role, None)
+        if before is not None:
+            self.model_info.labels(*before).set(0)
 
     def on_log_flush(self, report: FlushReport) -> None:
         """Callback of ``store.RequestLogWriter`` (runs in the writer thread)."""

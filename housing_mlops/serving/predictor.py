@@ -384,20 +384,26 @@ def reference_profile_or_none(settings: Any, ref: Any) -> dict[str, Any] | None:
 
 
 def load_from_registry(
-    settings: Any, version: int | str | None = None
+    settings: Any, version: int | str | None = None, alias: str = "champion"
 ) -> tuple[LoadedModel, dict[str, Any] | None]:
-    """Resolve ``@champion`` (or ``version``), load it safely and wrap it for serving.
+    """Resolve ``@alias`` (or ``version``), load it safely and wrap it for serving.
 
     Returns the loaded model and the version's reference profile (None when the registry
     has none); the caller hands the profile to the store's drift cache.
     """
     from housing_mlops import registry
 
-    ref = registry.resolve(settings, version=int(version) if version is not None else None)
+    ref = registry.resolve(
+        settings, version=int(version) if version is not None else None, alias=alias
+    )
     pipeline = registry.load_model(settings, ref)
     profile = reference_profile_or_none(settings, ref)
     meta = ModelMeta.from_ref(ref)
-    if meta.alias is None and registry.CHAMPION in (getattr(ref, "aliases", None) or ()):
+    aliases = getattr(ref, "aliases", None) or ()
+    if alias != registry.CHAMPION and alias in aliases:
+        # The challenger, resolved by version (hot reload): say so, whatever else it carries.
+        meta = ModelMeta(**{**meta.__dict__, "alias": alias})
+    elif meta.alias is None and registry.CHAMPION in aliases:
         # Resolved by version (hot reload, --model-version) but it is the champion.
         meta = ModelMeta(**{**meta.__dict__, "alias": registry.CHAMPION})
     model = build_loaded_model(

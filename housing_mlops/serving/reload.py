@@ -1,4 +1,5 @@
-"""Hot reload: follow the registry's ``champion`` alias without restarting the service.
+"""Hot reload: follow the registry's ``champion`` (and ``challenger``) alias without
+restarting the service.
 
 ``ModelWatcher.check`` asks which version the alias points at; when it differs from the
 served one, the new version is loaded in a worker thread *beside* the old one and then
@@ -6,8 +7,12 @@ swapped in with a single reference assignment (``ModelHolder.swap``). Batches al
 dispatched keep the model they captured, so requests in flight finish on the old model. A
 failed load keeps the old model serving, is logged, counted in
 ``housing_model_reload_failures_total`` and shown in ``/model/info`` (``last_reload_error``).
-``run`` calls ``check`` every ``serve.reload_interval_s`` (0 switches the watcher off);
-``POST /model/reload`` calls it on demand.
+The service (``Service.check_models``) calls ``check`` of both watchers every
+``serve.reload_interval_s`` (0 switches that off), and ``POST /model/reload`` on demand.
+
+The service has one holder and one watcher per role. The challenger's watcher
+(``unload_when_missing``) also unloads the challenger when its alias is removed; a
+challenger that fails to load never touches the champion's holder.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class ModelHolder:
-    """The one reference to the served model; swapping it is atomic."""
+    """The one reference to the model serving ``role``; swapping it is atomic."""
 
-    def __init__(self, metrics: ServingMetrics, model: LoadedModel | None = None) -> None:
+    def __init__(
+        self, metrics: ServingMetrics, model: LoadedModel | None = None, role: str = "champion"
+    ) -> None:
         self.metrics = metrics
+        self.role = role
         self.model: LoadedModel | None = None
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
@@ -42,7 +50,13 @@ class ModelHolder:
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         old, self.model = self.model, model
         m = model.meta
-        self.metrics.set_model(m.name, m.version, m.alias, m.run_id)
+        self.metrics.set_model(m.name, m.version, m.alias, m.run_id, role=self.role)
+        return old
+
+    def clear(self) -> LoadedModel | None:
+        """Stop serving this role (batches already dispatched finish on the old model)."""
+        old, self.model = self.model, None
+        self.metrics.unset_model(self.role)
         return old
 
 
@@ -73,23 +87,16 @@ class ModelWatcher:
         alias_version: Callable[[], str | None],
         loader: Callable[[str], LoadedModel],
         interval_s: float,
+        alias: str = "champion",
+        unload_when_missing: bool = False,
     ) -> None:
         self.holder = holder
         self.alias_version = alias_version
         self.loader = loader
         self.interval_s = float(interval_s)
+        self.alias = alias
+        self.unload_when_missing = unload_when_missing
         self._lock = asyncio.Lock()
-
-    async def run(self) -> None:
-        """Check forever, every ``interval_s`` (cancel the task to stop)."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
-                log.exception("model watcher: unexpected error")
 
     async def check(self) -> ReloadResult:
         """Load and swap in the alias's version if it changed; never raises for a bad load."""
@@ -97,20 +104,32 @@ class ModelWatcher:
             holder = self.holder
             current = holder.model
             previous = current.meta.version if current is not None else None
+            alias = self.alias
             try:
                 target = await asyncio.to_thread(self.alias_version)
             except Exception as exc:  # noqa: BLE001
-                return self._failed(previous, None, f"could not read the champion alias: {exc}")
+                return self._failed(previous, None, f"could not read the {alias} alias: {exc}")
             if target is None:
+                if self.unload_when_missing:
+                    holder.last_reload_error = None
+                    if current is None:
+                        return ReloadResult(False, None, None, detail=f"no {alias} alias")
+                    holder.clear()
+                    holder.last_reload_at = time.time()
+                    holder.metrics.reloads.inc()
+                    log.info("model watcher: the %s alias was removed; unloaded it", alias)
+                    return ReloadResult(
+                        True, None, previous, detail=f"no {alias} alias any more: unloaded"
+                    )
                 return ReloadResult(
-                    False, previous, previous, detail="no champion alias; keeping the model"
+                    False, previous, previous, detail=f"no {alias} alias; keeping the model"
                 )
             target = str(target)
             if target == previous:
                 return ReloadResult(
                     False, previous, previous, detail=f"already serving version {target}"
                 )
-            log.info("model watcher: champion is now version %s; loading it", target)
+            log.info("model watcher: %s is now version %s; loading it", alias, target)
             try:
                 new = await asyncio.to_thread(self.loader, target)
             except Exception as exc:  # noqa: BLE001
@@ -119,7 +138,7 @@ class ModelWatcher:
             holder.last_reload_error = None
             holder.last_reload_at = time.time()
             holder.metrics.reloads.inc()
-            log.info("model watcher: now serving version %s (was %s)", target, previous)
+            log.info("model watcher: %s now version %s (was %s)", alias, target, previous)
             return ReloadResult(True, target, previous, detail=f"now serving version {target}")
 
     def _failed(self, previous: str | None, target: str | None, message: str) -> ReloadResult:
@@ -128,5 +147,11 @@ class ModelWatcher:
         stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
         self.holder.last_reload_error = f"{stamp}: {message}"
         self.holder.metrics.reload_failures.inc()
-        log.error("model watcher: %s; still serving version %s", message, previous, exc_info=True)
+        log.error(
+            "model watcher: %s; %s still version %s",
+            message,
+            self.alias,
+            previous,
+            exc_info=True,
+        )
         return ReloadResult(False, previous, previous, error=message)

@@ -18,7 +18,7 @@ request models (``RequestModels``); ``/model/info`` shows them, and the OpenAPI 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -228,6 +228,10 @@ class Prediction(BaseModel):
     request_id: str = Field(description="this request's id (also the X-Request-ID header)")
     model_name: str = Field(description="registered model name")
     model_version: str = Field(description="registry version that made the prediction")
+    role: Literal["champion", "challenger"] = Field(
+        description="which model answered: the champion, or the challenger in canary mode "
+        "(also the X-Model-Role header)"
+    )
     prediction: float = Field(description="median house value in $100k")
     prediction_usd: float = Field(description="median house value in US dollars")
 
@@ -239,6 +243,10 @@ class BatchPrediction(BaseModel):
     request_id: str = Field(description="this request's id (also the X-Request-ID header)")
     model_name: str = Field(description="registered model name")
     model_version: str = Field(description="registry version that made the predictions")
+    role: Literal["champion", "challenger"] = Field(
+        description="which model answered: the champion, or the challenger in canary mode "
+        "(also the X-Model-Role header)"
+    )
     count: int = Field(description="number of rows predicted")
     predictions: list[float] = Field(description="median house values in $100k")
     predictions_usd: list[float] = Field(description="median house values in US dollars")
@@ -280,6 +288,19 @@ _REQUEST_ID_HEADER = {
 }
 
 
+_MODEL_HEADERS = {
+    "X-Model-Version": {
+        "description": "the registry version that answered",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Role": {
+        "description": "champion, or challenger (canary mode: serve.canary_share of the "
+        "client keys)",
+        "schema": {"type": "string", "enum": ["champion", "challenger"]},
+    },
+}
+
+
 def predict_openapi(
     requests: RequestModels, max_body_bytes: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -313,10 +334,12 @@ def predict_openapi(
         name = model if isinstance(model, str) else model.__name__
         return {"$ref": _REF.format(model=name)}
 
-    def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    def answer(
+        description: str, schema: dict[str, Any], headers: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return {
             "description": description,
-            "headers": _REQUEST_ID_HEADER,
+            "headers": {**_REQUEST_ID_HEADER, **(headers or {})},
             "content": {"application/json": {"schema": schema}},
         }
 
@@ -338,6 +361,7 @@ def predict_openapi(
             "200": answer(
                 "the prediction in $100k and in US dollars (a batch: one per row, in order)",
                 {"oneOf": [ref(Prediction), ref(BatchPrediction)]},
+                _MODEL_HEADERS,
             ),
             "413": answer(
                 f"body larger than {max_body_bytes} bytes (serve.max_body_bytes)",

@@ -17,10 +17,12 @@ from typing import Any
 
 CONFIG_ENV = "HOUSING_SERVE_CONFIG"
 MODEL_VERSION_ENV = "HOUSING_SERVE_MODEL_VERSION"
-# config.ENV_OVERRIDES: serve.instance, serve.request_log, serve.spool_dir
+# config.ENV_OVERRIDES: serve.instance, serve.request_log, serve.spool_dir,
+# serve.challenger_mode
 INSTANCE_ENV = "HOUSING_INSTANCE"
 REQUEST_LOG_ENV = "HOUSING_REQUEST_LOG"
 SPOOL_DIR_ENV = "HOUSING_SPOOL_DIR"
+CHALLENGER_MODE_ENV = "HOUSING_SERVE_CHALLENGER_MODE"
 
 
 def app_from_env() -> Any:
@@ -33,6 +35,31 @@ def app_from_env() -> Any:
     return create_app(
         settings, model_version=int(version) if version else None, wait_for_model=True
     )
+
+
+CHALLENGER_MODES = ("off", "shadow", "canary")
+
+
+def with_challenger_mode(settings: Any, mode: str) -> Any:
+    """``settings`` with ``serve.challenger_mode`` replaced (``--challenger-mode``)."""
+    from housing_mlops.errors import UsageError
+
+    if mode not in CHALLENGER_MODES:
+        raise UsageError(f"--challenger-mode must be off, shadow or canary, not '{mode}'")
+    serve = settings.serve.model_copy(update={"challenger_mode": mode})
+    return settings.model_copy(update={"serve": serve})
+
+
+def _challenger_version(settings: Any) -> str | None:
+    """The registry's challenger version for the banner (None: none, or not readable now;
+    the service reports a load failure in /model/info)."""
+    from housing_mlops import registry
+    from housing_mlops.errors import HousingError
+
+    try:
+        return registry.get_alias_version(settings, registry.CHALLENGER)
+    except HousingError:
+        return None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -102,8 +129,11 @@ def run_server(
     model_version: int | None = None,
     config_path: Path | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
+    challenger_mode: str | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. Fails fast (ModelError) when there is no champion."""
+    """Serve until SIGINT/SIGTERM. Fails fast (ModelError) when there is no champion.
+
+    ``challenger_mode`` (``--challenger-mode``) overrides ``serve.challenger_mode``."""
     import uvicorn
 
     from housing_mlops import registry, store
@@ -113,6 +143,8 @@ def run_server(
     from housing_mlops.serving.state import instance_name, load_served_model
 
     server_class = _graceful_server_class()
+    if challenger_mode is not None:
+        settings = with_challenger_mode(settings, challenger_mode)
     serve = settings.serve
     host = host or serve.host
     port = port or serve.port
@@ -145,6 +177,10 @@ def run_server(
         "request_log": str(store.parse_log_location(serve.request_log)),  # password: ***
         # Every worker's rows carry the replica's name (workers share this process's).
         "instance": instance,
+        "challenger_mode": serve.challenger_mode if model_version is None else "off",
+        "challenger_version": _challenger_version(settings)
+        if model_version is None and serve.challenger_mode != "off"
+        else None,
     }
     if workers == 1:
         with sock:
@@ -167,6 +203,7 @@ def run_server(
         # or the environment chose must reach them too.
         REQUEST_LOG_ENV: str(serve.request_log),
         SPOOL_DIR_ENV: str(serve.spool_dir),
+        CHALLENGER_MODE_ENV: serve.challenger_mode,
     }
     with multiprocess_directory(), _environ(worker_env):
         if on_ready:

@@ -1,5 +1,6 @@
-"""What one running service holds: the served model, reload bookkeeping, the micro-batcher,
-the request-log writer and the metrics, with their start-up and shutdown.
+"""What one running service holds: the served models (champion, and the challenger when
+``serve.challenger_mode`` is shadow or canary), reload bookkeeping, the micro-batchers, the
+shadow scorer, the request-log writer and the metrics, with their start-up and shutdown.
 
 Models come from the registry through ``load_served_model``, which also hands the
 version's training profile to the store's drift cache, so ``housing drift`` later finds
@@ -18,18 +19,25 @@ from typing import Any
 
 from housing_mlops.serving.batching import MicroBatcher
 from housing_mlops.serving.metrics import ServingMetrics
-from housing_mlops.serving.predictor import LoadedModel, ModelMeta
-from housing_mlops.serving.reload import ModelHolder, ModelWatcher
+from housing_mlops.serving.predictor import HGB_COMPILED_MAX_ROWS, LoadedModel, ModelMeta
+from housing_mlops.serving.reload import ModelHolder, ModelWatcher, ReloadResult
+from housing_mlops.serving.shadow import ShadowScorer
 from housing_mlops.store import RequestLogWriter, parse_log_location
 
 log = logging.getLogger(__name__)
 
 
-def load_served_model(settings: Any, version: int | str | None = None) -> LoadedModel:
-    """The registry's champion (or ``version``), ready to serve; its profile is cached."""
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def load_served_model(
+    settings: Any, version: int | str | None = None, alias: str = CHAMPION
+) -> LoadedModel:
+    """The registry's ``alias`` (or ``version``), ready to serve; its profile is cached."""
     from housing_mlops.serving.predictor import load_from_registry
 
-    model, profile = load_from_registry(settings, version)
+    model, profile = load_from_registry(settings, version, alias=alias)
     if profile is not None:
         cache_profile_for_drift(settings, model.meta, profile)
     return model
@@ -71,6 +79,9 @@ class Service:
         model_version: int | None,
         loader: Callable[[str | None], LoadedModel] | None,
         alias_version: Callable[[], str | None] | None,
+        challenger: LoadedModel | None = None,
+        challenger_loader: Callable[[str], LoadedModel] | None = None,
+        challenger_alias_version: Callable[[], str | None] | None = None,
     ) -> None:
         from housing_mlops.serving.drift_collector import DriftCollector
         from housing_mlops.serving.live_quality import LiveQualityCollector
@@ -83,6 +94,20 @@ class Service:
         self.holder = ModelHolder(self.metrics, model)
         self.batcher = MicroBatcher(
             self.holder.current,
+            window_s=serve.microbatch_window_ms / 1000.0,
+            max_rows=serve.microbatch_max_rows,
+            threads=serve.predictor_threads,
+        )
+        # The challenger: loaded only for shadow or canary, and never with a pinned
+        # version (the service then serves exactly that version).
+        self.configured_mode: str = serve.challenger_mode
+        self.canary_share = float(serve.canary_share)
+        self.challenger_enabled = self.configured_mode != "off" and model_version is None
+        self.challenger = ModelHolder(
+            self.metrics, challenger if self.challenger_enabled else None, role=CHALLENGER
+        )
+        self.challenger_batcher = MicroBatcher(
+            self.challenger.current,
             window_s=serve.microbatch_window_ms / 1000.0,
             max_rows=serve.microbatch_max_rows,
             threads=serve.predictor_threads,
@@ -102,6 +127,16 @@ class Service:
             instance=self.instance,
         )
         writer = self.writer
+        self.shadow = ShadowScorer(
+            self.challenger.current,
+            writer.submit,
+            self.metrics,
+            max_rows=serve.shadow_queue_size,
+            # At most 32 rows a call: the largest batch HistGradientBoosting's vectorised
+            # walk takes (sklearn's own path costs 2.5x more for 33 rows than for 32).
+            batch_rows=min(serve.microbatch_max_rows, HGB_COMPILED_MAX_ROWS),
+            threads=serve.predictor_threads,
+        )
         self.metrics.add_collector(DriftCollector(location, reachable=lambda: not writer.degraded))
         self.live_quality = LiveQualityCollector(
             location,
@@ -118,17 +153,25 @@ class Service:
             self.loader,
             serve.reload_interval_s,
         )
+        if challenger_alias_version is None and alias_version is None:
+            challenger_alias_version = self._registry_challenger_version
+        self.challenger_watcher = ModelWatcher(
+            self.challenger,
+            # No challenger source (tests serving in-memory models): never a challenger.
+            challenger_alias_version or (lambda: None),
+            challenger_loader or self._registry_challenger_loader,
+            serve.reload_interval_s,
+            alias=CHALLENGER,
+            unload_when_missing=True,
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
 
     def served_models(self) -> list[tuple[str, ModelMeta]]:
         """The models answering now, with their role (for the live-quality gauges)."""
-        served = [("champion", self.holder.model)]
-        # The challenger's holder (shadow/canary, when the service has one).
-        challenger = getattr(self, "challenger", None)
-        if challenger is not None:
-            served.append(("challenger", challenger.model))
+        # The challenger's model is None unless it is loaded (shadow or canary mode).
+        served = [("champion", self.holder.model), ("challenger", self.challenger.model)]
         return [(role, model.meta) for role, model in served if model is not None]
 
     # -- registry access (only through housing_mlops.registry)
@@ -142,19 +185,75 @@ class Service:
 
         return registry.get_alias_version(self.settings, registry.CHAMPION)
 
+    def _registry_challenger_loader(self, version: str) -> LoadedModel:
+        return load_served_model(self.settings, version, alias=CHALLENGER)
+
+    def _registry_challenger_version(self) -> str | None:
+        from housing_mlops import registry
+
+        return registry.get_alias_version(self.settings, registry.CHALLENGER)
+
+    # -- the challenger's part
+    @property
+    def mode(self) -> str:
+        """The challenger mode in effect: the configured one while a challenger is loaded
+        (and no version is pinned), else ``off``."""
+        if self.challenger.model is None:
+            return "off"
+        return self.configured_mode
+
+    def mode_reason(self) -> str | None:
+        """Why the configured mode is not in effect (None when it is)."""
+        if self.configured_mode == "off":
+            return None
+        if self.pinned_version is not None:
+            return f"version {self.pinned_version} is pinned (--model-version): no challenger"
+        if self.challenger.model is None:
+            error = self.challenger.last_reload_error
+            if error:
+                return f"the challenger failed to load: {error}"
+            return "no model version has the challenger alias"
+        return None
+
+    async def check_models(self) -> tuple[ReloadResult, ReloadResult | None]:
+        """Follow both aliases now (the challenger's only when it is enabled)."""
+        champion = await self.watcher.check()
+        challenger = await self.challenger_watcher.check() if self.challenger_enabled else None
+        return champion, challenger
+
+    async def _watch(self) -> None:
+        """Check both aliases every ``reload_interval_s`` (cancel the task to stop)."""
+        while True:
+            await asyncio.sleep(self.watcher.interval_s)
+            try:
+                await self.check_models()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the watcher must outlive any single failure
+                log.exception("model watcher: unexpected error")
+
+    async def _load_challenger(self) -> None:
+        if self.challenger_enabled and self.challenger.model is None:
+            await self.challenger_watcher.check()
+
     # -- lifecycle
     async def startup(self, wait_for_model: bool = False) -> None:
         self.writer.start()
         self.batcher.start()
         if self.settings.serve.live_quality_interval_s > 0:
             self._tasks.append(asyncio.create_task(self.live_quality.run()))
+        if self.challenger_enabled and self.configured_mode == "shadow":
+            self.shadow.start()
         if self.holder.model is None and wait_for_model:
             # A worker of a multi-worker server: accept connections only once loaded.
             self.holder.swap(await asyncio.to_thread(self.loader, None))
         if self.holder.model is None:
             self._tasks.append(asyncio.create_task(self._initial_load()))
-        elif self.pinned_version is None and self.settings.serve.reload_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self.watcher.run()))
+            return
+        # The challenger before the first request (a failure is reported, not raised).
+        await self._load_challenger()
+        if self.pinned_version is None and self.settings.serve.reload_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._watch()))
 
     async def _initial_load(self) -> None:
         delay = max(1.0, min(self.settings.serve.reload_interval_s or 5.0, 30.0))
@@ -169,8 +268,9 @@ class Service:
             else:
                 self.holder.swap(model)
                 self.holder.last_reload_error = None
+        await self._load_challenger()
         if self.pinned_version is None and self.settings.serve.reload_interval_s > 0:
-            await self.watcher.run()
+            await self._watch()
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -181,6 +281,9 @@ class Service:
         # uvicorn has answered every in-flight request by now: flush them all to the log
         # (or to the spool while its database is unreachable).
         await asyncio.to_thread(self.batcher.close)
+        await asyncio.to_thread(self.challenger_batcher.close)
+        # The shadow scorer hands its rows to the writer: it closes first.
+        await asyncio.to_thread(self.shadow.close)
         await asyncio.to_thread(self.writer.close)
         self.metrics.process_exit()
 
