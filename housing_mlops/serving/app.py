@@ -36,18 +36,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.routing import Route
 
 from housing_mlops.serving.asgi import PredictEndpoint, ServingMiddleware
+from housing_mlops.serving.auth import check_bearer, json_response
 from housing_mlops.serving.feedback import mount_feedback
 from housing_mlops.serving.predictor import LoadedModel
 from housing_mlops.serving.schemas import RequestModels, build_request_models, predict_openapi
@@ -58,10 +56,7 @@ _PREDICT_SUMMARY = "Predict the median house value of one block group or a batch
 _PREDICT_OPERATION_ID = "predict_predict_post"
 
 
-def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers
-    )
+_json = json_response
 
 
 def create_app(
@@ -261,20 +256,11 @@ def create_app(
         },
     )
     async def reload_model(request: Request) -> Response:
-        env = serve_cfg.reload_token_env
-        token = os.environ.get(env, "")
-        if not token:
-            return _json(404, {"detail": f"model reload over HTTP is off: set {env} to enable it"})
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return _json(
-                401,
-                {"detail": "missing Bearer token (Authorization: Bearer <token>)"},
-                {"www-authenticate": "Bearer"},
-            )
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return _json(403, {"detail": "wrong reload token"})
+        refused = check_bearer(
+            request, serve_cfg.reload_token_env, endpoint="model reload", kind="reload"
+        )
+        if refused is not None:
+            return refused
         if service.pinned_version is not None:
             return _json(
                 409,

@@ -29,9 +29,7 @@ The database write runs in a worker thread, so the event loop keeps answering /p
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
 from typing import Annotated, Any
 
 import orjson
@@ -40,6 +38,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from housing_mlops.errors import HousingError
+from housing_mlops.serving.auth import check_bearer, json_response
 from housing_mlops.serving.schemas import format_errors
 from housing_mlops.store.feedback import MAX_ROW_INDEX
 
@@ -72,10 +71,7 @@ class FeedbackItem(BaseModel):
     )
 
 
-def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers
-    )
+_json = json_response
 
 
 def _unprocessable(detail: list[dict[str, Any]]) -> Response:
@@ -91,23 +87,6 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
-
-
-def _check_token(request: Request, env: str) -> Response | None:
-    """None when the Bearer token is right; else the 404 (off), 401 or 403 answer."""
-    token = os.environ.get(env, "")
-    if not token:
-        return _json(404, {"detail": f"feedback over HTTP is off: set {env} to enable it"})
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        return _json(
-            401,
-            {"detail": "missing Bearer token (Authorization: Bearer <token>)"},
-            {"www-authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return _json(403, {"detail": "wrong feedback token"})
-    return None
 
 
 def mount_feedback(app: FastAPI, settings: Any) -> None:
@@ -191,7 +170,9 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
                 if entry["type"] == "extra_forbidden":
                     entry["msg"] = "unknown field; expected only request_id, actual, row_index"
             return _unprocessable(detail)
-        refused = _check_token(request, serve_cfg.feedback_token_env)
+        refused = check_bearer(
+            request, serve_cfg.feedback_token_env, endpoint="feedback", kind="feedback"
+        )
         if refused is not None:
             return refused
         labels = [(i.request_id, i.row_index, i.actual) for i in items]
