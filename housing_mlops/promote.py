@@ -409,13 +409,7 @@ def promote(
         ),
     }
     if force:
-        tags.update(
-            {
-                "promoted_by_force": "true",
-                "forced_at": now,
-                "forced_gate_result": "passed" if decision.passed else "rejected",
-            }
-        )
+        tags.update(_forced_tags(now, decision))
     registry.set_version_tags(settings, candidate.version, tags)
     if challenger_version == candidate.version:  # the challenger made it by the offline gate
         registry.delete_alias(settings, registry.CHALLENGER)
@@ -424,6 +418,15 @@ def promote(
         "promoted": True,
         "champion_after": candidate.version,
         "previous_champion_after": champion_version,
+    }
+
+
+def _forced_tags(now: str, decision: Decision) -> dict[str, str]:
+    """What a ``--force`` records on the version: when, and what the gate had said."""
+    return {
+        "promoted_by_force": "true",
+        "forced_at": now,
+        "forced_gate_result": "passed" if decision.passed else "rejected",
     }
 
 
@@ -448,13 +451,7 @@ def _set_challenger(
         ),
     }
     if force:
-        tags.update(
-            {
-                "promoted_by_force": "true",
-                "forced_at": now,
-                "forced_gate_result": "passed" if decision.passed else "rejected",
-            }
-        )
+        tags.update(_forced_tags(now, decision))
     registry.set_version_tags(settings, candidate.version, tags)
     return {
         **result,
