@@ -67,8 +67,9 @@ bench-drift: $(STAMP)
 bench-drift-pg: $(STAMP)
 	$(BIN)/python benchmarks/bench_drift.py --backend postgresql $(BENCH_DRIFT_PG_ARGS)
 
-# `housing serve` vs `mlflow models serve` on the same champion: requests/s, p50, p99 and
-# the ratio at 16 connections (wrk when installed); and side by side `housing serve` with
+# The ceiling (a constant-answer ASGI app on the same uvicorn) vs `housing serve` vs `mlflow
+# models serve` on the same champion: requests/s, p50, p99, CPU per request and the ratios at
+# 16 connections (wrk when installed; last line `bench-serve: key=value ...`); and side by side `housing serve` with
 # its SQLite log vs a PostgreSQL log (a throwaway cluster via initdb/pg_ctl, or
 # BENCH_SERVE_ARGS="--pg-url URL"), with the ratio (target >= 90%). Uses the config's
 # champion when there is one (after `make demo`), else a throwaway store;

@@ -153,7 +153,7 @@ class ServeConfig(_Section):
     reload_token_env: str = "HOUSING_RELOAD_TOKEN"  # noqa: S105 - a variable name, not a secret
     # The Bearer token of POST /feedback is read from this variable (unset: endpoint off).
     feedback_token_env: str = "HOUSING_FEEDBACK_TOKEN"  # noqa: S105 - a variable name
-    microbatch_window_ms: float = Field(1.0, ge=0)
+    microbatch_window_ms: float = Field(0.25, ge=0)
     microbatch_max_rows: int = Field(256, ge=1)
     predictor_threads: int = Field(1, ge=1)
     # Where rows wait while the request log's database is unreachable (one file per
@@ -173,6 +173,12 @@ class ServeConfig(_Section):
     # Rows waiting for the challenger's shadow score; beyond it they are logged without
     # one and counted (housing_shadow_dropped_total), never delaying an answer.
     shadow_queue_size: int = Field(10_000, ge=1)
+    # The fast path's trees as compiled C (predict.compiled, a LightGBM model only; cached
+    # in predict.compile_cache): auto = at once when this model's are cached, else built in
+    # a background thread after the load and swapped in (readiness never waits); always =
+    # built before the model serves; never. Used only when exactly LightGBM's numbers.
+    # Env HOUSING_SERVE_COMPILED_TREES.
+    compiled_trees: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("challenger_mode", mode="before")
     @classmethod
@@ -252,6 +258,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "HOUSING_SPOOL_DIR": ("serve", "spool_dir"),
     "HOUSING_COMPILE_CACHE": ("predict", "compile_cache"),
     "HOUSING_SERVE_CHALLENGER_MODE": ("serve", "challenger_mode"),
+    "HOUSING_SERVE_COMPILED_TREES": ("serve", "compiled_trees"),
 }
 
 

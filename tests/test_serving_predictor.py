@@ -195,3 +195,91 @@ def test_lightgbm_version_does_not_matter_for_other_estimators(
     )
     _, fast = choose_predict(pipeline, profile)
     assert fast
+
+
+# ------------------------------------------------------------------- compiled trees
+def _lightgbm(data: tuple[Any, Any, dict[str, Any]]) -> Any:
+    X, y, _ = data
+    cand = CandidateConfig(name="c", estimator="lightgbm", params=CANDIDATES["lightgbm"])
+    return build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
+
+
+def _answers_like_the_pipeline(model: Any, pipeline: Any, X: Any) -> None:
+    want = pipeline.predict(X)
+    np.testing.assert_allclose(model.predict(X.to_numpy()), want, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(model.predict(X.to_numpy()[:1]), want[:1], rtol=0, atol=1e-9)
+
+
+def test_compiled_trees_always_serve_the_pipelines_numbers(
+    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any
+) -> None:
+    X, _, profile = data
+    pipeline = _lightgbm(data)
+    model = build_loaded_model(
+        pipeline,
+        ModelMeta("m", "1"),
+        profile,
+        compiled_trees="always",
+        compile_cache=str(tmp_path),
+        model_key="a" * 64,
+    )
+    assert model.info()["trees"] == "compiled"
+    assert model.info()["fast_path"] is True
+    assert list(tmp_path.glob("lightgbm-*.so")), "the library is cached for the next start"
+    _answers_like_the_pipeline(model, pipeline, X)
+
+
+def test_compiled_trees_auto_builds_in_the_background_then_reuses_the_cache(
+    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any
+) -> None:
+    import time
+
+    X, _, profile = data
+    pipeline = _lightgbm(data)
+    kwargs: dict[str, Any] = {
+        "compiled_trees": "auto",
+        "compile_cache": str(tmp_path),
+        "model_key": "b" * 64,
+    }
+    model = build_loaded_model(pipeline, ModelMeta("m", "1"), profile, **kwargs)
+    # Served at once by LightGBM's booster while the compiler runs.
+    assert model.info()["trees"] == "lightgbm"
+    assert model.info()["trees_building"] is True
+    _answers_like_the_pipeline(model, pipeline, X)
+    deadline = time.monotonic() + 300
+    while model.info()["trees_building"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert model.info()["trees"] == "compiled"
+    _answers_like_the_pipeline(model, pipeline, X)
+    # The next load (a restart, a hot reload) takes them from the cache before serving.
+    again = build_loaded_model(pipeline, ModelMeta("m", "2"), profile, **kwargs)
+    assert again.info()["trees"] == "compiled"
+    assert again.info()["trees_building"] is False
+
+
+@pytest.mark.parametrize("setting", ["never", "always"])
+def test_compiled_trees_leave_other_models_and_never_alone(
+    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any, setting: str
+) -> None:
+    X, y, profile = data
+    ridge = build_pipeline(
+        CandidateConfig(name="r", estimator="ridge", params=CANDIDATES["ridge"]),
+        FEATURES_CFG,
+        42,
+        n_jobs=1,
+    ).fit(X, y)
+    pipelines = {"ridge": ridge, "lightgbm": _lightgbm(data)}
+    for name, pipeline in pipelines.items():
+        if setting == "always" and name == "lightgbm":
+            continue  # covered above
+        model = build_loaded_model(
+            pipeline,
+            ModelMeta("m", "1"),
+            profile,
+            compiled_trees=setting,
+            compile_cache=str(tmp_path),
+            model_key="c" * 64,
+        )
+        assert model.info()["trees"] == ("lightgbm" if name == "lightgbm" else "estimator")
+        _answers_like_the_pipeline(model, pipeline, X)
+    assert not list(tmp_path.glob("lightgbm-*.so"))

@@ -11,12 +11,21 @@ private attributes of fitted estimators, so it is only tried with the scikit-lea
 LightGBM versions it was checked against (``TESTED_VERSIONS``); with any other version the
 model serves through the pipeline, and the log says so once.
 
+A LightGBM model can go one step further: its trees as compiled C (``predict.compiled``,
+the only module that loads native code; ``serve.compiled_trees``). They replace the
+booster in the fast path only after the same check as the fast path against
+``pipeline.predict`` and exactly LightGBM's numbers on the check rows. When they are not
+cached yet (``auto``), a background thread builds them after the load and swaps
+``LoadedModel.predict`` once they pass: the batcher reads ``model.predict`` per batch, so
+the next batch uses them and readiness never waits for the compiler.
+
 Micro-batching of concurrent requests is in ``serving.batching``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +97,10 @@ class LoadedModel:
     fast_path: bool
     requests: RequestModels
     loaded_at: float
+    # Which trees the fast path evaluates: "lightgbm" (the booster or the estimator's own
+    # predict) or "compiled" (``predict.compiled``; may switch once after the load).
+    trees: str = "estimator"
+    trees_building: bool = False  # compiled trees being built in the background
 
     def info(self) -> dict[str, Any]:
         return {
@@ -101,6 +114,8 @@ class LoadedModel:
             "created_at": self.meta.created_at,
             "loaded_at": _iso(self.loaded_at),
             "fast_path": self.fast_path,
+            "trees": self.trees,
+            "trees_building": self.trees_building,
             "estimator": type(self.pipeline.steps[-1][1]).__name__
             if hasattr(self.pipeline, "steps")
             else type(self.pipeline).__name__,
@@ -325,23 +340,99 @@ def choose_predict(
         return reference, False
     try:
         fast = make_fast_predict(pipeline, threads)
-        got = fast(X)
-        # Micro-batch sizes too: some estimators switch strategy with the batch size.
-        small = np.concatenate([fast(X[i : i + 16]) for i in range(0, len(X), 16)])
-        single = np.concatenate([fast(X[i : i + 1]) for i in range(min(len(X), 8))])
+        agrees = agrees_with_pipeline(fast, X, expected)
     except Exception:  # noqa: BLE001 - any failure means: serve through the pipeline
         log.warning(
             "fast predict path failed its check; serving via pipeline.predict", exc_info=True
         )
         return reference, False
-    if (
-        np.allclose(got, expected, rtol=1e-9, atol=1e-9)
-        and np.allclose(small, expected, rtol=1e-9, atol=1e-9)
-        and np.allclose(single, expected[: len(single)], rtol=1e-9, atol=1e-9)
-    ):
+    if agrees:
         return fast, True
     log.warning("fast predict path disagrees with pipeline.predict; serving via the pipeline")
     return reference, False
+
+
+def agrees_with_pipeline(fast: PredictFn, X: np.ndarray, expected: np.ndarray) -> bool:
+    """The fast path's gate: ``fast`` on ``X`` whole, in 16-row and in 1-row batches within
+    1e-9 of ``expected`` (``pipeline.predict`` on ``X``). Exceptions propagate."""
+    got = fast(X)
+    # Micro-batch sizes too: some estimators switch strategy with the batch size.
+    small = np.concatenate([fast(X[i : i + 16]) for i in range(0, len(X), 16)])
+    single = np.concatenate([fast(X[i : i + 1]) for i in range(min(len(X), 8))])
+    return bool(
+        np.allclose(got, expected, rtol=1e-9, atol=1e-9)
+        and np.allclose(small, expected, rtol=1e-9, atol=1e-9)
+        and np.allclose(single, expected[: len(single)], rtol=1e-9, atol=1e-9)
+    )
+
+
+# ------------------------------------------------------------------- compiled trees
+def use_compiled_trees(
+    model: LoadedModel,
+    profile: dict[str, Any] | None,
+    model_key: str | None,
+    cache_dir: str | None,
+    build: bool,
+) -> bool:
+    """Put the compiled trees of ``model`` (a LightGBM fast path) in its ``predict`` when
+    they pass the fast path's gate (1e-9 of ``pipeline.predict``) and give exactly the
+    booster's numbers. ``build``: compile them when they are not cached. Returns whether
+    ``model.predict`` now uses them; never raises (the model keeps its fast path)."""
+    from pathlib import Path
+
+    from housing_mlops.predict import compiled
+
+    cache = Path(cache_dir) if cache_dir else None
+    try:
+        booster = compiled.lightgbm_booster(model.pipeline)
+        if booster is None or not model.fast_path:
+            return False
+        if not model_key:
+            raise compiled.NotCompilable("the version has no model sha256 to cache them by")
+        if not build and not compiled.is_cached(model_key, cache):
+            return False
+        lib = compiled.build(booster, model_key, cache)
+        X = np.vstack([check_rows(profile), check_rows(None)])
+        predict = compiled.compiled_predict(model, lib, X)
+        if not agrees_with_pipeline(predict, X, make_pipeline_predict(model.pipeline)(X)):
+            raise compiled.NotCompilable("they disagree with pipeline.predict")
+    except Exception as exc:  # noqa: BLE001 - NotCompilable or a compiler surprise
+        log.warning(
+            "compiled trees not used for %s version %s: %s",
+            model.meta.name,
+            model.meta.version,
+            exc,
+        )
+        return False
+    # One attribute store: the batcher reads model.predict per batch.
+    model.predict = predict
+    model.trees = "compiled"
+    log.info(
+        "compiled trees in use for %s version %s (%s, %.1f s to build)",
+        model.meta.name,
+        model.meta.version,
+        "cached" if lib.cached else "built now",
+        lib.seconds,
+    )
+    return True
+
+
+def _compile_in_background(
+    model: LoadedModel, profile: dict[str, Any] | None, model_key: str, cache_dir: str | None
+) -> None:
+    def run() -> None:
+        try:
+            use_compiled_trees(model, profile, model_key, cache_dir, build=True)
+        finally:
+            model.trees_building = False
+
+    model.trees_building = True
+    thread = threading.Thread(
+        target=run,
+        name=f"compile-trees-{model.meta.version}",
+        daemon=True,
+    )
+    thread.start()
 
 
 def build_loaded_model(
@@ -350,20 +441,35 @@ def build_loaded_model(
     profile: dict[str, Any] | None,
     max_batch_size: int = 1000,
     threads: int = 1,
+    compiled_trees: str = "never",
+    compile_cache: str | None = None,
+    model_key: str | None = None,
 ) -> LoadedModel:
-    """Wrap a fitted pipeline for serving (also warms caches such as the KD-tree)."""
+    """Wrap a fitted pipeline for serving (also warms caches such as the KD-tree).
+
+    ``compiled_trees`` (``serve.compiled_trees``): ``never``; ``always`` = compiled (or
+    taken from ``compile_cache``) before this returns; ``auto`` = taken from the cache when
+    there, else compiled in a background thread and swapped in when they pass. They are
+    cached by ``model_key``, the sha256 of the version's model file."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
         predict, fast = choose_predict(pipeline, profile, threads)
-    return LoadedModel(
+    model = LoadedModel(
         meta=meta,
         pipeline=pipeline,
         predict=predict,
         fast_path=fast,
         requests=build_request_models(profile, max_batch_size),
         loaded_at=time.time(),
+        trees="lightgbm" if _uses_lightgbm(pipeline) else "estimator",
     )
+    if compiled_trees != "never" and fast and model.trees == "lightgbm":
+        if compiled_trees == "always" or not model_key:
+            use_compiled_trees(model, profile, model_key, compile_cache, build=True)
+        elif not use_compiled_trees(model, profile, model_key, compile_cache, build=False):
+            _compile_in_background(model, profile, model_key, compile_cache)
+    return model
 
 
 def reference_profile_or_none(settings: Any, ref: Any) -> dict[str, Any] | None:
@@ -412,5 +518,8 @@ def load_from_registry(
         profile,
         max_batch_size=settings.serve.max_batch_size,
         threads=settings.serve.predictor_threads,
+        compiled_trees=settings.serve.compiled_trees,
+        compile_cache=settings.predict.compile_cache or None,
+        model_key=(getattr(ref, "tags", None) or {}).get(registry.SHA_TAG),
     )
     return model, profile
