@@ -23,6 +23,17 @@ def _real_archive() -> Path | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Compiled trees (housing predict, housing serve) go to a cache of the test run's own,
+    # never the user's ~/.cache; every process a test starts inherits it.
+    import shutil
+    import tempfile
+
+    cache = tempfile.mkdtemp(prefix="housing-test-trees-")
+    os.environ["HOUSING_COMPILE_CACHE"] = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+
+
 @pytest.fixture(scope="session")
 def real_archive() -> Path:
     """The real StatLib archive; skipped (or failed under HOUSING_REQUIRE_REAL_DATA=1)."""
