@@ -22,6 +22,7 @@ and the first ``transform`` after loading rebuilds it (a few milliseconds).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import Any
@@ -33,29 +34,52 @@ from housing_mlops.columns import FEATURES, TARGET  # noqa: F401 - TARGET re-exp
 from housing_mlops.geography import CITIES, COAST
 
 _I_INC, _I_AGE, _I_ROOMS, _I_BEDRMS, _I_POP, _I_OCCUP, _I_LAT, _I_LON = range(8)
+# Ratio features: bedrooms per room, rooms per person, households (population / occupancy).
+_RATIO_NUM = [_I_BEDRMS, _I_ROOMS, _I_POP]
+_RATIO_DEN = [_I_ROOMS, _I_OCCUP, _I_OCCUP]
 
 _EARTH_KM = 6371.0
 # Neighbour search works in a local equirectangular projection (km-ish units).
 _LAT0 = 36.0
 _LON_SCALE = math.cos(math.radians(_LAT0))
 _KM_PER_DEGREE = math.pi * _EARTH_KM / 180.0
+_PROJECT_COLUMNS = [_I_LAT, _I_LON]
+_PROJECT_SCALE = np.array([1.0, _LON_SCALE])
 
 
 _CITY_LAT = np.radians([lat for _, lat, _ in CITIES])
 _CITY_LON = np.radians([lon for _, _, lon in CITIES])
 _COAST_LAT = np.radians([lat for lat, _ in COAST])
 _COAST_LON = np.radians([lon for _, lon in COAST])
+# Cities then coast points in one reference array: one haversine call per transform (for a
+# single served row the cost is the number of numpy calls, not their size).
+_REF_LAT = np.concatenate([_CITY_LAT, _COAST_LAT])
+_REF_LON = np.concatenate([_CITY_LON, _COAST_LON])
+_REF_COS_LAT = np.cos(_REF_LAT)
 
 
 def _haversine_km(
-    lat: np.ndarray, lon: np.ndarray, ref_lat: np.ndarray, ref_lon: np.ndarray
+    lat: np.ndarray,
+    lon: np.ndarray,
+    ref_lat: np.ndarray,
+    ref_lon: np.ndarray,
+    ref_cos_lat: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Great-circle km from each (lat, lon) in degrees to each reference point (radians)."""
+    """Great-circle km from each (lat, lon) in degrees to each reference point (radians);
+    ``ref_cos_lat`` is ``np.cos(ref_lat)`` when the caller has it precomputed."""
     phi = np.radians(lat)[:, None]
     dphi = phi - ref_lat
     dlmb = np.radians(lon)[:, None] - ref_lon
-    a = np.sin(dphi * 0.5) ** 2 + np.cos(phi) * np.cos(ref_lat) * np.sin(dlmb * 0.5) ** 2
+    cos_ref = np.cos(ref_lat) if ref_cos_lat is None else ref_cos_lat
+    a = np.sin(dphi * 0.5) ** 2 + np.cos(phi) * cos_ref * np.sin(dlmb * 0.5) ** 2
     return (2 * _EARTH_KM) * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+
+
+@functools.lru_cache(maxsize=8)
+def _rotation(degrees: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines and sines of the rotation angles (computed once per tuple, not per row)."""
+    angles = np.radians(np.asarray(degrees, dtype=np.float64))
+    return np.cos(angles), np.sin(angles)
 
 
 def _as_matrix(X: Any) -> np.ndarray:
@@ -76,12 +100,6 @@ def _as_matrix(X: Any) -> np.ndarray:
             f"got shape {arr.shape}"
         )
     return arr
-
-
-def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(a, dtype=np.float64)
-    np.divide(a, b, out=out, where=b > 0)
-    return out
 
 
 class SpatialFeatures(TransformerMixin, BaseEstimator):
@@ -138,21 +156,24 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         """Fit, then transform the training rows with OUT-OF-FOLD neighbour means."""
         M = self._fit_state(X, y)
-        base = self._base_features(M)
         ks = self._knn_ks()
-        if not ks:
-            return base
-        knn = self._oof_knn(self.knn_points_, self.knn_targets_, ks)
-        return np.hstack([base, knn])
+        out, j = self._base_features(M, self._knn_width(ks))
+        if ks:
+            self._oof_knn(self.knn_points_, self.knn_targets_, ks, out[:, j:])
+        return out
 
-    def _oof_knn(self, points: np.ndarray, targets: np.ndarray, ks: list[int]) -> np.ndarray:
+    def _knn_width(self, ks: list[int]) -> int:
+        return len(ks) * (2 if self.knn_distances else 1)
+
+    def _oof_knn(
+        self, points: np.ndarray, targets: np.ndarray, ks: list[int], out: np.ndarray
+    ) -> None:
         from scipy.spatial import cKDTree
 
         n = points.shape[0]
         folds = max(2, int(self.knn_folds))
         rng = np.random.default_rng(self.random_state)
         assignment = rng.permutation(n) % folds
-        out = np.empty((n, len(ks) * (2 if self.knn_distances else 1)), dtype=np.float64)
         for fold in range(folds):
             held = np.flatnonzero(assignment == fold)
             kept = np.flatnonzero(assignment != fold)
@@ -160,27 +181,36 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
                 continue
             tree = cKDTree(points[kept])
             out[held] = self._knn_stats(tree, targets[kept], points[held], ks)
-        return out
 
     def _knn_stats(
-        self, tree: Any, targets: np.ndarray, query: np.ndarray, ks: list[int]
+        self,
+        tree: Any,
+        targets: np.ndarray,
+        query: np.ndarray,
+        ks: list[int],
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Mean target of the k nearest blocks for each k; then (optionally) the distance in
-        km to the k-th one, a local density (dense = urban) that trees use alongside."""
+        km to the k-th one, a local density (dense = urban) that trees use alongside.
+        Written into ``out`` (n, width) when given."""
+        n = query.shape[0]
         kmax = min(max(ks), tree.n)
         dist, idx = tree.query(query, k=kmax)
-        idx = np.asarray(idx).reshape(query.shape[0], kmax)
-        kk = np.minimum(np.asarray(ks), kmax)
-        means = np.cumsum(targets[idx], axis=1)[:, kk - 1] / kk
-        if not self.knn_distances:
-            return means
-        dist = np.asarray(dist).reshape(query.shape[0], kmax)
-        return np.hstack([means, dist[:, kk - 1] * _KM_PER_DEGREE])
+        kk = np.minimum(ks, kmax)
+        if out is None:
+            out = np.empty((n, self._knn_width(ks)), dtype=np.float64)
+        # k = 1 gives 1-D results: reshape is a view otherwise.
+        np.divide(
+            np.cumsum(targets[idx.reshape(n, kmax)], axis=1)[:, kk - 1], kk, out=out[:, : len(ks)]
+        )
+        if self.knn_distances:
+            np.multiply(dist.reshape(n, kmax)[:, kk - 1], _KM_PER_DEGREE, out=out[:, len(ks) :])
+        return out
 
     @staticmethod
     def _project(M: np.ndarray) -> np.ndarray:
         # Degrees scaled so one unit is roughly the same distance north-south and east-west.
-        return np.column_stack([M[:, _I_LAT], M[:, _I_LON] * _LON_SCALE])
+        return M[:, _PROJECT_COLUMNS] * _PROJECT_SCALE
 
     # --- transforming ------------------------------------------------------------------
 
@@ -205,47 +235,51 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
 
             raise NotFittedError("SpatialFeatures is not fitted yet: call fit first")
         M = _as_matrix(X)
-        base = self._base_features(M)
         ks = self._knn_ks()
-        if not ks:
-            return base
-        knn = self._knn_stats(self._get_tree(), self.knn_targets_, self._project(M), ks)
-        return np.hstack([base, knn])
+        out, j = self._base_features(M, self._knn_width(ks))
+        if ks:
+            self._knn_stats(self._get_tree(), self.knn_targets_, self._project(M), ks, out[:, j:])
+        return out
 
-    def _base_features(self, M: np.ndarray) -> np.ndarray:
+    def _base_features(self, M: np.ndarray, extra: int = 0) -> tuple[np.ndarray, int]:
+        """The non-target features in a new (n, width + extra) array, and their width (the
+        neighbour features go in the ``extra`` columns after them)."""
         # One preallocated output and a handful of vectorised operations: serving calls
-        # this for single rows, where per-operation overhead dominates.
-        if not self.engineered:
-            return M.copy()
+        # this for single rows, where per-operation overhead (not size) dominates.
         n = M.shape[0]
-        angles = np.radians(np.asarray(self.rotations_deg, dtype=np.float64))
+        if not self.engineered:
+            out = np.empty((n, len(FEATURES) + extra), dtype=np.float64)
+            out[:, :8] = M
+            return out, len(FEATURES)
+        cos, sin = _rotation(tuple(self.rotations_deg))
         n_dist = len(CITIES) + 2 if self.city_distances else 0
-        out = np.empty((n, len(FEATURES) + 4 + 2 * angles.size + n_dist), dtype=np.float64)
+        width = len(FEATURES) + 4 + 2 * cos.size + n_dist
+        out = np.empty((n, width + extra), dtype=np.float64)
         out[:, :8] = M
         lat = M[:, _I_LAT]
         lon = M[:, _I_LON]
-        rooms = M[:, _I_ROOMS]
-        occup = M[:, _I_OCCUP]
-        out[:, 8] = _safe_div(M[:, _I_BEDRMS], rooms)  # bedrooms per room
-        out[:, 9] = _safe_div(rooms, occup)  # rooms per person
-        out[:, 10] = _safe_div(M[:, _I_POP], occup)  # households
+        # bedrooms per room, rooms per person, households: one division (0 where the
+        # denominator is not positive).
+        den = M[:, _RATIO_DEN]
+        ratios = out[:, 8:11]
+        ratios.fill(0.0)
+        np.divide(M[:, _RATIO_NUM], den, out=ratios, where=den > 0)
         out[:, 11] = np.log1p(np.maximum(M[:, _I_POP], 0.0))
         j = 12
-        if angles.size:
-            cos, sin = np.cos(angles), np.sin(angles)
+        if cos.size:
             # Elementwise, not a matrix product: BLAS may round a 1-row product differently
             # from the same row inside a batch. Interleaved (x, y) per angle.
             lon_c, lat_c = lon[:, None], lat[:, None]
-            out[:, j : j + 2 * angles.size : 2] = lon_c * cos + lat_c * sin
-            out[:, j + 1 : j + 2 * angles.size : 2] = lat_c * cos - lon_c * sin
-            j += 2 * angles.size
+            out[:, j : j + 2 * cos.size : 2] = lon_c * cos + lat_c * sin
+            out[:, j + 1 : j + 2 * cos.size : 2] = lat_c * cos - lon_c * sin
+            j += 2 * cos.size
         if self.city_distances:
             n_city = len(CITIES)
-            cities = _haversine_km(lat, lon, _CITY_LAT, _CITY_LON)
-            out[:, j : j + n_city] = cities
-            out[:, j + n_city] = cities.min(axis=1)
-            out[:, j + n_city + 1] = _haversine_km(lat, lon, _COAST_LAT, _COAST_LON).min(axis=1)
-        return out
+            dist = _haversine_km(lat, lon, _REF_LAT, _REF_LON, _REF_COS_LAT)
+            out[:, j : j + n_city] = dist[:, :n_city]
+            out[:, j + n_city] = dist[:, :n_city].min(axis=1)
+            out[:, j + n_city + 1] = dist[:, n_city:].min(axis=1)
+        return out, width
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         names = list(FEATURES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import tarfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from synthetic import make_frame
 
 from housing_mlops.config import FeaturesConfig
 from housing_mlops.features import FEATURES, TARGET, SpatialFeatures, build_preprocessor
+from housing_mlops.geography import CITIES, COAST
 
 
 def real_frame(archive: Path) -> pd.DataFrame:
@@ -60,6 +62,57 @@ def test_output_width_matches_feature_names(fitted: SpatialFeatures, frame: pd.D
     assert "knn8_target_mean" in names and "knn32_target_mean" in names
     assert "knn32_distance_km" in names
     assert len(set(names)) == len(names)
+
+
+def _km(lat: float, lon: float, ref_lat: float, ref_lon: float) -> float:
+    """Great-circle km, scalar math: an independent check of the vectorised one."""
+    p1, p2 = math.radians(lat), math.radians(ref_lat)
+    dp, dl = p2 - p1, math.radians(ref_lon - lon)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(min(a, 1.0)))
+
+
+def test_every_named_column_holds_what_its_name_says(
+    fitted: SpatialFeatures, frame: pd.DataFrame
+) -> None:
+    rows = frame[FEATURES].iloc[:40].copy()
+    rows.iloc[0, FEATURES.index("AveRooms")] = 0.0  # a zero denominator gives 0, not inf
+    rows.iloc[1, FEATURES.index("AveOccup")] = 0.0
+    names = list(fitted.get_feature_names_out())
+    out = pd.DataFrame(fitted.transform(rows), columns=names)
+    r = rows.reset_index(drop=True)
+
+    ratio = lambda a, b: np.where(b > 0, a / b.where(b > 0, 1.0), 0.0)  # noqa: E731
+    np.testing.assert_allclose(out["bedrooms_per_room"], ratio(r.AveBedrms, r.AveRooms))
+    np.testing.assert_allclose(out["rooms_per_person"], ratio(r.AveRooms, r.AveOccup))
+    np.testing.assert_allclose(out["households"], ratio(r.Population, r.AveOccup))
+    assert out["bedrooms_per_room"][0] == 0.0 and out["households"][1] == 0.0
+    for deg in fitted.rotations_deg:
+        rad = math.radians(deg)
+        x = r.Longitude * math.cos(rad) + r.Latitude * math.sin(rad)
+        np.testing.assert_allclose(out[f"rot{deg:g}_x"], x, rtol=1e-12)
+        y = r.Latitude * math.cos(rad) - r.Longitude * math.sin(rad)
+        np.testing.assert_allclose(out[f"rot{deg:g}_y"], y, rtol=1e-12)
+
+    for i in range(len(r)):
+        lat, lon = r.Latitude[i], r.Longitude[i]
+        cities = {name: _km(lat, lon, clat, clon) for name, clat, clon in CITIES}
+        for name, km in cities.items():
+            assert out[f"dist_{name}_km"][i] == pytest.approx(km, rel=1e-9)
+        assert out["dist_nearest_city_km"][i] == pytest.approx(min(cities.values()), rel=1e-9)
+        coast = min(_km(lat, lon, clat, clon) for clat, clon in COAST)
+        assert out["dist_coast_km"][i] == pytest.approx(coast, rel=1e-9)
+
+    # Neighbour means and distances by brute force over the stored training points.
+    points, targets = fitted.knn_points_, fitted.knn_targets_
+    query = np.column_stack([r.Latitude, r.Longitude * math.cos(math.radians(36.0))])
+    for i in range(len(r)):
+        d = np.hypot(*(points - query[i]).T)
+        order = np.argsort(d, kind="stable")
+        for k in (8, 32):
+            assert out[f"knn{k}_target_mean"][i] == pytest.approx(targets[order[:k]].mean())
+            km = d[order[k - 1]] * math.pi * 6371.0 / 180.0
+            assert out[f"knn{k}_distance_km"][i] == pytest.approx(km, rel=1e-9)
 
 
 def test_transform_of_unseen_data_does_not_change_the_fitted_state(
