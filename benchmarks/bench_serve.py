@@ -347,26 +347,23 @@ def drive(
 def bench_housing(
     config: Path, args: argparse.Namespace, tool: str, tmp: Path, pg_url: str | None = None
 ) -> dict[str, Any]:
-    """`housing serve` with the config's (SQLite) log, or with ``pg_url`` as its log."""
-    from housing_mlops.config import load_config
-
-    settings = load_config(config)
+    """`housing serve` with a SQLite log in ``tmp``, or with ``pg_url`` as its log."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     backend = "PostgreSQL" if pg_url else "SQLite"
     log(f"bench: starting housing serve on {base} ({backend} request log)")
     log_file = tmp / f"housing-serve-{backend.lower()}.log"
-    env = dict(os.environ)
-    if pg_url:
-        env["HOUSING_REQUEST_LOG"] = pg_url
-        env["HOUSING_SPOOL_DIR"] = str(tmp / "spool")
+    # A request log of the benchmark's own: the config's log (the user's real traffic, which
+    # drift and the report read) must not get a quarter of a million copies of one house.
+    db = tmp / "requests.db"
+    env = {**os.environ, "HOUSING_REQUEST_LOG": pg_url or str(db)}
+    env["HOUSING_SPOOL_DIR"] = str(tmp / "spool")
     proc = subprocess.Popen(
         [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=log_file.open("wb"),
         env=env,
     )
-    db = Path(settings.serve.request_log)
 
     def count() -> int:
         return _count_pg_rows(pg_url) if pg_url else _count_rows(db)
