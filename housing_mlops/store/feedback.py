@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from housing_mlops.store.location import LogLocation, parse_log_location
+from housing_mlops.store.request_log import answered_clause
 from housing_mlops.store.schema import tables
 from housing_mlops.store.sink import LogUnavailable
 
@@ -86,14 +87,7 @@ def labelled_rows(
 
     if conn is None or not {"requests", "feedback"} <= tables(conn):
         return _empty()
-    clause = "r.status = 200"
-    params: list[Any] = []
-    if since_ts is not None:
-        clause += " AND r.ts >= ?"
-        params.append(float(since_ts))
-    if until_ts is not None:
-        clause += " AND r.ts < ?"
-        params.append(float(until_ts))
+    clause, params = answered_clause(since_ts, until_ts, "r.")
     rows = conn.execute(
         f"SELECT {', '.join(_LABELLED_COLUMNS)} FROM feedback f "  # noqa: S608 - fixed names
         "JOIN requests r ON r.request_id = f.request_id "
@@ -467,17 +461,11 @@ def live_error_sums(
     """
     if conn is None or not {"requests", "feedback"} <= tables(conn):
         return []
+    clause, params = answered_clause(since_ts, until_ts, "r.")
     join = (
         "FROM feedback f JOIN requests r ON r.request_id = f.request_id "
-        "AND COALESCE(r.row_index, 0) = f.row_index WHERE r.status = 200"
+        f"AND COALESCE(r.row_index, 0) = f.row_index WHERE {clause}"
     )
-    params: list[Any] = []
-    if since_ts is not None:
-        join += " AND r.ts >= ?"
-        params.append(float(since_ts))
-    if until_ts is not None:
-        join += " AND r.ts < ?"
-        params.append(float(until_ts))
     answered = conn.execute(
         "SELECT COALESCE(r.role, 'champion') AS rl, r.model_version, COUNT(*), "  # noqa: S608
         "SUM((r.prediction - f.actual) * (r.prediction - f.actual)), "

@@ -69,6 +69,22 @@ def _window_clause(
     return clause, params
 
 
+def answered_clause(
+    since_ts: float | None, until_ts: float | None, prefix: str = ""
+) -> tuple[str, list[Any]]:
+    """``status = 200`` and an optional ``[since_ts, until_ts)`` on ``ts`` (``prefix``: a
+    table alias such as ``"r."``): the answered rows of an open or closed window."""
+    clause = f"{prefix}status = 200"
+    params: list[Any] = []
+    if since_ts is not None:
+        clause += f" AND {prefix}ts >= ?"
+        params.append(float(since_ts))
+    if until_ts is not None:
+        clause += f" AND {prefix}ts < ?"
+        params.append(float(until_ts))
+    return clause, params
+
+
 def _fetch_array(cursor: Any, width: int, chunk_rows: int = 20_000) -> Any:
     """All rows of a cursor as a float64 (n, width) array, fetched in chunks (None -> NaN)."""
     import numpy as np
@@ -272,14 +288,7 @@ def role_stats(
     # never migrates it): all its rows are the champion's.
     columns = _columns(conn, "requests")
     role_of = ROLE if "role" in columns else "'champion'"
-    clause = "status = 200"
-    params: list[Any] = []
-    if since_ts is not None:
-        clause += " AND ts >= ?"
-        params.append(float(since_ts))
-    if until_ts is not None:
-        clause += " AND ts < ?"
-        params.append(float(until_ts))
+    clause, params = answered_clause(since_ts, until_ts)
     groups = conn.execute(
         f"SELECT {role_of} AS r, model_version, COUNT(*), "  # noqa: S608 - fixed expressions
         "COALESCE(SUM(CASE WHEN COALESCE(row_index, 0) = 0 THEN 1 ELSE 0 END), 0) "
