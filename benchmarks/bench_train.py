@@ -9,13 +9,17 @@ Runs in a throwaway folder (its own data, MLflow store): `housing fetch` (from
 first (not timed), then `housing train` (timed: wall and the CPU seconds of it and its
 worker processes) and `housing evaluate` (holdout RMSE of every candidate). Per-row serving
 cost: each registered version loaded as `housing serve` loads it (sha256, skops, fast path
-checked against ``pipeline.predict``), then the median time of one single-row predict on
-the fast path, and of ``pipeline.predict`` on a one-row DataFrame, over the same rows.
+checked against ``pipeline.predict``, and a LightGBM model's trees compiled to C as
+`housing serve` uses them once built: ``serve.compiled_trees`` auto/always with a C
+compiler; compiled fresh into the throwaway folder, so the compile time is measured too),
+then the median time of one single-row predict on that served path, and of
+``pipeline.predict`` on a one-row DataFrame, over the same rows (round robin over the
+versions).
 
 Prints a table, the machine's load average (before and after: wall figures mean little on
 a busy machine; CPU seconds less so), and a last line a script can parse:
 
-    bench-train: train_wall_s=W train_cpu_s=C load1=L best=NAME cv_rmse=R holdout_rmse=H row_us=U
+    bench-train: train_wall_s=W train_cpu_s=C load1=L best=NAME cv_rmse=R holdout_rmse=H row_us=U trees=T
 
 (``best`` is the candidate with the lowest CV RMSE: chosen without the holdout.)
 """
@@ -72,7 +76,9 @@ def children_cpu() -> float:
 
 
 def row_costs(config: Path, cwd: Path, versions: list[str], repeat: int) -> dict[str, Any]:
-    """Median seconds of one single-row predict per version: fast path and pipeline."""
+    """Median seconds of one single-row predict per version: the path `housing serve`
+    settles on (fast path; a LightGBM model's compiled trees unless ``serve.compiled_trees``
+    is never or there is no C compiler) and ``pipeline.predict``."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
@@ -90,13 +96,28 @@ def row_costs(config: Path, cwd: Path, versions: list[str], repeat: int) -> dict
     os.chdir(cwd)  # the config's relative paths (store, data) are the benchmark's
     try:
         settings = load_config(config)
+        # `auto` serves the compiled trees once its background build is done: measure that
+        # state (built here before timing). A fresh cache: the compile time is measured too.
+        compiled = "never" if settings.serve.compiled_trees == "never" else "always"
+        cache = cwd / "compiled-trees"
         models: dict[str, Any] = {}
+        build_s: dict[str, float] = {}
         rows: Any = None
         for version in versions:
             ref = registry.resolve(settings, version=int(version))
             pipeline = registry.load_model(settings, ref)
             profile = registry.load_reference_profile(settings, ref)
-            model = build_loaded_model(pipeline, ModelMeta.from_ref(ref), profile)
+            started = time.perf_counter()
+            model = build_loaded_model(
+                pipeline,
+                ModelMeta.from_ref(ref),
+                profile,
+                threads=settings.serve.predictor_threads,
+                compiled_trees=compiled,
+                compile_cache=str(cache),
+                model_key=(ref.tags or {}).get(registry.SHA_TAG),
+            )
+            build_s[version] = time.perf_counter() - started
             models[version] = (model, make_pipeline_predict(pipeline))
             rows = check_rows(profile, n=repeat) if rows is None else rows
         # Round robin over the versions, row by row: a change of machine load hits all alike.
@@ -116,6 +137,8 @@ def row_costs(config: Path, cwd: Path, versions: list[str], repeat: int) -> dict
         for version, (model, reference) in models.items():
             out[version] = {
                 "fast_path": model.fast_path,
+                "trees": model.trees,
+                "load_s": build_s[version],
                 "row_us": statistics.median(fast[version]) * 1e6,
                 "pipeline_row_us": statistics.median(slow[version]) * 1e6,
                 "max_abs_diff": float(np.max(np.abs(model.predict(rows) - reference(rows)))),
@@ -181,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"{'candidate':<16}{'CV RMSE':>18}{'holdout':>10}{'R²':>7}{'row µs':>9}"
-            f"{'pipeline µs':>13}"
+            f"{'pipeline µs':>13}{'served by':>11}{'load s':>8}"
         )
         for r in rows:
             cv = f"{r['cv_rmse']:.4f} ± {r['cv_rmse_std']:.4f}"
             print(
                 f"{r['candidate']:<16}{cv:>18}{r['holdout_rmse']:>10.4f}{r['holdout_r2']:>7.3f}"
-                f"{r['row_us']:>9.0f}{r['pipeline_row_us']:>13.0f}"
+                f"{r['row_us']:>9.0f}{r['pipeline_row_us']:>13.0f}{r['trees']:>11}"
+                f"{r['load_s']:>8.1f}"
                 + ("" if r["fast_path"] else "  (no fast path)")
             )
         print(
@@ -197,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bench-train: train_wall_s={wall:.1f} train_cpu_s={cpu:.1f} "
         f"load1={load_before[0]:.2f} best={best['candidate']} cv_rmse={best['cv_rmse']:.4f} "
-        f"holdout_rmse={best['holdout_rmse']:.4f} row_us={best['row_us']:.1f}"
+        f"holdout_rmse={best['holdout_rmse']:.4f} row_us={best['row_us']:.1f} "
+        f"trees={best['trees']}"
     )
     return 0
 
