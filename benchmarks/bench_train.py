@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['candidate']:<16}{cv:>18}{r['holdout_rmse']:>10.4f}{r['holdout_r2']:>7.3f}"
                 f"{r['row_us']:>9.0f}{r['pipeline_row_us']:>13.0f}{r['trees']:>11}"
-                f"{r['load_s']:>8.1f}"
-                + ("" if r["fast_path"] else "  (no fast path)")
+                f"{r['load_s']:>8.1f}" + ("" if r["fast_path"] else "  (no fast path)")
             )
         print(
             f"housing train: {wall:.1f} s wall, {cpu:.1f} s CPU on {os.cpu_count()} cores; "
