@@ -101,8 +101,9 @@ bench-predict: $(STAMP)
 	$(BIN)/python benchmarks/bench_predict.py $(BENCH_PREDICT_ARGS)
 
 # `housing train` with the default config in a throwaway folder: wall and CPU seconds, CV and
-# holdout RMSE per candidate, the per-row predict cost (fast path and pipeline) of each, and
-# a last `bench-train: key=value ...` line. BENCH_TRAIN_ARGS="--config other.yaml --json".
+# holdout RMSE per candidate, the per-row predict cost of each (as `housing serve` serves it:
+# fast path, a LightGBM model's trees compiled; and pipeline.predict), and a last
+# `bench-train: key=value ...` line. BENCH_TRAIN_ARGS="--config other.yaml --json".
 .PHONY: bench-train
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
