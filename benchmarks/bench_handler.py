@@ -39,29 +39,32 @@ async def _drive(app: Any, requests: int, clients: int) -> None:
     ]
     left = requests
 
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def one_request() -> None:
+        statuses: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/predict",
+            "headers": headers,
+            "query_string": b"",
+        }
+        await app(scope, receive, send)
+        if statuses != [200]:
+            raise RuntimeError(f"/predict answered {statuses}")
+
     async def client() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            statuses: list[int] = []
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            async def send(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    statuses.append(message["status"])
-
-            scope = {
-                "type": "http",
-                "method": "POST",
-                "path": "/predict",
-                "headers": headers,
-                "query_string": b"",
-            }
-            await app(scope, receive, send)
-            if statuses != [200]:
-                raise RuntimeError(f"/predict answered {statuses}")
+            await one_request()
 
     await asyncio.gather(*(client() for _ in range(clients)))
 
