@@ -164,22 +164,28 @@ def test_small_batches_run_on_the_event_loop_big_ones_on_the_thread(
 
     async def main() -> list[Any]:
         batcher = MicroBatcher(lambda: model, window_s=0, max_rows=64, inline_rows=16)
+        capped = MicroBatcher(lambda: model, window_s=0, max_rows=4, inline_rows=4)
         batcher.start()
         try:
             # 10 single rows in one turn: one inline batch; then 50 rows at once: the thread.
             small = await asyncio.gather(*(batcher.predict(A[i : i + 1]) for i in range(10)))
             big = await batcher.predict(A[10:60])
-            return [*small, big]
+            # 10 rows in one turn with at most 4 a batch: 4, 4, then the 2 left, all inline.
+            again = await asyncio.gather(*(capped.predict(A[i : i + 1]) for i in range(10)))
+            return [*small, big, *again]
         finally:
             batcher.close()
+            capped.close()
 
     loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
     results = asyncio.run(main())
     got = np.concatenate([preds for preds, _ in results])
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[:60], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[60:], expected[:10], rtol=1e-12, atol=1e-12)
     assert threads[0] == (10, loop_thread)  # the ten singles together, on the loop
     assert threads[1][0] == 50
     assert threads[1][1] != loop_thread
+    assert threads[2:] == [(4, loop_thread), (4, loop_thread), (2, loop_thread)]
 
 
 # ------------------------------------------------------------ tested library versions

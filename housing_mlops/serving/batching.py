@@ -33,7 +33,7 @@ Result = tuple[np.ndarray, LoadedModel]
 
 
 class MicroBatcher:
-    """Gathers concurrent predict calls into one call on a single predictor thread.
+    """Gathers concurrent predict calls into one call, on the event loop or the thread.
 
     The first request of a batch waits at most ``window_s`` for company; 0 sets no timer:
     the batch leaves in the same turn of the event loop, with every request that reached
