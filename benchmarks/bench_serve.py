@@ -379,13 +379,28 @@ def bench_housing(
         body = json.dumps(ROW)
         drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
         log(f"bench: driving housing serve ({backend} log, {trees} trees) with {tool}")
+        before_batches = _microbatch(base)
         result = drive_measured(proc.pid, f"{base}/predict", body, args, tool, tmp)
+        after_batches = _microbatch(base)
+        batches = after_batches[0] - before_batches[0]
+        # Rows per predict call while measured: what the micro-batcher made of the load.
+        result["rows_per_batch"] = (
+            (after_batches[1] - before_batches[1]) / batches if batches else None
+        )
     finally:
         code = stop(proc)
     result["exit_code"] = code
     result["request_log_rows_added"] = count() - before
     result["trees"] = trees
     return result
+
+
+def _microbatch(base: str) -> tuple[int, int]:
+    """(batches, rows) the service's micro-batcher has predicted so far (``/model/info``)."""
+    import httpx
+
+    info = httpx.get(f"{base}/model/info", timeout=10).json().get("microbatch") or {}
+    return int(info.get("batches", 0)), int(info.get("rows", 0))
 
 
 def wait_trees(base: str, timeout: float = 300) -> str:
@@ -797,7 +812,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, backend in (("housing serve", "SQLite"), ("housing serve (PG log)", "PostgreSQL")):
         if name in results:
             added = results[name]["request_log_rows_added"]
-            print(f"{backend} request log: {added} rows added (logging on)")
+            per_batch = results[name].get("rows_per_batch")
+            batches = f"; {per_batch:.1f} rows per micro-batch" if per_batch else ""
+            print(f"{backend} request log: {added} rows added (logging on){batches}")
     if outage_result:
         o = outage_result
         print(
@@ -836,6 +853,7 @@ def summary_line(summary: dict[str, Any]) -> str:
         "housing_p99_ms": fig("housing serve", "p99_ms", 2),
         "housing_cpu_us": fig("housing serve", "cpu_us_per_request", 0),
         "housing_trees": str((results.get("housing serve") or {}).get("trees", "na")),
+        "housing_rows_per_batch": fig("housing serve", "rows_per_batch"),
         "mlflow_rps": fig("mlflow models serve", "rps"),
         "housing_over_ceiling": ratio("ratio_ceiling_rps"),
         "housing_over_mlflow": ratio("ratio_rps"),

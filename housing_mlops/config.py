@@ -153,8 +153,9 @@ class ServeConfig(_Section):
     reload_token_env: str = "HOUSING_RELOAD_TOKEN"  # noqa: S105 - a variable name, not a secret
     # The Bearer token of POST /feedback is read from this variable (unset: endpoint off).
     feedback_token_env: str = "HOUSING_FEEDBACK_TOKEN"  # noqa: S105 - a variable name
-    microbatch_window_ms: float = Field(0.25, ge=0)
+    microbatch_window_ms: float = Field(0.0, ge=0)
     microbatch_max_rows: int = Field(256, ge=1)
+    microbatch_inline_rows: int = Field(64, ge=0)
     predictor_threads: int = Field(1, ge=1)
     # Where rows wait while the request log's database is unreachable (one file per
     # writer process; replayed in order when it is back, or by the next start).

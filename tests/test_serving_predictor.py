@@ -139,6 +139,55 @@ def test_micro_batching_groups_concurrent_calls(data: tuple[Any, Any, dict[str, 
     assert 4 <= batcher.batches <= 8
 
 
+def test_small_batches_run_on_the_event_loop_big_ones_on_the_thread(
+    data: tuple[Any, Any, dict[str, Any]],
+) -> None:
+    """Window 0 gathers the requests of one event-loop turn; a batch of at most
+    ``inline_rows`` rows is predicted on the loop's own thread, a bigger one on the
+    predictor thread, with the same answers either way."""
+    import threading
+
+    X, y, profile = data
+    cand = CandidateConfig(name="c", estimator="hist_gradient_boosting", params={"max_iter": 10})
+    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
+    model = build_loaded_model(pipeline, ModelMeta("m", "7"), profile)
+    expected = pipeline.predict(X.iloc[:60])
+    A = X.to_numpy(dtype=np.float64)
+    threads: list[tuple[int, int]] = []  # (rows, thread id) of every predict call
+    fast = model.predict
+
+    def recording_predict(rows: np.ndarray) -> np.ndarray:
+        threads.append((rows.shape[0], threading.get_ident()))
+        return fast(rows)
+
+    model.predict = recording_predict
+
+    async def main() -> list[Any]:
+        batcher = MicroBatcher(lambda: model, window_s=0, max_rows=64, inline_rows=16)
+        capped = MicroBatcher(lambda: model, window_s=0, max_rows=4, inline_rows=4)
+        batcher.start()
+        try:
+            # 10 single rows in one turn: one inline batch; then 50 rows at once: the thread.
+            small = await asyncio.gather(*(batcher.predict(A[i : i + 1]) for i in range(10)))
+            big = await batcher.predict(A[10:60])
+            # 10 rows in one turn with at most 4 a batch: 4, 4, then the 2 left, all inline.
+            again = await asyncio.gather(*(capped.predict(A[i : i + 1]) for i in range(10)))
+            return [*small, big, *again]
+        finally:
+            batcher.close()
+            capped.close()
+
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
+    results = asyncio.run(main())
+    got = np.concatenate([preds for preds, _ in results])
+    np.testing.assert_allclose(got[:60], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[60:], expected[:10], rtol=1e-12, atol=1e-12)
+    assert threads[0] == (10, loop_thread)  # the ten singles together, on the loop
+    assert threads[1][0] == 50
+    assert threads[1][1] != loop_thread
+    assert threads[2:] == [(4, loop_thread), (4, loop_thread), (2, loop_thread)]
+
+
 # ------------------------------------------------------------ tested library versions
 @pytest.mark.parametrize(
     ("estimator", "package", "version"),

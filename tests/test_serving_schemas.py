@@ -352,3 +352,22 @@ def test_the_openapi_operation_requires_a_body_within_the_enforced_ranges() -> N
     assert house["Longitude"]["minimum"] == -124.0 and house["Longitude"]["maximum"] == -118.0
     assert house["MedInc"]["exclusiveMinimum"] == 0.0
     assert components["Batch"]["properties"]["instances"]["maxItems"] == 7
+
+
+def test_one_pass_validation_gives_the_two_step_house_in_feature_order() -> None:
+    """``parse_body`` validates a single house straight from the bytes: the house must be
+    the one the parse-then-validate path gives, its values in ``FEATURES`` order whatever
+    the JSON key order (the service builds the model's input row from that order)."""
+    from pydantic_core import from_json
+
+    from housing_mlops.columns import FEATURES
+
+    models = build_request_models(None)
+    shuffled = dict(reversed(list({**HOUSE, "HouseAge": 41, "Population": 1e3}.items())))
+    body = json.dumps(shuffled).encode()
+    (house,), single = models.parse_body(body)
+    reference = models.house.model_validate(from_json(body))
+    assert single is True
+    assert list(house.__dict__) == list(FEATURES)
+    assert tuple(house.__dict__.values()) == tuple(reference.__dict__.values())
+    assert all(type(v) is float for v in house.__dict__.values())

@@ -264,3 +264,36 @@ def test_a_sqlite_log_that_cannot_take_rows_is_log_unavailable(tmp_path: Path) -
             [(1.0, "r", 0, None, None, *([None] * len(FEATURES)), None, 1.0, 422, "e", None)]
         )
     sink.close()
+
+
+def test_answered_values_are_the_row_values_of_the_answered_rows() -> None:
+    """The service's hot path logs ``answered_values`` tuples instead of LoggedRequest
+    rows: every column must be what ``row_values`` gives for those rows."""
+    features = [
+        (8.3, 41.0, 7.0, 1.0, 322.0, 2.6, 37.9, -122.2),
+        (1.5, 20.0, 5.0, 1.1, 900.0, 3.1, 34.1, -118.3),
+    ]
+    predictions = [4.42, 1.87]
+    got = store.answered_values(
+        1.7e9, "rid-1", "california-housing", "4", features, predictions, 2.5, "host:1", "canary"
+    )
+    expected = [
+        store.row_values(
+            store.LoggedRequest(
+                ts=1.7e9,
+                request_id="rid-1",
+                row_index=i,
+                model_name="california-housing",
+                model_version="4",
+                features=row,
+                prediction=pred,
+                latency_ms=2.5,
+                status=200,
+                instance="host:1",
+                role="canary",
+            )
+        )
+        for i, (row, pred) in enumerate(zip(features, predictions, strict=True))
+    ]
+    assert got == expected
+    assert all(len(values) == len(store.ROW_COLUMNS) for values in got)

@@ -190,6 +190,7 @@ def create_app(
                 "microbatch": {
                     "window_ms": serve_cfg.microbatch_window_ms,
                     "max_rows": serve_cfg.microbatch_max_rows,
+                    "inline_rows": serve_cfg.microbatch_inline_rows,
                     "predictor_threads": serve_cfg.predictor_threads,
                     "batches": service.batcher.batches,
                     "rows": service.batcher.rows,

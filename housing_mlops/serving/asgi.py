@@ -36,7 +36,7 @@ from housing_mlops.serving.predictor import LoadedModel
 from housing_mlops.serving.routing import routes_to_challenger
 from housing_mlops.serving.schemas import format_errors, metric_field
 from housing_mlops.serving.state import Service
-from housing_mlops.store import LoggedRequest
+from housing_mlops.store import LoggedRequest, answered_values
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,18 @@ class ServingMiddleware:
         try:
             if method == "POST" and path == "/predict":
                 scope["housing.t0"] = t0
-                await self.predict(scope, receive, send_wrapper)
+                # No send wrapper on the hot path: the endpoint puts its status in the
+                # scope (``housing.status``) before it sends the answer.
+                await self.predict(scope, receive, send)
             else:
                 await self.app(scope, receive, send_wrapper)
         except BaseException:
+            status = status or scope.get("housing.status", 0)
             if not status:
                 status = 500  # uvicorn answers an app's exception with a 500
             raise
         finally:
+            status = status or scope.get("housing.status", 0)
             handler = path if path in HANDLERS else "other"
             if status:
                 self.service.metrics.observe_http(
@@ -129,6 +133,7 @@ class PredictEndpoint:
             if answered is not None:
                 headers.append((b"x-model-version", answered.meta.version.encode()))
                 headers.append((b"x-model-role", scope["housing.role"].encode()))
+            scope["housing.status"] = status
             await _send_json(send, status, content, headers)
 
     # ---------------------------------------------------------------- reading the body
@@ -192,6 +197,7 @@ class PredictEndpoint:
         body = orjson.dumps({"detail": message, "request_id": rid})
         # The rest of the body is not read: close the connection rather than drain it.
         headers = [(b"x-request-id", rid.encode()), (b"connection", b"close")]
+        scope["housing.status"] = status
         await _send_json(send, status, body, headers)
 
     # ---------------------------------------------------------------------- answering
@@ -265,6 +271,12 @@ class PredictEndpoint:
         ts = scope["housing.ts"]
         instance = service.instance
         latency = (time.perf_counter() - scope["housing.t0"]) * 1000.0
+        if mode != "shadow":
+            # The rows' column values straight away (no LoggedRequest objects to convert).
+            service.writer.submit_values(
+                answered_values(ts, rid, name, version, values, pred_list, latency, instance, role)
+            )
+            return 200, content, rid
         rows = [
             LoggedRequest(
                 ts=ts,
@@ -283,7 +295,7 @@ class PredictEndpoint:
         ]
         # In shadow the scorer logs the rows once the challenger has scored them; when its
         # queue is full (or it is not running) they are logged here, without a shadow.
-        if mode != "shadow" or not service.shadow.submit(X, rows):
+        if not service.shadow.submit(X, rows):
             service.writer.submit(rows)
         return 200, content, rid
 

@@ -1,9 +1,14 @@
 """Micro-batching: concurrent ``/predict`` requests share one predict call.
 
-``MicroBatcher`` gathers concurrent requests into one predict call run on a single
-predictor thread whose OpenMP/BLAS pools are limited (``serve.predictor_threads``), so two
-cores are not oversubscribed. The model is read once per batch: a hot reload swaps the
-reference and batches already dispatched finish on the old model.
+``MicroBatcher`` gathers concurrent requests into one predict call. A small batch (at most
+``serve.microbatch_inline_rows`` rows) is predicted on the event loop itself: the fast
+path holds the GIL for most of a batch anyway, so a thread would only add a hand-off (the
+executor's queue, a thread wake-up, ``call_soon_threadsafe``) and GIL switches between
+the two threads, for no parallelism. A bigger batch runs on a single predictor thread, so
+the event loop keeps serving meanwhile. Either way OpenMP/BLAS pools are limited
+(``serve.predictor_threads``), so two cores are not oversubscribed. The model is read once
+per batch: a hot reload swaps the reference and batches already dispatched finish on the
+old model.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ Result = tuple[np.ndarray, LoadedModel]
 
 
 class MicroBatcher:
-    """Gathers concurrent predict calls into one call on a single predictor thread.
+    """Gathers concurrent predict calls into one call, on the event loop or the thread.
 
-    The first request of a batch waits at most ``window_s`` for company (0: none); while a
-    batch is being predicted, new requests queue and go together as soon as it finishes.
-    A batch holds at most ``max_rows`` rows (a bigger request goes alone).
+    The first request of a batch waits at most ``window_s`` for company; 0 sets no timer:
+    the batch leaves in the same turn of the event loop, with every request that reached
+    the batcher in that turn (those whose bodies arrived together). While a batch is
+    being predicted on the thread, new requests queue and go together as soon as it
+    finishes. A batch holds at most ``max_rows`` rows (a bigger request goes alone); one of
+    at most ``inline_rows`` rows is predicted on the event loop (0: always the thread).
     """
 
     def __init__(
@@ -41,16 +49,19 @@ class MicroBatcher:
         window_s: float = 0.001,
         max_rows: int = 256,
         threads: int = 1,
+        inline_rows: int = 0,
     ) -> None:
         self._current = current_model
         self.window_s = max(0.0, float(window_s))
         self.max_rows = max(1, int(max_rows))
         self.threads = threads
+        self.inline_rows = max(0, int(inline_rows))
+        self._loop_limited = False
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[tuple[np.ndarray, asyncio.Future[Result]]] = []
         self._pending_rows = 0
         self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self.batches = 0
         self.rows = 0
 
@@ -75,10 +86,13 @@ class MicroBatcher:
         self._pending.append((X, fut))
         self._pending_rows += X.shape[0]
         if not self._busy:
-            if self._pending_rows >= self.max_rows or self.window_s == 0:
+            if self._pending_rows >= self.max_rows:
                 self._dispatch()
             elif self._timer is None:
-                self._timer = loop.call_later(self.window_s, self._dispatch)
+                if self.window_s == 0:
+                    self._timer = loop.call_soon(self._dispatch)
+                else:
+                    self._timer = loop.call_later(self.window_s, self._dispatch)
         return await fut
 
     def _dispatch(self) -> None:
@@ -102,13 +116,38 @@ class MicroBatcher:
                     fut.set_exception(RuntimeError("no model loaded"))
             return
         X = batch[0][0] if take == 1 else np.concatenate([x for x, _ in batch])
-        self._busy = True
         self.batches += 1
         self.rows += rows
+        if rows <= self.inline_rows:
+            self._predict_inline(model, X, batch)
+            if self._pending and self._timer is None:
+                # What max_rows left behind goes in the next turn (answers first).
+                self._timer = asyncio.get_running_loop().call_soon(self._dispatch)
+            return
+        self._busy = True
         loop = asyncio.get_running_loop()
         self.start()
         job = loop.run_in_executor(self._executor, model.predict, X)
         job.add_done_callback(lambda done: self._finish(done, batch, model))
+
+    def _predict_inline(
+        self,
+        model: LoadedModel,
+        X: np.ndarray,
+        batch: list[tuple[np.ndarray, asyncio.Future[Result]]],
+    ) -> None:
+        """Predict ``batch`` here, on the event loop's thread."""
+        if not self._loop_limited:
+            _limit_threads(self.threads)  # OpenMP limits are per thread: this one's too
+            self._loop_limited = True
+        try:
+            preds = model.predict(X)
+        except Exception as exc:  # noqa: BLE001 - handed to every request of the batch
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        _resolve(batch, preds, model)
 
     def _finish(
         self,
@@ -123,13 +162,19 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            preds = done.result()
-            start = 0
-            for X, fut in batch:
-                n = X.shape[0]
-                if not fut.done():
-                    fut.set_result((preds[start : start + n], model))
-                start += n
+            _resolve(batch, done.result(), model)
         if self._pending:
             # These waited while the previous batch ran: go now.
             self._dispatch()
+
+
+def _resolve(
+    batch: list[tuple[np.ndarray, asyncio.Future[Result]]], preds: np.ndarray, model: LoadedModel
+) -> None:
+    """Each request's slice of the batch's predictions."""
+    start = 0
+    for X, fut in batch:
+        n = X.shape[0]
+        if not fut.done():
+            fut.set_result((preds[start : start + n], model))
+        start += n

@@ -93,6 +93,14 @@ class RequestModels:
         JSON included (``json_invalid``, as pydantic reports it).
         """
         try:
+            # The common case in one pass: one valid house, parsed and validated straight
+            # from the bytes (the same parser and model as below, half the time). A batch,
+            # or anything invalid, fails here and takes the path below, which decides the
+            # shape and reports the errors.
+            return [self.house.__pydantic_validator__.validate_json(body)], True
+        except ValidationError:
+            pass
+        try:
             # pydantic's own JSON parser: the same error text as its model_validate_json,
             # and NaN/Infinity parse, so they are reported on their field (not finite).
             data = from_json(body)

@@ -97,6 +97,7 @@ class Service:
             window_s=serve.microbatch_window_ms / 1000.0,
             max_rows=serve.microbatch_max_rows,
             threads=serve.predictor_threads,
+            inline_rows=serve.microbatch_inline_rows,
         )
         # The challenger: loaded only for shadow or canary, and never with a pinned
         # version (the service then serves exactly that version).
@@ -111,6 +112,7 @@ class Service:
             window_s=serve.microbatch_window_ms / 1000.0,
             max_rows=serve.microbatch_max_rows,
             threads=serve.predictor_threads,
+            inline_rows=serve.microbatch_inline_rows,
         )
         self.instance = instance_name(serve.instance)
         location = parse_log_location(serve.request_log)

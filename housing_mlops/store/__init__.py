@@ -62,7 +62,7 @@ from housing_mlops.store.request_log import (
     window_counts,
     window_sample,
 )
-from housing_mlops.store.rows import ROW_COLUMNS, LoggedRequest, row_values
+from housing_mlops.store.rows import ROW_COLUMNS, LoggedRequest, answered_values, row_values
 from housing_mlops.store.schema import REQUEST_COLUMNS, SCHEMA_VERSION
 from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
 from housing_mlops.store.spool import check_spool_dir
@@ -82,6 +82,7 @@ __all__ = [
     "LogUnavailable",
     "LoggedRequest",
     "RequestLogWriter",
+    "answered_values",
     "apply_feedback",
     "cache_reference",
     "cached_reference",

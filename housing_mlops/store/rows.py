@@ -57,6 +57,41 @@ INSERT_SQLITE = (
 )
 
 
+def answered_values(
+    ts: float,
+    request_id: str,
+    model_name: str,
+    model_version: str,
+    features: Sequence[Sequence[float]],
+    predictions: Sequence[float],
+    latency_ms: float,
+    instance: str | None,
+    role: str,
+) -> list[tuple[Any, ...]]:
+    """The column values of one request's answered rows (status 200, no shadow
+    prediction), exactly what ``row_values`` gives for their ``LoggedRequest`` rows, built
+    without those objects: the service's hot path, once per answered request."""
+    return [
+        (
+            ts,
+            request_id,
+            i,
+            model_name,
+            model_version,
+            *row,
+            pred,
+            latency_ms,
+            200,
+            None,
+            instance,
+            role,
+            None,
+            None,
+        )
+        for i, (row, pred) in enumerate(zip(features, predictions, strict=True))
+    ]
+
+
 def row_values(row: LoggedRequest) -> tuple[Any, ...]:
     return (
         row.ts,

@@ -128,16 +128,21 @@ class RequestLogWriter:
 
     def submit(self, rows: list[LoggedRequest]) -> int:
         """Queue rows for writing; returns how many were accepted (the rest are dropped)."""
-        free = self.max_queue - len(self._queue)
-        accepted = rows if len(rows) <= free else rows[: max(free, 0)]
         # Queued as plain tuples of column values, not as LoggedRequest: the garbage
         # collector stops tracking a tuple of scalars, but not a dataclass instance. A
         # second's worth of queued rows (thousands under load) then piled up in the oldest
         # generation and set off a full collection (~190 ms with the service's heap) every
         # ~15 s: p99 latency went from ~10 ms to ~200 ms in `make bench-serve`.
-        self._queue.extend([row_values(row) for row in accepted])
-        if len(accepted) < len(rows):
-            self.dropped += len(rows) - len(accepted)
+        return self.submit_values([row_values(row) for row in rows])
+
+    def submit_values(self, values: list[tuple[Any, ...]]) -> int:
+        """``submit`` for rows already given as column values (``row_values`` order, e.g.
+        ``rows.answered_values``)."""
+        free = self.max_queue - len(self._queue)
+        accepted = values if len(values) <= free else values[: max(free, 0)]
+        self._queue.extend(accepted)
+        if len(accepted) < len(values):
+            self.dropped += len(values) - len(accepted)
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
         return len(accepted)
