@@ -15,7 +15,6 @@ The Python workers run ``PYSPARK_PYTHON`` (default: this interpreter, e.g. the v
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -50,7 +49,7 @@ from housing_mlops.predict.scoring import (
     in_order,
     score_batch,
 )
-from housing_mlops.validation import Rejection
+from housing_mlops.validation import Rejection, invalid_rows
 
 INSTALL_HINT = (
     "--engine spark needs the spark extra: pip install 'housing-mlops[spark]' "
@@ -126,7 +125,8 @@ def _read(spark: Any, job: PredictJob) -> Any:
 
 
 def _partition_offsets(df: Any) -> dict[int, int]:
-    """Row id of each partition's first row: counts per scan partition, accumulated."""
+    """CSV: row id of each partition's first row, from counts per scan partition (one pass
+    over the input: a CSV has no footer to count from)."""
     from pyspark.sql.functions import spark_partition_id
 
     counts = dict(df.groupBy(spark_partition_id().alias("p")).count().collect())
@@ -137,40 +137,148 @@ def _partition_offsets(df: Any) -> dict[int, int]:
     return offsets
 
 
-def _scorer(package_bc: Any, offsets_bc: Any, workers: int) -> Any:
-    def score(batches: Iterator[Any]) -> Iterator[Any]:
+def _file_keys(spark: Any, path: Path) -> list[str]:
+    """How Spark may spell ``path`` in ``_metadata.file_path``: the Hadoop URI of the
+    file (``file:///a%20b``) and the form its file listing gives (``file:/a%20b``)."""
+    jvm = spark.sparkContext._jvm
+    uri = str(jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(path.resolve().as_uri())).toUri())
+    keys = [uri]
+    if uri.startswith("file:///"):
+        keys.append("file:/" + uri.removeprefix("file:///"))
+    return keys
+
+
+def _with_row_ids(spark: Any, job: PredictJob, df: Any) -> tuple[Any, dict[int, int] | None]:
+    """The input with its row ids, without a pass over the data when it can.
+
+    Parquet: a column ``row_id`` = the rows of the files before this one (their footers,
+    read here) + the row's index in its file (Spark's ``_metadata.row_index``): the input
+    order (files in name order, rows in file order), whatever partitions Spark makes.
+    CSV: no such column; the offsets of each scan partition (one counting pass), from
+    which each task numbers its rows."""
+    from pyspark.sql import functions as F
+
+    if job.input.format != "parquet":
+        return df, _partition_offsets(df)
+    import pyarrow.parquet as pq
+
+    index = F.col("_metadata.row_index")
+    files = job.input.files
+    if len(files) == 1:
+        return df.withColumn(ROW_ID, index), None
+    pairs: list[Any] = []
+    start = 0
+    for path in files:
+        pairs += [x for key in _file_keys(spark, path) for x in (F.lit(key), F.lit(start))]
+        start += pq.ParquetFile(path).metadata.num_rows
+    # A file missing from the map fails the job (ANSI element_at) instead of a wrong id.
+    first = F.element_at(F.create_map(*pairs), F.col("_metadata.file_path"))
+    return df.withColumn(ROW_ID, first.cast("bigint") + index), None
+
+
+class _Counter:
+    """Row ids of a task's batches when the input has no ``row_id`` column (CSV)."""
+
+    def __init__(self, offsets: dict[int, int] | None) -> None:
         from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        self.position = (offsets or {}).get(ctx.partitionId() if ctx else 0, 0)
+
+    def ids(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        names = batch.schema.names
+        n = batch.num_rows
+        if ROW_ID in names:
+            ids = batch.column(names.index(ROW_ID))
+        else:
+            ids = pa.array(np.arange(self.position, self.position + n, dtype=np.int64))
+        self.position += n
+        return ids
+
+
+def _scorer(
+    package_bc: Any, offsets_bc: Any, workers: int, inputs: list[str], counts: tuple[Any, Any]
+) -> Any:
+    """``mapInArrow``: each Arrow batch validated and scored; only the valid rows come out,
+    with the added columns; ``counts`` (accumulators) get the rows seen and refused."""
+    rows_acc, bad_acc = counts
+
+    def score(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        from housing_mlops.predict.local import features
 
         model = _executor_model(package_bc.value)
         ref = package_bc.value.ref
-        ctx = TaskContext.get()
-        position = offsets_bc.value.get(ctx.partitionId() if ctx else 0, 0)
+        counter = _Counter(offsets_bc.value if offsets_bc is not None else None)
 
-        def one(pdf: Any) -> tuple[Any, ScoredBatch]:
-            X = pdf[FEATURES].to_numpy(dtype=np.float64, na_value=np.nan)
-            return pdf, score_batch(model, X)
+        def one(item: tuple[Any, Any]) -> tuple[Any, Any, ScoredBatch]:
+            batch, ids = item
+            X, missing = features(batch)
+            return batch, ids, score_batch(model, X, missing)
 
+        version = pa.scalar(str(ref.version), pa.string())
+        run_id = pa.scalar(ref.run_id, pa.string())
+        names = [*inputs, PREDICTION, PREDICTION_USD, MODEL_VERSION, RUN_ID, ROW_ID]
         with in_order(workers) as pool:
-            for pdf, result in pool(one, batches):
-                n = len(pdf)
-                predictions = np.full(n, np.nan)
-                predictions[result.valid] = result.predictions
-                errors = np.full(n, None, dtype=object)
-                for r in result.rejections:
-                    errors[r.row] = r.text()
-                yield pdf.assign(
-                    **{
-                        PREDICTION: predictions,
-                        PREDICTION_USD: np.round(predictions * 100_000.0, 2),
-                        MODEL_VERSION: str(ref.version),
-                        RUN_ID: ref.run_id,
-                        ROW_ID: np.arange(position, position + n, dtype=np.int64),
-                        _ERROR_COLUMN: errors,
-                    }
+            # The ids are taken here, in batch order, before the pool's threads see a batch.
+            numbered = ((batch, counter.ids(batch)) for batch in batches)
+            for batch, ids, result in pool(one, numbered):
+                n = batch.num_rows
+                kept = np.flatnonzero(result.valid)
+                columns = [batch.column(name) for name in inputs]
+                if len(kept) < n:
+                    take = pa.array(kept)
+                    columns = [c.take(take) for c in columns]
+                    ids = ids.take(take)
+                rows_acc.add(n)
+                bad_acc.add(n - len(kept))
+                predictions = result.predictions
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        *columns,
+                        pa.array(predictions, pa.float64()),
+                        pa.array(np.round(predictions * 100_000.0, 2), pa.float64()),
+                        pa.repeat(version, len(kept)),
+                        pa.repeat(run_id, len(kept)),
+                        ids,
+                    ],
+                    names=names,
                 )
-                position += n
 
     return score
+
+
+def _refuser(package_bc: Any, offsets_bc: Any, inputs: list[str]) -> Any:
+    """``mapInArrow`` for the error path: only the refused rows, with their row id and
+    why (the same rules as the scoring, no prediction)."""
+
+    def refuse(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        from housing_mlops.predict.local import features
+
+        model = _executor_model(package_bc.value)
+        counter = _Counter(offsets_bc.value if offsets_bc is not None else None)
+        for batch in batches:
+            ids = counter.ids(batch)
+            X, missing = features(batch)
+            bad, rejections = invalid_rows(X, model.requests.ranges, missing)
+            if not rejections:
+                continue
+            take = pa.array(np.flatnonzero(bad))
+            yield pa.RecordBatch.from_arrays(
+                [
+                    ids.take(take),
+                    *[batch.column(name).take(take) for name in inputs],
+                    pa.array([r.text() for r in rejections], pa.string()),
+                ],
+                names=[ROW_ID, *inputs, _ERROR_COLUMN],
+            )
+
+    return refuse
 
 
 def _staging(final: Path) -> Path:
@@ -195,10 +303,15 @@ def _spark_errors() -> Any:
 def score_spark(
     job: PredictJob, package: ModelPackage, lineage: dict[str, str], progress: Progress
 ) -> dict[str, Any]:
-    """Score ``job`` on Spark; return the counts (rows in, scored, rejected) and the master."""
-    from pyspark import StorageLevel
+    """Score ``job`` on Spark; return the counts (rows in, scored, rejected) and the master.
+
+    The common case is one Spark job: read, validate and score (``mapInArrow``), write the
+    valid rows. The rows seen and refused are counted by accumulators in that job: Spark
+    applies a result task's accumulator updates once (a retried or speculative attempt's
+    are dropped), and the job has one stage (no shuffle), so the counts are exact. Only
+    when rows were refused does a second job read the input again for them (the rejects
+    file, or the first bad rows of the ``--on-error fail`` message)."""
     from pyspark.sql.functions import col
-    from pyspark.sql.functions import count as count_
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     progress(f"starting Spark ({job.spark_master or 'local[*]'})", 0, None)
@@ -208,55 +321,60 @@ def score_spark(
     spark_failures = _spark_errors()
     spark, created = _session(job.spark_master)
     staged: list[Path] = []
-    scored = None
     try:
         master = spark.sparkContext.master
         progress(f"reading {Path(job.input.spec).name} on {master}", 0, None)
         df = _read(spark, job)
-        offsets = _partition_offsets(df)
+        inputs = list(df.columns)
+        source, offsets = _with_row_ids(spark, job, df)
+        partitions = len(offsets) if offsets is not None else source.rdd.getNumPartitions()
         sc = spark.sparkContext
         # Spark runs one task per core: one tree-evaluation thread per task, not one per
         # core per task (LightGBM would oversubscribe the executor's cores). With fewer
         # partitions than cores (a file of one row group is one partition), each task
         # scores that many of its Arrow batches at once instead (``in_order``).
         package_bc = sc.broadcast(dataclasses.replace(package, threads=1))
-        workers = max(1, min(package.threads, sc.defaultParallelism // max(1, len(offsets))))
-        offsets_bc = sc.broadcast(offsets)
-        fields = [
+        workers = max(1, min(package.threads, sc.defaultParallelism // max(1, partitions)))
+        offsets_bc = sc.broadcast(offsets) if offsets is not None else None
+        counts = (sc.accumulator(0), sc.accumulator(0))
+        added = [
             StructField(PREDICTION, DoubleType()),
             StructField(PREDICTION_USD, DoubleType()),
             StructField(MODEL_VERSION, StringType()),
             StructField(RUN_ID, StringType()),
             StructField(ROW_ID, LongType()),
-            StructField(_ERROR_COLUMN, StringType()),
         ]
-        schema = StructType([*df.schema.fields, *fields])
-        scored = df.mapInPandas(_scorer(package_bc, offsets_bc, workers), schema).persist(
-            StorageLevel.MEMORY_AND_DISK
-        )
-        progress(f"scoring on {master}", 0, None)
-        totals = scored.agg(count_("*").alias("rows"), count_(_ERROR_COLUMN).alias("bad"))
-        row = totals.collect()[0]
-        rows_in, rejected = int(row["rows"]), int(row["bad"])
-        if rows_in == 0:
-            raise DataError(f"input {job.input.spec} holds no rows")
-        bad_rows = scored.filter(col(_ERROR_COLUMN).isNotNull())
-        if rejected and job.on_error == "fail":
-            first = bad_rows.orderBy(ROW_ID).limit(6).select(ROW_ID, _ERROR_COLUMN).collect()
-            shown = [Rejection(int(r[ROW_ID]), _split(str(r[_ERROR_COLUMN]))) for r in first]
-            raise DataError(bad_rows_message(shown, 0, more=rejected > len(shown)))
-        progress(f"writing {job.output.name}", 0, None)
-        good = scored.filter(col(_ERROR_COLUMN).isNull()).drop(_ERROR_COLUMN)
-        good = good.withMetadata(PREDICTION, lineage)
+        good = source.mapInArrow(
+            _scorer(package_bc, offsets_bc, workers, inputs, counts),
+            StructType([*df.schema.fields, *added]),
+        ).withMetadata(PREDICTION, lineage)
+        progress(f"scoring on {master}, writing {job.output.name}", 0, None)
         out_stage = _staging(job.output)
         staged.append(out_stage)
         _write(good, job.output_format, out_stage)
+        rows_in, rejected = int(counts[0].value), int(counts[1].value)
+        if rows_in == 0:
+            raise DataError(f"input {job.input.spec} holds no rows")
+        refused = source.mapInArrow(
+            _refuser(package_bc, offsets_bc, inputs),
+            StructType(
+                [StructField(ROW_ID, LongType()), *df.schema.fields]
+                + [StructField(_ERROR_COLUMN, StringType())]
+            ),
+        )
+        if rejected and job.on_error == "fail":
+            first = refused.orderBy(ROW_ID).limit(6).select(ROW_ID, _ERROR_COLUMN).collect()
+            shown = [Rejection(int(r[ROW_ID]), _split(str(r[_ERROR_COLUMN]))) for r in first]
+            raise DataError(bad_rows_message(shown, 0, more=rejected > len(shown)))
         rej_stage = None
         if job.rejects is not None:
+            progress(f"writing {job.rejects.name}", 0, None)
             rej_stage = _staging(job.rejects)
             staged.append(rej_stage)
-            refused = bad_rows.select(
-                ROW_ID, *[col(f"`{c}`") for c in df.columns], col(_ERROR_COLUMN).alias(ERROR)
+            if not rejected:  # nothing to read again for: an empty rejects file
+                refused = spark.createDataFrame([], refused.schema)
+            refused = refused.select(
+                ROW_ID, *[col(f"`{c}`") for c in inputs], col(_ERROR_COLUMN).alias(ERROR)
             ).withMetadata(ERROR, lineage)
             _write(refused, "csv" if job.rejects.suffix.lower() == ".csv" else "parquet", rej_stage)
         if rej_stage is not None and job.rejects is not None:
@@ -274,9 +392,6 @@ def score_spark(
     finally:
         for path in staged:
             shutil.rmtree(path, ignore_errors=True)
-        if scored is not None:
-            with contextlib.suppress(Exception):
-                scored.unpersist()
         if created:
             spark.stop()
 
