@@ -352,9 +352,9 @@ def with_trees(
     cache = cfg.compile_cache or None
     if job.compile == "never":
         return package, TreesUsed("lightgbm", reason="--compile never")
+    cache_path = Path(cache) if cache else None
     if job.compile == "auto":
         rows = estimated_rows(job.input)
-        cache_path = Path(cache) if cache else None
         if rows < cfg.compile_min_rows and not compiled.is_cached(package.model_key, cache_path):
             return package, TreesUsed(
                 "lightgbm",
@@ -366,7 +366,14 @@ def with_trees(
     )
     if job.engine != "spark":
         return package, None  # built (or read from the cache) where the model is loaded
-    # Spark: the driver builds them once and ships the library with the model.
+    # Spark: the driver builds them once and ships the library with the model. Already
+    # cached (built from this model file's sha256 and this compiler): shipped as they are,
+    # without loading the model here (each executor checks them against LightGBM anyway).
+    if compiled.is_cached(package.model_key, cache_path):
+        library = compiled.library_path(package.model_key, cache_path)
+        if library is not None:
+            used = TreesUsed("compiled", 0.0, cached=True, library=library)
+            return dataclasses.replace(package, trees_blob=library.read_bytes()), used
     say("compiled trees (built once per model and machine, then cached)", 0, None)
     _, used = package.load_for_scoring()
     if used.evaluator != "compiled" or used.library is None:

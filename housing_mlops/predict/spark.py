@@ -16,6 +16,7 @@ The Python workers run ``PYSPARK_PYTHON`` (default: this interpreter, e.g. the v
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shutil
 import sys
@@ -124,9 +125,9 @@ def _read(spark: Any, job: PredictJob) -> Any:
     return df
 
 
-def _partition_offsets(df: Any) -> dict[int, int]:
+def _partition_offsets(df: Any) -> tuple[dict[int, int], int]:
     """CSV: row id of each partition's first row, from counts per scan partition (one pass
-    over the input: a CSV has no footer to count from)."""
+    over the input: a CSV has no footer to count from); and how many partitions hold rows."""
     from pyspark.sql.functions import spark_partition_id
 
     counts = dict(df.groupBy(spark_partition_id().alias("p")).count().collect())
@@ -134,7 +135,7 @@ def _partition_offsets(df: Any) -> dict[int, int]:
     for p in range(df.rdd.getNumPartitions()):
         offsets[p] = start
         start += int(counts.get(p, 0))
-    return offsets
+    return offsets, sum(1 for c in counts.values() if c)
 
 
 def _file_keys(spark: Any, path: Path) -> list[str]:
@@ -148,32 +149,39 @@ def _file_keys(spark: Any, path: Path) -> list[str]:
     return keys
 
 
-def _with_row_ids(spark: Any, job: PredictJob, df: Any) -> tuple[Any, dict[int, int] | None]:
-    """The input with its row ids, without a pass over the data when it can.
+def _with_row_ids(spark: Any, job: PredictJob, df: Any) -> tuple[Any, dict[int, int] | None, int]:
+    """The input with its row ids, without a pass over the data when it can; and how many
+    scan partitions hold rows (the tasks that really score).
 
     Parquet: a column ``row_id`` = the rows of the files before this one (their footers,
     read here) + the row's index in its file (Spark's ``_metadata.row_index``): the input
     order (files in name order, rows in file order), whatever partitions Spark makes.
     CSV: no such column; the offsets of each scan partition (one counting pass), from
-    which each task numbers its rows."""
+    which each task numbers its rows.
+
+    Spark splits a Parquet file by bytes, but a row group is read whole by the split
+    holding its middle: a file of one row group in two splits is one task with rows and
+    one empty task. So the busy partitions are at most the row groups."""
     from pyspark.sql import functions as F
 
     if job.input.format != "parquet":
-        return df, _partition_offsets(df)
+        offsets, busy = _partition_offsets(df)
+        return df, offsets, busy
     import pyarrow.parquet as pq
 
     index = F.col("_metadata.row_index")
-    files = job.input.files
-    if len(files) == 1:
-        return df.withColumn(ROW_ID, index), None
+    footers = [pq.ParquetFile(path).metadata for path in job.input.files]
+    busy = min(df.rdd.getNumPartitions(), sum(m.num_row_groups for m in footers))
+    if len(footers) == 1:
+        return df.withColumn(ROW_ID, index), None, busy
     pairs: list[Any] = []
     start = 0
-    for path in files:
+    for path, meta in zip(job.input.files, footers, strict=True):
         pairs += [x for key in _file_keys(spark, path) for x in (F.lit(key), F.lit(start))]
-        start += pq.ParquetFile(path).metadata.num_rows
+        start += meta.num_rows
     # A file missing from the map fails the job (ANSI element_at) instead of a wrong id.
     first = F.element_at(F.create_map(*pairs), F.col("_metadata.file_path"))
-    return df.withColumn(ROW_ID, first.cast("bigint") + index), None
+    return df.withColumn(ROW_ID, first.cast("bigint") + index), None, busy
 
 
 class _Counter:
@@ -210,9 +218,14 @@ def _scorer(
 
         from housing_mlops.predict.local import features
 
-        model = _executor_model(package_bc.value)
+        batches = iter(batches)
+        head = next(batches, None)
+        if head is None:  # a task without rows (a split without a row group's middle)
+            return
+        model = _executor_model(package_bc.value)  # once per Python worker, not per task
         ref = package_bc.value.ref
         counter = _Counter(offsets_bc.value if offsets_bc is not None else None)
+        batches = itertools.chain([head], batches)
 
         def one(item: tuple[Any, Any]) -> tuple[Any, Any, ScoredBatch]:
             batch, ids = item
@@ -260,12 +273,12 @@ def _refuser(package_bc: Any, offsets_bc: Any, inputs: list[str]) -> Any:
 
         from housing_mlops.predict.local import features
 
-        model = _executor_model(package_bc.value)
         counter = _Counter(offsets_bc.value if offsets_bc is not None else None)
         for batch in batches:
             ids = counter.ids(batch)
             X, missing = features(batch)
-            bad, rejections = invalid_rows(X, model.requests.ranges, missing)
+            ranges = _executor_model(package_bc.value).requests.ranges
+            bad, rejections = invalid_rows(X, ranges, missing)
             if not rejections:
                 continue
             take = pa.array(np.flatnonzero(bad))
@@ -326,15 +339,14 @@ def score_spark(
         progress(f"reading {Path(job.input.spec).name} on {master}", 0, None)
         df = _read(spark, job)
         inputs = list(df.columns)
-        source, offsets = _with_row_ids(spark, job, df)
-        partitions = len(offsets) if offsets is not None else source.rdd.getNumPartitions()
+        source, offsets, busy = _with_row_ids(spark, job, df)
         sc = spark.sparkContext
         # Spark runs one task per core: one tree-evaluation thread per task, not one per
         # core per task (LightGBM would oversubscribe the executor's cores). With fewer
-        # partitions than cores (a file of one row group is one partition), each task
-        # scores that many of its Arrow batches at once instead (``in_order``).
+        # partitions holding rows than cores (a file of one row group is one task with
+        # rows), each task scores that many of its Arrow batches at once (``in_order``).
         package_bc = sc.broadcast(dataclasses.replace(package, threads=1))
-        workers = max(1, min(package.threads, sc.defaultParallelism // max(1, partitions)))
+        workers = max(1, min(package.threads, sc.defaultParallelism // max(1, busy)))
         offsets_bc = sc.broadcast(offsets) if offsets is not None else None
         counts = (sc.accumulator(0), sc.accumulator(0))
         added = [
