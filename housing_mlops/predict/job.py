@@ -8,6 +8,7 @@ scoring (``predict.scoring``), the rules (``housing_mlops.validation``) and the 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -449,25 +450,30 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
     file does not show the model's load time as a scoring rate."""
     started = time.perf_counter()
     say = progress or (lambda *_: None)
-    if job.engine == "spark":
-        from housing_mlops.predict.spark import spark_available
+    with contextlib.ExitStack() as stack:
+        spark_start = None
+        if job.engine == "spark":
+            from housing_mlops.predict.spark import SparkStart, spark_available
 
-        spark_available()  # the install hint before any MLflow round trip
-    say("reading the model from the registry", 0, None)
-    package = load_package(settings, job.version, job.alias)
-    say("hashing the input", 0, None)
-    input_sha = job.input.sha256()
-    meta = lineage(job, package, input_sha)
-    package, trees = with_trees(settings, job, package, say)
-    scoring_started = time.perf_counter()
-    if job.engine == "spark":
-        from housing_mlops.predict.spark import score_spark
+            spark_available()  # the install hint before any MLflow round trip
+            # The JVM starts while the model is read (stopped at the end, error or not).
+            spark_start = SparkStart(job.spark_master)
+            stack.callback(spark_start.close)
+        say("reading the model from the registry", 0, None)
+        package = load_package(settings, job.version, job.alias)
+        say("hashing the input", 0, None)
+        input_sha = job.input.sha256()
+        meta = lineage(job, package, input_sha)
+        package, trees = with_trees(settings, job, package, say)
+        scoring_started = time.perf_counter()
+        if job.engine == "spark":
+            from housing_mlops.predict.spark import score_spark
 
-        counts: dict[str, Any] = score_spark(job, package, meta, say)
-    else:
-        from housing_mlops.predict.local import score_local
+            counts: dict[str, Any] = score_spark(job, package, meta, say, spark_start)
+        else:
+            from housing_mlops.predict.local import score_local
 
-        counts = score_local(job, package, meta, say)
+            counts = score_local(job, package, meta, say)
     ended = time.perf_counter()
     seconds = ended - started
     scoring = float(counts.get("scoring_seconds", ended - scoring_started))

@@ -15,11 +15,13 @@ The Python workers run ``PYSPARK_PYTHON`` (default: this interpreter, e.g. the v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
 import shutil
 import sys
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -57,6 +59,10 @@ INSTALL_HINT = (
     "(and Java 17: apt-get install openjdk-17-jre-headless on Debian)"
 )
 _ERROR_COLUMN = f"_housing_{ERROR}"
+# Spark job groups (the Spark UI, the status tracker): the scoring job, and the jobs that
+# read the input again for its refused rows (only when there are some).
+JOB_GROUP = "housing-predict"
+REFUSED_GROUP = "housing-predict-refused"
 # Per Python worker (Spark reuses them across tasks): model key -> loaded model.
 _LOADED: dict[str, Any] = {}
 
@@ -84,14 +90,10 @@ def _executor_model(package: ModelPackage) -> Any:
     return model
 
 
-def _session(master: str | None) -> tuple[Any, bool]:
-    """The active session (spark-submit, tests), or a new one on ``master``; and whether
-    it was created here (then it is stopped at the end)."""
+def _new_session(master: str | None) -> Any:
+    """A new session on ``master`` (``local[*]`` by default, or the one spark-submit set)."""
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
     python = os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName("housing-predict")
@@ -106,7 +108,52 @@ def _session(master: str | None) -> tuple[Any, bool]:
         builder = builder.master(master or "local[*]")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    return spark, True
+    return spark
+
+
+class SparkStart:
+    """The session a run scores on: the active one (spark-submit, tests), or a new one
+    started in a thread as soon as the run begins, so the JVM's start-up (seconds) overlaps
+    the driver's reading of the model from the registry. ``close`` stops a session
+    started here (waiting for its start first); an active one is left running."""
+
+    def __init__(self, master: str | None) -> None:
+        from pyspark.sql import SparkSession
+
+        # pyspark warns about every pandas release newer than it was tested with; the
+        # scoring itself is checked against the local engine by the tests.
+        warnings.filterwarnings("ignore", message="PySpark does not yet", category=FutureWarning)
+        self.master = master
+        self._spark: Any = SparkSession.getActiveSession()  # in this thread, as before
+        self._created = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self._spark is None:
+            self._thread = threading.Thread(
+                target=self._start, name="housing-spark-start", daemon=True
+            )
+            self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._spark = _new_session(self.master)
+            self._created = True
+        except BaseException as exc:  # noqa: BLE001 - raised again by ``session``
+            self._error = exc
+
+    def session(self) -> Any:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._spark
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._created and self._spark is not None:
+            self._created = False
+            self._spark.stop()
 
 
 def _read(spark: Any, job: PredictJob) -> Any:
@@ -314,7 +361,11 @@ def _spark_errors() -> Any:
 
 
 def score_spark(
-    job: PredictJob, package: ModelPackage, lineage: dict[str, str], progress: Progress
+    job: PredictJob,
+    package: ModelPackage,
+    lineage: dict[str, str],
+    progress: Progress,
+    start: SparkStart | None = None,
 ) -> dict[str, Any]:
     """Score ``job`` on Spark; return the counts (rows in, scored, rejected) and the master.
 
@@ -328,13 +379,12 @@ def score_spark(
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     progress(f"starting Spark ({job.spark_master or 'local[*]'})", 0, None)
-    # pyspark warns about every pandas release newer than it was tested with; the scoring
-    # itself is checked against the local engine by the tests.
-    warnings.filterwarnings("ignore", message="PySpark does not yet", category=FutureWarning)
     spark_failures = _spark_errors()
-    spark, created = _session(job.spark_master)
+    own = start is None
+    start = start or SparkStart(job.spark_master)
     staged: list[Path] = []
     try:
+        spark = start.session()
         master = spark.sparkContext.master
         progress(f"reading {Path(job.input.spec).name} on {master}", 0, None)
         df = _read(spark, job)
@@ -363,7 +413,9 @@ def score_spark(
         progress(f"scoring on {master}, writing {job.output.name}", 0, None)
         out_stage = _staging(job.output)
         staged.append(out_stage)
+        sc.setJobGroup(JOB_GROUP, f"housing predict {Path(job.input.spec).name}: score, write")
         _write(good, job.output_format, out_stage)
+        sc.setJobGroup(REFUSED_GROUP, f"housing predict {Path(job.input.spec).name}: rejects")
         rows_in, rejected = int(counts[0].value), int(counts[1].value)
         if rows_in == 0:
             raise DataError(f"input {job.input.spec} holds no rows")
@@ -404,8 +456,10 @@ def score_spark(
     finally:
         for path in staged:
             shutil.rmtree(path, ignore_errors=True)
-        if created:
-            spark.stop()
+        with contextlib.suppress(*spark_failures, AttributeError):
+            start.session().sparkContext._jsc.clearJobGroup()
+        if own:
+            start.close()
 
 
 def _split(text: str) -> tuple[tuple[str, str], ...]:
