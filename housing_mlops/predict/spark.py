@@ -3,13 +3,16 @@
 The driver reads the model once (registry: sha256 check) and broadcasts its skops bytes,
 the reference profile and the registry reference; each executor's Python worker loads it
 once (``load_model_bytes``: sha256 again, skops allow-list, never pickle) and keeps it for
-every later batch and task. ``mapInPandas`` runs the shared scoring (``predict.scoring``:
-the /predict rules, then the service's predict function) on Arrow batches; Spark writes
-the result as a directory of Parquet (or CSV) parts beside the output path, renamed into
-place when the job succeeded. Row ids are consecutive in Spark's read order (the input
-order for a single file), from per-partition counts.
+every later batch and task. ``mapInArrow`` runs the shared scoring (``predict.scoring``:
+the /predict rules, then the service's predict function) on Arrow batches, without a
+pandas round trip; Spark writes the valid rows as a directory of Parquet (or CSV) parts
+beside the output path, renamed into place when the job succeeded. With all rows valid
+that is one Spark job (read, score, write): the row ids of Parquet come from the footers
+and Spark's row index, the counts from accumulators. Refused rows cost a second job (the
+rejects, or the first bad rows of the error message); a CSV a counting pass first.
 
-Master: ``--spark-master`` (default ``local[*]``), or the one ``spark-submit`` set.
+Master: ``--spark-master`` (default ``local[*]``), or the one ``spark-submit`` set; a new
+session starts in a thread while the driver reads the model (``SparkStart``).
 The Python workers run ``PYSPARK_PYTHON`` (default: this interpreter, e.g. the venv's).
 """
 
