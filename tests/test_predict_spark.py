@@ -172,6 +172,13 @@ def test_parts_of_several_files_get_the_input_order_in_one_job(
     scored = pq.read_table(out).to_pandas().sort_values("row_id")
     assert scored["row_id"].tolist() == list(range(2997))
     assert scored["listing_id"].tolist() == good["listing_id"].tolist()
+    # --on-error skip with nothing refused: an empty rejects file, with its columns.
+    rejects = tmp_path / "clean.rejects.parquet"
+    args = ["--engine", "spark", "-o", str(out), "--on-error", "skip", "--rejects", str(rejects)]
+    assert run(["-c", str(config), "predict", str(clean), *args]) == 0
+    empty = pq.read_table(rejects)
+    assert empty.num_rows == 0 and empty.column_names == ["row_id", *good.columns, "error"]
+    assert pq.read_table(out).num_rows == 2997
 
 
 def test_spark_on_error_fail_writes_nothing(

@@ -446,8 +446,9 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
 
     ``seconds`` is the whole run; ``rows_per_s`` is over ``scoring_seconds``: for the local
     engine the time after the model was loaded (and its fast path checked), for Spark the time
-    after the model was read and the input hashed (Spark's start-up included), so a small
-    file does not show the model's load time as a scoring rate."""
+    after the model was read and the input hashed (what is left of Spark's start-up, which
+    began with the run, included), so a small file does not show the model's load time as
+    a scoring rate."""
     started = time.perf_counter()
     say = progress or (lambda *_: None)
     with contextlib.ExitStack() as stack:

@@ -221,7 +221,9 @@ def _with_row_ids(spark: Any, job: PredictJob, df: Any) -> tuple[Any, dict[int, 
 
     index = F.col("_metadata.row_index")
     footers = [pq.ParquetFile(path).metadata for path in job.input.files]
-    busy = min(df.rdd.getNumPartitions(), sum(m.num_row_groups for m in footers))
+    groups = sum(m.num_row_groups for m in footers)
+    # One row group is one busy task, however Spark splits: no need to plan the scan here.
+    busy = 1 if groups <= 1 else min(df.rdd.getNumPartitions(), groups)
     if len(footers) == 1:
         return df.withColumn(ROW_ID, index), None, busy
     pairs: list[Any] = []
