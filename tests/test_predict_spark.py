@@ -181,6 +181,21 @@ def test_parts_of_several_files_get_the_input_order_in_one_job(
     assert pq.read_table(out).num_rows == 2997
 
 
+def test_a_column_named_like_sparks_metadata_passes_through(
+    spark_session: Any, config: Path, tmp_path: Path
+) -> None:
+    # Spark's hidden ``_metadata`` (row index) is shadowed by the input's own column: the
+    # engine numbers the rows by counting instead, and the column passes through untouched.
+    frame = make_frame(900, seed=5).assign(_metadata=[f"m{i}" for i in range(900)])
+    src = tmp_path / "meta.parquet"
+    frame.to_parquet(src, row_group_size=200, index=False)
+    out = tmp_path / "meta.predictions.parquet"
+    assert run(["-c", str(config), "predict", str(src), "--engine", "spark", "-o", str(out)]) == 0
+    scored = pq.read_table(out).to_pandas()
+    assert scored["row_id"].tolist() == list(range(900))
+    assert scored["_metadata"].tolist() == frame["_metadata"].tolist()
+
+
 def test_spark_on_error_fail_writes_nothing(
     spark_session: Any, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

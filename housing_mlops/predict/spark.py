@@ -214,7 +214,8 @@ def _with_row_ids(spark: Any, job: PredictJob, df: Any) -> tuple[Any, dict[int, 
     one empty task. So the busy partitions are at most the row groups."""
     from pyspark.sql import functions as F
 
-    if job.input.format != "parquet":
+    # A column of the input named ``_metadata`` would hide Spark's: count rows instead.
+    if job.input.format != "parquet" or "_metadata" in df.columns:
         offsets, busy = _partition_offsets(df)
         return df, offsets, busy
     import pyarrow.parquet as pq
