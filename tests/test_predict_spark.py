@@ -119,6 +119,83 @@ def test_one_partition_scores_its_batches_two_at_a_time_in_order(
     _same(spark_out, local_out)
 
 
+def _jobs(spark: Any, group: str) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+
+
+def test_parts_of_several_files_get_the_input_order_in_one_job(
+    spark_session: Any, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Three files of several row groups and different sizes: Spark splits them and packs
+    # the splits biggest first, yet the row ids follow the input (files in name order, rows
+    # in file order), from the footers and Spark's row index: no pass to count rows first.
+    from housing_mlops.predict.spark import JOB_GROUP, REFUSED_GROUP
+
+    src, frame = _listings(tmp_path, n=3000)
+    parts = tmp_path / "parts dir"  # a space: Spark spells the paths as URIs
+    (parts / "b").mkdir(parents=True)
+    bounds = [(0, 400, "a-0.parquet"), (400, 2400, "a-1.parquet"), (2400, 3000, "b/c.parquet")]
+    for lo, hi, name in bounds:
+        frame.iloc[lo:hi].to_parquet(parts / name, row_group_size=150, index=False)
+    files = [str(parts / name) for _, _, name in bounds]
+    packed = spark_session.read.parquet(*files).rdd.getNumPartitions()
+    assert packed > 3
+    local_out, local_rejects = _local(config, parts, tmp_path)
+    capsys.readouterr()
+    assert local_out["listing_id"].tolist() == [
+        f"L{i:05d}" for i in range(3000) if i not in (10, 2000, 2900)
+    ]
+    before = {g: _jobs(spark_session, g) for g in (JOB_GROUP, REFUSED_GROUP)}
+    out, rejects = tmp_path / "spark.parquet", tmp_path / "spark.rejects.parquet"
+    args = ["--engine", "spark", "-o", str(out), "--on-error", "skip", "--json"]
+    assert run(["-c", str(config), "predict", str(parts), *args, "--rejects", str(rejects)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["rows_in"], summary["scored"], summary["rejected"]) == (3000, 2997, 3)
+    _same(pq.read_table(out).to_pandas(), local_out)
+    spark_rejects = pq.read_table(rejects).to_pandas().sort_values("row_id")
+    assert spark_rejects["row_id"].tolist() == local_rejects["row_id"].tolist() == [10, 2000, 2900]
+    # One job scored and wrote everything; the refused rows took one more (the rejects).
+    assert _jobs(spark_session, JOB_GROUP) - before[JOB_GROUP] == 1
+    assert _jobs(spark_session, REFUSED_GROUP) - before[REFUSED_GROUP] == 1
+
+    # All rows valid: one job in all, nothing read twice; row ids 0..n-1 in input order.
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    good = frame.drop(index=[10, 2000, 2900]).reset_index(drop=True)
+    for i, (lo, hi) in enumerate([(0, 1500), (1500, 2997)]):
+        good.iloc[lo:hi].to_parquet(clean / f"part-{i}.parquet", row_group_size=200, index=False)
+    before = {g: _jobs(spark_session, g) for g in (JOB_GROUP, REFUSED_GROUP)}
+    out = tmp_path / "clean.parquet"
+    assert run(["-c", str(config), "predict", str(clean), "--engine", "spark", "-o", str(out)]) == 0
+    assert _jobs(spark_session, JOB_GROUP) - before[JOB_GROUP] == 1
+    assert _jobs(spark_session, REFUSED_GROUP) == before[REFUSED_GROUP]
+    scored = pq.read_table(out).to_pandas().sort_values("row_id")
+    assert scored["row_id"].tolist() == list(range(2997))
+    assert scored["listing_id"].tolist() == good["listing_id"].tolist()
+    # --on-error skip with nothing refused: an empty rejects file, with its columns.
+    rejects = tmp_path / "clean.rejects.parquet"
+    args = ["--engine", "spark", "-o", str(out), "--on-error", "skip", "--rejects", str(rejects)]
+    assert run(["-c", str(config), "predict", str(clean), *args]) == 0
+    empty = pq.read_table(rejects)
+    assert empty.num_rows == 0 and empty.column_names == ["row_id", *good.columns, "error"]
+    assert pq.read_table(out).num_rows == 2997
+
+
+def test_a_column_named_like_sparks_metadata_passes_through(
+    spark_session: Any, config: Path, tmp_path: Path
+) -> None:
+    # Spark's hidden ``_metadata`` (row index) is shadowed by the input's own column: the
+    # engine numbers the rows by counting instead, and the column passes through untouched.
+    frame = make_frame(900, seed=5).assign(_metadata=[f"m{i}" for i in range(900)])
+    src = tmp_path / "meta.parquet"
+    frame.to_parquet(src, row_group_size=200, index=False)
+    out = tmp_path / "meta.predictions.parquet"
+    assert run(["-c", str(config), "predict", str(src), "--engine", "spark", "-o", str(out)]) == 0
+    scored = pq.read_table(out).to_pandas()
+    assert scored["row_id"].tolist() == list(range(900))
+    assert scored["_metadata"].tolist() == frame["_metadata"].tolist()
+
+
 def test_spark_on_error_fail_writes_nothing(
     spark_session: Any, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,7 +4,7 @@ The same model (``@champion`` by default, loaded with the service's sha256 check
 allow-list) and the same input rules as ``POST /predict`` (``housing_mlops.validation``).
 ``predict.job`` resolves the input and output and loads the model; ``predict.local``
 streams Arrow batches in this process; ``predict.spark`` (the only module that imports
-pyspark) scores with ``mapInPandas`` on any Spark master; ``predict.scoring`` is the
+pyspark) scores with ``mapInArrow`` on any Spark master; ``predict.scoring`` is the
 per-batch scoring both engines run.
 """
 

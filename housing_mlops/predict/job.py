@@ -8,6 +8,7 @@ scoring (``predict.scoring``), the rules (``housing_mlops.validation``) and the 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -352,9 +353,9 @@ def with_trees(
     cache = cfg.compile_cache or None
     if job.compile == "never":
         return package, TreesUsed("lightgbm", reason="--compile never")
+    cache_path = Path(cache) if cache else None
     if job.compile == "auto":
         rows = estimated_rows(job.input)
-        cache_path = Path(cache) if cache else None
         if rows < cfg.compile_min_rows and not compiled.is_cached(package.model_key, cache_path):
             return package, TreesUsed(
                 "lightgbm",
@@ -366,7 +367,14 @@ def with_trees(
     )
     if job.engine != "spark":
         return package, None  # built (or read from the cache) where the model is loaded
-    # Spark: the driver builds them once and ships the library with the model.
+    # Spark: the driver builds them once and ships the library with the model. Already
+    # cached (built from this model file's sha256 and this compiler): shipped as they are,
+    # without loading the model here (each executor checks them against LightGBM anyway).
+    if compiled.is_cached(package.model_key, cache_path):
+        library = compiled.library_path(package.model_key, cache_path)
+        if library is not None:
+            used = TreesUsed("compiled", 0.0, cached=True, library=library)
+            return dataclasses.replace(package, trees_blob=library.read_bytes()), used
     say("compiled trees (built once per model and machine, then cached)", 0, None)
     _, used = package.load_for_scoring()
     if used.evaluator != "compiled" or used.library is None:
@@ -438,29 +446,35 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
 
     ``seconds`` is the whole run; ``rows_per_s`` is over ``scoring_seconds``: for the local
     engine the time after the model was loaded (and its fast path checked), for Spark the time
-    after the model was read and the input hashed (Spark's start-up included), so a small
-    file does not show the model's load time as a scoring rate."""
+    after the model was read and the input hashed (what is left of Spark's start-up, which
+    began with the run, included), so a small file does not show the model's load time as
+    a scoring rate."""
     started = time.perf_counter()
     say = progress or (lambda *_: None)
-    if job.engine == "spark":
-        from housing_mlops.predict.spark import spark_available
+    with contextlib.ExitStack() as stack:
+        spark_start = None
+        if job.engine == "spark":
+            from housing_mlops.predict.spark import SparkStart, spark_available
 
-        spark_available()  # the install hint before any MLflow round trip
-    say("reading the model from the registry", 0, None)
-    package = load_package(settings, job.version, job.alias)
-    say("hashing the input", 0, None)
-    input_sha = job.input.sha256()
-    meta = lineage(job, package, input_sha)
-    package, trees = with_trees(settings, job, package, say)
-    scoring_started = time.perf_counter()
-    if job.engine == "spark":
-        from housing_mlops.predict.spark import score_spark
+            spark_available()  # the install hint before any MLflow round trip
+            # The JVM starts while the model is read (stopped at the end, error or not).
+            spark_start = SparkStart(job.spark_master)
+            stack.callback(spark_start.close)
+        say("reading the model from the registry", 0, None)
+        package = load_package(settings, job.version, job.alias)
+        say("hashing the input", 0, None)
+        input_sha = job.input.sha256()
+        meta = lineage(job, package, input_sha)
+        package, trees = with_trees(settings, job, package, say)
+        scoring_started = time.perf_counter()
+        if job.engine == "spark":
+            from housing_mlops.predict.spark import score_spark
 
-        counts: dict[str, Any] = score_spark(job, package, meta, say)
-    else:
-        from housing_mlops.predict.local import score_local
+            counts: dict[str, Any] = score_spark(job, package, meta, say, spark_start)
+        else:
+            from housing_mlops.predict.local import score_local
 
-        counts = score_local(job, package, meta, say)
+            counts = score_local(job, package, meta, say)
     ended = time.perf_counter()
     seconds = ended - started
     scoring = float(counts.get("scoring_seconds", ended - scoring_started))
