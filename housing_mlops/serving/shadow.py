@@ -19,7 +19,9 @@ is queued exactly once, by whoever owns it:
 
 The answer never waits for the challenger: ``submit`` is an append under a lock. The
 challenger still competes for the CPU (and the GIL between its numpy calls), which is what
-``make bench-shadow`` measures.
+``make bench-shadow`` measures. When the champion predicts on the event loop
+(``help_on_loop``), the loop also scores a full batch itself, after the answers that
+filled it: the loop would otherwise hold the GIL so much that the thread falls behind.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class ShadowScorer:
         max_rows: int = 10_000,
         batch_rows: int = 256,
         threads: int = 1,
+        help_on_loop: bool = False,
     ) -> None:
         self._current = current
         self._submit_log = submit_log
@@ -83,7 +86,13 @@ class ShadowScorer:
         self._lock = threading.Lock()
         self._queue: deque[Item] = deque()
         self._rows = 0  # rows in _queue
-        self._inflight: _Batch | None = None
+        self._inflight: set[_Batch] = set()  # taken, not yet logged (worker and loop)
+        # With a champion that predicts on the event loop (inline micro-batches), the loop
+        # holds the GIL almost all the time under load and the worker thread, starved,
+        # falls behind: then the loop scores a full batch itself, right after the
+        # answers that filled it (``submit``), and the worker takes what is left.
+        self.help_on_loop = help_on_loop
+        self._help_scheduled = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,8 +129,23 @@ class ShadowScorer:
         if dropped:
             self.metrics.shadow_dropped.inc(n)
             return False
+        if self.help_on_loop and not self._help_scheduled and self._rows >= self.batch_rows:
+            import asyncio
+
+            self._help_scheduled = True
+            asyncio.get_running_loop().call_soon(self._help)
         self._wake.set()
         return True
+
+    def _help(self) -> None:
+        """On the event loop: score one batch of what is queued (see ``help_on_loop``)."""
+        self._help_scheduled = False
+        if self._stop.is_set():
+            return
+        batch = self._take()
+        if batch is not None:
+            self._score(batch)
+            self.metrics.shadow_queue_depth.set(self._rows)
 
     def close(self, timeout: float = 10.0) -> None:
         """Score what is queued, then stop; rows the challenger has not scored within
@@ -134,11 +158,12 @@ class ShadowScorer:
         thread.join(timeout)
         if thread.is_alive():
             with self._lock:
-                batch = self._inflight
                 items: list[Item] = []
-                if batch is not None and not batch.claimed:
-                    batch.claimed = True
-                    items.extend(batch.items)
+                for batch in self._inflight:
+                    if not batch.claimed:
+                        batch.claimed = True
+                        items.extend(batch.items)
+                self._inflight.clear()
                 items.extend(self._queue)
                 self._queue.clear()
                 self._rows = 0
@@ -172,7 +197,6 @@ class ShadowScorer:
     def _take(self) -> _Batch | None:
         with self._lock:
             if not self._queue:
-                self._inflight = None
                 return None
             items = [self._queue.popleft()]
             rows = len(items[0][1])
@@ -182,7 +206,7 @@ class ShadowScorer:
                 rows += len(item[1])
             self._rows -= rows
             batch = _Batch(items)
-            self._inflight = batch
+            self._inflight.add(batch)
             return batch
 
     def _score(self, batch: _Batch) -> None:
@@ -227,6 +251,6 @@ class ShadowScorer:
             if batch.claimed:  # close() gave up waiting and logged these already
                 return
             batch.claimed = True
-            self._inflight = None
+            self._inflight.discard(batch)
         for _, rows in items:
             self._submit_log(rows)
