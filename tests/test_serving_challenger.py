@@ -444,6 +444,22 @@ def test_a_hung_challenger_never_delays_the_answer_and_no_row_is_lost(
     assert {r["shadow_prediction"] for r in shadowed} == {9.0}
 
 
+def _champion_row(i: int) -> LoggedRequest:
+    """A request-log row the champion answered, waiting for its shadow prediction."""
+    return LoggedRequest(
+        ts=0.0,
+        request_id=f"r{i}",
+        row_index=0,
+        model_name="m",
+        model_version="1",
+        features=(0.0,) * 8,
+        prediction=1.0,
+        latency_ms=1.0,
+        status=200,
+        role="champion",
+    )
+
+
 def test_shutdown_does_not_wait_forever_for_a_hung_challenger_nor_log_twice() -> None:
     """ShadowScorer.close gives up after its timeout: the rows it holds are logged
     without a shadow prediction, and not again when the challenger finally returns."""
@@ -460,22 +476,8 @@ def test_shutdown_does_not_wait_forever_for_a_hung_challenger_nor_log_twice() ->
     scorer = ShadowScorer(lambda: model, submit, ServingMetrics(), max_rows=100, batch_rows=2)
     scorer.start()
 
-    def row(i: int) -> LoggedRequest:
-        return LoggedRequest(
-            ts=0.0,
-            request_id=f"r{i}",
-            row_index=0,
-            model_name="m",
-            model_version="1",
-            features=(0.0,) * 8,
-            prediction=1.0,
-            latency_ms=1.0,
-            status=200,
-            role="champion",
-        )
-
     for i in range(6):
-        assert scorer.submit(np.zeros((1, 8)), [row(i)])
+        assert scorer.submit(np.zeros((1, 8)), [_champion_row(i)])
     thread = scorer._thread
     assert thread is not None
     wait_until(lambda: predict.calls == 1, 5, "the challenger to hold its first batch")
@@ -486,7 +488,7 @@ def test_shutdown_does_not_wait_forever_for_a_hung_challenger_nor_log_twice() ->
     thread.join(10)
     assert not thread.is_alive()
     assert len(logged) == 6
-    assert not scorer.submit(np.zeros((1, 8)), [row(9)])  # closed: the caller logs it
+    assert not scorer.submit(np.zeros((1, 8)), [_champion_row(9)])  # closed: the caller logs it
 
 
 def test_the_event_loop_scores_shadow_batches_when_the_scorer_thread_cannot() -> None:
@@ -521,23 +523,9 @@ def test_the_event_loop_scores_shadow_batches_when_the_scorer_thread_cannot() ->
     )
     scorer.start()
 
-    def row(i: int) -> LoggedRequest:
-        return LoggedRequest(
-            ts=0.0,
-            request_id=f"r{i}",
-            row_index=0,
-            model_name="m",
-            model_version="1",
-            features=(0.0,) * 8,
-            prediction=1.0,
-            latency_ms=1.0,
-            status=200,
-            role="champion",
-        )
-
     async def traffic() -> None:
         for i in range(20):
-            assert scorer.submit(np.zeros((1, 8)), [row(i)])
+            assert scorer.submit(np.zeros((1, 8)), [_champion_row(i)])
             await asyncio.sleep(0.002)  # a few loop turns between requests
 
     asyncio.run(traffic())

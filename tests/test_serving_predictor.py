@@ -111,13 +111,18 @@ def test_a_disagreeing_fast_path_falls_back_to_the_pipeline(
     )
 
 
-def test_micro_batching_groups_concurrent_calls(data: tuple[Any, Any, dict[str, Any]]) -> None:
+def _small_model(data: tuple[Any, Any, dict[str, Any]]) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A 10-iteration hist_gb served as version 7, its pipeline's predictions of the first
+    60 rows, and the rows as an array."""
     X, y, profile = data
     cand = CandidateConfig(name="c", estimator="hist_gradient_boosting", params={"max_iter": 10})
     pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
     model = build_loaded_model(pipeline, ModelMeta("m", "7"), profile)
-    expected = pipeline.predict(X.iloc[:60])
-    A = X.to_numpy(dtype=np.float64)
+    return model, pipeline.predict(X.iloc[:60]), X.to_numpy(dtype=np.float64)
+
+
+def test_micro_batching_groups_concurrent_calls(data: tuple[Any, Any, dict[str, Any]]) -> None:
+    model, expected, A = _small_model(data)
 
     async def main() -> tuple[list[Any], MicroBatcher]:
         batcher = MicroBatcher(lambda: model, window_s=0.005, max_rows=16)
@@ -147,12 +152,7 @@ def test_small_batches_run_on_the_event_loop_big_ones_on_the_thread(
     predictor thread, with the same answers either way."""
     import threading
 
-    X, y, profile = data
-    cand = CandidateConfig(name="c", estimator="hist_gradient_boosting", params={"max_iter": 10})
-    pipeline = build_pipeline(cand, FEATURES_CFG, 42, n_jobs=1).fit(X, y)
-    model = build_loaded_model(pipeline, ModelMeta("m", "7"), profile)
-    expected = pipeline.predict(X.iloc[:60])
-    A = X.to_numpy(dtype=np.float64)
+    model, expected, A = _small_model(data)
     threads: list[tuple[int, int]] = []  # (rows, thread id) of every predict call
     fast = model.predict
 
