@@ -171,3 +171,13 @@ def spark_session() -> Any:
     spark.sparkContext.setLogLevel("ERROR")
     yield spark
     spark.stop()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread (a module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield

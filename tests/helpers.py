@@ -675,3 +675,21 @@ def champion_challenger_rows(n: int = 600, start: float = 1_700_000_000.0) -> li
                 )
             )
     return rows
+
+
+def fit_two_versions(folder: Path) -> dict[str, Any]:
+    """Two genuinely different fitted pipelines on the same 500 synthetic rows: version "1"
+    (hist GB) and "2" (ridge), with their reference profile and the rows (``X``)."""
+    from housing_mlops.drift import build_profile
+    from housing_mlops.models import build_pipeline
+
+    settings = load_config(write_config(folder))
+    frame = make_frame(500, seed=2)
+    X, y = frame[FEATURES], frame["MedHouseVal"]
+    ridge, hist_gb = settings.train.candidates
+    pipes = {
+        "1": build_pipeline(hist_gb, settings.features, 42, n_jobs=1).fit(X, y),
+        "2": build_pipeline(ridge, settings.features, 42, n_jobs=1).fit(X, y),
+    }
+    profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
+    return {"pipes": pipes, "profile": profile, "X": X}

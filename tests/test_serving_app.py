@@ -29,13 +29,7 @@ from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded
 TOKEN = "s3cret-token"  # noqa: S105 - a test token
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import HOUSING, ServerThread, champion_config, free_port, wait_until
+from helpers import (
+    HOUSING,
+    ServerThread,
+    champion_config,
+    fit_two_versions,
+    free_port,
+    wait_until,
+)
 from synthetic import make_frame, write_config
 
 from housing_mlops import registry
 from housing_mlops.config import load_config
-from housing_mlops.drift import build_profile
 from housing_mlops.features import FEATURES
-from housing_mlops.models import build_pipeline
 from housing_mlops.serving.app import create_app
 from housing_mlops.serving.metrics import ServingMetrics
 from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
@@ -40,29 +45,16 @@ from housing_mlops.store import LoggedRequest
 TOKEN = "s3cret-reload"  # noqa: S105 - a test token
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def pipes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Champion "1" (hist GB) and challenger "2" (ridge), fitted on the same rows."""
-    settings = load_config(write_config(tmp_path_factory.mktemp("pipes")))
-    frame = make_frame(500, seed=2)
-    X, y = frame[FEATURES], frame["MedHouseVal"]
-    ridge, hist_gb = settings.train.candidates
-    pipes = {
-        "1": build_pipeline(hist_gb, settings.features, 42, n_jobs=1).fit(X, y),
-        "2": build_pipeline(ridge, settings.features, 42, n_jobs=1).fit(X, y),
-    }
-    profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
-    rows = [{k: float(v) for k, v in X.iloc[i].items()} for i in range(len(X))]
-    return {"pipes": pipes, "profile": profile, "X": X, "rows": rows}
+    fitted = fit_two_versions(tmp_path_factory.mktemp("pipes"))
+    X = fitted["X"]
+    fitted["rows"] = [{k: float(v) for k, v in X.iloc[i].items()} for i in range(len(X))]
+    return fitted
 
 
 def _loaded(pipes: dict[str, Any], version: str, alias: str) -> LoadedModel:

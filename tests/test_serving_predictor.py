@@ -31,13 +31,7 @@ CANDIDATES = {
 HUBER = {"n_estimators": 30, "num_leaves": 15, "objective": "huber", "alpha": 0.6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

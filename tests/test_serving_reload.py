@@ -16,39 +16,20 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from helpers import ServerThread, wait_until
-from synthetic import make_frame, write_config
+from helpers import ServerThread, fit_two_versions, wait_until
+from synthetic import write_config
 
 from housing_mlops.config import load_config
-from housing_mlops.drift import build_profile
-from housing_mlops.features import FEATURES
-from housing_mlops.models import build_pipeline
 from housing_mlops.serving.app import create_app
 from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """OpenMP pools spin on a busy 2-core machine: fit and predict on one thread."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two genuinely different fitted pipelines: version 1 (hist GB) and 2 (ridge)."""
-    settings = load_config(write_config(tmp_path_factory.mktemp("versions")))
-    frame = make_frame(500, seed=2)
-    X, y = frame[FEATURES], frame["MedHouseVal"]
-    ridge, hist_gb = settings.train.candidates
-    pipes = {
-        "1": build_pipeline(hist_gb, settings.features, 42, n_jobs=1).fit(X, y),
-        "2": build_pipeline(ridge, settings.features, 42, n_jobs=1).fit(X, y),
-    }
-    profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
-    return {"pipes": pipes, "profile": profile, "X": X}
+    return fit_two_versions(tmp_path_factory.mktemp("versions"))
 
 
 def test_hot_reload_under_concurrent_requests(tmp_path: Path, versions: dict[str, Any]) -> None:
