@@ -26,6 +26,7 @@ filled it: the loop would otherwise hold the GIL so much that the thread falls b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -130,8 +131,6 @@ class ShadowScorer:
             self.metrics.shadow_dropped.inc(n)
             return False
         if self.help_on_loop and not self._help_scheduled and self._rows >= self.batch_rows:
-            import asyncio
-
             self._help_scheduled = True
             asyncio.get_running_loop().call_soon(self._help)
         self._wake.set()
