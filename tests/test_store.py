@@ -10,6 +10,7 @@ is not a SQLite database with one DataError, and leaves it alone.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -297,3 +298,29 @@ def test_answered_values_are_the_row_values_of_the_answered_rows() -> None:
     ]
     assert got == expected
     assert all(len(values) == len(store.ROW_COLUMNS) for values in got)
+
+
+def _answered(n: int, start: int = 0) -> list[tuple[Any, ...]]:
+    features = [(8.3, 41.0, 7.0, 1.0, 322.0, 2.6, 37.9, -122.2)]
+    return [
+        store.answered_values(1.7e9 + i, f"rid-{i}", "m", "4", features, [i / 10], 1.0, None, "")[0]
+        for i in range(start, start + n)
+    ]
+
+
+def test_the_sqlite_sink_writes_a_big_batch_in_order_and_all_or_nothing(tmp_path: Path) -> None:
+    """The sink writes a batch as several multi-row INSERTs (``ROWS_PER_INSERT`` rows each):
+    every row lands once, in order, the last short statement included; a batch that fails
+    in a later statement leaves none of its rows (the writer then still owns them all)."""
+    path = tmp_path / "requests.db"
+    sink = store.open_sink(path)
+    n = 2 * store.sink.ROWS_PER_INSERT + 234
+    sink.write(_answered(n))
+    bad = _answered(store.sink.ROWS_PER_INSERT + 10, start=n)
+    bad[-1] = (*bad[-1][:-1], {"not": "a column value"})  # fails in the second statement
+    with pytest.raises(store.LogUnavailable):
+        sink.write(bad)
+    sink.close()
+    with sqlite3.connect(path) as conn:
+        got = conn.execute("SELECT request_id, prediction FROM requests ORDER BY rowid").fetchall()
+    assert got == [(f"rid-{i}", i / 10) for i in range(n)]

@@ -7,6 +7,7 @@ queues and inserts).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,9 +53,17 @@ ROW_COLUMNS = (
     "shadow_version",
     "shadow_prediction",
 )
-INSERT_SQLITE = (
-    f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"  # noqa: S608, E501 - fixed names
-)
+_ROW_PLACEHOLDERS = f"({', '.join('?' * len(ROW_COLUMNS))})"
+
+
+@functools.lru_cache(maxsize=8)
+def insert_sqlite(rows: int) -> str:
+    """One INSERT of ``rows`` rows into the SQLite log: parameters row after row, each row
+    in ``ROW_COLUMNS`` order."""
+    return (
+        f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES "  # noqa: S608 - fixed names
+        + ", ".join([_ROW_PLACEHOLDERS] * rows)
+    )
 
 
 def answered_values(
