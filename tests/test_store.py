@@ -314,9 +314,9 @@ def test_the_sqlite_sink_writes_a_big_batch_in_order_and_all_or_nothing(tmp_path
     in a later statement leaves none of its rows (the writer then still owns them all)."""
     path = tmp_path / "requests.db"
     sink = store.open_sink(path)
-    n = 2 * store.sink.ROWS_PER_INSERT + 234
+    n = 2 * store.rows.ROWS_PER_INSERT + 234
     sink.write(_answered(n))
-    bad = _answered(store.sink.ROWS_PER_INSERT + 10, start=n)
+    bad = _answered(store.rows.ROWS_PER_INSERT + 10, start=n)
     bad[-1] = (*bad[-1][:-1], {"not": "a column value"})  # fails in the second statement
     with pytest.raises(store.LogUnavailable):
         sink.write(bad)

@@ -9,7 +9,6 @@ next ``write`` reconnects.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,14 +16,7 @@ from typing import Any, Protocol
 
 from housing_mlops.errors import HousingError
 from housing_mlops.store.location import LogLocation, parse_log_location
-from housing_mlops.store.rows import insert_sqlite
-
-#: Rows per INSERT statement. Multi-row INSERTs, not ``executemany``: the sqlite3 module
-#: releases the GIL around every statement step, so ``executemany`` handed the GIL from
-#: this writer thread to the event loop and back once per row, a futex wake-up on both
-#: threads each time. With 500-row statements `housing serve` spent 13-28% less CPU per
-#: request (6 A/B pairs of 8 s under wrk, README "Serving", levers table).
-ROWS_PER_INSERT = 500
+from housing_mlops.store.rows import insert_rows
 
 
 class LogUnavailable(Exception):
@@ -38,7 +30,8 @@ class LogSink(Protocol):
 
 
 class SqliteSink:
-    """Writes rows to the SQLite log (created when missing), 500-row INSERTs in one transaction."""
+    """Writes rows to the SQLite log (created when missing): multi-row INSERTs
+    (``rows.insert_rows``) in one transaction."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -53,9 +46,7 @@ class SqliteSink:
             conn = self._conn or open_log(self.path, create=True)
             self._conn = conn
             with conn:
-                for start in range(0, len(rows), ROWS_PER_INSERT):
-                    chunk = rows[start : start + ROWS_PER_INSERT]
-                    conn.execute(insert_sqlite(len(chunk)), list(itertools.chain(*chunk)))
+                insert_rows(conn, "requests", rows)
         except (sqlite3.Error, OSError, HousingError) as exc:
             self.close()
             raise LogUnavailable(f"request log {self.path}: {exc}") from None

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from housing_mlops.errors import ConfigError
-from housing_mlops.store.rows import ROW_COLUMNS
+from housing_mlops.store.rows import ROW_COLUMNS, insert_rows
 
 _log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Spool:
             return
         conn = self._connection()
         with conn:
-            conn.executemany(self._insert, rows)
+            insert_rows(conn, "spool", rows)
         self.rows += len(rows)
 
     def head(self, limit: int) -> tuple[int, list[tuple[Any, ...]]]:
