@@ -64,10 +64,6 @@ class Spool:
         self.lock_path = self.directory / f"{stem}{LOCK_SUFFIX}"
         self._lock: IO[bytes] | None = None
         self._conn: sqlite3.Connection | None = None
-        self._insert = (
-            f"INSERT INTO spool ({_quoted(ROW_COLUMNS)}) "  # noqa: S608 - fixed names
-            f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
-        )
         self.rows = 0  # rows in the file now
 
     # ----------------------------------------------------------------- lifecycle
@@ -190,8 +186,9 @@ class Spool:
             with conn:
                 cur = other.execute(select)
                 while chunk := cur.fetchmany(_ADOPT_CHUNK):
-                    conn.executemany(
-                        self._insert,
+                    insert_rows(
+                        conn,
+                        "spool",
                         [
                             tuple(row[index[c]] if c in index else None for c in ROW_COLUMNS)
                             for row in chunk
