@@ -129,6 +129,42 @@ def test_compiled_trees_equal_lightgbm_exactly(kind: str, tmp_path: Path) -> Non
     assert not trees.cached and trees.seconds > 0
 
 
+@pytest.mark.skipif(not hasattr(os, "eventfd"), reason="eventfd is Linux-only")
+def test_the_worker_thread_gives_the_same_numbers_and_signals_when_done(
+    tmp_path: Path,
+) -> None:
+    """``start`` (what the service uses to run a micro-batch's trees off its event loop):
+    returns at once, the eventfd's counter goes to 1 when ``out`` holds exactly
+    ``predict``'s numbers; a second job while one runs is refused, not mixed in."""
+    import select
+
+    booster, X = _booster("nan")
+    trees = compiled.build(booster, "worker", tmp_path)
+    rows = np.ascontiguousarray(_hard_rows(booster, X))
+    big = np.ascontiguousarray(np.tile(rows, (80, 1)))  # long enough to still run below
+    fd = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        for job in (rows, big):
+            out = np.full(job.shape[0], np.nan)
+            status = np.full(1, 7, dtype=np.int32)
+            assert trees.start(job, out, status, fd)
+            if job is big:
+                other = np.empty(rows.shape[0])
+                refused = trees.start(rows, other, np.zeros(1, dtype=np.int32), fd)
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, "the worker never signalled"
+            assert os.eventfd_read(fd) == 1
+            assert status[0] == 0
+            assert np.array_equal(out, trees.predict(job))
+        assert refused is False
+        # No second signal: the refused job never ran.
+        assert select.select([fd], [], [], 0.2)[0] == []
+        with pytest.raises(ValueError, match="C-contiguous"):
+            trees.start(rows[:, :2], np.empty(len(rows)), np.zeros(1, dtype=np.int32), fd)
+    finally:
+        os.close(fd)
+
+
 def test_the_cache_is_reused_and_a_doubtful_library_is_rebuilt(tmp_path: Path) -> None:
     booster, X = _booster("plain")
     first = compiled.build(booster, "model-a", tmp_path)

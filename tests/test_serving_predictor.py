@@ -300,6 +300,55 @@ def test_compiled_trees_auto_builds_in_the_background_then_reuses_the_cache(
     assert again.info()["trees_building"] is False
 
 
+def test_compiled_trees_of_small_batches_run_off_the_event_loop(
+    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any
+) -> None:
+    """Concurrent single rows of a model with compiled trees: the loop computes the
+    features and the library's own thread the trees (``off_loop_batches``), and every
+    request gets its own row's answer, the pipeline's to 1e-9, from the model that made it."""
+    import os
+
+    X, _, profile = data
+    pipeline = _lightgbm(data)
+    model = build_loaded_model(
+        pipeline,
+        ModelMeta("m", "3"),
+        profile,
+        compiled_trees="always",
+        compile_cache=str(tmp_path),
+        model_key="d" * 64,
+    )
+    assert model.info()["trees"] == "compiled"
+    A = X.to_numpy(dtype=np.float64)
+    want = pipeline.predict(X)
+
+    async def main() -> tuple[list[Any], MicroBatcher, int]:
+        batcher = MicroBatcher(lambda: model, window_s=0, max_rows=16, inline_rows=16)
+        batcher.start()
+        try:
+            # Three waves of 100 single rows: batches of at most 16, one after the other.
+            got = []
+            for wave in range(3):
+                rows = range(wave * 100, wave * 100 + 100)
+                got += await asyncio.gather(*(batcher.predict(A[i : i + 1]) for i in rows))
+            fd = batcher._eventfd
+            await batcher.drain()
+            return got, batcher, fd
+        finally:
+            batcher.close()
+
+    results, batcher, fd = asyncio.run(main())
+    got = np.concatenate([preds for preds, _ in results])
+    np.testing.assert_allclose(got, want[:300], rtol=0, atol=1e-9)
+    assert all(used.meta.version == "3" for _, used in results)
+    if hasattr(os, "eventfd"):
+        assert batcher.off_loop_batches == batcher.batches >= 300 // 16
+        with pytest.raises(OSError):
+            os.fstat(fd)  # drain closed the eventfd
+    else:
+        assert batcher.off_loop_batches == 0
+
+
 @pytest.mark.parametrize("setting", ["never", "always"])
 def test_compiled_trees_leave_other_models_and_never_alone(
     data: tuple[Any, Any, dict[str, Any]], tmp_path: Any, setting: str

@@ -43,12 +43,14 @@ from typing import Any
 
 import numpy as np
 
-#: Bumped when the generated code changes meaning (part of the cache key).
-CODEGEN_VERSION = "2"
+#: Bumped when the generated code changes meaning (part of the cache key). 3: the worker
+#: thread (``housing_predict_rows_async``).
+CODEGEN_VERSION = "3"
 CFLAGS = ("-O1", "-fPIC")
 # Translation units compiled side by side (one per core on this 2-core machine).
 _UNITS = 2
 _SYMBOL = "housing_predict_rows"
+_ASYNC_SYMBOL = "housing_predict_rows_async"
 # Rows per block of the tree-by-tree loop (see ``generate_sources``).
 _BLOCK = 1024
 # LightGBM's kZeroThreshold is the float 1e-35f, compared as a double.
@@ -86,6 +88,49 @@ class CompiledTrees:
             raise MemoryError("the compiled trees could not allocate their row blocks")
         return out
 
+    def start(self, X: np.ndarray, out: np.ndarray, status: np.ndarray, eventfd: int) -> bool:
+        """Begin ``predict`` of ``X`` on the library's own worker thread and return at once:
+        when ``out`` holds the answers (``status[0]``: 0, or -1 when the row blocks could not
+        be allocated) the thread adds 1 to the counter of ``eventfd``. One job at a time
+        per library; False (nothing started) while one runs or when the thread cannot be
+        created. ``X`` (C-contiguous float64, n x features), ``out`` (n float64) and
+        ``status`` (1 int32) must stay alive and untouched until the event: the caller
+        keeps them. The thread never takes Python's GIL."""
+        if not (
+            X.flags.c_contiguous
+            and X.dtype == np.float64
+            and X.ndim == 2
+            and X.shape[1] == self.features
+            and out.flags.c_contiguous
+            and out.dtype == np.float64
+            and out.shape == (X.shape[0],)
+            and status.dtype == np.int32
+            and status.shape == (1,)
+        ):
+            raise ValueError("start needs C-contiguous float64 rows, their output and a status")
+        code = getattr(self._lib, _ASYNC_SYMBOL)(
+            X.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_long(X.shape[0]),
+            out.ctypes.data_as(ctypes.c_void_p),
+            status.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_int(eventfd),
+        )
+        return bool(code == 0)
+
+
+@dataclass(frozen=True)
+class StagedPredict:
+    """``predict(X)`` of a pipeline with compiled trees, in its two stages: ``features``
+    (the pipeline's own steps on numpy, which hold the GIL) and ``trees`` (the compiled
+    library, which does not need it and can run on its worker thread: ``trees.start``).
+    Calling it runs both here, as any predict function."""
+
+    features: Callable[[np.ndarray], np.ndarray]
+    trees: CompiledTrees
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.trees.predict(self.features(X))
+
 
 # ------------------------------------------------------------------------ codegen
 def _node(node: dict[str, Any], out: list[str], depth: int) -> None:
@@ -116,6 +161,80 @@ def _node(node: dict[str, Any], out: list[str], depth: int) -> None:
     out.append(f"{pad}}}")
 
 
+_MAIN_INCLUDES = [
+    "#include <errno.h>",
+    "#include <pthread.h>",
+    "#include <stdint.h>",
+    "#include <stdlib.h>",
+    "#include <unistd.h>",
+]
+
+# The service's event loop hands a micro-batch's trees to this thread and goes on with other
+# requests; the thread never touches Python (no GIL), and says "done" through an eventfd the
+# loop watches. A Python thread was measured first and lost: it needs the GIL to take the job
+# and to hand back the answer, and the busy event loop kept it waiting (README, levers).
+# Started at the first call; one job at a time (the caller waits for the event).
+_WORKER_SOURCE = f"""
+static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t job_cv = PTHREAD_COND_INITIALIZER;
+static int job_ready = 0, job_busy = 0, worker_started = 0;
+static const double* job_x;
+static long job_n;
+static double* job_y;
+static int* job_status;
+static int job_fd;
+
+static void* housing_worker(void* unused) {{
+  (void)unused;
+  for (;;) {{
+    pthread_mutex_lock(&job_mu);
+    while (!job_ready) pthread_cond_wait(&job_cv, &job_mu);
+    job_ready = 0;
+    const double* x = job_x;
+    long n = job_n;
+    double* y = job_y;
+    int* status = job_status;
+    int fd = job_fd;
+    pthread_mutex_unlock(&job_mu);
+    *status = {_SYMBOL}(x, n, y);
+    pthread_mutex_lock(&job_mu);
+    job_busy = 0;
+    pthread_mutex_unlock(&job_mu);
+    uint64_t one = 1;
+    while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {{}}
+  }}
+  return NULL;
+}}
+
+int {_ASYNC_SYMBOL}(const double* X, long n, double* y, int* status, int fd) {{
+  pthread_mutex_lock(&job_mu);
+  if (!worker_started) {{
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, housing_worker, NULL) != 0) {{
+      pthread_mutex_unlock(&job_mu);
+      return -1;
+    }}
+    pthread_detach(thread);
+    worker_started = 1;
+  }}
+  if (job_busy) {{
+    pthread_mutex_unlock(&job_mu);
+    return -2;
+  }}
+  job_x = X;
+  job_n = n;
+  job_y = y;
+  job_status = status;
+  job_fd = fd;
+  job_busy = 1;
+  job_ready = 1;
+  pthread_cond_signal(&job_cv);
+  pthread_mutex_unlock(&job_mu);
+  return 0;
+}}
+"""
+
+
 def generate_sources(dump: dict[str, Any], units: int = _UNITS) -> tuple[list[str], int, int]:
     """C sources for ``booster.dump_model()``: ``units`` files of tree functions and a main
     file; returns (sources, features, trees). Raises NotCompilable."""
@@ -139,7 +258,7 @@ def generate_sources(dump: dict[str, Any], units: int = _UNITS) -> tuple[list[st
     # (a few kB) stays in the instruction cache for the whole block, where a row walked the
     # whole model (megabytes of code) each time. Each row still sums its trees in order
     # from 0.0, so the sum is LightGBM's to the bit.
-    main = [*head, "#include <stdlib.h>", "", f"#define BLOCK {_BLOCK}"]
+    main = [*head, *_MAIN_INCLUDES, "", f"#define BLOCK {_BLOCK}"]
     main += [
         f"double housing_tree_{i}(const double* x, const double* z);" for i in range(len(trees))
     ]
@@ -176,6 +295,7 @@ def generate_sources(dump: dict[str, Any], units: int = _UNITS) -> tuple[list[st
         "  free(xb); free(zb); free(acc);",
         "  return 0;",
         "}",
+        _WORKER_SOURCE,
     ]
     sources.append("\n".join(main) + "\n")
     return sources, features, len(trees)
@@ -216,9 +336,21 @@ def _trusted(path: Path) -> bool:
 
 def _load(path: Path) -> Any:
     lib = ctypes.CDLL(str(path))
-    fn = getattr(lib, _SYMBOL)
+    try:
+        fn = getattr(lib, _SYMBOL)
+        start = getattr(lib, _ASYNC_SYMBOL)
+    except AttributeError as exc:  # not a library this code generated
+        raise OSError(f"{path}: {exc}") from None
     fn.argtypes = (ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p)
     fn.restype = ctypes.c_int
+    start.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_long,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    )
+    start.restype = ctypes.c_int
     return lib
 
 
@@ -256,7 +388,7 @@ def _compile(cc: str, sources: list[str], target: Path) -> None:
             raise NotCompilable(f"{cc} failed: {errors[0]}")
         lib = Path(tmp) / "trees.so"
         linked = subprocess.run(  # noqa: S603 - fixed arguments
-            [cc, "-shared", "-o", str(lib), *map(str, objects), "-lm"],
+            [cc, "-shared", "-pthread", "-o", str(lib), *map(str, objects), "-lm"],
             capture_output=True,
             text=True,
             timeout=COMPILE_TIMEOUT_S,
@@ -346,19 +478,18 @@ def lightgbm_booster(pipeline: Any) -> Any | None:
     return getattr(est, "booster_", None)
 
 
-def compiled_predict(
-    model: Any, trees: CompiledTrees, check: np.ndarray
-) -> Callable[[np.ndarray], np.ndarray]:
+def compiled_predict(model: Any, trees: CompiledTrees, check: np.ndarray) -> StagedPredict:
     """``model.predict`` with the compiled trees in place of LightGBM's: the pipeline's
     feature steps on numpy, then the library. Raises NotCompilable unless it gives exactly
     the model's own predictions on ``check`` (rows of the 8 raw features)."""
     steps = [step for _, step in model.pipeline.steps[:-1]]
 
-    def predict(X: np.ndarray) -> np.ndarray:
+    def features(X: np.ndarray) -> np.ndarray:
         for step in steps:
             X = step.transform(X)
-        return trees.predict(np.asarray(X, dtype=np.float64))
+        return np.ascontiguousarray(X, dtype=np.float64)
 
+    predict = StagedPredict(features, trees)
     want = np.asarray(model.predict(check), dtype=np.float64)
     got = predict(check)
     if got.shape != want.shape or not np.array_equal(got, want):

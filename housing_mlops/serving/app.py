@@ -194,6 +194,7 @@ def create_app(
                     "predictor_threads": serve_cfg.predictor_threads,
                     "batches": service.batcher.batches,
                     "rows": service.batcher.rows,
+                    "off_loop_batches": service.batcher.off_loop_batches,
                 },
                 "role": "champion",
                 **challenger_info(),

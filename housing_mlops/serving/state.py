@@ -295,6 +295,8 @@ class Service:
                 await task
         # uvicorn has answered every in-flight request by now: flush them all to the log
         # (or to the spool while its database is unreachable).
+        await self.batcher.drain()
+        await self.challenger_batcher.drain()
         await asyncio.to_thread(self.batcher.close)
         await asyncio.to_thread(self.challenger_batcher.close)
         # The shadow scorer hands its rows to the writer: it closes first.
