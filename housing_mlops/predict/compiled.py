@@ -20,6 +20,10 @@ trees are summed in order from 0.0, as ``GBDT::PredictRaw`` does. A model outsid
 library is used only after it gave exactly what the model's own predict gives on the check
 rows (``compiled_predict``), so any other difference means LightGBM is used.
 
+Each library also holds one worker thread (``CompiledTrees.start``, started at its first
+use): ``housing serve`` hands it a micro-batch's trees and goes on answering on its event
+loop; the thread never takes Python's GIL and signals through an eventfd.
+
 The libraries are cached by the model file's sha256, the compiler and the flags
 (``predict.compile_cache``, default ``$XDG_CACHE_HOME/housing-mlops/trees``): a model is
 compiled once per machine. A cached library is native code run in this process, so it is
