@@ -322,7 +322,7 @@ def test_compiled_trees_of_small_batches_run_off_the_event_loop(
     A = X.to_numpy(dtype=np.float64)
     want = pipeline.predict(X)
 
-    async def main() -> tuple[list[Any], MicroBatcher, int]:
+    async def main() -> tuple[list[Any], MicroBatcher, int | None]:
         batcher = MicroBatcher(lambda: model, window_s=0, max_rows=16, inline_rows=16)
         batcher.start()
         try:
@@ -343,6 +343,7 @@ def test_compiled_trees_of_small_batches_run_off_the_event_loop(
     assert all(used.meta.version == "3" for _, used in results)
     if hasattr(os, "eventfd"):
         assert batcher.off_loop_batches == batcher.batches >= 300 // 16
+        assert fd is not None
         with pytest.raises(OSError):
             os.fstat(fd)  # drain closed the eventfd
     else:
