@@ -253,20 +253,27 @@ def _answers_like_the_pipeline(model: Any, pipeline: Any, X: Any) -> None:
     np.testing.assert_allclose(model.predict(X.to_numpy()[:1]), want[:1], rtol=0, atol=1e-9)
 
 
-def test_compiled_trees_always_serve_the_pipelines_numbers(
-    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any
-) -> None:
-    X, _, profile = data
+def _compiled(data: tuple[Any, Any, dict[str, Any]], cache: Any, version: str) -> Any:
+    """A LightGBM pipeline and its version ``version`` loaded with compiled trees
+    (``always``, built into ``cache``)."""
     pipeline = _lightgbm(data)
     model = build_loaded_model(
         pipeline,
-        ModelMeta("m", "1"),
-        profile,
+        ModelMeta("m", version),
+        data[2],
         compiled_trees="always",
-        compile_cache=str(tmp_path),
-        model_key="a" * 64,
+        compile_cache=str(cache),
+        model_key=version * 64,
     )
     assert model.info()["trees"] == "compiled"
+    return pipeline, model
+
+
+def test_compiled_trees_always_serve_the_pipelines_numbers(
+    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any
+) -> None:
+    X, _, _ = data
+    pipeline, model = _compiled(data, tmp_path, "1")
     assert model.info()["fast_path"] is True
     assert list(tmp_path.glob("lightgbm-*.so")), "the library is cached for the next start"
     _answers_like_the_pipeline(model, pipeline, X)
@@ -308,17 +315,8 @@ def test_compiled_trees_of_small_batches_run_off_the_event_loop(
     request gets its own row's answer, the pipeline's to 1e-9, from the model that made it."""
     import os
 
-    X, _, profile = data
-    pipeline = _lightgbm(data)
-    model = build_loaded_model(
-        pipeline,
-        ModelMeta("m", "3"),
-        profile,
-        compiled_trees="always",
-        compile_cache=str(tmp_path),
-        model_key="d" * 64,
-    )
-    assert model.info()["trees"] == "compiled"
+    X, _, _ = data
+    pipeline, model = _compiled(data, tmp_path, "3")
     A = X.to_numpy(dtype=np.float64)
     want = pipeline.predict(X)
 
