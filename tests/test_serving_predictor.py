@@ -348,6 +348,28 @@ def test_compiled_trees_of_small_batches_run_off_the_event_loop(
         assert batcher.off_loop_batches == 0
 
 
+def test_a_batcher_reused_by_a_new_event_loop_still_answers(
+    data: tuple[Any, Any, dict[str, Any]], tmp_path: Any
+) -> None:
+    """An event loop that ended without ``drain`` (a test client, a restarted app) must not
+    leave the next loop's batches waiting for an eventfd nobody watches."""
+    X, _, _ = data
+    pipeline, model = _compiled(data, tmp_path, "5")
+    A = X.to_numpy(dtype=np.float64)
+    want = pipeline.predict(X.iloc[:20])
+    batcher = MicroBatcher(lambda: model, window_s=0, max_rows=16, inline_rows=16)
+
+    async def some_rows() -> np.ndarray:
+        calls = (batcher.predict(A[i : i + 1]) for i in range(20))
+        got = await asyncio.wait_for(asyncio.gather(*calls), timeout=30)
+        return np.concatenate([preds for preds, _ in got])
+
+    first = asyncio.run(some_rows())  # no drain: the loop just ends
+    second = asyncio.run(some_rows())
+    np.testing.assert_allclose(first, want, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(second, want, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("setting", ["never", "always"])
 def test_compiled_trees_leave_other_models_and_never_alone(
     data: tuple[Any, Any, dict[str, Any]], tmp_path: Any, setting: str

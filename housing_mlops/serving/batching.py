@@ -201,14 +201,23 @@ class MicroBatcher:
 
     def _watching(self) -> bool:
         """Whether the loop watches the eventfd of the compiled trees' thread (created at the
-        first call; False where there are no eventfds: not Linux)."""
+        first call; False where there are no eventfds: not Linux). A batcher used from a new
+        event loop (its old one ended without ``drain``) gets a new eventfd, watched by this
+        loop, once the old one has no batch in flight."""
+        loop = asyncio.get_running_loop()
+        if self._eventfd is not None and self._eventfd >= 0 and self._loop is not loop:
+            if self._in_flight is not None:
+                return False  # the old loop's batch still runs: the trees here meanwhile
+            if self._loop is not None and self._loop.is_closed():
+                os.close(self._eventfd)  # a closed loop watches nothing any more
+            self._eventfd = None
         if self._eventfd is None:
             if not hasattr(os, "eventfd"):
                 self._eventfd = -1
                 return False
             self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(self._eventfd, self._trees_done)
+            self._loop = loop
+            loop.add_reader(self._eventfd, self._trees_done)
             self._drained = asyncio.Event()
             self._drained.set()
         return self._eventfd >= 0
@@ -261,9 +270,7 @@ class MicroBatcher:
         self._busy = False
         exc = done.exception()
         if exc is not None:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            _fail(batch, exc)
         else:
             _resolve(batch, done.result(), model)
         if self._pending:
