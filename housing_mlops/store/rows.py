@@ -55,6 +55,13 @@ ROW_COLUMNS = (
     "shadow_prediction",
 )
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(ROW_COLUMNS))})"
+
+
+def quoted(columns: Sequence[str]) -> str:
+    """Column names quoted for SQL, comma-separated (fixed names, never user input)."""
+    return ", ".join(f'"{c}"' for c in columns)
+
+
 #: Rows per INSERT statement of ``insert_rows``. Multi-row INSERTs, not ``executemany``: the
 #: sqlite3 module releases the GIL around every statement step, so ``executemany`` handed
 #: the GIL from the writer thread to the event loop and back once per row, a futex wake-up
@@ -65,8 +72,8 @@ ROWS_PER_INSERT = 500
 
 @functools.lru_cache(maxsize=16)
 def _insert_sql(table: str, rows: int) -> str:
-    names = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
-    return f"INSERT INTO {table} ({names}) VALUES " + ", ".join([_ROW_PLACEHOLDERS] * rows)  # noqa: S608 - fixed names
+    values = ", ".join([_ROW_PLACEHOLDERS] * rows)
+    return f"INSERT INTO {table} ({quoted(ROW_COLUMNS)}) VALUES {values}"  # noqa: S608 - fixed names
 
 
 def insert_rows(conn: Any, table: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from housing_mlops.errors import ConfigError
-from housing_mlops.store.rows import ROW_COLUMNS, insert_rows
+from housing_mlops.store.rows import ROW_COLUMNS, insert_rows, quoted
 
 _log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ _ADOPT_CHUNK = 20_000
 def _safe(name: str) -> str:
     """A file-name-safe form of an instance name (``host:1234`` -> ``host_1234``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "instance"
-
-
-def _quoted(columns: Sequence[str]) -> str:
-    return ", ".join(f'"{c}"' for c in columns)
 
 
 class Spool:
@@ -112,7 +108,7 @@ class Spool:
     def head(self, limit: int) -> tuple[int, list[tuple[Any, ...]]]:
         """The oldest ``limit`` rows and the ``seq`` of the last one (0 when empty)."""
         cur = self._connection().execute(
-            f"SELECT seq, {_quoted(ROW_COLUMNS)} FROM spool ORDER BY seq LIMIT ?",  # noqa: S608
+            f"SELECT seq, {quoted(ROW_COLUMNS)} FROM spool ORDER BY seq LIMIT ?",  # noqa: S608
             (limit,),
         )
         found = cur.fetchall()
@@ -181,7 +177,7 @@ class Spool:
                 return 0
             # By column name: a spool written by another release may lack a newer column.
             present = [c for c in ROW_COLUMNS if c in names]
-            select = f"SELECT {_quoted(present)} FROM spool ORDER BY seq"  # noqa: S608
+            select = f"SELECT {quoted(present)} FROM spool ORDER BY seq"  # noqa: S608
             index = {c: i for i, c in enumerate(present)}
             with conn:
                 cur = other.execute(select)
@@ -213,7 +209,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     with conn:
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, {_quoted(ROW_COLUMNS)})"
+            f"CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, {quoted(ROW_COLUMNS)})"
         )
         # A spool file kept from an older release lacks the newer columns (untyped, NULL).
         present = {r[1] for r in conn.execute("PRAGMA table_info(spool)")}
