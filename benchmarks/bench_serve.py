@@ -31,6 +31,11 @@ throwaway cluster started here with initdb/pg_ctl when they are installed; as th
 ``postgres`` user when run as root), and the ratio of their requests/s is printed (target:
 PostgreSQL >= 90% of SQLite). ``--only housing|postgres|mlflow`` runs one of them.
 
+``--only floor`` drives the ceiling, `housing serve`, and `housing serve` twice more through
+``floor_app.py``: with the model answering 0 instead of predicting, then also without the
+request log and the metrics. What the service's own request handling costs, whatever its
+model: how close to the ceiling any model could bring it.
+
 Prints requests/s, p50 and p99 latency, errors and the ratios, plus the machine's load
 average (compare figures of the same run only: the machine is shared), and last one line
 ``bench-serve: key=value ...`` for scripts (``na`` for what did not run; `mlflow models
@@ -64,6 +69,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # The same single-row body the OpenAPI docs show (a real block group from the data set).
 ROW = EXAMPLE_HOUSE
+# What ``--only floor`` switches off in `housing serve` (``floor_app.py``), and the row names.
+FLOORS = {
+    "model": "housing serve, model off",
+    "bare": "housing serve, model, log and metrics off",
+}
 
 
 def log(msg: str) -> None:
@@ -345,21 +355,35 @@ def drive(
 
 # ---------------------------------------------------------------------------- main
 def bench_housing(
-    config: Path, args: argparse.Namespace, tool: str, tmp: Path, pg_url: str | None = None
+    config: Path,
+    args: argparse.Namespace,
+    tool: str,
+    tmp: Path,
+    pg_url: str | None = None,
+    floor: str | None = None,
 ) -> dict[str, Any]:
-    """`housing serve` with a SQLite log in ``tmp``, or with ``pg_url`` as its log."""
+    """`housing serve` with a SQLite log in ``tmp``, or with ``pg_url`` as its log; with
+    ``floor`` ("model" or "bare"), through ``floor_app.py``: without its model, or without
+    its model, request log and metrics."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     backend = "PostgreSQL" if pg_url else "SQLite"
-    log(f"bench: starting housing serve on {base} ({backend} request log)")
-    log_file = tmp / f"housing-serve-{backend.lower()}.log"
+    what = {None: "", "model": ", model off", "bare": ", model, log and metrics off"}[floor]
+    log(f"bench: starting housing serve on {base} ({backend} request log{what})")
+    log_file = tmp / f"housing-serve-{backend.lower()}{'-' + floor if floor else ''}.log"
     # A request log of the benchmark's own: the config's log (the user's real traffic, which
     # drift and the report read) must not get a quarter of a million copies of one house.
     db = tmp / "requests.db"
     env = {**os.environ, "HOUSING_REQUEST_LOG": pg_url or str(db)}
     env["HOUSING_SPOOL_DIR"] = str(tmp / "spool")
+    command = ["--config", str(config), "serve", "--port", str(port)]
+    if floor:
+        launcher = [sys.executable, str(Path(__file__).with_name("floor_app.py"))]
+        command = [*launcher, *(["--bare"] if floor == "bare" else []), "--", *command]
+    else:
+        command = [str(BIN / "housing"), *command]
     proc = subprocess.Popen(
-        [str(BIN / "housing"), "--config", str(config), "serve", "--port", str(port)],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=log_file.open("wb"),
         env=env,
@@ -378,7 +402,7 @@ def bench_housing(
         trees = wait_trees(base)
         body = json.dumps(ROW)
         drive(f"{base}/predict", body, args.warmup, args.connections, tool, tmp)
-        log(f"bench: driving housing serve ({backend} log, {trees} trees) with {tool}")
+        log(f"bench: driving housing serve ({backend} log{what}, {trees} trees) with {tool}")
         before_batches = _microbatch(base)
         result = drive_measured(proc.pid, f"{base}/predict", body, args, tool, tmp)
         after_batches = _microbatch(base)
@@ -688,10 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["ceiling", "housing", "postgres", "mlflow", "logs"],
+        choices=["ceiling", "housing", "postgres", "mlflow", "logs", "floor"],
         default=None,
         help="one server (housing: with the ceiling beside it; logs: housing serve with each "
-        "request log, side by side)",
+        "request log, side by side; floor: the ceiling, housing serve, and housing serve with "
+        "its model answering 0 and then also without request log and metrics "
+        "(benchmarks/floor_app.py): what the service costs without them)",
     )
     parser.add_argument(
         "--outage",
@@ -739,10 +765,13 @@ def main(argv: list[str] | None = None) -> int:
         skipped: dict[str, str] = {}
         # The ceiling right before `housing serve`: the two figures the ratio compares are
         # measured as close together as the machine allows.
-        if args.only in (None, "ceiling", "housing"):
+        if args.only in (None, "ceiling", "housing", "floor"):
             results["ceiling (constant ASGI)"] = bench_ceiling(args, tool, tmp)
-        if args.only in (None, "housing", "logs"):
+        if args.only in (None, "housing", "logs", "floor"):
             results["housing serve"] = bench_housing(config, args, tool, tmp)
+        if args.only == "floor":
+            for floor, name in FLOORS.items():
+                results[name] = bench_housing(config, args, tool, tmp, floor=floor)
         if args.only in (None, "postgres", "logs") or args.outage:
             with contextlib.ExitStack() as stack:
                 cluster = None if args.pg_url else stack.enter_context(throwaway_postgres(tmp))
@@ -779,6 +808,11 @@ def main(argv: list[str] | None = None) -> int:
         summary["ratio_rps"] = ours["rps"] / mlflow["rps"] if mlflow["rps"] else None
     if ours and ceiling:
         summary["ratio_ceiling_rps"] = ours["rps"] / ceiling["rps"] if ceiling["rps"] else None
+    for name in FLOORS.values():
+        if name in results and ceiling and ceiling["rps"]:
+            summary.setdefault("ratio_floor_ceiling_rps", {})[name] = (
+                results[name]["rps"] / ceiling["rps"]
+            )
     if ours and "housing serve (PG log)" in results:
         h, p = ours["rps"], results["housing serve (PG log)"]["rps"]
         summary["ratio_pg_sqlite_rps"] = p / h if h else None
@@ -788,19 +822,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"bench-serve: {args.connections} connections, {args.duration:.0f} s each, {tool}")
     print(f"model: champion of {store}")
-    print(f"{'server':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'CPU us/req':>12}")
+    width = max([26, *(len(name) + 2 for name in results)])
+    print(
+        f"{'server':<{width}}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
+        f"{'CPU us/req':>12}"
+    )
     for name, r in results.items():
         cpu = r.get("cpu_us_per_request")
         print(
-            f"{name:<26}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
+            f"{name:<{width}}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}"
             + (f"{cpu:>12.0f}" if cpu is not None else f"{'-':>12}")
         )
     for name, why in skipped.items():
-        print(f"{name:<26}{'skipped':>10}  ({why[:120]})")
+        print(f"{name:<{width}}{'skipped':>10}  ({why[:120]})")
     if summary.get("ratio_ceiling_rps"):
         print(
             f"ratio (housing / ceiling requests/s): {summary['ratio_ceiling_rps']:.0%} "
             f"(target >= 50% at p99 <= 10 ms; housing p99 {ours['p99_ms']:.2f} ms)"  # type: ignore[index]
+        )
+    for name, share in summary.get("ratio_floor_ceiling_rps", {}).items():
+        print(
+            f"ratio ({name} / ceiling requests/s): {share:.0%} "
+            f"(p99 {results[name]['p99_ms']:.2f} ms)"
         )
     if summary.get("ratio_rps"):
         print(f"ratio (housing / mlflow requests/s): {summary['ratio_rps']:.1f}x (target >= 40x)")
@@ -858,6 +901,10 @@ def summary_line(summary: dict[str, Any]) -> str:
         "housing_over_ceiling": ratio("ratio_ceiling_rps"),
         "housing_over_mlflow": ratio("ratio_rps"),
         "pg_log_rps": fig("housing serve (PG log)", "rps"),
+        "no_model_rps": fig(FLOORS["model"], "rps"),
+        "no_model_cpu_us": fig(FLOORS["model"], "cpu_us_per_request", 0),
+        "bare_rps": fig(FLOORS["bare"], "rps"),
+        "bare_cpu_us": fig(FLOORS["bare"], "cpu_us_per_request", 0),
         "pg_over_sqlite": ratio("ratio_pg_sqlite_rps"),
         "connections": str(summary["connections"]),
         "loadgen": summary["load_generator"],
