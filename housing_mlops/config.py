@@ -70,6 +70,11 @@ class FeaturesConfig(_Section):
     knn_folds: int = Field(10, ge=2)
     # Also give the distance to the k-th neighbour (local density) for each k.
     knn_distances: bool = True
+    # Every candidate on these features adds to its prediction residual_weight x the mean
+    # residual (target minus its own fit) of the residual_neighbors nearest training blocks
+    # (models.ResidualCorrected; 0 neighbours: off). Same neighbour query: no extra lookup.
+    residual_neighbors: int = Field(5, ge=0)
+    residual_weight: float = Field(0.4, ge=0, le=1)
     profile_sample_size: int = Field(5000, ge=100)
 
 

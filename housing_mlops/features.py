@@ -7,7 +7,9 @@ column name, or a 2-D array in ``FEATURES`` order) and adds:
 - coordinates rotated by a few angles (trees split on axis-aligned lines; rotations let
   them cut the diagonal coast and valleys);
 - great-circle distances to the big cities and to the coastline (``geography``);
-- out-of-fold neighbour target means on latitude/longitude (k nearest blocks).
+- out-of-fold neighbour target means on latitude/longitude (k nearest blocks);
+- optionally (``neighbour_ids``), the row numbers of the nearest training blocks, for a
+  final step that corrects its predictions by their residuals (``models.ResidualCorrected``).
 
 The neighbour means are the only target-based features. ``fit_transform`` (what a
 Pipeline calls during ``fit``) computes them out-of-fold: a training row's value comes
@@ -114,7 +116,17 @@ def _as_matrix(X: Any) -> np.ndarray:
 
 
 class SpatialFeatures(TransformerMixin, BaseEstimator):
-    """Raw features plus ratios, rotated coordinates, distances and neighbour target means."""
+    """Raw features plus ratios, rotated coordinates, distances and neighbour target means.
+
+    With ``neighbour_ids`` n > 0 the last n columns are the row numbers (in the training
+    rows' order, as floats) of each row's n nearest training blocks, nearest first: those of
+    the other folds while fitting, of the whole training set when transforming. They come
+    from the same neighbour query as the target means (no second lookup); they are not
+    features for the estimator, which ``models.ResidualCorrected`` keeps them from.
+    """
+
+    # Models saved before the parameter existed load without it: none.
+    neighbour_ids: int = 0
 
     def __init__(
         self,
@@ -125,6 +137,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         knn_folds: int = 10,
         knn_distances: bool = True,
         random_state: int = 0,
+        neighbour_ids: int = 0,
     ) -> None:
         self.engineered = engineered
         self.rotations_deg = rotations_deg
@@ -133,6 +146,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         self.knn_folds = knn_folds
         self.knn_distances = knn_distances
         self.random_state = random_state
+        self.neighbour_ids = neighbour_ids
 
     # --- fitting -----------------------------------------------------------------------
 
@@ -158,6 +172,8 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
                 raise ValueError("X and y have different numbers of rows")
             if any(k < 1 for k in ks):
                 raise ValueError(f"knn_neighbors must be positive, got {ks}")
+            if int(self.neighbour_ids) < 0:
+                raise ValueError(f"neighbour_ids must be 0 or more, got {self.neighbour_ids}")
             self.knn_points_ = self._project(M)
             self.knn_targets_ = yv.copy()
         self._tree = None
@@ -174,7 +190,11 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         return out
 
     def _knn_width(self, ks: list[int]) -> int:
-        return len(ks) * (2 if self.knn_distances else 1)
+        return len(ks) * (2 if self.knn_distances else 1) + self._ids(ks)
+
+    def _ids(self, ks: list[int]) -> int:
+        """How many neighbour row numbers follow the neighbour features (none without them)."""
+        return int(self.neighbour_ids) if ks else 0
 
     def _oof_knn(
         self, points: np.ndarray, targets: np.ndarray, ks: list[int], out: np.ndarray
@@ -191,7 +211,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
             if held.size == 0:
                 continue
             tree = cKDTree(points[kept])
-            out[held] = self._knn_stats(tree, targets[kept], points[held], ks)
+            out[held] = self._knn_stats(tree, targets[kept], points[held], ks, rows=kept)
 
     def _knn_stats(
         self,
@@ -200,12 +220,15 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         query: np.ndarray,
         ks: list[int],
         out: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
         """Mean target of the k nearest blocks for each k; then (optionally) the distance in
-        km to the k-th one, a local density (dense = urban) that trees use alongside.
-        Written into ``out`` (n, width) when given."""
+        km to the k-th one, a local density (dense = urban) that trees use alongside; then
+        (``neighbour_ids``) the row numbers of the nearest blocks, through ``rows`` when the
+        tree holds a subset of the training rows. Written into ``out`` (n, width) when given."""
         n = query.shape[0]
-        kmax = min(max(ks), tree.n)
+        ids = self._ids(ks)
+        kmax = min(max(max(ks), ids), tree.n)
         dist, idx = tree.query(query, k=kmax)
         kk, last = _neighbour_columns(tuple(ks), kmax)
         if out is None:
@@ -215,8 +238,14 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
         # The ufuncs' own methods (add.accumulate is cumsum, minimum.reduce is min): the
         # same numbers without numpy's Python wrappers, about 1 us each on a served row.
         np.divide(np.add.accumulate(targets[idx], axis=1)[:, last], kk, out=out[:, : len(ks)])
+        j = len(ks)
         if self.knn_distances:
-            np.multiply(dist.reshape(n, kmax)[:, last], _KM_PER_DEGREE, out=out[:, len(ks) :])
+            np.multiply(dist.reshape(n, kmax)[:, last], _KM_PER_DEGREE, out=out[:, j : 2 * j])
+            j += len(ks)
+        if ids:
+            # Fewer training blocks than ids (a tiny training set): the farthest repeats.
+            nearest = idx[:, :ids] if kmax >= ids else idx[:, np.minimum(np.arange(ids), kmax - 1)]
+            out[:, j : j + ids] = nearest if rows is None else rows[nearest]
         return out
 
     @staticmethod
@@ -305,6 +334,7 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
             names += [f"knn{k}_target_mean" for k in self._knn_ks()]
             if self.knn_distances:
                 names += [f"knn{k}_distance_km" for k in self._knn_ks()]
+            names += [f"neighbour{i + 1}_row" for i in range(self._ids(self._knn_ks()))]
         return np.asarray(names, dtype=object)
 
     # --- serialisation -----------------------------------------------------------------
@@ -339,4 +369,5 @@ def build_preprocessor(features_cfg: Any = None, engineered: bool = True, seed: 
         knn_folds=int(features_cfg.knn_folds),
         knn_distances=bool(getattr(features_cfg, "knn_distances", True)),
         random_state=seed,
+        neighbour_ids=int(getattr(features_cfg, "residual_neighbors", 0)) if engineered else 0,
     )

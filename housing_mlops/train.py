@@ -157,9 +157,7 @@ def _fold_task(
                         pre.transform(X_val),
                     )
                 A, B = transformed[engineered]
-                est = models.build_estimator(
-                    candidate.estimator, dict(candidate.params), seed, n_jobs=n_jobs
-                )
+                est = models.build_final(candidate, features_cfg, seed, n_jobs=n_jobs)
                 est.fit(A, y_fit)
                 out.append(compute_metrics(y.iloc[val_idx], est.predict(B)))
             except (ValueError, TypeError) as exc:

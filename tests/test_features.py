@@ -161,6 +161,36 @@ def test_neighbour_means_in_fit_transform_exclude_each_rows_own_target() -> None
     np.testing.assert_allclose(served[:, dist], 0.0)
 
 
+def test_neighbour_rows_are_other_folds_while_fitting_and_the_nearest_when_serving() -> None:
+    # The row numbers a ResidualCorrected final step reads: never the row itself while
+    # fitting (its residual would leak), the nearest block (itself) when transforming a
+    # training row, and the other features exactly as without them.
+    n = 400
+    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
+    X = make_frame(n, seed=3)[FEATURES].copy()
+    X["Latitude"] = 33.0 + gy.ravel() * 0.2
+    X["Longitude"] = -122.0 + gx.ravel() * 0.2
+    y = np.random.default_rng(0).normal(2.0, 1.0, n)
+    t = SpatialFeatures(knn_neighbors=(4, 8), knn_folds=5, neighbour_ids=3, random_state=0)
+    fitted = t.fit_transform(X, y)
+    names = list(t.get_feature_names_out())
+    assert names[-3:] == ["neighbour1_row", "neighbour2_row", "neighbour3_row"]
+    assert fitted.shape[1] == len(names)
+    rows = fitted[:, -3:].astype(int)
+    assert (rows >= 0).all() and (rows < n).all()
+    assert not (rows == np.arange(n)[:, None]).any()
+    served = t.transform(X)
+    np.testing.assert_array_equal(served[:, -3], np.arange(n))
+    # The second nearest of a grid block is a grid neighbour: 0.2 degrees of longitude away.
+    second = served[:, -2].astype(int)
+    np.testing.assert_allclose(
+        np.abs(X["Longitude"].to_numpy()[second] - X["Longitude"].to_numpy()), 0.2, atol=1e-9
+    )
+    plain = SpatialFeatures(knn_neighbors=(4, 8), knn_folds=5, random_state=0)
+    np.testing.assert_array_equal(plain.fit_transform(X, y), fitted[:, :-3])
+    np.testing.assert_array_equal(plain.transform(X), served[:, :-3])
+
+
 def test_one_row_gives_the_same_output_as_that_row_inside_a_frame(
     fitted: SpatialFeatures, frame: pd.DataFrame
 ) -> None:
@@ -215,7 +245,11 @@ def test_clone_and_get_params_round_trip(fitted: SpatialFeatures, frame: pd.Data
         refit.transform(frame[FEATURES]), fitted.transform(frame[FEATURES])
     )
     twin.set_params(
-        knn_neighbors=(4,), rotations_deg=(45.0,), city_distances=False, knn_distances=False
+        knn_neighbors=(4,),
+        rotations_deg=(45.0,),
+        city_distances=False,
+        knn_distances=False,
+        neighbour_ids=0,
     )
     out = twin.fit(frame[FEATURES], frame[TARGET]).transform(frame[FEATURES])
     assert out.shape[1] == len(twin.get_feature_names_out())

@@ -13,7 +13,7 @@ from synthetic import make_frame
 
 from housing_mlops.config import CandidateConfig, FeaturesConfig
 from housing_mlops.features import FEATURES, TARGET
-from housing_mlops.models import SKOPS_TRUSTED_TYPES, build_pipeline
+from housing_mlops.models import SKOPS_TRUSTED_TYPES, ResidualCorrected, build_pipeline
 
 SMALL = {
     "ridge": {"alpha": 1.0},
@@ -67,9 +67,60 @@ def test_pipeline_has_features_then_model_and_learns(
 
 def test_lightgbm_is_quiet_and_deterministic() -> None:
     pipe = build_pipeline(_candidate("lightgbm"), FEATURES_CFG, seed=3, n_jobs=2)
-    params = pipe.named_steps["model"].get_params()
+    final = pipe.named_steps["model"]
+    assert isinstance(final, ResidualCorrected)  # the default config's residual correction
+    params = final.estimator.get_params()
     assert params["verbose"] == -1 and params["deterministic"] is True
     assert params["random_state"] == 3 and params["n_jobs"] == 2
+
+
+def test_residual_correction_adds_the_mean_residual_of_the_nearest_training_blocks(
+    frame: pd.DataFrame,
+) -> None:
+    from sklearn.base import clone
+
+    pipe = build_pipeline(_candidate("lightgbm"), FEATURES_CFG, seed=4)
+    pipe.fit(frame[FEATURES], frame[TARGET])
+    final = pipe.named_steps["model"]
+    k, weight = FEATURES_CFG.residual_neighbors, FEATURES_CFG.residual_weight
+    assert (final.neighbours, final.weight) == (k, weight) and k > 0
+    # What the step kept: the residuals of its estimator on the rows it was fitted on (the
+    # out-of-fold features of fit_transform), in the training rows' order.
+    features = clone(pipe.named_steps["features"])
+    A = features.fit_transform(frame[FEATURES], frame[TARGET])
+    inner = final.estimator_
+    np.testing.assert_array_equal(
+        final.residuals_, frame[TARGET].to_numpy() - inner.predict(A[:, :-k])
+    )
+    test = make_frame(200, seed=11)[FEATURES]
+    Z = pipe.named_steps["features"].transform(test)
+    rows = Z[:, -k:].astype(int)
+    want = inner.predict(Z[:, :-k]) + final.residuals_[rows].sum(axis=1) * (weight / k)
+    np.testing.assert_array_equal(pipe.predict(test), want)
+    assert not np.array_equal(pipe.predict(test), inner.predict(Z[:, :-k]))
+
+
+def test_without_residual_correction_the_row_numbers_are_gone_and_nothing_else_changes(
+    frame: pd.DataFrame,
+) -> None:
+    test = make_frame(100, seed=12)[FEATURES]
+    off = FEATURES_CFG.model_copy(update={"residual_neighbors": 0})
+    plain = build_pipeline(_candidate("lightgbm"), off, seed=4)
+    plain.fit(frame[FEATURES], frame[TARGET])
+    assert not isinstance(plain.named_steps["model"], ResidualCorrected)
+    assert not any("row" in name for name in plain.named_steps["features"].get_feature_names_out())
+    zero = FEATURES_CFG.model_copy(update={"residual_weight": 0.0})
+    corrected = build_pipeline(_candidate("lightgbm"), zero, seed=4)
+    corrected.fit(frame[FEATURES], frame[TARGET])
+    # Weight 0: the estimator alone, fitted without the row-number columns.
+    np.testing.assert_array_equal(corrected.predict(test), plain.predict(test))
+
+
+def test_residual_correction_needs_its_row_columns() -> None:
+    from sklearn.linear_model import Ridge
+
+    with pytest.raises(ValueError, match="more than its 5 neighbour row columns"):
+        ResidualCorrected(Ridge(), neighbours=5).fit(np.ones((10, 5)), np.ones(10))
 
 
 def test_same_seed_same_predictions(frame: pd.DataFrame) -> None:

@@ -393,6 +393,10 @@ def test_compiled_trees_leave_other_models_and_never_alone(
             compile_cache=str(tmp_path),
             model_key="c" * 64,
         )
-        assert model.info()["trees"] == ("lightgbm" if name == "lightgbm" else "estimator")
+        info = model.info()
+        assert info["trees"] == ("lightgbm" if name == "lightgbm" else "estimator")
+        # The estimator inside the residual correction, and the correction's settings.
+        assert info["estimator"] == ("LGBMRegressor" if name == "lightgbm" else "Pipeline")
+        assert info["residual_correction"] == {"neighbours": 5, "weight": 0.4}
         _answers_like_the_pipeline(model, pipeline, X)
     assert not list(tmp_path.glob("lightgbm-*.so"))

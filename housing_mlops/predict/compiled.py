@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from housing_mlops.models import ResidualCorrected
+
 #: Bumped when the generated code changes meaning (part of the cache key). 3: the worker
 #: thread (``housing_predict_rows_async``).
 CODEGEN_VERSION = "3"
@@ -124,16 +126,25 @@ class CompiledTrees:
 
 @dataclass(frozen=True)
 class StagedPredict:
-    """``predict(X)`` of a pipeline with compiled trees, in its two stages: ``features``
-    (the pipeline's own steps on numpy, which hold the GIL) and ``trees`` (the compiled
-    library, which does not need it and can run on its worker thread: ``trees.start``).
-    Calling it runs both here, as any predict function."""
+    """``predict(X)`` of a pipeline with compiled trees, in its two stages: ``stage``
+    (the pipeline's own steps on numpy, which hold the GIL: the trees' input, and what to
+    add to their sum, or None) and ``trees`` (the compiled library, which does not need the
+    GIL and can run on its worker thread: ``trees.start``). Calling it runs both here, as
+    any predict function."""
 
-    features: Callable[[np.ndarray], np.ndarray]
+    stage: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
     trees: CompiledTrees
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        return self.trees.predict(self.features(X))
+        Z, add = self.stage(X)
+        return finish(self.trees.predict(Z), add)
+
+
+def finish(trees_sum: np.ndarray, add: np.ndarray | None) -> np.ndarray:
+    """The prediction from the trees' sum and what the stage said to add (in place)."""
+    if add is not None:
+        trees_sum += add
+    return trees_sum
 
 
 # ------------------------------------------------------------------------ codegen
@@ -475,8 +486,11 @@ def load_bytes(blob: bytes, features: int, trees: int) -> CompiledTrees:
 
 # ------------------------------------------------------------------------ the model
 def lightgbm_booster(pipeline: Any) -> Any | None:
-    """The booster of a pipeline whose final step is a LightGBM model (else None)."""
+    """The booster of a pipeline whose final step is a LightGBM model, alone or inside
+    ``ResidualCorrected`` (else None)."""
     est = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    if isinstance(est, ResidualCorrected):
+        est = getattr(est, "estimator_", None)
     if not type(est).__module__.startswith("lightgbm"):
         return None
     return getattr(est, "booster_", None)
@@ -487,13 +501,17 @@ def compiled_predict(model: Any, trees: CompiledTrees, check: np.ndarray) -> Sta
     feature steps on numpy, then the library. Raises NotCompilable unless it gives exactly
     the model's own predictions on ``check`` (rows of the 8 raw features)."""
     steps = [step for _, step in model.pipeline.steps[:-1]]
+    final = model.pipeline.steps[-1][1]
+    corrected = final if isinstance(final, ResidualCorrected) else None
 
-    def features(X: np.ndarray) -> np.ndarray:
+    def stage(X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         for step in steps:
             X = step.transform(X)
-        return np.ascontiguousarray(X, dtype=np.float64)
+        if corrected is not None:
+            return corrected.split(X)
+        return np.ascontiguousarray(X, dtype=np.float64), None
 
-    predict = StagedPredict(features, trees)
+    predict = StagedPredict(stage, trees)
     want = np.asarray(model.predict(check), dtype=np.float64)
     got = predict(check)
     if got.shape != want.shape or not np.array_equal(got, want):

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from housing_mlops.predict.compiled import StagedPredict
+from housing_mlops.predict.compiled import StagedPredict, finish
 from housing_mlops.serving.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ def _limit_threads(threads: int) -> None:
 
 Result = tuple[np.ndarray, LoadedModel]
 Batch = list[tuple[np.ndarray, "asyncio.Future[Result]"]]
-# A batch whose trees run on the compiled library's thread: the requests, the model, and the
-# arrays the thread reads and writes (kept alive here until it is done).
-InFlight = tuple[Batch, LoadedModel, np.ndarray, np.ndarray, np.ndarray]
+# A batch whose trees run on the compiled library's thread: the requests, the model, the
+# arrays the thread reads and writes (kept alive here until it is done), and what to add to
+# the trees' sum (or None).
+InFlight = tuple[Batch, LoadedModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class MicroBatcher:
@@ -177,7 +178,7 @@ class MicroBatcher:
             return False
         self._limit_loop_threads()
         try:
-            Z = stages.features(X)
+            Z, add = stages.stage(X)
         except Exception as exc:  # noqa: BLE001 - handed to every request of the batch
             _fail(batch, exc)
             return True
@@ -186,14 +187,14 @@ class MicroBatcher:
         if not stages.trees.start(Z, out, status, self._eventfd):  # type: ignore[arg-type]
             # No thread (it could not be created): the trees here, as before.
             try:
-                preds = stages.trees.predict(Z)
+                preds = finish(stages.trees.predict(Z), add)
             except Exception as exc:  # noqa: BLE001
                 _fail(batch, exc)
                 return True
             _resolve(batch, preds, model)
             return True
         self._busy = True
-        self._in_flight = (batch, model, Z, out, status)
+        self._in_flight = (batch, model, Z, out, status, add)
         if self._drained is not None:
             self._drained.clear()
         self.off_loop_batches += 1
@@ -233,11 +234,11 @@ class MicroBatcher:
         if self._drained is not None:
             self._drained.set()
         if job is not None:
-            batch, model, _, out, status = job
+            batch, model, _, out, status, add = job
             if status[0] != 0:
                 _fail(batch, MemoryError("the compiled trees could not allocate their rows"))
             else:
-                _resolve(batch, out, model)
+                _resolve(batch, finish(out, add), model)
         if self._pending:
             self._dispatch()
 

@@ -116,10 +116,22 @@ class LoadedModel:
             "fast_path": self.fast_path,
             "trees": self.trees,
             "trees_building": self.trees_building,
-            "estimator": type(self.pipeline.steps[-1][1]).__name__
-            if hasattr(self.pipeline, "steps")
-            else type(self.pipeline).__name__,
+            **_final_step(self.pipeline),
         }
+
+
+def _final_step(pipeline: Any) -> dict[str, Any]:
+    """``estimator``: the class of the model's estimator; ``residual_correction``: its
+    ``ResidualCorrected`` settings (None without one)."""
+    from housing_mlops.models import ResidualCorrected
+
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    if isinstance(final, ResidualCorrected):
+        return {
+            "estimator": type(final.estimator).__name__,
+            "residual_correction": {"neighbours": final.neighbours, "weight": final.weight},
+        }
+    return {"estimator": type(final).__name__, "residual_correction": None}
 
 
 def _iso(ts: float) -> str:
@@ -201,6 +213,16 @@ def _estimator_fn(est: Any, threads: int) -> PredictFn:
     """The cheapest correct call of a fitted final estimator on a 2-D float64 array."""
     from sklearn.pipeline import Pipeline
 
+    from housing_mlops.models import ResidualCorrected
+
+    if isinstance(est, ResidualCorrected):
+        inner_fn = _estimator_fn(est.estimator_, threads)
+
+        def corrected(X: np.ndarray) -> np.ndarray:
+            A, correction = est.split(X)
+            return np.asarray(inner_fn(A), dtype=np.float64).reshape(-1) + correction
+
+        return corrected
     if isinstance(est, Pipeline):
         inner = [step for _, step in est.steps[:-1]]
         last = _estimator_fn(est.steps[-1][1], threads)
@@ -300,9 +322,15 @@ def installed_version(package: str) -> str | None:
 
 
 def _uses_lightgbm(est: Any) -> bool:
-    while hasattr(est, "steps"):  # a nested Pipeline: its final step predicts
-        est = est.steps[-1][1]
-    return type(est).__module__.startswith("lightgbm")
+    from housing_mlops.models import ResidualCorrected
+
+    while True:
+        if hasattr(est, "steps"):  # a nested Pipeline: its final step predicts
+            est = est.steps[-1][1]
+        elif isinstance(est, ResidualCorrected):  # the estimator inside predicts
+            est = est.estimator
+        else:
+            return type(est).__module__.startswith("lightgbm")
 
 
 def untested_version(pipeline: Any) -> str | None:
