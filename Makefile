@@ -73,7 +73,8 @@ bench-drift-pg: $(STAMP)
 # its SQLite log vs a PostgreSQL log (a throwaway cluster via initdb/pg_ctl, or
 # BENCH_SERVE_ARGS="--pg-url URL"), with the ratio (target >= 90%). Uses the config's
 # champion when there is one (after `make demo`), else a throwaway store;
-# BENCH_SERVE_ARGS="--temp-store".
+# BENCH_SERVE_ARGS="--temp-store". BENCH_SERVE_ARGS="--only floor": the ceiling, housing serve,
+# and housing serve with its model answering 0, then also without request log and metrics.
 .PHONY: bench-serve
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py $(BENCH_SERVE_ARGS)
