@@ -87,8 +87,9 @@ class ResidualCorrected(RegressorMixin, BaseEstimator):
     estimator sees the columns before them. ``fit`` fits it, then keeps the residuals of its
     own predictions on the rows it was fitted on (``residuals_``, in the training rows'
     order, which is the order of those row numbers). ``predict`` is the estimator's
-    prediction plus ``correction``: the same neighbour query as the target means, so a
-    served row costs a gather and a mean more. Measured in the README ("The model").
+    prediction plus the correction (``split``): the row numbers come from the neighbour
+    query of the target means, so a served row costs a gather and a sum more. Measured in
+    the README ("The model").
     """
 
     def __init__(self, estimator: Any = None, neighbours: int = 5, weight: float = 0.4) -> None:
