@@ -429,6 +429,49 @@ def test_output_under_a_file_is_exit_2(
     )
 
 
+@pytest.mark.parametrize(
+    ("source", "args", "message"),
+    [
+        # --rejects naming the input: the run would replace the input with its rejects.
+        (
+            "in.parquet",
+            ["--rejects", "{d}/in.parquet"],
+            "--rejects {d}/in.parquet is the input file: choose another path",
+        ),
+        # The default rejects (OUTPUT.rejects.parquet) happens to be the input.
+        (
+            "o.rejects.parquet",
+            [],
+            "--rejects {d}/o.rejects.parquet is the input file: choose another path",
+        ),
+        (
+            "in.parquet",
+            ["--rejects", "{d}/o.parquet"],
+            "--rejects and --output must be different files",
+        ),
+    ],
+)
+def test_rejects_never_replace_the_input_or_the_output(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+    args: list[str],
+    message: str,
+) -> None:
+    src, _ = _with_bad_rows(tmp_path)
+    src = src.rename(tmp_path / source)
+    before = src.read_bytes()
+    args = [a.format(d=tmp_path) for a in args]
+    code = _predict(
+        config, str(src), "-o", str(tmp_path / "o.parquet"), "--on-error", "skip", *args
+    )
+    assert code == 2
+    assert _error(capsys) == f"Error: {message.format(d=tmp_path)}"
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source]
+
+
 def test_spark_engine_without_pyspark_names_the_install_command(
     config: Path,
     test_split: Path,

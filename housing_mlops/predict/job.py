@@ -134,6 +134,13 @@ def _check_writable(path: Path, what: str) -> None:
         raise UsageError(f"cannot write {what} {path}: the folder {parent} is not writable")
 
 
+def _check_not_input(path: Path, what: str, inp: InputFiles) -> None:
+    """A path this run replaces must not be one of its inputs."""
+    target = path.resolve()
+    if any(target == f.resolve() for f in inp.files):
+        raise UsageError(f"{what} {path} is the input file: choose another path")
+
+
 def make_job(
     input_spec: str,
     output: Path | None = None,
@@ -162,16 +169,18 @@ def make_job(
     inp = resolve_input(input_spec)
     out = Path(output) if output is not None else default_output(inp)
     out_format = _format_of(out, "--output")
-    if any(out.resolve() == f.resolve() for f in inp.files):
-        raise UsageError(f"--output {out} is the input file: choose another path")
+    _check_not_input(out, "--output", inp)
     _check_writable(out, "--output")
     if on_error == "skip" and rejects is None:
         rejects = out.with_name(f"{out.name.removesuffix(out.suffix)}.rejects{out.suffix}")
     if rejects is not None:
         _format_of(rejects, "--rejects")
-        _check_writable(rejects, "--rejects")
         if rejects.resolve() == out.resolve():
             raise UsageError("--rejects and --output must be different files")
+        # The rejects file is replaced like the output: never over an input (a given
+        # --rejects, or the default OUTPUT.rejects.parquet that happens to be one).
+        _check_not_input(rejects, "--rejects", inp)
+        _check_writable(rejects, "--rejects")
     return PredictJob(
         input=inp,
         output=out,
