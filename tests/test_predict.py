@@ -472,6 +472,51 @@ def test_rejects_never_replace_the_input_or_the_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == [source]
 
 
+@pytest.mark.parametrize(
+    ("source", "args", "message"),
+    [
+        # A folder named like a Parquet file (Spark's output shape) as input and output:
+        # the old output is removed whole when the new one is in place, the input with it.
+        ("{d}/ds.parquet", ["-o", "{d}/ds.parquet"], "--output {d}/ds.parquet is the input folder"),
+        (
+            "{d}/ds.parquet",
+            ["-o", "{d}/ds.parquet/scored.parquet"],
+            "--output {d}/ds.parquet/scored.parquet is inside the input folder {d}/ds.parquet",
+        ),
+        (
+            "{d}/ds.parquet/*.parquet",
+            ["-o", "{d}/ds.parquet"],
+            "--output {d}/ds.parquet holds the input file {d}/ds.parquet/a.parquet",
+        ),
+        (
+            "{d}/ds.parquet",
+            ["-o", "{d}/o.parquet", "--on-error", "skip", "--rejects", "{d}/ds.parquet"],
+            "--rejects {d}/ds.parquet is the input folder",
+        ),
+    ],
+)
+def test_an_output_over_an_input_folder_is_exit_2_and_the_input_stays(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+    args: list[str],
+    message: str,
+) -> None:
+    folder = tmp_path / "ds.parquet"
+    folder.mkdir()
+    frame = _frame(40)
+    frame.iloc[:20].to_parquet(folder / "a.parquet")
+    frame.iloc[20:].to_parquet(folder / "b.parquet")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    args = [a.format(d=tmp_path) for a in args]
+    assert _predict(config, source.format(d=tmp_path), *args) == 2
+    line = _error(capsys)
+    assert line.startswith(f"Error: {message.format(d=tmp_path)}: choose "), line
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds.parquet"]
+
+
 def test_spark_engine_without_pyspark_names_the_install_command(
     config: Path,
     test_split: Path,

@@ -135,10 +135,24 @@ def _check_writable(path: Path, what: str) -> None:
 
 
 def _check_not_input(path: Path, what: str, inp: InputFiles) -> None:
-    """A path this run replaces must not be one of its inputs."""
+    """A path this run replaces (a file, or a folder of Spark parts removed whole) must not
+    be an input, hold one, or lie inside an input folder (a next run would read it)."""
     target = path.resolve()
-    if any(target == f.resolve() for f in inp.files):
+    files = [f.resolve() for f in inp.files]
+    if target in files:
         raise UsageError(f"{what} {path} is the input file: choose another path")
+    folder = Path(inp.spec)
+    if folder.is_dir():
+        root = folder.resolve()
+        if target == root:
+            raise UsageError(f"{what} {path} is the input folder: choose another path")
+        if root in target.parents:
+            raise UsageError(
+                f"{what} {path} is inside the input folder {folder}: choose a path outside it"
+            )
+    inside = next((f for f, r in zip(inp.files, files, strict=True) if target in r.parents), None)
+    if inside is not None:
+        raise UsageError(f"{what} {path} holds the input file {inside}: choose another path")
 
 
 def make_job(
