@@ -168,6 +168,27 @@ def test_directory_and_glob_of_parts_keep_part_order(
     assert pq.read_table(glob_out).column("prediction").to_pylist() == got["prediction"].tolist()
 
 
+def test_a_glob_runs_twice_with_its_default_output_beside_the_parts(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = _with_bad_rows(tmp_path)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    src.rename(parts / "listings.parquet")
+    pattern = str(parts / "*.parquet")
+    for _ in range(2):  # the first run's output and rejects are not inputs of the second
+        assert _predict(config, pattern, "--on-error", "skip", "--json") == 0
+        summary = _json(capsys)
+        assert summary["output"] == str(parts / "predictions.parquet")
+        assert summary["input_files"] == 1 and summary["rows_in"] == 200
+        assert (summary["scored"], summary["rejected"]) == (197, 3)
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "listings.parquet",
+        "predictions.parquet",
+        "predictions.rejects.parquet",
+    ]
+
+
 # ---------------------------------------------------------------------- bad rows
 def _with_bad_rows(tmp_path: Path, n: int = 200) -> tuple[Path, pd.DataFrame]:
     frame = _frame(n)

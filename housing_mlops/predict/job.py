@@ -34,6 +34,8 @@ COMPILE = ("auto", "always", "never")
 # How many bad rows an `--on-error fail` message names.
 SHOWN_REJECTIONS = 5
 LINEAGE_PREFIX = "housing."
+# The default output and rejects of a glob input (beside its first match): never matched.
+GLOB_OUTPUTS = ("predictions.parquet", "predictions.rejects.parquet")
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,13 @@ def resolve_input(spec: str) -> InputFiles:
             raise DataError(f"input directory {path} holds no Parquet files (*.parquet)")
         return InputFiles(spec, parts, "parquet")
     if glob.has_magic(spec):
-        matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        # A glob's default output (and rejects) lands in the folder of its first match,
+        # where `*.parquet` would read it back as an input next time: those names never match.
+        matches = sorted(
+            Path(p)
+            for p in glob.glob(spec, recursive=True)
+            if Path(p).is_file() and Path(p).name not in GLOB_OUTPUTS
+        )
         if not matches:
             raise DataError(f"no file matches the input pattern {spec!r}")
         formats = {_format_of(p, "input") for p in matches}
@@ -115,13 +123,14 @@ def resolve_input(spec: str) -> InputFiles:
 
 def default_output(inp: InputFiles) -> Path:
     """Beside the input: ``test.parquet`` -> ``test.predictions.parquet``; a directory
-    ``parts/`` -> ``parts.predictions.parquet``; a glob -> in the folder of the first match."""
+    ``parts/`` -> ``parts.predictions.parquet``; a glob -> ``predictions.parquet`` in the folder
+    of the first match (a name globs skip, so the same command runs again)."""
     path = Path(inp.spec)
     if path.is_file():
         return path.with_name(f"{path.stem}.predictions.parquet")
     if path.is_dir():
         return path.resolve().with_name(f"{path.resolve().name}.predictions.parquet")
-    return inp.files[0].parent / "predictions.parquet"
+    return inp.files[0].parent / GLOB_OUTPUTS[0]
 
 
 def _check_writable(path: Path, what: str) -> None:
