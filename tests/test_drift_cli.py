@@ -389,3 +389,29 @@ def test_drift_over_an_empty_postgresql_database_is_no_log_exit_7(
         assert "requests" not in store.schema.tables(db)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[]", "expected a JSON object with 'columns', got list"),
+        ('{"rows": 3}', "'columns' must be an object mapping each column to its summary"),
+        ('{"columns": {"MedInc": {}}}', "column 'MedInc' needs 'sample'"),
+        ('{"columns": {"MedInc": {"sample": ["a"]}}}', "column 'MedInc' needs 'sample'"),
+        ('{"columns": {"MedInc": []}}', "column 'MedInc' must be an object"),
+        (
+            '{"columns": {"MedInc": {"sample": [1.0, 2.0], "quantiles": "x"}}}',
+            "column 'MedInc': 'quantiles' must be a list of finite numbers",
+        ),
+    ],
+)
+def test_a_reference_of_the_wrong_shape_is_exit_7_like_an_unreadable_one(
+    project, capsys, tmp_path: Path, text: str, problem: str
+) -> None:
+    profile = tmp_path / "p.json"
+    profile.write_text(text)
+    args = [*window_args(project, -60, 60), "--reference", str(profile)]
+    code, result, err = drift_json(project, capsys, *args)
+    assert code == 7 and result == {}
+    assert err.startswith(f"Error: cannot read the reference profile {profile}: {problem}"), err
+    assert len(err.splitlines()) == 1 and "unexpected" not in err

@@ -14,6 +14,7 @@ from typing import Any
 
 from housing_mlops import registry, store
 from housing_mlops.columns import FEATURES
+from housing_mlops.drift.profile import profile_problem
 from housing_mlops.drift.statistics import PREDICTION, compare_window
 from housing_mlops.drift.window import resolve_window
 from housing_mlops.errors import HousingError, InsufficientDataError
@@ -36,11 +37,18 @@ def _load_reference(
     if reference_path is not None:
         path = Path(reference_path)
         try:
-            return json.loads(path.read_text()), str(path)
+            profile = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise InsufficientDataError(
                 f"cannot read the reference profile {path}: {exc}"
             ) from None
+        problem = profile_problem(profile)
+        if problem is not None:
+            raise InsufficientDataError(
+                f"cannot read the reference profile {path}: {problem} "
+                "(a profile as `housing featurize` writes it: reference_profile.json)"
+            )
+        return profile, str(path)
     name = model_name or settings.mlflow.registered_model_name
     uri = registry.tracking_uri(settings)
     source = f"registry:{name}/{model_version}"

@@ -41,3 +41,39 @@ def build_profile(
             "sample": [float(v) for v in a[take.astype(int)]] if n else [],
         }
     return profile
+
+
+def _numbers(values: Any, *, empty: bool) -> bool:
+    return (
+        isinstance(values, list)
+        and (empty or bool(values))
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+            for v in values
+        )
+    )
+
+
+def profile_problem(profile: Any) -> str | None:
+    """Why ``profile`` (read from JSON) cannot be compared with, or None when it can: an
+    object whose ``columns`` map each name to a non-empty finite ``sample`` (and, when
+    present, finite ``quantiles`` and numeric ``mean`` / ``std``)."""
+    if not isinstance(profile, dict):
+        return f"expected a JSON object with 'columns', got {type(profile).__name__}"
+    columns = profile.get("columns")
+    if not isinstance(columns, dict) or not columns:
+        return "'columns' must be an object mapping each column to its summary"
+    for name, column in columns.items():
+        if not isinstance(column, dict):
+            return f"column {name!r} must be an object"
+        if not _numbers(column.get("sample"), empty=False):
+            return f"column {name!r} needs 'sample', a non-empty list of finite numbers"
+        if "quantiles" in column and not _numbers(column["quantiles"], empty=True):
+            return f"column {name!r}: 'quantiles' must be a list of finite numbers"
+        for key in ("mean", "std"):
+            value = column.get(key)
+            if value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool)
+            ):
+                return f"column {name!r}: '{key}' must be a number"
+    return None
