@@ -384,8 +384,14 @@ def _replace_archive(
 
 
 def _check_local_source(source: str, origin: str) -> Path | None:
-    """The local path of ``source`` (None for http) after checking that the file exists."""
+    """The local path of ``source`` (None for http) after checking that the file exists
+    (or, for http(s), that the URL is well formed: a malformed one fails at once)."""
     path = _local_path(source)
+    if path is None:
+        problem = download.url_problem(source)
+        if problem is not None:
+            what = f"{origin} URL" if origin != "data.urls" else "configured URL"
+            raise DataError(f"{what} {source!r} is malformed: {problem}")
     if path is not None and not path.is_file():
         what = f"{origin} path" if origin != "data.urls" else "configured path"
         if path.is_dir():

@@ -96,6 +96,9 @@ def download_once(
 
     # identity: the bytes on disk must be the bytes the checksum was taken of
     headers = {"User-Agent": f"housing-mlops/{__version__}", "Accept-Encoding": "identity"}
+    problem = url_problem(url)
+    if problem is not None:  # a malformed URL stays malformed: no retries
+        raise DownloadFailed(f"malformed URL: {problem}", retry=False)
     label = f"download from {httpx.URL(url).netloc.decode('ascii', 'replace')}"
     size = 0
     total: int | None = None
@@ -136,6 +139,21 @@ def download_once(
     if total is not None and size != total:
         raise DownloadFailed(f"transfer truncated: got {size} of {total} bytes", retry=True)
     return size, sha
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a download address (malformed, not http(s), no host), or None."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return str(exc)
+    if parsed.scheme not in ("http", "https"):
+        return f"the scheme must be http or https, not {parsed.scheme!r}"
+    if not parsed.host:
+        return "it names no host"
+    return None
 
 
 def _reason(exc: Exception) -> str:

@@ -488,3 +488,35 @@ def test_unwritable_raw_folder_is_a_data_error(
     assert line == (
         f"Error: cannot write to {raw_dir(tmp_path)}: a file is in the way; fix paths in the config"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("http://[::1", "Invalid port: ':1'"), ("https://", "it names no host")],
+)
+def test_a_malformed_from_url_is_exit_4_at_once_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    problem: str,
+) -> None:
+    def no_retry(seconds: float) -> None:
+        raise AssertionError(f"a malformed URL was retried (back-off {seconds}s)")
+
+    monkeypatch.setattr("housing_mlops.download.time.sleep", no_retry)
+    cfg = make_config(tmp_path, ["http://127.0.0.1:9/never-used"], retries=3, backoff_s=1.0)
+    assert fetch_error(cfg, capsys, "--from", url) == (
+        f"Error: --from URL {url!r} is malformed: {problem}"
+    )
+    assert not raw_dir(tmp_path).exists()
+
+
+def test_a_malformed_configured_url_falls_back_to_the_next_at_once(
+    tmp_path: Path, server: ArchiveServer, hits: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("housing_mlops.download.time.sleep", lambda s: pytest.fail("retried"))
+    cfg = make_config(tmp_path, ["https://", server.url("/good.tgz")], retries=3)
+    assert run(["-c", str(cfg), "fetch"]) == 0
+    assert hits == ["/good.tgz"]
+    assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
