@@ -103,6 +103,24 @@ def test_the_readonly_opener_cannot_write(tmp_path: Path) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("folder", ["a#b", "a?b", "a%23b c"])
+def test_the_readonly_opener_reads_the_log_named_even_with_uri_characters(
+    tmp_path: Path, folder: str, write_request_log: Callable[[Path, list[dict[str, Any]]], None]
+) -> None:
+    path = tmp_path / folder / "requests.db"
+    path.parent.mkdir()
+    write_request_log(path, [{"ts": 1.0, "request_id": "r1", "row_index": 0, "status": 200}])
+    conn = store.open_readonly(path)
+    assert conn is not None
+    try:
+        assert conn.execute("SELECT request_id FROM requests").fetchall() == [("r1",)]
+    finally:
+        conn.close()
+    # Nothing else was opened, so nothing was created beside it ('a' for 'a#b').
+    assert [p.name for p in tmp_path.iterdir()] == [folder]
+    assert all(p.name.startswith("requests.db") for p in path.parent.iterdir())  # -wal, -shm
+
+
 def test_a_log_it_cannot_create_is_a_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -179,7 +179,8 @@ def open_readonly(path: Where) -> LogConnection | None:
     path = location.path
     if not _existing_log(path):
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    # A URI, for mode=ro: the path percent-encoded, or a '#' or '?' in it would end the path.
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
     _verified(conn, path, ("SELECT count(*) FROM sqlite_master",))
     return conn
 
