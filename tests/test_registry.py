@@ -161,9 +161,48 @@ def test_empty_store_says_to_train_first(tmp_path: Path) -> None:
     assert registry.list_versions(settings) == []
     with pytest.raises(ModelError, match="start with `housing train`"):
         registry.resolve(settings)
-    # The embedded store and artifact folder were created where the config says.
-    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
-    assert (tmp_path / "mlruns" / "artifacts").is_dir()
+    assert registry.get_alias_version(settings, "champion") is None
+    # Readers create nothing: the embedded store is made by the first writer (train).
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["promote", "--dry-run"], "Error: no trained model versions: run `housing train` first"),
+        (["evaluate"], "Error: no trained model versions: run `housing train` first"),
+        (
+            ["predict", "{d}/in.parquet", "-o", "{d}/o.parquet"],
+            "Error: no model has the alias 'champion' yet: run `housing promote` first (there "
+            "is no MLflow store at sqlite:///{d}/mlrnus/mlflow.db yet: start with `housing "
+            "train`, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI)",
+        ),
+        (
+            ["predict", "{d}/in.parquet", "-o", "{d}/o.parquet", "--model-version", "2"],
+            "Error: model 'test-housing' has no version 2 (registered versions: none; there is "
+            "no MLflow store at sqlite:///{d}/mlrnus/mlflow.db yet",
+        ),
+    ],
+)
+def test_readers_at_a_mistyped_tracking_uri_create_no_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], message: str
+) -> None:
+    from synthetic import make_frame
+
+    from housing_mlops.cli import run
+
+    typo = tmp_path / "mlrnus" / "mlflow.db"
+    config = write_config(tmp_path, {"mlflow": {"tracking_uri": f"sqlite:///{typo}"}})
+    make_frame(20).to_parquet(tmp_path / "in.parquet")
+    args = [a.format(d=tmp_path) for a in command]
+    assert run(["-c", str(config), *args]) == 5
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(message.format(d=tmp_path)), err
+    assert "Traceback" not in err
+    assert not typo.parent.exists()
+    assert not (tmp_path / "mlruns").exists()  # nor the artifact folder
+    assert not (tmp_path / "o.parquet").exists()
 
 
 def test_unreachable_tracking_server_is_a_quick_model_error(tmp_path: Path) -> None:

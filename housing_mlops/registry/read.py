@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from housing_mlops.errors import ModelError
 from housing_mlops.files import file_sha256
-from housing_mlops.registry.connection import configure, mlflow_client, mlflow_errors, tracking_uri
+from housing_mlops.registry.connection import (
+    configure,
+    mlflow_client,
+    mlflow_errors,
+    store_exists,
+    tracking_uri,
+)
 from housing_mlops.timestamps import iso_utc_ms
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,9 +105,25 @@ def model_exists(client: Any, name: str) -> bool:
     return True
 
 
+def _no_store_hint(settings: Settings) -> str:
+    return (
+        f"there is no MLflow store at {tracking_uri(settings)} yet: start with "
+        "`housing train`, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+    )
+
+
 def resolve(settings: Settings, version: int | None = None, alias: str = CHAMPION) -> ModelRef:
-    """The registered version ``version``, or else the one carrying ``alias``."""
+    """The registered version ``version``, or else the one carrying ``alias``.
+
+    Readers never create a store: a local SQLite store that does not exist (nothing
+    trained, or a mistyped tracking URI) has no version, and is left uncreated."""
     name = settings.mlflow.registered_model_name
+    if not store_exists(settings):
+        if version is not None:
+            what = f"model '{name}' has no version {version} (registered versions: none; "
+        else:
+            what = f"no model has the alias '{alias}' yet: run `housing promote` first ("
+        raise ModelError(f"{what}{_no_store_hint(settings)})")
     client = mlflow_client(settings)
     from mlflow.exceptions import MlflowException
 
@@ -129,8 +151,11 @@ def resolve(settings: Settings, version: int | None = None, alias: str = CHAMPIO
 
 
 def list_versions(settings: Settings) -> list[ModelRef]:
-    """Every registered version of the configured model, oldest first."""
+    """Every registered version of the configured model, oldest first (none, without
+    creating it, when the local store does not exist)."""
     name = settings.mlflow.registered_model_name
+    if not store_exists(settings):
+        return []
     client = mlflow_client(settings)
     with mlflow_errors(f"listing versions of model '{name}'"):
         if not model_exists(client, name):
@@ -142,8 +167,10 @@ def list_versions(settings: Settings) -> list[ModelRef]:
 
 
 def get_alias_version(settings: Settings, alias: str) -> str | None:
-    """The version carrying ``alias``, or None."""
+    """The version carrying ``alias``, or None (also when the local store does not exist)."""
     name = settings.mlflow.registered_model_name
+    if not store_exists(settings):
+        return None
     client = mlflow_client(settings)
     with mlflow_errors(f"reading alias '{alias}' of model '{name}'"):
         for version, aliases in _aliases_by_version(client, name).items():
