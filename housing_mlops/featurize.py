@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from housing_mlops import __version__, data
 from housing_mlops.columns import FEATURES, TARGET
 from housing_mlops.data import COLUMNS
-from housing_mlops.errors import DataError, UsageError
+from housing_mlops.errors import ConfigError, DataError, UsageError
 from housing_mlops.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -94,6 +94,20 @@ def validate_frame(df: pd.DataFrame, label: str = "raw data", max_rows: int = 5)
         raise DataError(f"{label} failed validation: " + "; ".join(problems))
 
 
+def _check_split_sizes(test_size: float, rows: int) -> None:
+    """Both splits non-empty, counted as ``train_test_split`` counts them (the test rows
+    rounded up, the train rows down): a valid fraction can still empty one on this data."""
+    import math
+
+    n_test = math.ceil(test_size * rows)
+    n_train = math.floor((1 - test_size) * rows)
+    if n_test < 1 or n_train < 1 or n_test + n_train > rows:
+        raise ConfigError(
+            f"split.test_size {test_size} leaves {max(n_train, 0)} train and {n_test} test "
+            f"row(s) of the {rows} rows: choose a fraction that keeps rows in both (e.g. 0.2)"
+        )
+
+
 def featurize(settings: Settings) -> dict[str, Any]:
     """Validate the raw frame, split it deterministically and write data/processed/."""
     frame, raw_manifest = data.read_raw_frame(settings)
@@ -106,6 +120,7 @@ def featurize(settings: Settings) -> dict[str, Any]:
     # Hash check ran on the columns-ok path; a frame with other columns failed validation.
     data_version = str(raw_manifest["content_hash"])
 
+    _check_split_sizes(settings.split.test_size, len(frame))
     train, test = train_test_split(
         frame, test_size=settings.split.test_size, random_state=settings.split.seed
     )

@@ -204,6 +204,23 @@ def test_featurize_on_a_small_frame_splits_by_the_configured_fraction(tmp_path: 
     ]
 
 
+@pytest.mark.parametrize("test_size", [0.99999, 0.999])
+def test_a_test_size_that_empties_a_split_is_a_config_error_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], test_size: float
+) -> None:
+    from housing_mlops.cli import run
+
+    settings_with_raw(tmp_path, make_frame(200, seed=3))
+    config = write_config(tmp_path, {"split": {"test_size": test_size}})
+    assert run(["-c", str(config), "featurize"]) == 3
+    err = capsys.readouterr().err
+    assert err == (
+        f"Error: split.test_size {test_size} leaves 0 train and 200 test row(s) of the 200 "
+        "rows: choose a fraction that keeps rows in both (e.g. 0.2)\n"
+    )
+    assert not (tmp_path / "data" / "processed").exists()
+
+
 # ----------------------------------------------------------------- missing / tampered
 def test_featurize_before_fetch_says_run_fetch(tmp_path: Path) -> None:
     settings = load_config(write_config(tmp_path))
