@@ -24,6 +24,7 @@ _._hex64  # config.DataConfig
 _._unique_names  # config.TrainConfig
 _._log_path_or_url  # config.ServeConfig
 _._unquoted_off  # config.ServeConfig
+_._a_time  # config.DriftConfig
 _.prediction
 _.prediction_usd
 _.predictions_usd

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from housing_mlops.errors import ConfigError
+from housing_mlops.timestamps import ACCEPTED_TIME_FORMS, parse_time
 
 DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
 STATLIB_SHA256 = "aaa5c9a6afe2225cc2aed2723682ae403280c4a3695a2ddda4ffb5d8215ea681"
@@ -216,6 +217,19 @@ class DriftConfig(_Section):
     hard_limit_psi: float = Field(1.0, gt=0)
     hard_limit_wasserstein: float = Field(0.5, gt=0)
     sample_rows: int = Field(50_000, ge=1000)  # window rows read (uniform sample) per check
+
+    @field_validator("default_since")
+    @classmethod
+    def _a_time(cls, value: str) -> str:
+        # The same rule as --since, checked here: a bad default is the config's fault,
+        # not an option the user never typed.
+        import time
+
+        try:
+            parse_time(value, time.time())
+        except ValueError as exc:
+            raise ValueError(f"{value!r} {exc}: use {ACCEPTED_TIME_FORMS}") from None
+        return value
 
 
 class PredictConfig(_Section):

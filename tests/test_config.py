@@ -226,3 +226,26 @@ def test_a_config_path_the_system_cannot_stat_is_a_config_error(
     name too long stands in for the permission case, which root (these tests) never hits."""
     path = tmp_path / ("x" * 300) / "c.yaml"
     assert config_error(capsys, path) == f"Error: cannot read config {path}: File name too long"
+
+
+@pytest.mark.parametrize("value", ["bogus", "", "99999999999d"])
+def test_a_drift_default_since_that_is_not_a_time_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    from housing_mlops.timestamps import ACCEPTED_TIME_FORMS
+
+    path = write_config(tmp_path, {"drift": {"default_since": value}})
+    # `housing drift` without --since: the error is the config's key, not an option.
+    assert run(["-c", str(path), "drift"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"Error: invalid config {path}: 'drift.default_since': Value error, {value!r} is "
+    ), err
+    assert err.endswith(f": use {ACCEPTED_TIME_FORMS}\n") and err.count("\n") == 1
+    assert "--since" not in err
+
+
+def test_a_drift_default_since_that_is_a_time_loads(tmp_path: Path) -> None:
+    for value in ("12h", "2w", "2026-01-31T12:00:00Z"):
+        path = write_config(tmp_path, {"drift": {"default_since": value}})
+        assert load_config(path).drift.default_since == value
