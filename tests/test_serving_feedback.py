@@ -257,3 +257,28 @@ def test_feedback_over_real_http_while_predictions_keep_flowing(
     conn.close()
     assert rows.actual.tolist() == [1.0, 2.0, 3.0]
     assert rows.prediction.tolist() == pytest.approx(answer["predictions"])
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(client: Any) -> None:
+    import asyncio
+
+    import httpx
+
+    sent: list[int] = []
+
+    async def chunks() -> Any:  # no Content-Length: chunked, 1 MB against a 4096-byte limit
+        for _ in range(1000):
+            sent.append(1)
+            yield b" " * 1000
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=client.app)  # hands the body over as it is read
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            headers = {**AUTH, "content-type": "application/json"}
+            return await http.post("/feedback", content=chunks(), headers=headers)
+
+    r = asyncio.run(post())
+    assert r.status_code == 413
+    assert r.json() == {"detail": "request body too large: the limit is 4096 bytes"}
+    assert len(sent) <= 6  # stopped at the limit, not after the whole megabyte
+    assert _labels(client.log_path) == []

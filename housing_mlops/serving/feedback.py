@@ -131,12 +131,20 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
         if not _is_json(content_type):
             got = content_type.split(";", 1)[0].strip() or "none"
             return _json(415, {"detail": f"Content-Type must be application/json, got {got}"})
+        too_large = _json(413, {"detail": f"request body too large: the limit is {max_body} bytes"})
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_body:
-            return _json(413, {"detail": f"request body too large: the limit is {max_body} bytes"})
-        body = await request.body()
-        if len(body) > max_body:
-            return _json(413, {"detail": f"request body too large: the limit is {max_body} bytes"})
+            return too_large
+        # Read as it arrives and stop at the limit: a chunked body without Content-Length
+        # is never held in memory past max_body_bytes (as /predict does).
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                return too_large
+            chunks.append(chunk)
+        body = b"".join(chunks)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
