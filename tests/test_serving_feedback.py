@@ -282,3 +282,31 @@ def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(client:
     assert r.json() == {"detail": "request body too large: the limit is 4096 bytes"}
     assert len(sent) <= 6  # stopped at the limit, not after the whole megabyte
     assert _labels(client.log_path) == []
+
+
+def test_feedback_requests_are_counted_under_their_own_handler(client: Any) -> None:
+    import re
+
+    from housing_mlops.serving.asgi import HANDLERS
+
+    r = client.post("/feedback", json={"request_id": "nope", "actual": 1.0}, headers=AUTH)
+    assert r.status_code == 200
+    text = client.get("/metrics").text
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("housing_http_requests_total{") and 'handler="/feedback"' in line
+    ]
+    assert len(counted) == 1 and 'status="200"' in counted[0], counted
+    assert float(counted[0].rpartition(" ")[2]) == 1.0
+    assert not any(
+        line.startswith("housing_http_requests_total{") and 'handler="other"' in line
+        for line in text.splitlines()
+    )
+    # Every route the app has is a handler of its own (a mount's files stay "other").
+    paths = {
+        route.path
+        for route in client.app.app.routes  # ServingMiddleware -> FastAPI
+        if not re.search(r"\{", route.path) and type(route).__name__ != "Mount"
+    }
+    assert paths <= HANDLERS, paths - HANDLERS
