@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from housing_mlops.errors import ModelError
+from housing_mlops.errors import ModelError, UsageError
 from housing_mlops.geography import distance_to_coast_km
 from housing_mlops.timestamps import iso_utc
 
@@ -178,6 +178,8 @@ def evaluate(
     from housing_mlops import featurize, registry
     from housing_mlops.features import TARGET
 
+    if version is not None and all_versions:  # before any registry round trip
+        raise UsageError("--version and --all are exclusive: give one")
     refs = registry.list_versions(settings)
     chosen = select_versions(refs, version, all_versions)
     manifest = featurize.read_processed_manifest(settings)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import copy_store, empty_store_config, trained_store
-from synthetic import FEATURES, make_frame
+from synthetic import FEATURES, make_frame, write_config
 
 from housing_mlops import registry
 from housing_mlops.cli import run
@@ -217,3 +217,12 @@ def test_progress_reports_each_stage_of_each_version(evaluated, tmp_path: Path) 
     assert descriptions[4] == "version 2 (hist_gb): loading the model"
     assert any("logging to MLflow" in d for d in descriptions)
     assert descriptions[-1] == "version 2 (hist_gb): evaluated"
+
+
+def test_version_and_all_together_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    assert run(["--config", str(config), "evaluate", "--version", "1", "--all"]) == 2
+    assert capsys.readouterr().err == "Error: --version and --all are exclusive: give one\n"
+    assert not (tmp_path / "mlruns").exists()  # refused before the registry is read
