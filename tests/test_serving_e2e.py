@@ -114,6 +114,27 @@ def test_port_in_use_and_unwritable_log_fail_before_serving(
     assert "cannot open the request log" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("nosuchhost.invalid", "the host 'nosuchhost.invalid' cannot be resolved"),
+        ("192.0.2.1", "192.0.2.1 is not an address of this machine"),  # TEST-NET-1
+    ],
+)
+def test_a_host_it_cannot_listen_on_says_so_not_the_port(
+    store: dict[str, Any], capsys: pytest.CaptureFixture[str], host: str, reason: str
+) -> None:
+    from housing_mlops.cli import run
+
+    port = free_port()
+    code = run(["--config", str(store["config"]), "serve", "--host", host, "--port", str(port)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: cannot listen on {host}:{port} ("), err
+    assert f"): {reason}: pass another --host (0.0.0.0 listens on every interface" in err
+    assert "--port" not in err and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_serve_answers_and_sigterm_flushes_every_answered_request(store: dict[str, Any]) -> None:
     port = free_port()

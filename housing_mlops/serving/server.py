@@ -9,6 +9,7 @@ multiprocess mode so ``/metrics`` adds up every worker.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -74,9 +75,16 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port"
-        ) from None
+        hosts = "0.0.0.0 listens on every interface, 127.0.0.1 on this machine only"
+        if isinstance(exc, socket.gaierror):
+            fix = f"the host {host!r} cannot be resolved: pass another --host ({hosts})"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            fix = f"{host} is not an address of this machine: pass another --host ({hosts})"
+        elif exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            fix = "pass another --port"
+        else:
+            fix = "check --host and --port"
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): {fix}") from None
     return sock
 
 
