@@ -191,6 +191,27 @@ def test_invalid_field_gets_422_naming_it(
     assert reason in match[0]["msg"]
 
 
+def test_an_unknown_key_beside_instances_names_the_batch_key_not_the_features(
+    client: Any, trained: dict[str, Any]
+) -> None:
+    r = client.post("/predict", json={"instances": [_row(trained)], "x": 1})
+    assert r.status_code == 422
+    assert r.json()["detail"] == [
+        {
+            "loc": ["body", "x"],
+            "field": "x",
+            "msg": "unknown field; a batch body holds only 'instances'",
+            "type": "extra_forbidden",
+        }
+    ]
+    # Inside a house of the batch, an unknown key is still one of a house's.
+    r = client.post("/predict", json={"instances": [_with(trained, Bogus=1.0)]})
+    assert r.status_code == 422
+    [detail] = r.json()["detail"]
+    assert detail["loc"] == ["body", "instances", 0, "Bogus"]
+    assert detail["msg"] == f"unknown field; expected only {', '.join(FEATURES)}"
+
+
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
 def test_non_finite_numbers_are_rejected(
     client: Any, trained: dict[str, Any], literal: bytes

@@ -67,6 +67,7 @@ def problems(models: RequestModels, body: Any) -> list[dict[str, Any]]:
         return schemas.format_errors(
             exc.errors(include_url=False),  # type: ignore[arg-type]
             models.max_batch_size,
+            batch=exc.title == models.batch.__name__,
         )
     return []
 
@@ -306,6 +307,11 @@ def test_a_batch_holds_one_to_max_batch_size_rows() -> None:
             {"instances": 5},
             [("instances", ["body", "instances"], "Input should be a valid array")],
             "instances",
+        ),
+        (
+            {"instances": [HOUSE], "x": 1},
+            [("x", ["body", "x"], "unknown field; a batch body holds only 'instances'")],
+            "<unknown>",
         ),
         (
             {"instances": [1]},

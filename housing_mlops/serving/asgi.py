@@ -225,7 +225,9 @@ class PredictEndpoint:
         try:
             houses, single = model.requests.parse_body(body)
         except ValidationError as exc:
-            return self._invalid(scope, exc.errors(include_url=False))  # type: ignore[arg-type]
+            errors = exc.errors(include_url=False)
+            batch = exc.title == model.requests.batch.__name__
+            return self._invalid(scope, errors, batch)  # type: ignore[arg-type]
         values = [tuple(house.__dict__.values()) for house in houses]
         X = np.array(values, dtype=np.float64)
         try:
@@ -303,9 +305,11 @@ class PredictEndpoint:
             service.writer.submit(rows)
         return 200, content, rid
 
-    def _invalid(self, scope: Scope, errors: list[dict[str, Any]]) -> tuple[int, bytes, str]:
+    def _invalid(
+        self, scope: Scope, errors: list[dict[str, Any]], batch: bool = False
+    ) -> tuple[int, bytes, str]:
         """The 422 answer: every bad field with path and reason; counted and logged."""
-        shaped = format_errors(errors, self.service.settings.serve.max_batch_size)
+        shaped = format_errors(errors, self.service.settings.serve.max_batch_size, batch=batch)
         for err in shaped:
             self.service.metrics.validation_errors.labels(metric_field(err)).inc()
         summary = "; ".join(f"{e['field']}: {e['msg']}" for e in shaped)

@@ -152,8 +152,13 @@ def build_request_models(
     return RequestModels(house=house, batch=batch, ranges=ranges, max_batch_size=max_batch_size)
 
 
-def format_errors(errors: list[dict[str, Any]], max_batch_size: int) -> list[dict[str, Any]]:
-    """Pydantic errors as the 422 body lists them: path, field, reason, type."""
+def format_errors(
+    errors: list[dict[str, Any]], max_batch_size: int, *, batch: bool = False
+) -> list[dict[str, Any]]:
+    """Pydantic errors as the 422 body lists them: path, field, reason, type.
+
+    ``batch``: the errors are of a ``{"instances": [...]}`` body (``ValidationError.title``
+    is the batch model's), whose only top-level key is ``instances``."""
     out = []
     for e in errors:
         loc = [p for p in e.get("loc", ()) if p != "body"]
@@ -175,6 +180,8 @@ def format_errors(errors: list[dict[str, Any]], max_batch_size: int) -> list[dic
             msg = "Input should be an object"  # JSON's words (pydantic's are Python's)
         elif etype == "list_type":
             msg = "Input should be a valid array"
+        elif etype == "extra_forbidden" and batch and len(loc) == 1:
+            msg = "unknown field; a batch body holds only 'instances'"
         elif etype == "extra_forbidden":
             msg = f"unknown field; expected only {', '.join(FEATURES)}"
         elif msg.startswith("Value error, "):
