@@ -582,3 +582,35 @@ def test_a_previous_output_is_replaced_whole_even_a_spark_folder(
     assert _predict(config, str(test_split), "-o", str(out)) == 0
     assert out.is_file() and pq.read_table(out).num_rows == pq.read_table(test_split).num_rows
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.parquet"]
+
+
+@pytest.mark.parametrize("name", ["scored.csv", "scored.parquet"])
+def test_a_previous_spark_csv_or_parquet_folder_is_replaced(
+    config: Path, test_split: Path, tmp_path: Path, name: str
+) -> None:
+    out = tmp_path / name
+    out.mkdir()  # what the Spark engine leaves: a folder of parts, with Spark's markers
+    suffix = out.suffix
+    (out / f"part-00000-1b2c-c000{suffix}").write_bytes(b"old part")
+    (out / f".part-00000-1b2c-c000{suffix}.crc").write_bytes(b"crc")
+    (out / "_SUCCESS").write_bytes(b"")
+    assert _predict(config, str(test_split), "-o", str(out)) == 0
+    assert out.is_file()
+    rows = pq.read_table(test_split).num_rows
+    got = pd.read_csv(out) if suffix == ".csv" else pq.read_table(out).to_pandas()
+    assert len(got) == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_folder_that_is_not_an_earlier_output_is_never_replaced(
+    config: Path, test_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scored.csv"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _predict(config, str(test_split), "-o", str(out)) == 2
+    assert _error(capsys) == (
+        f"Error: cannot write --output {out}: it is a directory, not an earlier output of "
+        "`housing predict` (Spark's part-* files): choose another path"
+    )
+    assert (out / "notes.txt").read_text() == "mine"

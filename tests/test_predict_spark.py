@@ -93,6 +93,23 @@ def test_spark_engine_equals_the_local_engine(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_a_second_spark_run_replaces_its_csv_folder_of_parts(
+    spark_session: Any, config: Path, tmp_path: Path
+) -> None:
+    # Spark writes CSV as a folder of parts too; the next run replaces it (as the README
+    # says of an older output) instead of refusing a directory.
+    src, frame = _listings(tmp_path, n=300)
+    out = tmp_path / "scored.csv"
+    args = ["--engine", "spark", "-o", str(out), "--on-error", "skip"]
+    for _ in range(2):
+        assert run(["-c", str(config), "predict", str(src), *args]) == 0
+        assert out.is_dir() and (out / "_SUCCESS").exists()
+        parts = sorted(out.glob("part-*.csv"))
+        scored = pd.concat([pd.read_csv(p) for p in parts])
+        assert sorted(scored["row_id"]) == [i for i in range(300) if i not in (10, 200)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
 def test_one_partition_scores_its_batches_two_at_a_time_in_order(
     spark_session: Any, config: Path, tmp_path: Path
 ) -> None:

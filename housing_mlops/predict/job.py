@@ -133,12 +133,28 @@ def default_output(inp: InputFiles) -> Path:
     return inp.files[0].parent / GLOB_OUTPUTS[0]
 
 
+def _is_previous_output(folder: Path) -> bool:
+    """Whether ``folder`` is what the Spark engine writes (Parquet or CSV: part-* files and
+    Spark's own _SUCCESS / .crc entries) or empty: a new output may replace it whole."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    return all(
+        (e.is_file() and e.name.startswith("part-")) or e.name.startswith(("_", "."))
+        for e in entries
+    )
+
+
 def _check_writable(path: Path, what: str) -> None:
     parent = path.parent
     if not parent.is_dir():
         raise UsageError(f"cannot write {what} {path}: the folder {parent} does not exist")
-    if path.is_dir() and not path.name.endswith(".parquet"):
-        raise UsageError(f"cannot write {what} {path}: it is a directory")
+    if path.is_dir() and not _is_previous_output(path):
+        raise UsageError(
+            f"cannot write {what} {path}: it is a directory, not an earlier output of "
+            "`housing predict` (Spark's part-* files): choose another path"
+        )
     if not os.access(parent, os.W_OK):
         raise UsageError(f"cannot write {what} {path}: the folder {parent} is not writable")
 
