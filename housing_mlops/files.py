@@ -1,9 +1,10 @@
 """Writing and hashing files: the one atomic-write helper and the one file digest.
 
-Every file the stages write (raw and processed data, manifests, the reference profile,
-the report) goes through ``atomic_write``: the content goes to a temporary file in the
-same folder, which is then renamed over the target with ``os.replace``. A reader sees the
-old file or the new one, never half of one, and a failure leaves no partial file behind.
+Every file the stages write (raw and processed data, manifests, the reference profile)
+goes through ``atomic_write`` (the report, several files at once, is staged as a folder):
+the content goes to a temporary file in the same folder, which is then renamed over the
+target with ``os.replace``. A reader sees the old file or the new one, never half of one,
+and a failure leaves no partial file behind.
 These helpers raise ``OSError``; the stages turn it into their own named error.
 """
 
@@ -48,10 +49,6 @@ def atomic_write(final: Path, write: Callable[[Path], object]) -> None:
     with temp_file_beside(final) as tmp:
         write(tmp)
         os.replace(tmp, final)
-
-
-def atomic_write_text(final: Path, text: str) -> None:
-    atomic_write(final, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def file_sha256(path: Path) -> str:

@@ -15,7 +15,7 @@ from housing_mlops import files, timestamps
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     target.write_text("old")
-    files.atomic_write_text(target, "new")
+    files.atomic_write(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -37,7 +37,7 @@ def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path: Pat
 def test_written_file_mode_follows_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
-        files.atomic_write_text(tmp_path / "a", "x")
+        files.atomic_write(tmp_path / "a", lambda tmp: tmp.write_text("x"))
     finally:
         os.umask(old)
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600

@@ -138,6 +138,51 @@ def test_unwritable_reports_dir_from_the_config_is_a_config_error_exit_3(
     assert err.startswith(f"Error: paths.reports_dir {tmp_path / 'taken'} is a file")
 
 
+@pytest.mark.parametrize("given", [True, False])
+def test_a_failed_write_keeps_the_previous_report_and_leaves_no_staging(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, given: bool
+) -> None:
+    import errno
+
+    from housing_mlops.report import sections
+    from housing_mlops.report.sections import Section
+
+    config = write_config(tmp_path)
+    out = tmp_path / "reports"
+    args = ["--config", str(config), "report", *(["--out", str(out)] if given else [])]
+    # A report with a plot in it, written once.
+    monkeypatch.setattr(
+        sections,
+        "serving",
+        lambda settings: Section("serving", "Serving").image(
+            "requests.png", b"\x89PNG first", "requests"
+        ),
+    )
+    assert run(args) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("report_files/requests.png") in before
+    capsys.readouterr()
+    # The second run cannot write its PNG (a full disk).
+    real_write = Path.write_bytes
+
+    def full_disk(self: Path, data: Any) -> int:
+        if self.suffix == ".png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    assert run(args) == (2 if given else 3)
+    err = capsys.readouterr().err
+    name = "--out" if given else "paths.reports_dir"
+    assert [line for line in err.splitlines() if not line.startswith("report: ")] == [
+        f"Error: cannot write the report to {name} {out} (No space left on device): nothing "
+        "was replaced; free space or choose a folder you can write to"
+    ]
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the previous report whole, no staging folder beside it
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_latency_percentiles_count_each_request_once_not_each_row(
     tmp_path: Path,

@@ -19,8 +19,9 @@
 Whatever is missing (no model, no data, no traffic, no drift run) gives a section that
 says so and what to run; one failing section never stops the others. Plots are PNGs,
 base64-embedded in the HTML (no external CSS, JS or fonts: it opens offline) and written
-as files in ``report_files/`` beside the Markdown. Every file is written atomically
-(temporary file, then rename), so a reader never sees half a report.
+as files in ``report_files/`` beside the Markdown. Everything is written into a staging
+folder first and renamed into place at the end, so a reader never sees half a report and
+a failed write leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from housing_mlops import files
 from housing_mlops.errors import HousingError
 
 if TYPE_CHECKING:
@@ -47,22 +47,37 @@ MARKDOWN_NAME = "report.md"
 ASSETS_DIR = "report_files"
 
 
-def _write_assets(out: Path, sections: list[Section]) -> Path:
-    """Write the PNGs into a fresh folder, then swap it in for the old one."""
-    final = out / ASSETS_DIR
+def _write_report(out: Path, sections: list[Section], markdown: str, html: str) -> Path:
+    """Write the PNGs, the Markdown and the HTML into a staging folder in ``out``, then swap
+    them in at the end (the assets, then the Markdown, then the HTML that embeds them): a
+    failure on the way leaves the previous report as it was and no staging behind."""
     staging = Path(tempfile.mkdtemp(prefix=f".{ASSETS_DIR}.", dir=out))
-    os.chmod(staging, 0o777 & ~files.current_umask())
-    for section in sections:
-        for image in section.images:
-            (staging / image.name).write_bytes(image.png)
-    old = None
-    if final.exists():
-        old = out / f".{ASSETS_DIR}.old-{os.getpid()}-{time.time_ns()}"
-        final.rename(old)
-    staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    try:
+        assets = staging / ASSETS_DIR
+        assets.mkdir()  # its mode follows the umask, as a folder made by the user
+        for section in sections:
+            for image in section.images:
+                (assets / image.name).write_bytes(image.png)
+        for name, text in ((MARKDOWN_NAME, markdown), (HTML_NAME, html)):
+            (staging / name).write_text(text, encoding="utf-8")  # mode: the umask's
+        final = out / ASSETS_DIR
+        old = None
+        if final.exists():
+            old = out / f".{ASSETS_DIR}.old-{os.getpid()}-{time.time_ns()}"
+            final.rename(old)
+        try:
+            assets.rename(final)
+        except OSError:
+            if old is not None:
+                old.rename(final)
+            raise
+        os.replace(staging / MARKDOWN_NAME, out / MARKDOWN_NAME)
+        os.replace(staging / HTML_NAME, out / HTML_NAME)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _safe(section: Section, build: Callable[[], Section]) -> Section:
@@ -78,6 +93,14 @@ def _safe(section: Section, build: Callable[[], Section]) -> Section:
         return section.note(f"This section could not be built: {type(exc).__name__}: {exc}")
 
 
+def _out_error(given: bool) -> tuple[str, type[HousingError]]:
+    """The option that named the folder and its error: --out is usage (exit 2), the
+    config's paths.reports_dir is config (exit 3)."""
+    from housing_mlops.errors import ConfigError, UsageError
+
+    return ("--out", UsageError) if given else ("paths.reports_dir", ConfigError)
+
+
 def _prepare_out(out: Path, given: bool) -> None:
     """Make sure ``out`` is a folder the report can be written to, before building it.
 
@@ -86,10 +109,7 @@ def _prepare_out(out: Path, given: bool) -> None:
     (/proc, /sys, read-only mounts). On failure the folders made here are removed again
     and a UsageError (``--out``) or ConfigError (``paths.reports_dir``) says so.
     """
-    from housing_mlops.errors import ConfigError, UsageError
-
-    name = "--out" if given else "paths.reports_dir"
-    error = UsageError if given else ConfigError
+    name, error = _out_error(given)
     advice = "choose a folder you can write to"
     if out.exists() and not out.is_dir():
         raise error(f"{name} {out} is a file, not a folder: {advice}")
@@ -185,11 +205,17 @@ def build_report(
     title = "California Housing: model, drift and serving report"
 
     stage(f"writing {HTML_NAME}, {MARKDOWN_NAME} and {ASSETS_DIR}/ to {out}")
-    assets = _write_assets(out, sections)
     md_path, html_path = out / MARKDOWN_NAME, out / HTML_NAME
     markdown = render.render_markdown(title, meta, sections, ASSETS_DIR)
-    files.atomic_write_text(md_path, markdown)
-    files.atomic_write_text(html_path, render.render_html(title, meta, sections))
+    html = render.render_html(title, meta, sections)
+    try:
+        assets = _write_report(out, sections, markdown, html)
+    except OSError as exc:  # a full disk, a folder that changed under us
+        name, error = _out_error(out_dir is not None)
+        raise error(
+            f"cannot write the report to {name} {out} ({exc.strerror or exc}): nothing was "
+            "replaced; free space or choose a folder you can write to"
+        ) from None
     return {
         "html": html_path,
         "markdown": md_path,
