@@ -90,9 +90,16 @@ def _neighbour_columns(ks: tuple[int, ...], kmax: int) -> tuple[np.ndarray, np.n
 
 @functools.lru_cache(maxsize=8)
 def _rotation(degrees: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Cosines and sines of the rotation angles (computed once per tuple, not per row)."""
+    """The rotated coordinates' factors, computed once per tuple of angles (not per row):
+    interleaved (x, y) per angle, x = lon cos + lat sin and y = lon (-sin) + lat cos, so
+    ``lon * on_lon + lat * on_lat`` gives every rotated column in three numpy calls."""
     angles = np.radians(np.asarray(degrees, dtype=np.float64))
-    return np.cos(angles), np.sin(angles)
+    cos, sin = np.cos(angles), np.sin(angles)
+    on_lon = np.empty(2 * angles.size)
+    on_lat = np.empty(2 * angles.size)
+    on_lon[0::2], on_lon[1::2] = cos, -sin
+    on_lat[0::2], on_lat[1::2] = sin, cos
+    return on_lon, on_lat
 
 
 def _as_matrix(X: Any) -> np.ndarray:
@@ -115,7 +122,9 @@ def _as_matrix(X: Any) -> np.ndarray:
     return arr
 
 
-class SpatialFeatures(TransformerMixin, BaseEstimator):
+class SpatialFeatures(  # type: ignore[call-arg]  # sklearn declares the keyword untyped
+    TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
+):
     """Raw features plus ratios, rotated coordinates, distances and neighbour target means.
 
     With ``neighbour_ids`` n > 0 the last n columns are the row numbers (in the training
@@ -123,6 +132,10 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
     the other folds while fitting, of the whole training set when transforming. They come
     from the same neighbour query as the target means (no second lookup); they are not
     features for the estimator, which ``models.ResidualCorrected`` keeps them from.
+
+    ``auto_wrap_output_keys=None``: scikit-learn's ``set_output`` wrapper around
+    ``transform`` (it looks up the output configuration on every call) is left out; the
+    output is always a numpy array, and a served row saves about 3 us.
     """
 
     # Models saved before the parameter existed load without it: none.
@@ -292,28 +305,31 @@ class SpatialFeatures(TransformerMixin, BaseEstimator):
             out = np.empty((n, len(FEATURES) + extra), dtype=np.float64)
             out[:, :8] = M
             return out, len(FEATURES)
-        cos, sin = _rotation(tuple(self.rotations_deg))
+        on_lon, on_lat = _rotation(tuple(self.rotations_deg))
         n_dist = len(CITIES) + 2 if self.city_distances else 0
-        width = len(FEATURES) + 4 + 2 * cos.size + n_dist
+        width = len(FEATURES) + 4 + on_lon.size + n_dist
         out = np.empty((n, width + extra), dtype=np.float64)
         out[:, :8] = M
         lat = M[:, _I_LAT]
         lon = M[:, _I_LON]
         # bedrooms per room, rooms per person, households: one division (0 where the
         # denominator is not positive).
-        den = M[:, _RATIO_DEN]
+        # (take: 0.2 us where indexing M[:, index array] is 0.9 for a served row.)
+        den = M.take(_RATIO_DEN, axis=1)
         ratios = out[:, 8:11]
         ratios.fill(0.0)
-        np.divide(M[:, _RATIO_NUM], den, out=ratios, where=den > 0)
+        np.divide(M.take(_RATIO_NUM, axis=1), den, out=ratios, where=den > 0)
         out[:, 11] = np.log1p(np.maximum(M[:, _I_POP], 0.0))
         j = 12
-        if cos.size:
+        if on_lon.size:
             # Elementwise, not a matrix product: BLAS may round a 1-row product differently
-            # from the same row inside a batch. Interleaved (x, y) per angle.
-            lon_c, lat_c = lon[:, None], lat[:, None]
-            out[:, j : j + 2 * cos.size : 2] = lon_c * cos + lat_c * sin
-            out[:, j + 1 : j + 2 * cos.size : 2] = lat_c * cos - lon_c * sin
-            j += 2 * cos.size
+            # from the same row inside a batch. lat cos - lon sin is computed as
+            # lon (-sin) + lat cos: the same bits (negation and the order of a sum of two
+            # are exact), in three calls instead of eight.
+            rotated = out[:, j : j + on_lon.size]
+            np.multiply(lon[:, None], on_lon, out=rotated)
+            rotated += lat[:, None] * on_lat
+            j += on_lon.size
         if self.city_distances:
             n_city = len(CITIES)
             dist = _haversine_km(lat, lon, _REF_LAT, _REF_LON, _REF_COS_LAT)
