@@ -71,6 +71,9 @@ class FeaturesConfig(_Section):
     knn_folds: int = Field(10, ge=2)
     # Also give the distance to the k-th neighbour (local density) for each k.
     knn_distances: bool = True
+    # Also give the distance to the nearest block, and the block's house age, rooms,
+    # population and occupancy minus their mean over this many nearest blocks (0: off).
+    context_neighbors: int = Field(8, ge=0)
     # Every candidate on these features adds to its prediction residual_weight x the mean
     # residual (target minus its own fit) of the residual_neighbors nearest training blocks
     # (models.ResidualCorrected; 0 neighbours: off). Same neighbour query: no extra lookup.

@@ -191,6 +191,51 @@ def test_neighbour_rows_are_other_folds_while_fitting_and_the_nearest_when_servi
     np.testing.assert_array_equal(plain.transform(X), served[:, :-3])
 
 
+def test_context_columns_compare_a_block_with_its_nearest_blocks() -> None:
+    # A block against its neighbourhood: its house age, rooms, population and occupancy
+    # minus their mean over the k nearest training blocks (those of the other folds while
+    # fitting, every training block when transforming), and the distance to the nearest.
+    n = 400
+    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
+    X = make_frame(n, seed=3)[FEATURES].copy()
+    X["Latitude"] = 33.0 + gy.ravel() * 0.2
+    X["Longitude"] = -122.0 + gx.ravel() * 0.2
+    y = np.random.default_rng(0).normal(2.0, 1.0, n)
+    # neighbour_ids: the rows the context came from, to check it against
+    t = SpatialFeatures(
+        knn_neighbors=(4, 8), knn_folds=5, context_neighbors=4, neighbour_ids=4, random_state=0
+    )
+    fitted = t.fit_transform(X, y)
+    names = list(t.get_feature_names_out())
+    context = ["HouseAge", "AveRooms", "Population", "AveOccup"]
+    assert names[-8:-4] == [f"{c}_minus_knn4_mean" for c in context]
+    assert names[-11:-8] == ["nearest_block_km", "knn4_distance_km", "knn8_distance_km"]
+    assert fitted.shape[1] == len(names)
+    cols = [names.index(f"{c}_minus_knn4_mean") for c in context]
+    raw = X[context].to_numpy()
+    for out in (fitted, t.transform(X)):
+        near = out[:, -4:].astype(int)
+        np.testing.assert_allclose(out[:, cols], raw - raw[near].mean(axis=1), atol=1e-9)
+    # Out of fold while fitting: the nearest other block is a grid step (~20 km) away;
+    # a training row sent to the service finds itself at 0 km.
+    near_km = names.index("nearest_block_km")
+    assert fitted[:, near_km].min() > 10
+    np.testing.assert_allclose(t.transform(X)[:, near_km], 0.0)
+    # Off (0), the other columns are exactly as before; a transformer saved before the
+    # parameter existed has none.
+    plain = SpatialFeatures(knn_neighbors=(4, 8), knn_folds=5, random_state=0)
+    keep = [names.index(c) for c in plain.fit(X, y).get_feature_names_out()]
+    np.testing.assert_array_equal(plain.fit_transform(X, y), fitted[:, keep])
+    np.testing.assert_array_equal(plain.transform(X), t.transform(X)[:, keep])
+    state = plain.__getstate__()
+    state.pop("context_neighbors")
+    old = SpatialFeatures.__new__(SpatialFeatures)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.transform(X), plain.transform(X))
+    with pytest.raises(ValueError, match="context_neighbors"):
+        SpatialFeatures(context_neighbors=-1).fit(X, y)
+
+
 def test_one_row_gives_the_same_output_as_that_row_inside_a_frame(
     fitted: SpatialFeatures, frame: pd.DataFrame
 ) -> None:
@@ -250,6 +295,7 @@ def test_clone_and_get_params_round_trip(fitted: SpatialFeatures, frame: pd.Data
         city_distances=False,
         knn_distances=False,
         neighbour_ids=0,
+        context_neighbors=0,
     )
     out = twin.fit(frame[FEATURES], frame[TARGET]).transform(frame[FEATURES])
     assert out.shape[1] == len(twin.get_feature_names_out())
