@@ -218,3 +218,52 @@ def test_two_workers_aggregate_metrics(store: dict[str, Any]) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def port_bound(port: int) -> bool:
+    """Does a process hold 127.0.0.1:port (bound, listening or not)?"""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_the_port_is_taken_while_the_model_loads(store: dict[str, Any], tmp_path: Path) -> None:
+    """A second server on the port of a `housing serve` that is still loading its model fails
+    at once (exit 2, one Error line), and the first then answers on it. The port used to be
+    bound but not listening until uvicorn started: a second SO_REUSEADDR server could bind
+    and listen on it meanwhile and get the traffic."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    first = start(store["config"], port)
+    try:
+        wait_until(lambda: port_bound(port) or first.poll() is not None, 90, "serve to bind")
+        assert first.poll() is None, first.communicate()
+        first.send_signal(signal.SIGSTOP)  # still loading its model, as a slow load would be
+        try:
+            # Any server's socket (uvicorn, http.server: SO_REUSEADDR) cannot take the port.
+            with socket.socket() as other:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                with pytest.raises(OSError):
+                    other.bind(("127.0.0.1", port))
+                    other.listen()
+            second = start(store["config"], port, "--request-log", str(tmp_path / "second.db"))
+            _, err = second.communicate(timeout=120)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert second.returncode == 2, err
+        errors = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert errors == [
+            f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): "
+            "pass another --port"
+        ]
+        wait_ready(first, base)  # the first one serves: it answers on its port
+        r = httpx.post(f"{base}/predict", json=rows(1)[0])
+        assert r.status_code == 200 and r.json()["role"] == "champion", r.text
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 0

@@ -1,9 +1,10 @@
 """``housing serve``: the service on uvicorn (the only module that imports uvicorn).
 
-One worker serves the app built here, with the model loaded before the port opens. Several
-workers are uvicorn's supervisor starting processes that each build the app through
-``app_from_env`` (settings from ``$HOUSING_SERVE_CONFIG``), with Prometheus in
-multiprocess mode so ``/metrics`` adds up every worker.
+One worker serves the app built here: the port is taken (listening) first, then the model
+loads, then uvicorn answers what waited in the backlog. Several workers are uvicorn's
+supervisor starting processes that each build the app through ``app_from_env`` (settings
+from ``$HOUSING_SERVE_CONFIG``), with Prometheus in multiprocess mode so ``/metrics`` adds
+up every worker.
 """
 
 from __future__ import annotations
@@ -63,9 +64,20 @@ def _challenger_version(settings: Any) -> str | None:
         return None
 
 
+# uvicorn's default: what its Config passes to listen() when it gets the socket.
+BACKLOG = 2048
+
+
 def _bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound now: a busy port is a clear error (exit 2), and nobody
-    can take the port while the model loads."""
+    """The listening socket, bound and listening now: a busy port is a clear error (exit 2),
+    and nobody can take the port while the model loads.
+
+    Bound alone, the port is not taken: with SO_REUSEADDR (uvicorn's and most servers'
+    sockets) another process can bind it too, and whichever listens first gets the traffic.
+    Listening at once closes that window; connections that arrive while the model loads
+    wait in the backlog and are answered when uvicorn starts accepting (its ``sockets``
+    argument takes a listening socket: asyncio's ``create_server(sock=...)`` only calls
+    ``listen()`` again, which keeps it listening)."""
     from housing_mlops.errors import UsageError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -73,6 +85,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         hosts = "0.0.0.0 listens on every interface, 127.0.0.1 on this machine only"
@@ -198,7 +211,8 @@ def run_server(
                 on_ready(summary)
             server_class(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
-    # uvicorn's supervisor binds the port itself for its workers (checked free just now).
+    # uvicorn's supervisor binds the port itself for its workers (checked free just now;
+    # it listens at once, and the workers load the model afterwards).
     sock.close()
     source = config_path or settings.source
     if source is None:
