@@ -194,7 +194,7 @@ def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: 
     assert err.strip() == (
         f"Error: {option} 'last week' is not a time: use a duration such as 30m, 12h, 7d or "
         "2w (units s, m, h, d, w), or an ISO-8601 timestamp such as 2026-01-31 or "
-        "2026-01-31T12:00:00Z (no zone means UTC)"
+        "2026-01-31T12:00:00Z (no zone means UTC)\nTry 'housing drift -h' for help."
     )
 
 
@@ -219,7 +219,8 @@ def test_empty_or_out_of_range_time_is_a_usage_error_exit_2(
     captured = capsys.readouterr()
     assert code == 2, captured.err
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"Error: {option} {value!r} "), lines
+    assert len(lines) == 2 and lines[0].startswith(f"Error: {option} {value!r} "), lines
+    assert lines[1] == "Try 'housing drift -h' for help."
     assert "30m, 12h, 7d or 2w" in lines[0] and "ISO-8601" in lines[0]
     assert captured.out == ""
 

@@ -116,8 +116,9 @@ def test_out_that_is_not_a_writable_folder_is_a_usage_error_exit_2(
     captured = capsys.readouterr()
     assert code == 2, captured.err
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"Error: --out {out} "), lines
+    assert len(lines) == 2 and lines[0].startswith(f"Error: --out {out} "), lines
     assert "choose a folder you can write to" in lines[0]
+    assert lines[1] == "Try 'housing report -h' for help."
     assert captured.out == ""
     # No partial output: nothing new beside the config, the file untouched.
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -25,12 +25,33 @@ def _click_exception_types() -> tuple[type[Exception], type[Exception]]:
     return ClickException, ClickUsageError
 
 
-def _usage_error_lines(exc: Exception, usage_type: type[Exception]) -> list[str]:
+def _command_path(command: object, args: list[str]) -> str:
+    """``housing`` and the subcommand ``args`` name, for the help hint of an error raised
+    where Click's context is gone (a missing option value, the library's UsageError)."""
+    names = getattr(command, "commands", {})
+    value_of_option = False
+    for arg in args:
+        if value_of_option:
+            value_of_option = False
+        elif arg in ("-c", "--config"):
+            value_of_option = True
+        elif arg in names:
+            return f"housing {arg}"
+        elif not arg.startswith("-"):
+            break
+    return "housing"
+
+
+def _help_hint(command_path: str) -> str:
+    return f"Try '{command_path} -h' for help."
+
+
+def _usage_error_lines(exc: Exception, usage_type: type[Exception], fallback: str) -> list[str]:
     message = exc.format_message()  # type: ignore[attr-defined]
     lines = [f"Error: {message}"]
-    ctx = getattr(exc, "ctx", None)
-    if isinstance(exc, usage_type) and ctx is not None:
-        lines.append(f"Try '{ctx.command_path} -h' for help.")
+    if isinstance(exc, usage_type):
+        ctx = getattr(exc, "ctx", None)
+        lines.append(_help_hint(ctx.command_path if ctx is not None else fallback))
     return lines
 
 
@@ -65,7 +86,8 @@ def run(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `housing`: the help, exit 0
             print(exc.format_message())  # type: ignore[attr-defined]
             return 0
-        print("\n".join(_usage_error_lines(exc, click_usage_error)), file=sys.stderr)
+        lines = _usage_error_lines(exc, click_usage_error, _command_path(command, args))
+        print("\n".join(lines), file=sys.stderr)
         return int(getattr(exc, "exit_code", EXIT_USAGE))
     except HousingError as exc:
         if verbose:
@@ -74,6 +96,8 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _print_decision(exc, as_json)
         print(f"{exc.label}: {exc}", file=sys.stderr)
+        if exc.exit_code == EXIT_USAGE:  # a bad value the library caught: the same hint
+            print(_help_hint(_command_path(command, args)), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if type(exc).__name__ == "Abort":  # Click's abort (Ctrl+D at a prompt)
