@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -260,6 +261,28 @@ def test_canary_over_http_sticks_each_key_to_one_model(
             pred,
         )
         assert row["shadow_version"] is None and row["shadow_prediction"] is None
+
+
+def test_the_readme_canary_example_answers_as_it_shows(
+    tmp_path: Path, pipes: dict[str, Any]
+) -> None:
+    """The README's canary example, sent to a canary service at the default canary_share,
+    is answered by the model it shows (its key had been one the champion answers)."""
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    example = readme.split("housing serve --challenger-mode canary\n", 1)[1].split("```")[0]
+    key = re.search(r"X-Client-Key: ([\w-]+)", example)
+    role = re.search(r"^# x-model-role: (\w+)$", example, flags=re.M)
+    assert key and role, example
+    assert f'"role":"{role[1]}"' in example  # the body shows the same role as the header
+    default_share = load_config(repo / "configs" / "default.yaml").serve.canary_share
+    settings = _settings(tmp_path, challenger_mode="canary", canary_share=default_share)
+    with ServerThread(_app(settings, pipes)) as server:
+        r = httpx.post(
+            f"{server.base}/predict", json=pipes["rows"][0], headers={"X-Client-Key": key[1]}
+        )
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-model-role"], r.json()["role"]) == (role[1], role[1])
 
 
 # ------------------------------------------------------------------------- shadow
