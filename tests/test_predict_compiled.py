@@ -267,6 +267,28 @@ def test_predict_with_compiled_trees_writes_the_same_file(
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
 
 
+def test_auto_says_a_csvs_row_count_is_an_estimate(
+    lgbm_config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A CSV's rows are estimated from its size before it is read: the reason auto gives
+    says so, instead of a count that disagrees with the `rows in` beside it."""
+    monkeypatch.setenv("HOUSING_COMPILE_CACHE", str(tmp_path / "empty"))
+    src = _split(lgbm_config)
+    csv = tmp_path / "county.csv"
+    pd.read_parquet(src)[FEATURES].head(50).to_csv(csv, index=False)
+    result = _score(capsys, lgbm_config, csv, tmp_path / "scored.csv")
+    assert result["rows_in"] == 50 and result["trees"]["evaluator"] == "lightgbm"
+    reason = result["trees"]["reason"]
+    assert reason.startswith("auto: about ") and "rows estimated from the CSV's size, " in reason
+    # Parquet footers give the exact count: said as a count.
+    rows = pq.ParquetFile(src).metadata.num_rows
+    exact = _score(capsys, lgbm_config, src, tmp_path / "scored.parquet")
+    assert exact["trees"]["reason"].startswith(f"auto: {rows:,} rows, fewer than")
+
+
 def test_compile_always_where_it_cannot_is_exit_3(
     lgbm_config: Path,
     tmp_path: Path,

@@ -405,9 +405,16 @@ def with_trees(
     if job.compile == "auto":
         rows = estimated_rows(job.input)
         if rows < cfg.compile_min_rows and not compiled.is_cached(package.model_key, cache_path):
+            # A CSV's rows are not counted before it is read: say the number is a guess,
+            # or it reads as a count that disagrees with the summary's `rows in`.
+            counted = (
+                f"{rows:,} rows"
+                if job.input.format == "parquet"
+                else f"about {rows:,} rows estimated from the CSV's size"
+            )
             return package, TreesUsed(
                 "lightgbm",
-                reason=f"auto: {rows:,} rows, fewer than predict.compile_min_rows "
+                reason=f"auto: {counted}, fewer than predict.compile_min_rows "
                 f"{cfg.compile_min_rows:,}, and none cached",
             )
     package = dataclasses.replace(
