@@ -322,23 +322,35 @@ def with_request_log(settings: Settings, value: str | Path | None) -> Settings:
     return settings.model_copy(update={"serve": serve})
 
 
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    parts = []
+def _format_validation_error(
+    path: Path, err: ValidationError, from_env: dict[str, str] | None = None
+) -> str:
+    """One line naming each bad key and where its value came from: the file, or (for a key
+    in ``from_env``, ``"section.key" -> variable``) the environment variable that set it,
+    whose value the file never held. Values are not repeated: a URL may carry a password."""
+    parts, env_parts = [], []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
+        env = (from_env or {}).get(".".join(str(x) for x in e["loc"][:2]))
+        if env is not None:
+            env_parts.append(f"{env} (overrides '{loc}' of {path}): {e['msg']}")
+        elif e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
         elif e["type"] == "missing":
             parts.append(f"missing key '{loc}'")
         else:
             parts.append(f"'{loc}': {e['msg']}")
-    return f"invalid config {path}: " + "; ".join(parts)
+    messages = [f"invalid config {path}: " + "; ".join(parts)] if parts else []
+    if env_parts:
+        messages.append("invalid environment variable " + "; ".join(env_parts))
+    return "; ".join(messages)
 
 
 def settings_from_dict(raw: dict[str, Any], source: Path | None = None) -> Settings:
     """Validate a dict (as read from YAML) into Settings, applying env overrides."""
     label = source or Path("<dict>")
     data: dict[str, Any] = json.loads(json.dumps(raw, default=str))
+    from_env: dict[str, str] = {}  # "section.key" -> the variable that set it
     for env, (section, key) in ENV_OVERRIDES.items():
         value = os.environ.get(env)
         if value:
@@ -346,6 +358,7 @@ def settings_from_dict(raw: dict[str, Any], source: Path | None = None) -> Setti
             if not isinstance(sec, dict):
                 raise ConfigError(f"invalid config {label}: '{section}' must be a mapping")
             sec[key] = value
+            from_env[f"{section}.{key}"] = env
     # Defaults for path fields must resolve too, so fill them before resolving.
     for section, model in (("paths", PathsConfig), ("serve", ServeConfig)):
         sec = data.setdefault(section, {})
@@ -357,7 +370,7 @@ def settings_from_dict(raw: dict[str, Any], source: Path | None = None) -> Setti
     try:
         settings = Settings.model_validate({**data, "source": source})
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(label, err)) from None
+        raise ConfigError(_format_validation_error(label, err, from_env)) from None
     return settings
 
 

@@ -155,12 +155,49 @@ def test_env_overrides_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert settings.serve.port == 9123
 
 
-def test_bad_env_override_is_a_config_error(
+@pytest.mark.parametrize(
+    ("env", "value", "key", "message"),
+    [
+        ("HOUSING_SERVE_PORT", "eighty", "serve.port", "Input should be a valid integer"),
+        ("HOUSING_SERVE_WORKERS", "0", "serve.workers", "greater than or equal to 1"),
+        ("HOUSING_SERVE_CHALLENGER_MODE", "bogus", "serve.challenger_mode", "'off', 'shadow'"),
+        ("HOUSING_SERVE_COMPILED_TREES", "sometimes", "serve.compiled_trees", "'auto', 'always'"),
+        ("HOUSING_REQUEST_LOG", "mysql://app:hunter2@db/r", "serve.request_log", "not mysql://"),
+    ],
+)
+def test_a_bad_env_override_is_exit_3_naming_the_variable_not_the_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: str,
+    value: str,
+    key: str,
+    message: str,
+) -> None:
+    path = write_config(tmp_path)  # a valid file: the value came from the environment
+    monkeypatch.setenv(env, value)
+    line = config_error(capsys, path)
+    assert line.startswith(
+        f"Error: invalid environment variable {env} (overrides '{key}' of {path}): "
+    ), line
+    assert message in line and "invalid config" not in line
+    assert "hunter2" not in line  # the value is not repeated: a URL may hold a password
+
+
+def test_bad_keys_in_the_file_and_the_environment_are_named_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("serve:\n  workers: none\n" + MINIMAL)
     monkeypatch.setenv("HOUSING_SERVE_PORT", "eighty")
-    with pytest.raises(ConfigError, match=r"'serve.port': Input should be a valid integer"):
-        load_config(write_config(tmp_path))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == (
+        f"invalid config {path}: 'serve.workers': Input should be a valid integer, unable to "
+        "parse string as an integer; invalid environment variable HOUSING_SERVE_PORT "
+        f"(overrides 'serve.port' of {path}): Input should be a valid integer, unable to parse "
+        "string as an integer"
+    )
 
 
 def test_relative_paths_resolve_against_cwd(
