@@ -94,14 +94,20 @@ def should_promote(
     value = _get(candidate_metrics, metric)
     rmse = _get(candidate_metrics, "rmse")
     r2 = _get(candidate_metrics, "r2")
+    # The champion's value goes with every decision, also one that does not compare with
+    # it (a challenger, a threshold refusal): the user weighs the candidate against it.
+    champion = _get(champion_metrics, metric)
     if value is None or rmse is None or r2 is None:
-        return Decision(False, "no holdout metrics: run `housing evaluate` first", metric, value)
+        return Decision(
+            False, "no holdout metrics: run `housing evaluate` first", metric, value, champion
+        )
     if candidate_metrics.get("holdout_checks_passed") == 0.0:
         return Decision(
             False,
             "behavioural checks failed (see evaluation/checks.json in its run)",
             metric,
             value,
+            champion,
         )
     if rmse > promote_cfg.max_rmse:
         return Decision(
@@ -110,6 +116,7 @@ def should_promote(
             "(rule: holdout_rmse <= promote.max_rmse)",
             metric,
             value,
+            champion,
         )
     if r2 < promote_cfg.min_r2:
         return Decision(
@@ -118,6 +125,7 @@ def should_promote(
             "(rule: holdout_r2 >= promote.min_r2)",
             metric,
             value,
+            champion,
         )
     absolute = (
         f"holdout_rmse {rmse:.4f} <= {promote_cfg.max_rmse:.4f} and "
@@ -130,8 +138,8 @@ def should_promote(
             "offline: its live RMSE decides, `housing promote --from-live`)",
             metric,
             value,
+            champion,
         )
-    champion = _get(champion_metrics, metric)
     if champion is None:
         why = "no champion yet" if not champion_metrics else "the champion has no holdout metric"
         return Decision(True, f"{why}; passes the thresholds: {absolute}", metric, value)

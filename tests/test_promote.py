@@ -111,6 +111,16 @@ def test_gate_mae_metric_is_lower_is_better() -> None:
     assert not should_promote(_m(0.375), _m(0.25), by_mae).passed
 
 
+def test_every_decision_carries_the_champions_value() -> None:
+    """The champion's value is shown beside the candidate's also when the gate does not
+    compare them: a challenger, a threshold refusal."""
+    challenger = should_promote(_m(0.44), _m(0.40), CFG, to="challenger")
+    assert challenger.passed and challenger.champion_value == 0.40
+    refused = should_promote(_m(0.44, r2=0.1), _m(0.40), CFG)
+    assert not refused.passed and refused.champion_value == 0.40
+    assert should_promote(_m(0.44), None, CFG, to="challenger").champion_value is None
+
+
 @pytest.mark.parametrize("missing", ["holdout_rmse", "holdout_r2", "holdout_mae"])
 def test_gate_rejects_a_candidate_missing_any_one_metric(missing: str) -> None:
     by_mae = CFG.model_copy(update={"metric": "mae"})

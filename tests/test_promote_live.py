@@ -87,11 +87,16 @@ def test_to_challenger_uses_the_offline_thresholds_not_the_improvement(
     assert _aliases(settings)[registry.CHALLENGER] is None
 
     # Worse than the champion offline, within the thresholds: it becomes the challenger
-    # (live traffic decides), with the reason recorded.
+    # (live traffic decides), with the reason recorded, and the champion's value beside it.
+    champion_rmse = registry.resolve(settings, version=1).metrics["holdout_rmse"]
+    code, out, err = _cli(capsys, settings, "--to", "challenger", "--dry-run")
+    assert code == 0, err
+    assert f"│ champion                     │ {champion_rmse:.4f}" in out, out
     code, out, err = _cli(capsys, settings, "--to", "challenger", "--json")
     assert code == 0, err
     assert out["version"] == "2" and out["challenger_after"] == "2" and out["promoted"] is True
-    assert out["candidate_value"] > registry.resolve(settings, version=1).metrics["holdout_rmse"]
+    assert out["champion_value"] == pytest.approx(champion_rmse)
+    assert out["candidate_value"] > champion_rmse
     assert _aliases(settings) == {"champion": "1", "challenger": "2", "previous-champion": None}
     tags = registry.resolve(settings, version=2).tags
     assert tags["challenger_at"] and "need not beat the champion" in tags["challenger_reason"]
