@@ -312,6 +312,10 @@ def promote(
     challenger_version = registry.get_alias_version(settings, registry.CHALLENGER)
     metric = settings.promote.metric
 
+    # The best candidate already holds the alias: a decision to move nothing (exit 6), as
+    # when the champion's best contender does not beat it. A named version that already
+    # holds it (--version N) is exit 5, as for the champion.
+    best_is_challenger = False
     if to == "challenger":
         if version is None:
             batch, pool = _latest_batch_pool(refs, champion)
@@ -323,7 +327,8 @@ def promote(
                     "--all` (or `housing train` first), or name one with --version N"
                 )
             version = int(_best(pool, metric).version)
-        if str(version) == challenger_version:
+            best_is_challenger = str(version) == challenger_version
+        elif str(version) == challenger_version:
             raise ModelError(f"version {version} is already the challenger")
 
     if version is not None:
@@ -389,13 +394,29 @@ def promote(
         "unevaluated_newer_versions": unevaluated,
         "notes": notes,
     }
+    prefix = "dry run: " if dry_run else ""
     if not decision.passed and not force:
         against = f" against champion version {champion_version}" if champion else ""
-        prefix = "dry run: " if dry_run else ""
         target = " to challenger" if to == "challenger" else ""
         raise GateRejected(
             f"{prefix}{_label(candidate)} not promoted{target}{against}: {reason}",
             payload={**result, "promoted": False, "champion_after": champion_version},
+        )
+    if best_is_challenger:
+        why = (
+            "it is the challenger already, and still the best evaluated candidate of the "
+            "latest training: nothing to move (train and evaluate new candidates, or name "
+            "one with --version N)"
+        )
+        raise GateRejected(
+            f"{prefix}{_label(candidate)} not promoted to challenger: {why}",
+            payload={
+                **result,
+                "reason": "; ".join([why, *(f"note: {n}" for n in notes)]),
+                "promoted": False,
+                "champion_after": champion_version,
+                "challenger_after": challenger_version,
+            },
         )
     if dry_run:
         return {**result, "promoted": False, "champion_after": champion_version}

@@ -38,10 +38,11 @@ step "promote the runner-up to challenger (served in shadow below)"
 # The best candidate of the latest training that is not the champion (nor a retrain of it on
 # the same data). A challenger passes the offline thresholds but need not beat the champion's
 # holdout RMSE: whether it does better on live traffic is what the shadow run measures. Exit
-# 6 (a threshold refused it) or 5 (no such candidate): the service serves the champion alone.
+# 6 (a threshold refused it, or it is the challenger already) or 5 (no such candidate): the
+# service serves the champion and the challenger it already has, if any.
 set +e; "$HOUSING" promote --to challenger; rc=$?; set -e
 if [ "$rc" -eq 6 ] || [ "$rc" -eq 5 ]; then
-  echo "No challenger this time (exit $rc); the demo goes on with the champion alone." >&2
+  echo "No new challenger this time (exit $rc); the demo goes on with the current aliases." >&2
 elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi

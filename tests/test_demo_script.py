@@ -65,8 +65,10 @@ def test_a_gate_refusal_is_announced_as_expected_and_the_demo_goes_on(tmp_path: 
     # After the refusal the demo says so and carries on to serving (which the stub fails).
     after = err[call:]
     assert "kept the current champion (exit 6, expected on a rerun)" in after
-    # The challenger step: the stub refuses it too; the demo serves the champion alone.
-    assert "No challenger this time (exit 6); the demo goes on with the champion alone." in after
+    # The challenger step: the stub refuses it too; the demo goes on with the aliases it has.
+    assert (
+        "No new challenger this time (exit 6); the demo goes on with the current aliases." in after
+    )
     assert "== serve" in after
     assert "housing serve exited early" in after
 

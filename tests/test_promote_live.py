@@ -101,9 +101,30 @@ def test_to_challenger_uses_the_offline_thresholds_not_the_improvement(
     tags = registry.resolve(settings, version=2).tags
     assert tags["challenger_at"] and "need not beat the champion" in tags["challenger_reason"]
     assert json.loads(tags["promotion_history"])[-1]["kind"] == "challenger"
-    code, _, err = _cli(capsys, settings, "--to", "challenger")
+    # Again: the best candidate is the challenger already. Nothing to move, a decision
+    # (exit 6), as when the champion's best contender does not beat it.
+    for dry_run in ([], ["--dry-run"]):
+        code, out, err = _cli(capsys, settings, "--to", "challenger", *dry_run, "--json")
+        assert code == 6, err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"Refused: {'dry run: ' if dry_run else ''}version 2 (hist_gb) not promoted to "
+                "challenger: it is the challenger already, and still the best evaluated candidate"
+            )
+        )
+        assert out["promoted"] is False and out["challenger_after"] == "2"
+        assert out["champion_value"] == pytest.approx(champion_rmse)
+    code, _, err = _cli(capsys, settings)
+    last = err.strip().splitlines()[-1]
+    assert code == 6 and last.startswith("Refused: version 2 (hist_gb) not promoted against")
+    # A version named with --version that holds the alias already: exit 5 for both aliases.
+    code, _, err = _cli(capsys, settings, "--to", "challenger", "--version", "2")
     assert code == 5 and "Error: version 2 is already the challenger" in err
     code, _, err = _cli(capsys, settings, "--to", "challenger", "--version", "1")
+    assert code == 5 and "Error: version 1 is already the champion" in err
+    code, _, err = _cli(capsys, settings, "--version", "1")
     assert code == 5 and "Error: version 1 is already the champion" in err
     code, _, err = _cli(capsys, settings, "--to", "nobody")
     assert code == 2 and "Error: --to takes champion or challenger, not 'nobody'" in err

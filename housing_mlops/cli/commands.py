@@ -180,7 +180,8 @@ def promote(
     """Move the `champion` alias to the best evaluated candidate if it passes the gate.
 
     Exit codes: 0 promoted (or would be, --dry-run), 2 conflicting options, 5 nothing to
-    promote or an unknown version, 6 a gate refused (offline, or with --from-live: no
+    promote, an unknown version or --version N that holds the alias already, 6 a gate
+    refused (offline, the best candidate is the challenger already, or with --from-live: no
     challenger, too few labelled rows, or not better with the configured confidence).
     """
     from housing_mlops.cli import render
