@@ -239,6 +239,60 @@ def test_usage_errors_are_one_error_line_a_help_hint_and_exit_2(
     assert captured.out == ""
 
 
+# ------------------------------------------------ the README's tables match the CLI
+COMMON_OPTIONS = {"--config", "-c", "--verbose", "-v", "--json", "--help", "-h"}
+
+
+def _readme_section(title: str) -> str:
+    return (REPO_ROOT / "README.md").read_text().split(f"\n{title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def _command_options() -> dict[str, list[list[str]]]:
+    """Each subcommand's own options (each as its names), from the command tree."""
+    import typer
+
+    from housing_mlops.cli import app
+
+    group = typer.main.get_command(app)
+    commands = group.commands  # type: ignore[attr-defined]
+    return {
+        name: [p.opts for p in cmd.params if p.param_type_name == "option"]
+        for name, cmd in commands.items()
+    }
+
+
+def test_the_commands_table_shows_every_option_of_every_command() -> None:
+    import re
+
+    rows = re.findall(r"^\| `housing (\w+)([^`]*)` \|", _readme_section("## Commands"), re.M)
+    shown: dict[str, str] = {}
+    for name, usage in rows:
+        shown[name] = shown.get(name, "") + usage
+    missing = {
+        f"{name} {names[0]}"
+        for name, options in _command_options().items()
+        for names in options
+        if not COMMON_OPTIONS & set(names)
+        and not any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", shown[name]) for n in names)
+    }
+    assert missing == set(), "add them to the README's Commands table"
+
+
+def test_the_environment_table_names_every_command_with_request_log() -> None:
+    row = next(
+        line
+        for line in _readme_section("### Environment variables").splitlines()
+        if line.startswith("| `HOUSING_REQUEST_LOG` |")
+    )
+    with_option = {
+        name
+        for name, options in _command_options().items()
+        if any("--request-log" in names for names in options)
+    }
+    assert {"serve", "drift", "report", "evaluate", "feedback"} <= with_option
+    assert {name for name in with_option if f"`{name}" not in row} == set(), row
+
+
 def test_bare_housing_prints_help_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert run([]) == 0
     captured = capsys.readouterr()

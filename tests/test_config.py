@@ -58,6 +58,23 @@ def test_shipped_yaml_states_the_code_defaults(monkeypatch: pytest.MonkeyPatch) 
     assert shipped == defaults.model_dump(mode="json")
 
 
+def test_the_readme_configuration_table_lists_every_key_once() -> None:
+    import re
+
+    from housing_mlops.config import Settings
+
+    table = (REPO_ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1]
+    table = table.split("\n### ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", table, flags=re.M))
+    for section, field in Settings.model_fields.items():
+        if section == "source":
+            continue
+        keys = set(field.annotation.model_fields)  # type: ignore[union-attr]
+        named = [k for k in re.findall(r"`(\w+)`", rows[section]) if k in keys]
+        assert sorted(keys - set(named)) == [], f"'{section}' keys missing in the README"
+        assert sorted({k for k in named if named.count(k) > 1}) == [], f"'{section}': twice"
+
+
 def test_feature_transformer_defaults_are_the_config_defaults() -> None:
     from housing_mlops.features import SpatialFeatures, build_preprocessor
 
