@@ -224,5 +224,7 @@ def test_version_and_all_together_is_a_usage_error(
 ) -> None:
     config = write_config(tmp_path)
     assert run(["--config", str(config), "evaluate", "--version", "1", "--all"]) == 2
-    assert capsys.readouterr().err == "Error: --version and --all are exclusive: give one\n"
+    assert capsys.readouterr().err == (
+        "Error: --version and --all are exclusive: give one\nTry 'housing evaluate -h' for help.\n"
+    )
     assert not (tmp_path / "mlruns").exists()  # refused before the registry is read
