@@ -285,12 +285,14 @@ class SpatialFeatures(  # type: ignore[call-arg]  # sklearn declares the keyword
         idx = idx.reshape(n, kmax)
         # The ufuncs' own methods (add.accumulate is cumsum, minimum.reduce is min): the
         # same numbers without numpy's Python wrappers, about 1 us each on a served row.
-        np.divide(np.add.accumulate(targets[idx], axis=1)[:, last], kk, out=out[:, : len(ks)])
+        # (take along an axis: 0.25 us where indexing [:, index array] is 0.9 for a row.)
+        sums = np.add.accumulate(targets[idx], axis=1).take(last, axis=1)
+        np.divide(sums, kk, out=out[:, : len(ks)])
         j = len(ks)
         if dcols.size:
             # The nearest block's distance (context) and the k-th neighbours': one product.
             d = out[:, j : j + dcols.size]
-            np.multiply(dist.reshape(n, kmax)[:, dcols], _KM_PER_DEGREE, out=d)
+            np.multiply(dist.reshape(n, kmax).take(dcols, axis=1), _KM_PER_DEGREE, out=d)
             j += dcols.size
         if context:
             near = idx[:, :context] if rows is None else rows[idx[:, :context]]
