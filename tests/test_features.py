@@ -40,6 +40,16 @@ def real_frame(archive: Path) -> pd.DataFrame:
     )
 
 
+def grid_blocks() -> tuple[pd.DataFrame, np.ndarray]:
+    """400 blocks on a 20 x 20 grid 0.2 degrees apart (about 20 km), random targets: every
+    block's nearest other block is a grid step away."""
+    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
+    X = make_frame(400, seed=3)[FEATURES].copy()
+    X["Latitude"] = 33.0 + gy.ravel() * 0.2
+    X["Longitude"] = -122.0 + gx.ravel() * 0.2
+    return X, np.random.default_rng(0).normal(2.0, 1.0, 400)
+
+
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
     return make_frame(600, seed=1)
@@ -138,13 +148,7 @@ def test_transform_of_unseen_data_does_not_change_the_fitted_state(
 def test_neighbour_means_in_fit_transform_exclude_each_rows_own_target() -> None:
     # Every block sits alone on a wide grid and its target is pure noise: the 1-nearest
     # neighbour of a training row is the row itself, so a leaking feature would equal y.
-    rng = np.random.default_rng(0)
-    n = 400
-    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
-    X = make_frame(n, seed=3)[FEATURES].copy()
-    X["Latitude"] = 33.0 + gy.ravel() * 0.2
-    X["Longitude"] = -122.0 + gx.ravel() * 0.2
-    y = rng.normal(2.0, 1.0, n)
+    X, y = grid_blocks()
     t = SpatialFeatures(knn_neighbors=(1, 4), knn_folds=5, random_state=0)
     names = list(t.fit(X, y).get_feature_names_out())
     col, dist = names.index("knn1_target_mean"), names.index("knn1_distance_km")
@@ -165,12 +169,8 @@ def test_neighbour_rows_are_other_folds_while_fitting_and_the_nearest_when_servi
     # The row numbers a ResidualCorrected final step reads: never the row itself while
     # fitting (its residual would leak), the nearest block (itself) when transforming a
     # training row, and the other features exactly as without them.
-    n = 400
-    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
-    X = make_frame(n, seed=3)[FEATURES].copy()
-    X["Latitude"] = 33.0 + gy.ravel() * 0.2
-    X["Longitude"] = -122.0 + gx.ravel() * 0.2
-    y = np.random.default_rng(0).normal(2.0, 1.0, n)
+    X, y = grid_blocks()
+    n = len(X)
     t = SpatialFeatures(knn_neighbors=(4, 8), knn_folds=5, neighbour_ids=3, random_state=0)
     fitted = t.fit_transform(X, y)
     names = list(t.get_feature_names_out())
@@ -195,12 +195,7 @@ def test_context_columns_compare_a_block_with_its_nearest_blocks() -> None:
     # A block against its neighbourhood: its house age, rooms, population and occupancy
     # minus their mean over the k nearest training blocks (those of the other folds while
     # fitting, every training block when transforming), and the distance to the nearest.
-    n = 400
-    gx, gy = np.meshgrid(np.arange(20), np.arange(20))
-    X = make_frame(n, seed=3)[FEATURES].copy()
-    X["Latitude"] = 33.0 + gy.ravel() * 0.2
-    X["Longitude"] = -122.0 + gx.ravel() * 0.2
-    y = np.random.default_rng(0).normal(2.0, 1.0, n)
+    X, y = grid_blocks()
     # neighbour_ids: the rows the context came from, to check it against
     t = SpatialFeatures(
         knn_neighbors=(4, 8), knn_folds=5, context_neighbors=4, neighbour_ids=4, random_state=0
