@@ -175,9 +175,12 @@ def test_a_failed_write_keeps_the_previous_report_and_leaves_no_staging(
     assert run(args) == (2 if given else 3)
     err = capsys.readouterr().err
     name = "--out" if given else "paths.reports_dir"
+    # A bad --out is a usage error (exit 2): the help hint follows, as for every other.
+    hint = ["Try 'housing report -h' for help."] if given else []
     assert [line for line in err.splitlines() if not line.startswith("report: ")] == [
         f"Error: cannot write the report to {name} {out} (No space left on device): nothing "
-        "was replaced; free space or choose a folder you can write to"
+        "was replaced; free space or choose a folder you can write to",
+        *hint,
     ]
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the previous report whole, no staging folder beside it
