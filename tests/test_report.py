@@ -146,7 +146,7 @@ def test_a_failed_write_keeps_the_previous_report_and_leaves_no_staging(
     import errno
 
     from housing_mlops.report import sections
-    from housing_mlops.report.sections import Section
+    from housing_mlops.report.page import Section
 
     config = write_config(tmp_path)
     out = tmp_path / "reports"

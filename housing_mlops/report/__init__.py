@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from housing_mlops.errors import HousingError
 
 if TYPE_CHECKING:
-    from housing_mlops.report.sections import Section
+    from housing_mlops.report.page import Section
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def build_report(
     """
     from housing_mlops import __version__, store
     from housing_mlops.report import render
+    from housing_mlops.report.page import Section
     from housing_mlops.report.sections import (
-        Section,
         champion_and_leaderboard,
         champion_vs_challenger,
         drift,

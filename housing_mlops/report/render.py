@@ -1,6 +1,6 @@
 """The report's two renderings, HTML and Markdown, from jinja2 templates (report/templates/).
 
-Both are rendered from the same sections (``report.sections.Section``). The HTML template
+Both are rendered from the same sections (``report.page.Section``). The HTML template
 autoescapes every value; the only markup that comes from a value is the little Markdown
 used in texts (`code` and **bold**), turned into tags after escaping (``inline_markdown``).
 The HTML is self-contained: inline CSS (templates/report.css), images as base64 data URIs,
@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import jinja2
 
-    from housing_mlops.report.sections import Section
+    from housing_mlops.report.page import Section
 
 # Verdicts shown in colour in tables (CSS classes of the same names).
 VERDICT_CLASSES = ("ok", "warn", "drift")

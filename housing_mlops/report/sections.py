@@ -1,9 +1,9 @@
 """The report's sections: each gathers its data and describes itself as blocks.
 
-A ``Section`` is a list of blocks (text, note, heading, table, image) that
-``report.render`` turns into HTML and Markdown alike. The builders read the registry
-(champion, leaderboard), the test split (evaluation), and the request log and drift
-tables through ``housing_mlops.store`` (drift, serving); charts come from
+Each builder returns a ``report.page.Section``, a list of blocks (text, note, heading,
+table, image) that ``report.render`` turns into HTML and Markdown alike. The builders read
+the registry (champion, leaderboard), the test split (evaluation), and the request log and
+drift tables through ``housing_mlops.store`` (drift, serving); charts come from
 ``report.plots``. A builder that finds nothing to show returns a section with status
 ``empty`` and a note saying what to run.
 """
@@ -11,65 +11,18 @@ tables through ``housing_mlops.store`` (drift, serving); charts come from
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from housing_mlops.report import plots
+from housing_mlops.report.page import Section
 from housing_mlops.report.render import format_value
 from housing_mlops.timestamps import readable_utc
 
 IMPORTANCE_ROWS = 1000
 IMPORTANCE_REPEATS = 3
 HISTORY_RUNS = 30
-
-
-@dataclass
-class Block:
-    """One piece of a section; which fields are set depends on ``kind``."""
-
-    kind: str  # text | note | heading | table | image
-    text: str = ""
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-    name: str = ""  # image file name in report_files/
-    png: bytes = b""
-    alt: str = ""
-
-
-@dataclass
-class Section:
-    """One report section, rendered twice (HTML and Markdown) from the same blocks."""
-
-    key: str
-    title: str
-    status: str = "ok"  # ok | empty | error
-    blocks: list[Block] = field(default_factory=list)
-
-    def text(self, value: str) -> Section:
-        self.blocks.append(Block("text", text=value))
-        return self
-
-    def note(self, value: str) -> Section:
-        self.blocks.append(Block("note", text=value))
-        return self
-
-    def heading(self, value: str) -> Section:
-        self.blocks.append(Block("heading", text=value))
-        return self
-
-    def table(self, rows: list[dict[str, Any]], columns: list[str]) -> Section:
-        self.blocks.append(Block("table", rows=rows, columns=columns))
-        return self
-
-    def image(self, name: str, png: bytes, alt: str) -> Section:
-        self.blocks.append(Block("image", name=name, png=png, alt=alt))
-        return self
-
-    @property
-    def images(self) -> list[Block]:
-        return [b for b in self.blocks if b.kind == "image"]
 
 
 def champion_and_leaderboard(settings: Any) -> tuple[Section, Section, Any]:
