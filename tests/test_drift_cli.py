@@ -387,7 +387,7 @@ def test_drift_over_an_empty_postgresql_database_is_no_log_exit_7(
     assert db is not None
     try:
         assert store.latest_drift_run(db) is None  # drift made no schema and stored nothing
-        assert "requests" not in store.schema.tables(db)
+        assert "requests" not in store.connection.tables(db)
     finally:
         db.close()
 

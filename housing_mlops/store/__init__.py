@@ -21,7 +21,12 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
   ``LabelledRows`` (answered rows joined to their true value in ``feedback``) and
   ``live_error_sums`` (live error sums per role and version, aggregated in the database;
   ``store.feedback``);
-- the tables themselves: ``store.schema``.
+- the tables themselves: ``store.schema``; ``LogUnavailable``: ``store.outage``.
+
+Inside the package imports run one way (an import-linter contract): the users of a
+connection (writer, feedback, drift history, the readers and sinks) over the openers
+(``store.connection``), over the PostgreSQL backend, over what every layer shares (the
+schema, the row, the location, the outage).
 
 Readers and writers take the connection an opener returned (``LogConnection``: a
 ``sqlite3.Connection`` or a ``store.postgres.PgConnection``); readers accept None (no
@@ -56,6 +61,7 @@ from housing_mlops.store.feedback import (
     live_error_sums,
 )
 from housing_mlops.store.location import LogLocation, is_log_url, parse_log_location
+from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.request_log import (
     role_stats,
     serving_stats,
@@ -64,7 +70,7 @@ from housing_mlops.store.request_log import (
 )
 from housing_mlops.store.rows import ROW_COLUMNS, LoggedRequest, answered_values, row_values
 from housing_mlops.store.schema import REQUEST_COLUMNS, SCHEMA_VERSION
-from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
+from housing_mlops.store.sink import LogSink, open_sink
 from housing_mlops.store.spool import check_spool_dir
 from housing_mlops.store.writer import FlushReport, RequestLogWriter
 

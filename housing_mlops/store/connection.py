@@ -212,3 +212,11 @@ def check_request_log(path: Where) -> bool:
         return False
     conn.close()
     return True
+
+
+def tables(conn: LogConnection) -> set[str]:
+    """The names of the tables in the database (readers treat a missing one as empty)."""
+    if not isinstance(conn, sqlite3.Connection):
+        return conn.tables()
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {r[0] for r in rows}

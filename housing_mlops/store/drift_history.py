@@ -22,7 +22,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from housing_mlops.store.schema import DRIFT_SCORE_COLUMNS, tables
+from housing_mlops.store.connection import tables
+from housing_mlops.store.schema import DRIFT_SCORE_COLUMNS
 
 if TYPE_CHECKING:
     from housing_mlops.store.connection import LogConnection

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from housing_mlops.store.connection import tables
 from housing_mlops.store.location import LogLocation, parse_log_location
+from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.request_log import answered_clause
-from housing_mlops.store.schema import tables
-from housing_mlops.store.sink import LogUnavailable
 
 if TYPE_CHECKING:
     import numpy as np

@@ -26,7 +26,7 @@ import psycopg
 
 from housing_mlops.errors import ConfigError
 from housing_mlops.store.location import LogLocation
-from housing_mlops.store.request_log import SAMPLE_HASH
+from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.rows import ROW_COLUMNS
 from housing_mlops.store.schema import (
     ADDED_REQUEST_COLUMNS,
@@ -36,10 +36,10 @@ from housing_mlops.store.schema import (
     FEEDBACK_COLUMNS,
     INDEXES,
     REQUEST_COLUMNS,
+    SAMPLE_HASH,
     SCHEMA_VERSION,
     SchemaTooNew,
 )
-from housing_mlops.store.sink import LogUnavailable
 
 #: Seconds to wait for the server before a connection attempt fails (libpq's
 #: connect_timeout, per address tried).

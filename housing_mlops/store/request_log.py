@@ -10,29 +10,18 @@ from __future__ import annotations
 import math
 import sqlite3
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from housing_mlops.store.schema import REQUEST_COLUMNS, tables
-
-if TYPE_CHECKING:
-    from housing_mlops.store.connection import LogConnection
+from housing_mlops.store.connection import LogConnection, tables
+from housing_mlops.store.schema import HASH_MOD, REQUEST_COLUMNS, SAMPLE_HASH
 
 # ------------------------------------------------------------------------ readers
-# The sampling predicate keeps a row when a multiplicative hash of its id falls below a
-# threshold: a deterministic Bernoulli(fraction) sample that does not depend on feature
-# values, so a window gives the same numbers every time. SQLite evaluates it on index
-# entries (the id is in every index), so skipped rows are never read from the table;
-# PostgreSQL has an index on the expression itself (store.postgres). Both backends give
-# the same sample of the same ids, so the same rows give the same drift verdict.
-_HASH_MOD = 1_000_003
-_HASH_MUL = 618_034  # ~ 0.618 * _HASH_MOD (golden-ratio multiplicative hashing)
-SAMPLE_HASH = f"((id % {_HASH_MOD}) * {_HASH_MUL}) % {_HASH_MOD}"
 
 
 def _sample_clause(fraction: float) -> tuple[str, list[Any]]:
     if fraction >= 1.0:
         return "1 = 1", []
-    threshold = max(1, math.ceil(fraction * _HASH_MOD))
+    threshold = max(1, math.ceil(fraction * HASH_MOD))
     return f"{SAMPLE_HASH} < ?", [threshold]
 
 

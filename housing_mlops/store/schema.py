@@ -62,12 +62,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import TYPE_CHECKING
 
 from housing_mlops.columns import FEATURES
-
-if TYPE_CHECKING:
-    from housing_mlops.store.postgres import PgConnection
 
 REQUEST_COLUMNS: dict[str, str] = {
     "id": "INTEGER PRIMARY KEY",
@@ -235,9 +231,12 @@ def create_tables(conn: sqlite3.Connection) -> None:
     conn.commit()
 
 
-def tables(conn: sqlite3.Connection | PgConnection) -> set[str]:
-    """The names of the tables in the database (readers treat a missing one as empty)."""
-    if not isinstance(conn, sqlite3.Connection):
-        return conn.tables()
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {r[0] for r in rows}
+# The sampling predicate keeps a row when a multiplicative hash of its id falls below a
+# threshold: a deterministic Bernoulli(fraction) sample that does not depend on feature
+# values, so a window gives the same numbers every time. SQLite evaluates it on index
+# entries (the id is in every index), so skipped rows are never read from the table;
+# PostgreSQL has an index on the expression itself (``store.postgres``). Both backends
+# give the same sample of the same ids, so the same rows give the same drift verdict.
+HASH_MOD = 1_000_003
+HASH_MUL = 618_034  # ~ 0.618 * HASH_MOD (golden-ratio multiplicative hashing)
+SAMPLE_HASH = f"((id % {HASH_MOD}) * {HASH_MUL}) % {HASH_MOD}"

@@ -16,11 +16,8 @@ from typing import Any, Protocol
 
 from housing_mlops.errors import HousingError
 from housing_mlops.store.location import LogLocation, parse_log_location
+from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.rows import insert_rows
-
-
-class LogUnavailable(Exception):
-    """The request log cannot take rows right now; the message names no secret."""
 
 
 class LogSink(Protocol):

@@ -14,8 +14,9 @@ from typing import Any
 
 from housing_mlops.store.connection import open_log
 from housing_mlops.store.location import parse_log_location
+from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.rows import LoggedRequest, row_values
-from housing_mlops.store.sink import LogSink, LogUnavailable, open_sink
+from housing_mlops.store.sink import LogSink, open_sink
 from housing_mlops.store.spool import Spool
 
 _log = logging.getLogger(__name__)
