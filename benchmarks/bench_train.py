@@ -84,7 +84,7 @@ def row_costs(config: Path, cwd: Path, versions: list[str], repeat: int) -> dict
 
     from housing_mlops import registry
     from housing_mlops.config import load_config
-    from housing_mlops.serving.predictor import (
+    from housing_mlops.inference.loaded_model import (
         ModelMeta,
         build_loaded_model,
         check_rows,

@@ -183,7 +183,7 @@ class ServeConfig(_Section):
     # Rows waiting for the challenger's shadow score; beyond it they are logged without
     # one and counted (housing_shadow_dropped_total), never delaying an answer.
     shadow_queue_size: int = Field(10_000, ge=1)
-    # The fast path's trees as compiled C (predict.compiled, a LightGBM model only; cached
+    # The fast path's trees as compiled C (inference.compiled, a LightGBM model only; cached
     # in predict.compile_cache): auto = at once when this model's are cached, else built in
     # a background thread after the load and swapped in (readiness never waits); always =
     # built before the model serves; never. Used only when exactly LightGBM's numbers.
@@ -236,7 +236,7 @@ class DriftConfig(_Section):
 
 
 class PredictConfig(_Section):
-    # Compiled trees for `housing predict` (predict.compiled): auto = for inputs of at least
+    # Compiled trees for `housing predict` (inference.compiled): auto = for inputs of at least
     # compile_min_rows rows, or when this model's are already cached; always; never.
     compile: Literal["auto", "always", "never"] = "auto"
     compile_min_rows: int = Field(1_000_000, ge=0)

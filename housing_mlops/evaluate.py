@@ -117,9 +117,9 @@ def behavioural_checks(model: Any, X: pd.DataFrame, cfg: EvaluateConfig) -> dict
 
 
 def write_plots(y_true: Any, y_pred: Any, folder: Path, title: str) -> dict[str, Path]:
-    """The report's predicted-vs-actual and residual charts (``report.plots``) as PNG files
+    """The report's predicted-vs-actual and residual charts (``housing_mlops.plots``) as PNG files
     in ``folder``, titled with ``title`` (the version)."""
-    from housing_mlops.report import plots
+    from housing_mlops import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     charts = {

@@ -83,11 +83,11 @@ def _inject(root: Path, module: str, line: str) -> None:
             "Apache Spark is imported only by the Spark engine of housing predict",
             "housing_mlops.predict.local -> pyspark",
         ),
-        # Native code loaded outside predict.compiled.
+        # Native code loaded outside inference.compiled.
         (
             "predict/local.py",
             "import ctypes  # noqa",
-            "Native code (ctypes, the C compiler) is loaded and run only by predict.compiled",
+            "Native code (ctypes, the C compiler) is loaded and run only by inference.compiled",
             "housing_mlops.predict.local -> ctypes",
         ),
         # The shared input rules reaching up into the service that uses them.
@@ -124,7 +124,7 @@ def _inject(root: Path, module: str, line: str) -> None:
         (
             "report/page.py",
             "import housing_mlops.report.render  # noqa",
-            "report: the sections over their rendering and charts over the page they share",
+            "report: the sections over their rendering over the page they share",
             "housing_mlops.report.page -> housing_mlops.report.render",
         ),
     ],

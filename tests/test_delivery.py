@@ -726,8 +726,8 @@ def test_the_service_exports_the_contract_metrics_it_owns() -> None:
 
 def test_the_service_exports_the_live_quality_metrics() -> None:
     """The gauges the dashboard and LiveRmseAboveHoldout use, from the live-quality collector."""
+    from housing_mlops.inference.loaded_model import ModelMeta
     from housing_mlops.serving.live_quality import LiveQualityCollector
-    from housing_mlops.serving.predictor import ModelMeta
 
     meta = ModelMeta(name="m", version="1", metrics={"holdout_rmse": 0.3})
     collector = LiveQualityCollector("none.db", lambda: [("champion", meta)], 60, 60)

@@ -22,9 +22,10 @@ from synthetic import make_frame, write_config
 from housing_mlops.config import load_config
 from housing_mlops.drift import build_profile
 from housing_mlops.features import FEATURES
+from housing_mlops.inference.loaded_model import LoadedModel, ModelMeta
 from housing_mlops.models import build_pipeline
 from housing_mlops.serving.app import create_app
-from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
+from housing_mlops.serving.predictor import build_served_model
 
 TOKEN = "s3cret-token"  # noqa: S105 - a test token
 
@@ -54,7 +55,7 @@ def _model(trained: dict[str, Any], version: str = "1") -> LoadedModel:
         metrics={"holdout_rmse": 0.3},
         data_version="abc123",
     )
-    return build_loaded_model(trained["pipeline"], meta, trained["profile"], max_batch_size=20)
+    return build_served_model(trained["pipeline"], meta, trained["profile"], max_batch_size=20)
 
 
 def _settings(tmp_path: Path, **serve: Any) -> Any:
@@ -542,7 +543,7 @@ def test_openapi_follows_a_hot_reload_to_other_ranges(
     small = X[X["Population"] < 1000]  # version 2 was trained on smaller blocks only
     profile2 = build_profile({c: small[c].to_numpy() for c in FEATURES}, 200)
     meta2 = ModelMeta(name="test-housing", version="2", alias="champion", run_id="run2")
-    version2 = build_loaded_model(trained["pipeline"], meta2, profile2, max_batch_size=20)
+    version2 = build_served_model(trained["pipeline"], meta2, profile2, max_batch_size=20)
     alias = {"version": "1"}
     app = create_app(
         _settings(tmp_path),

@@ -36,9 +36,10 @@ from synthetic import make_frame, write_config
 from housing_mlops import registry
 from housing_mlops.config import load_config
 from housing_mlops.features import FEATURES
+from housing_mlops.inference.loaded_model import LoadedModel, ModelMeta
 from housing_mlops.serving.app import create_app
 from housing_mlops.serving.metrics import ServingMetrics
-from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
+from housing_mlops.serving.predictor import build_served_model
 from housing_mlops.serving.routing import canary_point, routes_to_challenger
 from housing_mlops.serving.shadow import ShadowScorer
 from housing_mlops.store import LoggedRequest
@@ -60,7 +61,7 @@ def pipes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _loaded(pipes: dict[str, Any], version: str, alias: str) -> LoadedModel:
     meta = ModelMeta(name="test-housing", version=version, alias=alias, run_id=f"run{version}")
-    return build_loaded_model(pipes["pipes"][version], meta, pipes["profile"])
+    return build_served_model(pipes["pipes"][version], meta, pipes["profile"])
 
 
 def _settings(tmp_path: Path, log: str | None = None, **serve: Any) -> Any:
@@ -481,7 +482,7 @@ def test_shutdown_does_not_wait_forever_for_a_hung_challenger_nor_log_twice() ->
     hold = threading.Event()
     meta = ModelMeta(name="m", version="7", alias="challenger")
     predict = _BrokenModel(hold=hold)
-    model = LoadedModel(meta, None, predict, False, None, 0.0)  # type: ignore[arg-type]
+    model = LoadedModel(meta=meta, pipeline=None, predict=predict, fast_path=False, loaded_at=0.0)
     logged: list[LoggedRequest] = []
 
     def submit(rows: list[LoggedRequest]) -> int:
@@ -526,7 +527,7 @@ def test_the_event_loop_scores_shadow_batches_when_the_scorer_thread_cannot() ->
         return np.full(X.shape[0], 9.0)
 
     meta = ModelMeta(name="m", version="7", alias="challenger")
-    model = LoadedModel(meta, None, predict, False, None, 0.0)  # type: ignore[arg-type]
+    model = LoadedModel(meta=meta, pipeline=None, predict=predict, fast_path=False, loaded_at=0.0)
     logged: list[LoggedRequest] = []
 
     def submit(rows: list[LoggedRequest]) -> int:

@@ -18,9 +18,10 @@ from housing_mlops import store
 from housing_mlops.config import load_config
 from housing_mlops.drift import build_profile
 from housing_mlops.features import FEATURES
+from housing_mlops.inference.loaded_model import ModelMeta
 from housing_mlops.models import build_pipeline
 from housing_mlops.serving.app import create_app
-from housing_mlops.serving.predictor import ModelMeta, build_loaded_model
+from housing_mlops.serving.predictor import build_served_model
 
 TOKEN = "fb-s3cret"  # noqa: S105 - a test token
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -44,7 +45,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
         data_version="abc",
     )
     profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
-    return {"loaded": build_loaded_model(pipeline, meta, profile, max_batch_size=20), "X": X}
+    return {"loaded": build_served_model(pipeline, meta, profile, max_batch_size=20), "X": X}
 
 
 def _settings(tmp_path: Path, request_log: Any) -> Any:

@@ -25,9 +25,10 @@ from synthetic import make_frame, write_config
 from housing_mlops.config import load_config
 from housing_mlops.drift import build_profile
 from housing_mlops.features import FEATURES
+from housing_mlops.inference.loaded_model import LoadedModel, ModelMeta
 from housing_mlops.models import build_pipeline
 from housing_mlops.serving.app import create_app
-from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
+from housing_mlops.serving.predictor import build_served_model
 
 MAX_BATCH = 20
 
@@ -45,7 +46,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     pipeline.fit(X, y)
     profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
     meta = ModelMeta(name="test-housing", version="1", alias="champion", run_id="run1")
-    return build_loaded_model(pipeline, meta, profile, max_batch_size=MAX_BATCH)
+    return build_served_model(pipeline, meta, profile, max_batch_size=MAX_BATCH)
 
 
 def _settings(tmp_path: Path) -> Any:

@@ -21,8 +21,8 @@ from synthetic import FEATURES, make_frame, write_config
 
 from housing_mlops import store
 from housing_mlops.config import load_config
+from housing_mlops.inference.loaded_model import ModelMeta
 from housing_mlops.serving.live_quality import LiveQualityCollector
-from housing_mlops.serving.predictor import ModelMeta
 
 START = 1_700_000_000.0
 
@@ -142,12 +142,12 @@ def _app(tmp_path: Path, interval_s: float) -> tuple[Any, Any, dict[str, float]]
     from sklearn.linear_model import LinearRegression
 
     from housing_mlops.serving.app import create_app
-    from housing_mlops.serving.predictor import build_loaded_model
+    from housing_mlops.serving.predictor import build_served_model
 
     frame = make_frame(200, seed=2)
     pipeline = LinearRegression().fit(frame[list(FEATURES)], frame["MedHouseVal"])
     meta = ModelMeta(name="m", version="1", alias="champion", metrics={"holdout_rmse": 0.3})
-    model = build_loaded_model(pipeline, meta, None, max_batch_size=20)
+    model = build_served_model(pipeline, meta, None, max_batch_size=20)
     settings = load_config(
         write_config(
             tmp_path,

@@ -14,9 +14,9 @@ from synthetic import make_frame
 from housing_mlops.config import CandidateConfig, FeaturesConfig
 from housing_mlops.drift import build_profile
 from housing_mlops.features import FEATURES
+from housing_mlops.inference.loaded_model import ModelMeta, build_loaded_model, choose_predict
 from housing_mlops.models import build_pipeline
 from housing_mlops.serving.batching import MicroBatcher
-from housing_mlops.serving.predictor import ModelMeta, build_loaded_model, choose_predict
 
 FEATURES_CFG = FeaturesConfig(knn_neighbors=[4, 8], knn_folds=3, profile_sample_size=100)
 
@@ -64,7 +64,7 @@ def test_fast_path_equals_pipeline_predict(
 def test_vectorised_hist_gradient_boosting_is_bitwise_equal() -> None:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    from housing_mlops.serving.predictor import compile_hist_gradient_boosting
+    from housing_mlops.inference.loaded_model import compile_hist_gradient_boosting
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 5))
@@ -201,7 +201,7 @@ def test_an_untested_library_version_serves_through_the_pipeline_with_one_warnin
     package: str,
     version: str,
 ) -> None:
-    from housing_mlops.serving import predictor
+    from housing_mlops.inference import loaded_model as predictor
 
     X, y, profile = data
     cand = CandidateConfig(name="c", estimator=estimator, params=CANDIDATES[estimator])
@@ -227,7 +227,7 @@ def test_an_untested_library_version_serves_through_the_pipeline_with_one_warnin
 def test_lightgbm_version_does_not_matter_for_other_estimators(
     data: tuple[Any, Any, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from housing_mlops.serving import predictor
+    from housing_mlops.inference import loaded_model as predictor
 
     X, y, profile = data
     cand = CandidateConfig(name="c", estimator="ridge", params=CANDIDATES["ridge"])

@@ -20,8 +20,9 @@ from helpers import ServerThread, fit_two_versions, wait_until
 from synthetic import write_config
 
 from housing_mlops.config import load_config
+from housing_mlops.inference.loaded_model import LoadedModel, ModelMeta
 from housing_mlops.serving.app import create_app
-from housing_mlops.serving.predictor import LoadedModel, ModelMeta, build_loaded_model
+from housing_mlops.serving.predictor import build_served_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +44,7 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path, versions: dict[str
         loads.append(v)
         time.sleep(0.2)  # a slow load: requests keep flowing on the old model meanwhile
         meta = ModelMeta(name="test-housing", version=v, alias="champion", run_id=f"run{v}")
-        return build_loaded_model(versions["pipes"][v], meta, versions["profile"])
+        return build_served_model(versions["pipes"][v], meta, versions["profile"])
 
     settings = load_config(
         write_config(

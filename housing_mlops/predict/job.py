@@ -320,7 +320,7 @@ class ModelPackage:
     ranges). Plain data: Spark sends it to executors, which load it once each.
 
     ``trees``: ``lightgbm`` (the booster scores), or ``compile`` (use the compiled trees,
-    ``predict.compiled``: from ``trees_blob`` when the driver shipped them, else built or
+    ``inference.compiled``: from ``trees_blob`` when the driver shipped them, else built or
     taken from the cache in ``trees_cache``); ``trees_required`` makes a model that cannot
     use them an error (``--compile always``) instead of a note."""
 
@@ -345,7 +345,7 @@ class ModelPackage:
         """The serving wrapper, with the compiled trees in its predict when asked for and
         they give exactly LightGBM's numbers; and which evaluator it uses."""
         from housing_mlops import registry
-        from housing_mlops.serving.predictor import ModelMeta, build_loaded_model
+        from housing_mlops.inference.loaded_model import ModelMeta, build_loaded_model
 
         pipeline = registry.load_model_bytes(self.ref, self.blob)
         model = build_loaded_model(
@@ -360,8 +360,8 @@ class ModelPackage:
 
         import numpy as np
 
-        from housing_mlops.predict import compiled
-        from housing_mlops.serving.predictor import check_rows
+        from housing_mlops.inference import compiled
+        from housing_mlops.inference.loaded_model import check_rows
 
         try:
             booster = compiled.lightgbm_booster(pipeline)
@@ -396,7 +396,7 @@ def with_trees(
     costs about 15-40 s here, once per model) or when the model's are already cached."""
     import dataclasses
 
-    from housing_mlops.predict import compiled
+    from housing_mlops.inference import compiled
 
     cfg = settings.predict
     cache = cfg.compile_cache or None
@@ -442,7 +442,7 @@ def load_package(settings: Any, version: int | None, alias: str | None) -> Model
     """Resolve ``@champion`` (or ``alias`` / ``version``) and read it with the service's
     safe loading: sha256 against the registration tag, skops with the reviewed types."""
     from housing_mlops import registry
-    from housing_mlops.serving.predictor import reference_profile_or_none
+    from housing_mlops.inference.loaded_model import reference_profile_or_none
 
     ref = registry.resolve(settings, version=version, alias=alias or registry.CHAMPION)
     blob = registry.read_model_bytes(settings, ref)

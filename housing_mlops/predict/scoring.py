@@ -47,9 +47,9 @@ class ScoredBatch:
 
 
 def score_batch(model: Any, X: np.ndarray, missing: np.ndarray | None = None) -> ScoredBatch:
-    """Validate ``X`` (n x 8, ``FEATURES`` order) with ``model.requests.ranges``, then predict
+    """Validate ``X`` (n x 8, ``FEATURES`` order) with ``model.ranges``, then predict
     the valid rows with ``model.predict``: the function ``/predict`` calls."""
-    bad, rejections = invalid_rows(X, model.requests.ranges, missing)
+    bad, rejections = invalid_rows(X, model.ranges, missing)
     valid = ~bad
     rows = X[valid]
     predictions = (

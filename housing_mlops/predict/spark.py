@@ -330,7 +330,7 @@ def _refuser(package_bc: Any, offsets_bc: Any, inputs: list[str]) -> Any:
         for batch in batches:
             ids = counter.ids(batch)
             X, missing = features(batch)
-            ranges = _executor_model(package_bc.value).requests.ranges
+            ranges = _executor_model(package_bc.value).ranges
             bad, rejections = invalid_rows(X, ranges, missing)
             if not rejections:
                 continue

@@ -4,7 +4,7 @@ Each builder returns a ``report.page.Section``, a list of blocks (text, note, he
 table, image) that ``report.render`` turns into HTML and Markdown alike. The builders read
 the registry (champion, leaderboard), the test split (evaluation), and the request log and
 drift tables through ``housing_mlops.store`` (drift, serving); charts come from
-``report.plots``. A builder that finds nothing to show returns a section with status
+``housing_mlops.plots``. A builder that finds nothing to show returns a section with status
 ``empty`` and a note saying what to run.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from housing_mlops.report import plots
+from housing_mlops import plots
 from housing_mlops.report.page import Section
 from housing_mlops.report.render import format_value
 from housing_mlops.timestamps import readable_utc

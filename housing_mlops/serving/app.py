@@ -44,10 +44,10 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.routing import Route
 
+from housing_mlops.inference.loaded_model import LoadedModel
 from housing_mlops.serving.asgi import PredictEndpoint, ServingMiddleware
 from housing_mlops.serving.auth import check_bearer, json_response
 from housing_mlops.serving.feedback import mount_feedback
-from housing_mlops.serving.predictor import LoadedModel
 from housing_mlops.serving.schemas import RequestModels, build_request_models, predict_openapi
 from housing_mlops.serving.state import Service
 

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from housing_mlops.serving.predictor import LoadedModel
+from housing_mlops.inference.loaded_model import LoadedModel
 from housing_mlops.serving.routing import routes_to_challenger
 from housing_mlops.serving.schemas import format_errors, metric_field
 from housing_mlops.serving.state import Service

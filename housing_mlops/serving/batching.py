@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from housing_mlops.predict.compiled import StagedPredict, finish
-from housing_mlops.serving.predictor import LoadedModel
+from housing_mlops.inference.compiled import StagedPredict, finish
+from housing_mlops.inference.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from housing_mlops.serving.predictor import ModelMeta
+from housing_mlops.inference.loaded_model import ModelMeta
 
 _log = logging.getLogger(__name__)
 

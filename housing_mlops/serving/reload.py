@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from housing_mlops.inference.loaded_model import LoadedModel
 from housing_mlops.serving.metrics import ServingMetrics
-from housing_mlops.serving.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from housing_mlops.serving.predictor import LoadedModel
+from housing_mlops.inference.loaded_model import LoadedModel
 
 if TYPE_CHECKING:
     from housing_mlops.serving.metrics import ServingMetrics

@@ -18,9 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from housing_mlops.inference.loaded_model import HGB_COMPILED_MAX_ROWS, LoadedModel, ModelMeta
 from housing_mlops.serving.batching import MicroBatcher
 from housing_mlops.serving.metrics import ServingMetrics
-from housing_mlops.serving.predictor import HGB_COMPILED_MAX_ROWS, LoadedModel, ModelMeta
 from housing_mlops.serving.reload import ModelHolder, ModelWatcher, ReloadResult
 from housing_mlops.serving.shadow import ShadowScorer
 from housing_mlops.store import RequestLogWriter, parse_log_location

@@ -1,4 +1,4 @@
-"""Compiled trees (predict.compiled): exactly LightGBM's numbers, or not used at all.
+"""Compiled trees (inference.compiled): exactly LightGBM's numbers, or not used at all.
 
 Real LightGBM boosters, really compiled with the machine's C compiler (``cc``; CI has gcc)
 and loaded; the command `housing predict --compile ...` on a real registry. The cases that
@@ -29,7 +29,7 @@ from housing_mlops import registry
 from housing_mlops.cli import run
 from housing_mlops.columns import FEATURES
 from housing_mlops.config import CandidateConfig, load_config
-from housing_mlops.predict import compiled
+from housing_mlops.inference import compiled
 
 _NO_CC = shutil.which(os.environ.get("CC") or "cc") is None
 if _NO_CC and os.environ.get("HOUSING_REQUIRE_CC") == "1":  # CI: .ci/run installs gcc
@@ -185,7 +185,7 @@ def test_the_cache_is_reused_and_a_doubtful_library_is_rebuilt(tmp_path: Path) -
     booster.save_model(tmp_path / "model.txt")
     script = (
         "import sys, json, lightgbm as lgb\n"
-        "from housing_mlops.predict import compiled\n"
+        "from housing_mlops.inference import compiled\n"
         "b = lgb.Booster(model_file=sys.argv[1])\n"
         "t = compiled.build(b, 'model-a', compiled.Path(sys.argv[2]))\n"
         "print(json.dumps({'cached': t.cached, 'path': str(t.path)}))\n"
