@@ -311,48 +311,9 @@ def promote(
     champion = next((r for r in refs if r.version == champion_version), None)
     challenger_version = registry.get_alias_version(settings, registry.CHALLENGER)
     metric = settings.promote.metric
-
-    # The best candidate already holds the alias: a decision to move nothing (exit 6), as
-    # when the champion's best contender does not beat it. A named version that already
-    # holds it (--version N) is exit 5, as for the champion.
-    best_is_challenger = False
-    if to == "challenger":
-        if version is None:
-            batch, pool = _latest_batch_pool(refs, champion)
-            if not pool:
-                which = f" (train_batch {batch})" if batch else ""
-                raise ModelError(
-                    f"no evaluated candidate of the latest training{which} besides the "
-                    "champion and retrains of it on the same data: run `housing evaluate "
-                    "--all` (or `housing train` first), or name one with --version N"
-                )
-            version = int(_best(pool, metric).version)
-            best_is_challenger = str(version) == challenger_version
-        elif str(version) == challenger_version:
-            raise ModelError(f"version {version} is already the challenger")
-
-    if version is not None:
-        candidate = next((r for r in refs if r.version == str(version)), None)
-        if candidate is None:
-            known = ", ".join(r.version for r in refs)
-            raise ModelError(f"no model version {version} (registered versions: {known})")
-        if candidate.version == champion_version:
-            raise ModelError(f"version {version} is already the champion")
-        if not force and not _evaluated(candidate):
-            raise ModelError(
-                f"version {version} has not been evaluated: run "
-                f"`housing evaluate --version {version}` first"
-            )
-    else:
-        pool = [r for r in refs if _evaluated(r) and r.version != champion_version]
-        if not pool:
-            if champion is not None and _evaluated(champion):
-                raise ModelError(
-                    f"no evaluated candidate besides the champion (version {champion_version}): "
-                    "run `housing train` and `housing evaluate` first"
-                )
-            raise ModelError("no evaluated candidate: run `housing evaluate` first")
-        candidate = _best(pool, metric)
+    candidate, already_challenger = _candidate(
+        refs, champion, champion_version, challenger_version, version, to, force, metric
+    )
 
     decision = should_promote(
         candidate.metrics,
@@ -360,22 +321,7 @@ def promote(
         settings.promote,
         to=to,
     )
-    # The gate judged only evaluated versions: say so when newer ones were left out.
-    unevaluated = [
-        r.version
-        for r in refs
-        if int(r.version) > int(candidate.version)
-        and r.version != champion_version
-        and not _evaluated(r)
-    ]
-    notes = []
-    if unevaluated:
-        which = ", ".join(unevaluated)
-        notes.append(
-            f"newer version{'s' if len(unevaluated) > 1 else ''} {which} not evaluated, so "
-            "not considered: run `housing evaluate --all` first to include "
-            f"{'them' if len(unevaluated) > 1 else 'it'}"
-        )
+    unevaluated, notes = _unevaluated_newer(refs, candidate, champion_version)
     reason = "; ".join([decision.reason, *(f"note: {n}" for n in notes)])
     result: dict[str, Any] = {
         "action": "force" if force else "gate",
@@ -402,7 +348,7 @@ def promote(
             f"{prefix}{_label(candidate)} not promoted{target}{against}: {reason}",
             payload={**result, "promoted": False, "champion_after": champion_version},
         )
-    if best_is_challenger:
+    if already_challenger:
         why = (
             "it is the challenger already, and still the best evaluated candidate of the "
             "latest training: nothing to move (train and evaluate new candidates, or name "
@@ -422,25 +368,115 @@ def promote(
         return {**result, "promoted": False, "champion_after": champion_version}
     if to == "challenger":
         return _set_challenger(settings, candidate, decision, force, result)
+    return _set_champion(settings, candidate, decision, force, result)
+
+
+def _candidate(
+    refs: list[ModelRef],
+    champion: ModelRef | None,
+    champion_version: str | None,
+    challenger_version: str | None,
+    version: int | None,
+    to: str,
+    force: bool,
+    metric: str,
+) -> tuple[ModelRef, bool]:
+    """The version the gate judges: ``version`` when named, else the best evaluated one
+    (for the challenger, of the latest training). The flag: the best is the challenger
+    already (a decision to move nothing, exit 6). A named version that already holds the
+    alias, is unknown or is not evaluated (without ``force``) is a ModelError (exit 5)."""
+    if to == "challenger":
+        if version is None:
+            batch, pool = _latest_batch_pool(refs, champion)
+            if not pool:
+                which = f" (train_batch {batch})" if batch else ""
+                raise ModelError(
+                    f"no evaluated candidate of the latest training{which} besides the "
+                    "champion and retrains of it on the same data: run `housing evaluate "
+                    "--all` (or `housing train` first), or name one with --version N"
+                )
+            best = _best(pool, metric)
+            return best, best.version == challenger_version
+        if str(version) == challenger_version:
+            raise ModelError(f"version {version} is already the challenger")
+
+    if version is None:
+        pool = [r for r in refs if _evaluated(r) and r.version != champion_version]
+        if not pool:
+            if champion is not None and _evaluated(champion):
+                raise ModelError(
+                    f"no evaluated candidate besides the champion (version {champion_version}): "
+                    "run `housing train` and `housing evaluate` first"
+                )
+            raise ModelError("no evaluated candidate: run `housing evaluate` first")
+        return _best(pool, metric), False
+    candidate = next((r for r in refs if r.version == str(version)), None)
+    if candidate is None:
+        known = ", ".join(r.version for r in refs)
+        raise ModelError(f"no model version {version} (registered versions: {known})")
+    if candidate.version == champion_version:
+        raise ModelError(f"version {version} is already the champion")
+    if not force and not _evaluated(candidate):
+        raise ModelError(
+            f"version {version} has not been evaluated: run "
+            f"`housing evaluate --version {version}` first"
+        )
+    return candidate, False
+
+
+def _unevaluated_newer(
+    refs: list[ModelRef], candidate: ModelRef, champion_version: str | None
+) -> tuple[list[str], list[str]]:
+    """The versions newer than ``candidate`` that the gate could not judge (not evaluated),
+    and the note that says so (none when there are none)."""
+    unevaluated = [
+        r.version
+        for r in refs
+        if int(r.version) > int(candidate.version)
+        and r.version != champion_version
+        and not _evaluated(r)
+    ]
+    if not unevaluated:
+        return [], []
+    which = ", ".join(unevaluated)
+    many = len(unevaluated) > 1
+    note = (
+        f"newer version{'s' if many else ''} {which} not evaluated, so not considered: run "
+        f"`housing evaluate --all` first to include {'them' if many else 'it'}"
+    )
+    return unevaluated, [note]
+
+
+def _set_champion(
+    settings: Settings,
+    candidate: ModelRef,
+    decision: Decision,
+    force: bool,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """Make ``candidate`` the champion: the old one becomes ``previous-champion``, the
+    promotion is recorded on the version, and a challenger that made it leaves its alias."""
+    from housing_mlops import registry
 
     now = iso_utc()
+    champion_version = result["champion_before"]
     if champion_version is not None:
         registry.set_alias(settings, registry.PREVIOUS_CHAMPION, champion_version)
         registry.set_version_tags(settings, champion_version, {"demoted_at": now})
     registry.set_alias(settings, registry.CHAMPION, candidate.version)
+    kind = "force" if force else "gate"
     tags: dict[str, Any] = {
         "promoted_at": now,
-        "promotion_kind": "force" if force else "gate",
+        "promotion_kind": kind,
         "promotion_reason": decision.reason[:500],
         "promotion_history": _history_tag(
-            candidate,
-            {"at": now, "kind": "force" if force else "gate", "replaced": champion_version},
+            candidate, {"at": now, "kind": kind, "replaced": champion_version}
         ),
     }
     if force:
         tags.update(_forced_tags(now, decision))
     registry.set_version_tags(settings, candidate.version, tags)
-    if challenger_version == candidate.version:  # the challenger made it by the offline gate
+    if result["challenger_before"] == candidate.version:  # the challenger made it offline
         registry.delete_alias(settings, registry.CHALLENGER)
     return {
         **result,
