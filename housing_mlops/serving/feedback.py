@@ -89,6 +89,68 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+async def _read_body(request: Request, max_body: int) -> bytes | Response:
+    """The body of a JSON request, or the 415 / 413 answer. Read as it arrives and stopped
+    at the limit: a chunked body without Content-Length is never held in memory past
+    ``max_body`` bytes (as /predict does)."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        got = content_type.split(";", 1)[0].strip() or "none"
+        return _json(415, {"detail": f"Content-Type must be application/json, got {got}"})
+    too_large = _json(413, {"detail": f"request body too large: the limit is {max_body} bytes"})
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:
+        return too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            return too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_items(
+    body: bytes, items_adapter: TypeAdapter[list[FeedbackItem]], max_items: int
+) -> list[FeedbackItem] | Response:
+    """The feedback items of a body (one object or an array of at most ``max_items``), or
+    the 422 answer naming every problem."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _unprocessable([_problem(f"body is not valid JSON: {exc}", "json_invalid")])
+    many = isinstance(parsed, list)
+    if not many and not isinstance(parsed, dict):
+        return _unprocessable(
+            [_problem("body must be a JSON object or an array of objects", "model_type")]
+        )
+    raw = parsed if many else [parsed]
+    if not raw:
+        return _unprocessable([_problem("the batch is empty", "too_short")])
+    if len(raw) > max_items:
+        return _unprocessable(
+            [
+                _problem(
+                    f"batch has {len(raw)} items; the limit is {max_items} per request "
+                    "(serve.max_batch_size)",
+                    "too_long",
+                )
+            ]
+        )
+    try:
+        return items_adapter.validate_python(raw)
+    except ValidationError as err:
+        errors: list[dict[str, Any]] = [dict(e) for e in err.errors(include_url=False)]
+        if not many:  # one object: no [0] in the paths
+            errors = [{**e, "loc": tuple(e["loc"])[1:]} for e in errors]
+        detail = format_errors(errors, max_items)
+        for entry in detail:
+            if entry["type"] == "extra_forbidden":
+                entry["msg"] = "unknown field; expected only request_id, actual, row_index"
+        return _unprocessable(detail)
+
+
 def mount_feedback(app: FastAPI, settings: Any) -> None:
     """Add ``POST /feedback`` to ``app`` (see the module docstring)."""
     from housing_mlops import store
@@ -127,57 +189,12 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
         },
     )
     async def feedback(request: Request) -> Response:
-        content_type = request.headers.get("content-type", "")
-        if not _is_json(content_type):
-            got = content_type.split(";", 1)[0].strip() or "none"
-            return _json(415, {"detail": f"Content-Type must be application/json, got {got}"})
-        too_large = _json(413, {"detail": f"request body too large: the limit is {max_body} bytes"})
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body:
-            return too_large
-        # Read as it arrives and stop at the limit: a chunked body without Content-Length
-        # is never held in memory past max_body_bytes (as /predict does).
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                return too_large
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _unprocessable([_problem(f"body is not valid JSON: {exc}", "json_invalid")])
-        many = isinstance(parsed, list)
-        if not many and not isinstance(parsed, dict):
-            return _unprocessable(
-                [_problem("body must be a JSON object or an array of objects", "model_type")]
-            )
-        raw = parsed if many else [parsed]
-        if not raw:
-            return _unprocessable([_problem("the batch is empty", "too_short")])
-        if len(raw) > max_items:
-            return _unprocessable(
-                [
-                    _problem(
-                        f"batch has {len(raw)} items; the limit is {max_items} per request "
-                        "(serve.max_batch_size)",
-                        "too_long",
-                    )
-                ]
-            )
-        try:
-            items = items_adapter.validate_python(raw)
-        except ValidationError as err:
-            errors: list[dict[str, Any]] = [dict(e) for e in err.errors(include_url=False)]
-            if not many:  # one object: no [0] in the paths
-                errors = [{**e, "loc": tuple(e["loc"])[1:]} for e in errors]
-            detail = format_errors(errors, max_items)
-            for entry in detail:
-                if entry["type"] == "extra_forbidden":
-                    entry["msg"] = "unknown field; expected only request_id, actual, row_index"
-            return _unprocessable(detail)
+        body = await _read_body(request, max_body)
+        if isinstance(body, Response):
+            return body
+        items = _parse_items(body, items_adapter, max_items)
+        if isinstance(items, Response):
+            return items
         refused = check_bearer(
             request, serve_cfg.feedback_token_env, endpoint="feedback", kind="feedback"
         )
