@@ -39,18 +39,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# ruff (lint + format check), mypy (package and tests), the architecture contracts of
-# pyproject.toml (layers, one owner per outside system) and dead code (vulture).
+# ruff (lint + format check of the package, tests, benchmarks and scripts), mypy (package
+# and tests), the architecture contracts of pyproject.toml (layers, one owner per outside
+# system) and dead code (vulture).
 lint: $(STAMP)
-	$(BIN)/ruff check housing_mlops tests
-	$(BIN)/ruff format --check housing_mlops tests
+	$(BIN)/ruff check housing_mlops tests benchmarks scripts
+	$(BIN)/ruff format --check housing_mlops tests benchmarks scripts
 	$(BIN)/mypy housing_mlops tests
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/vulture
 
 format: $(STAMP)
-	$(BIN)/ruff format housing_mlops tests
-	$(BIN)/ruff check --fix housing_mlops tests
+	$(BIN)/ruff format housing_mlops tests benchmarks scripts
+	$(BIN)/ruff check --fix housing_mlops tests benchmarks scripts
 
 # Drift over 1,000,000 logged requests: wall time and peak RSS of `housing drift --since 7d`
 # (targets: <= 5 s, <= 500 MB). BENCH_DRIFT_ARGS="--project-config configs/default.yaml"

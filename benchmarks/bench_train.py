@@ -19,9 +19,11 @@ versions).
 Prints a table, the machine's load average (before and after: wall figures mean little on
 a busy machine; CPU seconds less so), and a last line a script can parse:
 
-    bench-train: train_wall_s=W train_cpu_s=C load1=L best=NAME cv_rmse=R holdout_rmse=H row_us=U trees=T
+    bench-train: train_wall_s=W train_cpu_s=C load1=L best=NAME cv_rmse=R holdout_rmse=H \
+        row_us=U trees=T
 
-(``best`` is the candidate with the lowest CV RMSE: chosen without the holdout.)
+(One line, wrapped here. ``best`` is the candidate with the lowest CV RMSE: chosen without
+the holdout.)
 """
 
 from __future__ import annotations
