@@ -450,6 +450,29 @@ def test_output_under_a_file_is_exit_2(
     )
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("option", ["-o", "--rejects"])
+def test_an_output_folder_no_one_can_write_is_exit_2_before_scoring(
+    config: Path, test_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    # /proc takes no new file, not even from root (whom os.access lets through): the run
+    # must say so up front, not score the whole input and fail on an unexpected OSError.
+    target = "/proc/housing-predict.parquet"
+    args = ["-o", target] if option == "-o" else ["-o", str(tmp_path / "o.parquet")]
+    if option == "--rejects":
+        args += ["--on-error", "skip", "--rejects", target]
+    assert _predict(config, str(test_split), *args) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    what = "--output" if option == "-o" else "--rejects"
+    assert lines[0].startswith(
+        f"Error: cannot write {what} {target}: the folder /proc is not writable ("
+    ), err
+    assert lines[1:] == ["Try 'housing predict -h' for help."]
+    assert "predict: loading the model" not in err  # refused before any scoring
+    assert not (tmp_path / "o.parquet").exists()
+
+
 @pytest.mark.parametrize(
     ("source", "args", "message"),
     [

@@ -23,7 +23,7 @@ from typing import Any
 
 from housing_mlops.columns import FEATURES
 from housing_mlops.errors import ConfigError, DataError, UsageError
-from housing_mlops.files import file_sha256
+from housing_mlops.files import file_sha256, temp_file_beside
 from housing_mlops.predict.scoring import ADDED_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,16 @@ def _check_writable(path: Path, what: str) -> None:
             f"cannot write {what} {path}: it is a directory, not an earlier output of "
             "`housing predict` (Spark's part-* files): choose another path"
         )
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {what} {path}: the folder {parent} is not writable")
+    # A real file, not os.access: root passes os.access on folders it still cannot write
+    # (/proc, /sys, read-only mounts), and the run would fail only after the scoring.
+    try:
+        with temp_file_beside(path, suffix=".probe"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(
+            f"cannot write {what} {path}: the folder {parent} is not writable ({reason})"
+        ) from None
 
 
 def _check_not_input(path: Path, what: str, inp: InputFiles) -> None:
