@@ -473,6 +473,43 @@ def test_an_output_folder_no_one_can_write_is_exit_2_before_scoring(
     assert not (tmp_path / "o.parquet").exists()
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs RLIMIT_FSIZE")
+def test_an_output_write_that_fails_midway_is_exit_2_and_keeps_the_previous_file(
+    config: Path, tmp_path: Path
+) -> None:
+    # A full disk, met after the scoring started: a file-size limit (RLIMIT_FSIZE, EFBIG;
+    # Python ignores SIGXFSZ) above every file of the store, so the model still loads,
+    # and an input whose CSV output is larger than it.
+    import resource
+    import subprocess
+
+    from helpers import HOUSING
+
+    store = Path(load_config(config).mlflow.artifact_location)
+    limit = max(f.stat().st_size for f in store.rglob("*") if f.is_file()) + (1 << 20)
+    src = tmp_path / "listings.parquet"
+    frame = _frame(2000)
+    pd.concat([frame] * (limit // (2000 * 60) + 1), ignore_index=True).to_parquet(src)
+    out = tmp_path / "scored.csv"
+    out.write_text("the previous output\n")
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [str(HOUSING), "-c", str(config), "predict", str(src), "-o", str(out)]
+    cmd += ["--compile", "never", "--on-error", "skip"]  # _frame has a few rows out of range
+    done = subprocess.run(cmd, preexec_fn=limited, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: cannot write --output {out}: ")
+    assert "File too large" in errors[0], errors[0]
+    assert done.stderr.rstrip().endswith("Try 'housing predict -h' for help.")
+    assert out.read_text() == "the previous output\n"  # untouched
+    # Neither a partial output nor a rejects file (nor their temporary files) is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listings.parquet", "scored.csv"]
+
+
 @pytest.mark.parametrize(
     ("source", "args", "message"),
     [

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from housing_mlops.columns import FEATURES
-from housing_mlops.errors import DataError
+from housing_mlops.errors import DataError, UsageError
 from housing_mlops.files import temp_file_beside
 from housing_mlops.predict.job import (
     ModelPackage,
@@ -134,30 +134,50 @@ def _score(model: Any, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, ScoredBat
 
 
 class _Writer:
-    """A Parquet or CSV writer on a temporary path; ``commit`` renames it into place."""
+    """A Parquet or CSV writer on a temporary path; ``commit`` renames it into place.
 
-    def __init__(self, final: Path, fmt: str, schema: pa.Schema, tmp: Path) -> None:
-        self.final, self.tmp, self.fmt = final, tmp, fmt
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
+    A write that fails (a full disk, a file-size limit) is a UsageError naming the option
+    (``what``: --output or --rejects), as a folder that cannot be written is: exit 2, one
+    line, and the temporary file goes with the run, so a previous output stays whole."""
 
-            self._w: Any = pq.ParquetWriter(str(tmp), schema, compression="snappy")
-        else:
-            import pyarrow.csv as pcsv
+    def __init__(self, final: Path, fmt: str, schema: pa.Schema, tmp: Path, what: str) -> None:
+        self.final, self.tmp, self.fmt, self.what = final, tmp, fmt, what
+        with self._writing():
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
 
-            self._w = pcsv.CSVWriter(str(tmp), schema.remove_metadata())
+                self._w: Any = pq.ParquetWriter(str(tmp), schema, compression="snappy")
+            else:
+                import pyarrow.csv as pcsv
+
+                self._w = pcsv.CSVWriter(str(tmp), schema.remove_metadata())
         self._open = True
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self._open = False  # a writer that failed is not closed again
+            reason = exc.strerror or str(exc)
+            raise UsageError(
+                f"cannot write {self.what} {self.final}: {reason} (a previous file there "
+                "is as it was): free space, or choose another folder"
+            ) from None
+
     def write(self, batch: pa.RecordBatch) -> None:
-        self._w.write_batch(batch)
+        with self._writing():
+            self._w.write_batch(batch)
 
     def close(self) -> None:
         if self._open:
             self._open = False
-            self._w.close()
+            with self._writing():
+                self._w.close()
 
     def commit(self) -> None:
-        replace_output(self.tmp, self.final)
+        with self._writing():
+            replace_output(self.tmp, self.final)
 
 
 def _added(n: int, offset: int, ids: np.ndarray, preds: np.ndarray, ref: Any) -> list[pa.Array]:
@@ -204,6 +224,7 @@ def score_local(
             job.output_format,
             out_schema,
             stack.enter_context(temp_file_beside(job.output)),
+            "--output",
         )
         stack.callback(out.close)
         rej = None
@@ -213,6 +234,7 @@ def score_local(
                 "csv" if job.rejects.suffix.lower() == ".csv" else "parquet",
                 rej_schema,
                 stack.enter_context(temp_file_beside(job.rejects)),
+                "--rejects",
             )
             stack.callback(rej.close)
         progress(label, 0, total)
