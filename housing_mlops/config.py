@@ -384,6 +384,11 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Settings:
     except OSError as exc:  # a folder on the way that this user may not enter
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     if not is_file:
+        if path.is_dir():  # `-c configs`: there, but a folder (maybe the one holding it)
+            raise ConfigError(
+                f"config {path} is a directory, not a YAML file: pass the file with "
+                f"--config PATH (e.g. {path / DEFAULT_CONFIG_PATH.name})"
+            )
         raise ConfigError(
             f"config file not found: {path} (pass --config PATH or run from the project root)"
         )

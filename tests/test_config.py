@@ -133,6 +133,18 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     )
 
 
+def test_a_folder_is_named_as_a_folder_not_as_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `housing train -c configs`: the folder exists, so "not found" sent users looking for it.
+    path = tmp_path / "configs"
+    path.mkdir()
+    assert config_error(capsys, path) == (
+        f"Error: config {path} is a directory, not a YAML file: pass the file with "
+        f"--config PATH (e.g. {path}/default.yaml)"
+    )
+
+
 def test_bad_yaml_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  urls: [a\n  b: c\n")
