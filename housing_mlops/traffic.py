@@ -315,9 +315,20 @@ def send_rows(
     )
 
 
+PROG = "python -m housing_mlops.traffic"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is a UsageError: one `Error:` line and exit 2 like every
+    other mistake, not argparse's usage block and its lowercase `error:` line."""
+
+    def error(self, message: str) -> Any:  # noqa: D102 - argparse's hook
+        raise UsageError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m housing_mlops.traffic",
+    p = _Parser(
+        prog=PROG,
         description="Send rows of the test split to a running housing service.",
     )
     p.add_argument("--url", default=None, help="Service base URL (default: serve.host/port).")
@@ -361,8 +372,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m housing_mlops.traffic``; returns the exit code."""
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         from housing_mlops.config import load_config
         from housing_mlops.featurize import load_split
 
@@ -405,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except HousingError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        if exc.exit_code == 2:  # as `housing` does for every usage error
+            print(f"Try '{PROG} -h' for help.", file=sys.stderr)
         return exc.exit_code
     summary.pop("answered", None)
     summary["shift"] = shift

@@ -155,6 +155,24 @@ def test_main_rejects_a_bad_shift_with_exit_2(processed_config, capsys) -> None:
     assert "Error: --shift 'Income=2': use FEATURE=FACTOR" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "Error: unrecognized arguments: --bogus"),
+        (["--rows", "abc"], "Error: argument --rows: invalid int value: 'abc'"),
+        (["--split", "dev"], "Error: argument --split: invalid choice: 'dev'"),
+    ],
+)
+def test_a_bad_option_is_one_error_line_and_exit_2(
+    processed_config, capsys, args: list[str], message: str
+) -> None:
+    code = main(["--config", str(processed_config), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[0].startswith(message), err
+    assert err.splitlines()[1:] == ["Try 'python -m housing_mlops.traffic -h' for help."]
+
+
 # ------------------------------------------------------------------- the demo path
 @pytest.mark.slow
 def test_demo_path_traffic_to_real_service_then_drift(
