@@ -318,6 +318,22 @@ def send_rows(
 PROG = "python -m housing_mlops.traffic"
 
 
+def check_url(url: str) -> None:
+    """An http(s) URL with a host, before anything is sent: ``localhost:8000`` (no scheme)
+    would otherwise fail on every row and read as a service that is down."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        raise UsageError(f"--url {url!r} is not a URL ({exc}): use http://HOST:PORT") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"--url {url!r} is not an http(s) URL: use http://HOST:PORT, e.g. http://127.0.0.1:8000"
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is a UsageError: one `Error:` line and exit 2 like every
     other mistake, not argparse's usage block and its lowercase `error:` line."""
@@ -394,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         settings = load_config(args.config)
         url = args.url or f"http://{settings.serve.host}:{settings.serve.port}"
+        check_url(url)
         frame, target = load_split(settings, args.split)
         rows = prepare_rows(frame, args.rows, shift, args.seed)
         summary = send_rows(url, rows, args.rate, args.batch_size, args.concurrency, args.timeout)

@@ -173,6 +173,22 @@ def test_a_bad_option_is_one_error_line_and_exit_2(
     assert err.splitlines()[1:] == ["Try 'python -m housing_mlops.traffic -h' for help."]
 
 
+@pytest.mark.parametrize("url", ["{host}:{port}", "ftp://{host}:{port}", "http://:{port}"])
+def test_a_url_without_http_is_exit_2_before_anything_is_sent(
+    stand_in, processed_config, capsys, url: str
+) -> None:
+    # `--url localhost:8000` failed on every row and ended "is `housing serve` running?"
+    # (exit 1), sending a user to restart a service that was up.
+    base = httpx.URL(stand_in["url"])
+    given = url.format(host=base.host, port=base.port)
+    before = len(stand_in["received"])
+    code = main(["--config", str(processed_config), "--url", given, "--rows", "3"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"Error: --url {given!r} is not an http(s) URL: use http://HOST:PORT")
+    assert len(stand_in["received"]) == before  # nothing sent
+
+
 # ------------------------------------------------------------------- the demo path
 @pytest.mark.slow
 def test_demo_path_traffic_to_real_service_then_drift(
