@@ -189,6 +189,46 @@ def test_a_glob_runs_twice_with_its_default_output_beside_the_parts(
     ]
 
 
+@pytest.mark.parametrize("form", ["folder", "glob"])
+def test_a_part_that_is_an_earlier_output_is_refused_not_scored_again(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
+) -> None:
+    # The glob's default output lands among the parts; read as a folder afterwards (or by a
+    # glob that matches another output name), the dataset took the first part's columns
+    # for all, so the earlier predictions were scored again as input rows: 90 rows in,
+    # 180 out, without a word.
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    _frame(90).to_parquet(parts / "part-00000.parquet")
+    assert _predict(config, str(parts / "*.parquet"), "-o", str(parts / "scored.parquet")) == 0
+    capsys.readouterr()
+    spec = str(parts) if form == "folder" else str(parts / "*.parquet")
+    out = tmp_path / "again.parquet"
+    assert _predict(config, spec, "-o", str(out)) == 4
+    assert _error(capsys) == (
+        f"Error: part {parts}/scored.parquet of {spec} already has the column(s) prediction, "
+        "prediction_usd, model_version, run_id, row_id that `housing predict` adds: rename or "
+        "drop them (is it a predictions file?)"
+    )
+    assert not out.exists()
+
+
+def test_a_part_lacking_a_feature_is_refused_not_read_as_nulls(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    frame = _frame(60)
+    frame.iloc[:30].to_parquet(parts / "part-0.parquet")
+    frame.iloc[30:].drop(columns=["Population"]).to_parquet(parts / "part-1.parquet")
+    out = tmp_path / "o.parquet"
+    assert _predict(config, str(parts), "-o", str(out), "--on-error", "skip") == 4
+    assert _error(capsys).startswith(
+        f"Error: part {parts}/part-1.parquet of {parts} lacks the feature column(s) Population"
+    )
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------- bad rows
 def _with_bad_rows(tmp_path: Path, n: int = 200) -> tuple[Path, pd.DataFrame]:
     frame = _frame(n)

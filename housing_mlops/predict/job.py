@@ -272,6 +272,29 @@ def check_columns(names: list[str], source: str) -> None:
         )
 
 
+def check_parts(inp: InputFiles) -> None:
+    """Every part's own columns (its footer), not only those of the part an engine takes as
+    the schema of all: a part holding the columns `housing predict` adds (an earlier output
+    left among the parts) would be scored again, its extra columns dropped, and a part
+    lacking a feature would read as rows of nulls. DataError naming the part."""
+    if inp.format != "parquet" or len(inp.files) < 2:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for part in inp.files:
+        source = f"part {part} of {inp.spec}"
+        try:
+            schema = pq.read_schema(part)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read {source}: {exc}") from None
+        check_columns(schema.names, source)
+        for name in FEATURES:
+            kind = schema.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                raise not_numeric(name, str(kind), source)
+
+
 def replace_output(new: Path, final: Path) -> None:
     """Move a finished output (a file, or Spark's folder of parts) into place. An older
     output of the other kind is moved aside first and removed only after the rename."""

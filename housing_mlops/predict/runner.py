@@ -15,6 +15,7 @@ from housing_mlops.predict.job import (
     PredictJob,
     Progress,
     TreesUsed,
+    check_parts,
     lineage,
     load_package,
     with_trees,
@@ -31,6 +32,7 @@ def run(settings: Any, job: PredictJob, progress: Progress | None = None) -> dic
     a scoring rate."""
     started = time.perf_counter()
     say = progress or (lambda *_: None)
+    check_parts(job.input)  # before Spark or the registry: a wrong part costs nothing
     with contextlib.ExitStack() as stack:
         spark_start = None
         if job.engine == "spark":
