@@ -285,6 +285,86 @@ def test_a_sqlite_log_that_cannot_take_rows_is_log_unavailable(tmp_path: Path) -
     sink.close()
 
 
+def _count_in_another_process(path: Path) -> int:
+    """What `housing drift` or `housing evaluate --live` would see: a new process's read."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=10); "
+        "print(c.execute('select count(*) from requests').fetchone()[0]); c.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_a_read_in_the_service_process_does_not_expose_its_log_to_other_processes(
+    tmp_path: Path,
+) -> None:
+    # The service keeps its writer's connection open and, between writes, opens the log
+    # again (POST /feedback, the live-quality gauges, /metrics). Reading the file's header
+    # with open()/close() dropped the writer's locks: the next `housing drift` (or
+    # feedback) to close its connection deleted the -wal and -shm under the service, whose
+    # later rows other processes no longer saw and whose /feedback answered 503
+    # "disk I/O error" until it restarted.
+    import time
+
+    from housing_mlops.store import LoggedRequest, RequestLogWriter
+
+    def rows(start: int) -> list[LoggedRequest]:
+        return [
+            LoggedRequest(
+                ts=time.time(),
+                request_id=f"r{i}",
+                row_index=0,
+                model_name="m",
+                model_version="1",
+                features=[1.0] * len(FEATURES),
+                prediction=1.5,
+                latency_ms=0.3,
+                status=200,
+            )
+            for i in range(start, start + 3)
+        ]
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while (seen := _count_in_another_process(path)) < count:
+            assert time.monotonic() < deadline, f"another process sees {seen} of {count} rows"
+            time.sleep(0.1)
+
+    path = tmp_path / "requests.db"
+    writer = RequestLogWriter(path, flush_interval_s=0.05)
+    writer.start()
+    try:
+        writer.submit(rows(0))
+        wait_for(3)
+        conn = store.open_readonly(path)  # as the service does for its gauges
+        assert conn is not None
+        conn.close()
+        store.open_log(path, create=True).close()  # POST /feedback
+        import subprocess
+        import sys
+
+        drift_like = (
+            "import sys; from housing_mlops import store; "
+            "store.open_log(sys.argv[1], create=False).close()"
+        )
+        subprocess.run([sys.executable, "-c", drift_like, str(path)], check=True, timeout=60)
+        writer.submit(rows(3))
+        wait_for(6)  # the service's new rows reach the others
+        fresh = store.open_log(path, create=False)  # the next POST /feedback
+        assert fresh is not None
+        assert fresh.execute("select count(*) from requests").fetchone()[0] == 6
+        fresh.close()
+    finally:
+        writer.close()
+    assert _count_in_another_process(path) == 6
+
+
 def test_answered_values_are_the_row_values_of_the_answered_rows() -> None:
     """The service's hot path logs ``answered_values`` tuples instead of LoggedRequest
     rows: every column must be what ``row_values`` gives for those rows."""

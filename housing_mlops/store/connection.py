@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 LogConnection: TypeAlias = "sqlite3.Connection | PgConnection"
 Where: TypeAlias = "Path | str | LogLocation"
 
-SQLITE_HEADER = b"SQLite format 3\x00"
+#: The smallest SQLite database: one page of the smallest page size.
+MIN_DATABASE_BYTES = 512
 
 
 def _not_a_log(path: Path, what: str) -> DataError:
@@ -52,7 +53,14 @@ def _not_a_log(path: Path, what: str) -> DataError:
 def _existing_log(path: Path) -> bool:
     """True when ``path`` holds a SQLite file, False when nothing is there; else DataError.
 
-    Only the 16-byte header is read; an empty file counts (SQLite makes it a database).
+    An empty file counts (SQLite makes it a database). The header is read by SQLite, never
+    with an open() and close() of our own: closing any descriptor of the file drops every
+    POSIX lock this process holds on it, those of its open SQLite connections included (a
+    service's writer), and the next connection of another process to close (``housing
+    drift``, ``housing feedback``) would take itself for the last one and delete the -wal
+    and -shm files under them: every later read of the service failing with "disk I/O
+    error" and its new rows unseen by other readers. SQLite's own opens and closes keep
+    the locks of the process's other connections.
     """
     if not path.exists():
         return False
@@ -61,12 +69,25 @@ def _existing_log(path: Path) -> bool:
     if not path.is_file():
         raise _not_a_log(path, "is not a regular file, so not a SQLite database")
     try:
-        with path.open("rb") as fh:
-            head = fh.read(len(SQLITE_HEADER))
+        size = path.stat().st_size
     except OSError as exc:
         raise DataError(f"cannot read the request log {path}: {exc.strerror or exc}") from None
-    if head and head != SQLITE_HEADER:
+    if size == 0:
+        return True
+    if size < MIN_DATABASE_BYTES:  # SQLite would read a few bytes as an empty database
         raise _not_a_log(path, "is not a SQLite database")
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise DataError(f"cannot read the request log {path}: {exc}") from None
+    try:
+        probe.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.OperationalError:
+        pass  # locked or not openable now: a database all the same; the opener says why
+    except sqlite3.DatabaseError:  # SQLITE_NOTADB: no SQLite header
+        raise _not_a_log(path, "is not a SQLite database") from None
+    finally:
+        probe.close()
     return True
 
 
