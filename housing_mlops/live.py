@@ -340,7 +340,8 @@ def read_labelled(settings: Settings, since_ts: float | None = None) -> Labelled
 
     conn = store.open_readonly(settings.serve.request_log)
     try:
-        return store.labelled_rows(conn, since_ts=since_ts)
+        with store.damaged_log_errors(settings.serve.request_log):
+            return store.labelled_rows(conn, since_ts=since_ts)
     finally:
         if conn is not None:
             conn.close()

@@ -260,6 +260,37 @@ def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(
     assert sorted(p.name for p in path.parent.iterdir()) == ["requests.db"]  # no -wal/-shm
 
 
+@pytest.mark.parametrize("command", ["drift", "evaluate --live"])
+def test_a_log_damaged_past_its_first_page_is_a_data_error_exit_4(
+    project, tmp_path: Path, capsys, command: str
+) -> None:
+    # The header and the schema page read fine; the table pages do not ("database disk
+    # image is malformed"): drift and evaluate --live ended in "Error: unexpected
+    # DatabaseError" (exit 1).
+    import shutil
+    import sqlite3
+
+    damaged = tmp_path / "requests.db"
+    shutil.copyfile(project["settings"].serve.request_log, damaged)
+    conn = sqlite3.connect(damaged)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(damaged.read_bytes())
+    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the first
+    damaged.write_bytes(bytes(data))
+    args = [*command.split(), "--request-log", str(damaged)]
+    code = run(["--config", str(project["config"]), *args])
+    captured = capsys.readouterr()
+    assert code == 4, captured.err
+    assert captured.out == "" and "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert lines == [
+        f"Error: the request log {damaged} is not a usable SQLite database (database disk "
+        "image is malformed): move it away, or point serve.request_log (or "
+        "HOUSING_REQUEST_LOG) at a SQLite file (it is created when missing)"
+    ]
+
+
 def test_installed_command_exits_6_on_drift(project) -> None:
     exe = Path(sys.executable).parent / "housing"
     a = project["anchor"]

@@ -114,75 +114,77 @@ def check_drift(
             "(for example `python -m housing_mlops.traffic --rows 500`) first"
         )
     try:
-        counts = store.window_counts(db, since_ts, until_ts, version)
-        if not counts:
-            raise InsufficientDataError(
-                f"no answered requests{which} {window_text} in {log_path}: "
-                "widen --since or send traffic first"
-            )
-        chosen = counts[0]
-        if chosen["rows"] < cfg.min_rows:
-            raise InsufficientDataError(
-                f"only {chosen['rows']} answered request(s) from model version "
-                f"{chosen['model_version']} {window_text}; drift needs at least "
-                f"{cfg.min_rows} (drift.min_rows): widen --since or send more traffic"
-            )
-        profile, source = _load_reference(
-            settings,
-            db,
-            chosen["model_name"],
-            chosen["model_version"],
-            reference_path,
-            refresh_reference,
-        )
-        fraction = min(1.0, cfg.sample_rows / chosen["rows"])
-        current = store.window_sample(
-            db,
-            since_ts,
-            until_ts,
-            chosen["model_version"],
-            [*FEATURES, PREDICTION],
-            fraction=fraction,
-        )
-        judged = compare_window(profile, current, cfg)
-        if not judged["scores"]:
-            raise InsufficientDataError(
-                f"the reference profile ({source}) shares no column with the request log"
-            )
-        result: dict[str, Any] = {
-            "created_at": time.time(),
-            "window": {
-                "since": iso_utc(since_ts),
-                "until": iso_utc(until_ts),
-                "since_ts": since_ts,
-                "until_ts": until_ts,
-            },
-            "model_name": chosen["model_name"],
-            "model_version": chosen["model_version"],
-            "rows": int(chosen["rows"]),
-            "sampled_rows": int(current[FEATURES[0]].size),
-            "other_versions": {c["model_version"]: c["rows"] for c in counts[1:]},
-            "reference": {"source": source, "rows": profile.get("rows")},
-            "thresholds": {
-                k: getattr(cfg, k)
-                for k in (
-                    "psi_bins",
-                    "psi_warn",
-                    "psi_drift",
-                    "wasserstein_warn",
-                    "wasserstein_drift",
-                    "ks_pvalue",
-                    "drift_share",
-                    "hard_limit_psi",
-                    "hard_limit_wasserstein",
+        # A damaged file met past its first page: exit 4 naming the log, not exit 1.
+        with store.damaged_log_errors(log_path):
+            counts = store.window_counts(db, since_ts, until_ts, version)
+            if not counts:
+                raise InsufficientDataError(
+                    f"no answered requests{which} {window_text} in {log_path}: "
+                    "widen --since or send traffic first"
                 )
-            },
-            **judged,
-        }
-        for score in result["scores"]:
-            score["ks_significant"] = bool(score["ks_pvalue"] < judged["ks_alpha"])
-        if save:
-            result["run_id"] = store.save_drift_run(db, result)
-        return result
+            chosen = counts[0]
+            if chosen["rows"] < cfg.min_rows:
+                raise InsufficientDataError(
+                    f"only {chosen['rows']} answered request(s) from model version "
+                    f"{chosen['model_version']} {window_text}; drift needs at least "
+                    f"{cfg.min_rows} (drift.min_rows): widen --since or send more traffic"
+                )
+            profile, source = _load_reference(
+                settings,
+                db,
+                chosen["model_name"],
+                chosen["model_version"],
+                reference_path,
+                refresh_reference,
+            )
+            fraction = min(1.0, cfg.sample_rows / chosen["rows"])
+            current = store.window_sample(
+                db,
+                since_ts,
+                until_ts,
+                chosen["model_version"],
+                [*FEATURES, PREDICTION],
+                fraction=fraction,
+            )
+            judged = compare_window(profile, current, cfg)
+            if not judged["scores"]:
+                raise InsufficientDataError(
+                    f"the reference profile ({source}) shares no column with the request log"
+                )
+            result: dict[str, Any] = {
+                "created_at": time.time(),
+                "window": {
+                    "since": iso_utc(since_ts),
+                    "until": iso_utc(until_ts),
+                    "since_ts": since_ts,
+                    "until_ts": until_ts,
+                },
+                "model_name": chosen["model_name"],
+                "model_version": chosen["model_version"],
+                "rows": int(chosen["rows"]),
+                "sampled_rows": int(current[FEATURES[0]].size),
+                "other_versions": {c["model_version"]: c["rows"] for c in counts[1:]},
+                "reference": {"source": source, "rows": profile.get("rows")},
+                "thresholds": {
+                    k: getattr(cfg, k)
+                    for k in (
+                        "psi_bins",
+                        "psi_warn",
+                        "psi_drift",
+                        "wasserstein_warn",
+                        "wasserstein_drift",
+                        "ks_pvalue",
+                        "drift_share",
+                        "hard_limit_psi",
+                        "hard_limit_wasserstein",
+                    )
+                },
+                **judged,
+            }
+            for score in result["scores"]:
+                score["ks_significant"] = bool(score["ks_pvalue"] < judged["ks_alpha"])
+            if save:
+                result["run_id"] = store.save_drift_run(db, result)
+            return result
     finally:
         db.close()

@@ -4,7 +4,8 @@ One interface, whatever the caller and whichever backend (a SQLite file, the def
 a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
 
 - where: ``parse_log_location(value)`` -> ``LogLocation`` (``str()`` hides the password);
-- open: ``open_log(path, create=...)`` for writing, ``open_readonly(path)`` for reading,
+- open: ``open_log(path, create=...)`` for writing, ``open_readonly(path)`` for reading
+  (``damaged_log_errors(path)`` around a read turns a damaged file into a DataError),
   ``create_log(path)`` at the service's start-up, ``check_request_log(path)`` to ask
   whether a path is a log (``store.connection``); every opener takes a path, a URL or a
   ``LogLocation``;
@@ -39,6 +40,7 @@ from housing_mlops.store.connection import (
     LogConnection,
     check_request_log,
     create_log,
+    damaged_log_errors,
     open_log,
     open_readonly,
 )
@@ -95,6 +97,7 @@ __all__ = [
     "check_request_log",
     "check_spool_dir",
     "create_log",
+    "damaged_log_errors",
     "drift_history",
     "drift_score_history",
     "is_log_url",

@@ -24,7 +24,9 @@ is never written to: SQLite would otherwise leave -wal/-shm files beside it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias, overload
 
@@ -43,7 +45,7 @@ Where: TypeAlias = "Path | str | LogLocation"
 MIN_DATABASE_BYTES = 512
 
 
-def _not_a_log(path: Path, what: str) -> DataError:
+def _not_a_log(path: Path | LogLocation, what: str) -> DataError:
     return DataError(
         f"the request log {path} {what}: move it away, or point serve.request_log "
         "(or HOUSING_REQUEST_LOG) at a SQLite file (it is created when missing)"
@@ -89,6 +91,21 @@ def _existing_log(path: Path) -> bool:
     finally:
         probe.close()
     return True
+
+
+@contextlib.contextmanager
+def damaged_log_errors(where: Where) -> Iterator[None]:
+    """A damaged SQLite log met past its first page ("database disk image is malformed"):
+    the DataError (exit 4) the openers give for a file that is not a usable log, instead of
+    sqlite3's DatabaseError as an unexpected error. Locks and other errors pass through."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            raise
+        raise _not_a_log(
+            parse_log_location(where), f"is not a usable SQLite database ({exc})"
+        ) from None
 
 
 def _verified(conn: sqlite3.Connection, path: Path, statements: tuple[str, ...]) -> None:
@@ -153,7 +170,8 @@ def open_log(path: Where, *, create: bool) -> LogConnection | None:
     conn = sqlite3.connect(path, timeout=10.0)
     _verified(conn, path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"))
     try:
-        create_tables(conn)
+        with damaged_log_errors(path):
+            create_tables(conn)
     except SchemaTooNew as exc:
         conn.close()
         raise ConfigError(
