@@ -59,6 +59,24 @@ def test_train_before_featurize_says_what_to_run(
     assert "run `housing featurize` first" in capsys.readouterr().err
 
 
+def test_a_store_folder_that_cannot_be_made_is_exit_5_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file where the store's folder should be (or a folder without permission): the
+    # mkdir's OSError was "Error: unexpected NotADirectoryError" (exit 1).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    uri = f"sqlite:///{blocker}/mlruns/mlflow.db"
+    make_settings(tmp_path, {"mlflow": {"tracking_uri": uri}})  # config.yaml, processed data
+    code = run(["--config", str(tmp_path / "config.yaml"), "train", "--model", "ridge"])
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert err.splitlines() == [
+        f"Error: cannot create the folder {blocker}/mlruns of the MLflow store {uri} "
+        "(Not a directory): fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+    ]
+
+
 def test_rerun_with_same_config_and_data_gives_same_metrics(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

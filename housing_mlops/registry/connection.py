@@ -154,7 +154,14 @@ def configure(settings: Settings) -> str:
     _quiet_mlflow()
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri[len("sqlite:///") :]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way, no permission, a read-only disk
+            raise ModelError(
+                f"cannot create the folder {folder} of the MLflow store {uri} "
+                f"({exc.strerror or exc}): fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+            ) from None
     if _is_remote(uri):
         _check_reachable(uri)
     import mlflow
