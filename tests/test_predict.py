@@ -550,6 +550,41 @@ def test_an_output_write_that_fails_midway_is_exit_2_and_keeps_the_previous_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["listings.parquet", "scored.csv"]
 
 
+def test_ctrl_c_while_scoring_says_interrupted_exit_130_and_writes_nothing(
+    config: Path, tmp_path: Path
+) -> None:
+    # Typer turned the KeyboardInterrupt into a bare exit 130: the command stopped in the
+    # middle of its progress lines without a word.
+    import signal
+    import subprocess
+    import time
+
+    from helpers import HOUSING
+
+    src = tmp_path / "listings.parquet"
+    pd.concat([_frame(2000)] * 100, ignore_index=True).to_parquet(src)
+    out = tmp_path / "scored.parquet"
+    out.write_bytes(b"the previous output")
+    cmd = [str(HOUSING), "-c", str(config), "predict", str(src), "-o", str(out)]
+    cmd += ["--compile", "never", "--on-error", "skip"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # progress lines, one per stage
+        seen.append(line)
+        if line.startswith("predict: scoring"):
+            break
+        assert time.monotonic() < deadline, seen
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(seen) + rest
+    assert rest.strip().splitlines()[-1:] == ["Error: interrupted"], rest
+    assert "Traceback" not in rest
+    assert out.read_bytes() == b"the previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listings.parquet", "scored.parquet"]
+
+
 @pytest.mark.parametrize(
     ("source", "args", "message"),
     [

@@ -63,6 +63,9 @@ def _print_decision(exc: HousingError, as_json: bool) -> None:
         print_json(exc.payload)
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl+C
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: the one place errors become exit codes.
 
@@ -79,7 +82,7 @@ def run(argv: list[str] | None = None) -> int:
         result = command.main(args=args, prog_name="housing", standalone_mode=False)
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `housing … --json | head`: the reader left; main() is quiet
         raise
     except click_error as exc:
@@ -102,7 +105,7 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if type(exc).__name__ == "Abort":  # Click's abort (Ctrl+D at a prompt)
             print("Error: aborted", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
         if verbose:
             import traceback
 
@@ -113,6 +116,10 @@ def run(argv: list[str] | None = None) -> int:
         )
         return EXIT_UNEXPECTED
     # Without standalone mode Click returns typer.Exit's code (or the command's None).
+    if result == EXIT_INTERRUPTED:
+        # Typer turns Ctrl+C inside a command into Exit(130) and returns the code, so the
+        # KeyboardInterrupt above never arrives; no command exits 130 on its own.
+        print("Error: interrupted", file=sys.stderr)
     return result if isinstance(result, int) else 0
 
 
