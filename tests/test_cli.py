@@ -165,6 +165,24 @@ def test_installed_fetch_from_missing_path(tmp_path: Path) -> None:
     assert proc.stderr == f"Error: --from path not found: {tmp_path.resolve() / 'nowhere.tgz'}\n"
 
 
+@pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
+def test_installed_json_to_a_reader_that_left_is_exit_141_not_1(tmp_path: Path) -> None:
+    # `housing evaluate --live --json | head`: Typer answers the broken pipe inside the
+    # command with a silent exit 1 ("unexpected error" in the exit-code table).
+    cfg = write_config(tmp_path)
+    proc = subprocess.Popen(
+        [str(HOUSING), "-c", str(cfg), "evaluate", "--live", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader leaves before the command writes its result
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Error" not in err, err
+
+
 # ------------------------------------------- common options after the subcommand
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_config_and_verbose_after_its_name(

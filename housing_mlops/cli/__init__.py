@@ -85,6 +85,12 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `housing … --json | head`: the reader left; main() is quiet
         raise
+    except SystemExit:
+        # Typer answers a broken pipe inside a command by wrapping stdout and exiting 1
+        # (as if something unexpected failed): the same reader that left, for main().
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            raise BrokenPipeError(32, "the reader of stdout left") from None
+        raise
     except click_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `housing`: the help, exit 0
             print(exc.format_message())  # type: ignore[attr-defined]
