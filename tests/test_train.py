@@ -77,6 +77,23 @@ def test_a_store_folder_that_cannot_be_made_is_exit_5_naming_it(
     ]
 
 
+def test_an_artifact_folder_that_cannot_be_made_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It read "opening the MLflow store sqlite:///…/mlflow.db failed: [Errno 20] Not a
+    # directory: …", sending users to a store that was fine.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    make_settings(tmp_path, {"mlflow": {"artifact_location": str(blocker / "artifacts")}})
+    code = run(["--config", str(tmp_path / "config.yaml"), "train", "--model", "ridge"])
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert err.splitlines() == [
+        f"Error: cannot create the artifact folder {blocker}/artifacts (Not a directory): fix "
+        "mlflow.artifact_location / HOUSING_MLFLOW_ARTIFACT_LOCATION"
+    ]
+
+
 def test_rerun_with_same_config_and_data_gives_same_metrics(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,7 +62,13 @@ def _artifact_location(settings: Settings, uri: str) -> str | None:
     path = Path(location).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # not the store's fault: name the key that holds this folder
+        raise ModelError(
+            f"cannot create the artifact folder {path} ({exc.strerror or exc}): fix "
+            "mlflow.artifact_location / HOUSING_MLFLOW_ARTIFACT_LOCATION"
+        ) from None
     return path.resolve().as_uri()
 
 
