@@ -436,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.exit_code == 2:  # as `housing` does for every usage error
             print(f"Try '{PROG} -h' for help.", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl+C while sending: as `housing` says it, not a traceback
+        print("Error: interrupted", file=sys.stderr)
+        return 130
     summary.pop("answered", None)
     summary["shift"] = shift
     if args.json:

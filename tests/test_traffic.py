@@ -189,6 +189,23 @@ def test_a_url_without_http_is_exit_2_before_anything_is_sent(
     assert len(stand_in["received"]) == before  # nothing sent
 
 
+def test_ctrl_c_while_sending_is_one_error_line_and_exit_130(stand_in, processed_config) -> None:
+    # A paced run (`--rows 500 --rate 100`) stopped with Ctrl+C ended in asyncio's
+    # KeyboardInterrupt traceback.
+    stand_in["received"].clear()
+    cmd = [sys.executable, "-m", "housing_mlops.traffic", "--config", str(processed_config)]
+    cmd += ["--url", stand_in["url"], "--rows", "100000", "--rate", "20", "--concurrency", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not stand_in["received"]:  # sending has begun
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["Error: interrupted"], err
+
+
 # ------------------------------------------------------------------- the demo path
 @pytest.mark.slow
 def test_demo_path_traffic_to_real_service_then_drift(
