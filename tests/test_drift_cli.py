@@ -286,8 +286,8 @@ def test_a_log_damaged_past_its_first_page_is_a_data_error_exit_4(
     lines = captured.err.strip().splitlines()
     assert lines == [
         f"Error: the request log {damaged} is not a usable SQLite database (database disk "
-        "image is malformed): move it away, or point serve.request_log (or "
-        "HOUSING_REQUEST_LOG) at a SQLite file (it is created when missing)"
+        "image is malformed): move it away, or point serve.request_log, HOUSING_REQUEST_LOG "
+        "or --request-log at a SQLite file (`housing serve` creates one where none is)"
     ]
 
 

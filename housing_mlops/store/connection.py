@@ -47,8 +47,9 @@ MIN_DATABASE_BYTES = 512
 
 def _not_a_log(path: Path | LogLocation, what: str) -> DataError:
     return DataError(
-        f"the request log {path} {what}: move it away, or point serve.request_log "
-        "(or HOUSING_REQUEST_LOG) at a SQLite file (it is created when missing)"
+        f"the request log {path} {what}: move it away, or point serve.request_log, "
+        "HOUSING_REQUEST_LOG or --request-log at a SQLite file (`housing serve` creates "
+        "one where none is)"
     )
 
 
