@@ -74,6 +74,9 @@ def test_a_url_is_parsed_and_printed_without_its_password() -> None:
     [
         ("mysql://u:topsecret@h/db", "unsupported request log URL mysql://u:***@h/db"),
         ("postgresql://u:topsecret@h:5432", "names no database"),
+        # No host either: the URL is shown as typed, not as "postgresql:".
+        ("postgresql://", "the request log URL postgresql:// names no database"),
+        ("postgres:///?password=topsecret", "URL postgres:///?password=*** names no database"),
         ("postgresql://u:topsecret@[::1:5432/db", "postgresql://*** is malformed"),
         ("postgresql://u:topsecret@h:port/db", "postgresql://*** is malformed"),
     ],

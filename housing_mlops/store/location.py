@@ -99,6 +99,8 @@ def parse_log_location(value: str | Path | LogLocation) -> LogLocation:
         scheme = value.split("://", 1)[0].lower()
         try:
             display, secret = _redact(value)
+            if "://" not in display:  # urlunsplit drops the // of a URL without a host
+                display = display.replace(":", "://", 1)
             parts = urlsplit(value)
             if "," not in parts.netloc:  # libpq's host1:port1,host2:port2 is fine as is
                 parts.port  # noqa: B018 - raises ValueError for a malformed port
