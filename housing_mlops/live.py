@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from housing_mlops.errors import UsageError
 from housing_mlops.timestamps import iso_utc
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -360,6 +361,13 @@ def live_quality(
 
     now = time.time() if now is None else now
     since_ts = parse_when(since, now, "--since") if since is not None else None
+    if since_ts is not None and since_ts >= now:
+        # As drift's window: a mistyped year would read "No labelled requests ... send
+        # true values", sending users to label what is labelled already.
+        raise UsageError(
+            f"the window is empty: --since ({iso_utc(since_ts)}) must be before now "
+            f"({iso_utc(now)})"
+        )
     cfg = settings.promote
     samples, confidence = cfg.bootstrap_samples, cfg.live_confidence
     rows = read_labelled(settings, since_ts)

@@ -193,6 +193,9 @@ def test_evaluate_live_table_and_json(
         (["--live", "--since", "yesterday"], "Error: --since 'yesterday' is not a time"),
         (["--live", "--version", "1"], "Error: --live judges every served version"),
         (["--since", "7d"], "Error: --since and --request-log go with --live"),
+        # A future --since (a mistyped year) is an empty window, as for drift, not "No
+        # labelled requests ... send true values".
+        (["--live", "--since", "2999-01-01"], "Error: the window is empty: --since (2999-"),
     ],
 )
 def test_evaluate_live_usage_errors(
