@@ -168,6 +168,24 @@ def test_directory_and_glob_of_parts_keep_part_order(
     assert pq.read_table(glob_out).column("prediction").to_pylist() == got["prediction"].tolist()
 
 
+def test_a_quoted_glob_under_the_home_folder_is_read(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The README quotes globs ('landing/*.parquet'), which keeps the shell from expanding
+    # a leading ~ too: '~/landing/*.parquet' matched nothing (exit 4).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parts = tmp_path / "landing"
+    parts.mkdir()
+    _frame(40).to_parquet(parts / "part-0.parquet")
+    args = ["-o", str(tmp_path / "scored.parquet"), "--on-error", "skip", "--json"]
+    assert _predict(config, "~/landing/*.parquet", *args) == 0
+    summary = _json(capsys)
+    assert summary["input_files"] == 1 and summary["rows_in"] == 40
+
+
 def test_a_glob_runs_twice_with_its_default_output_beside_the_parts(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -85,6 +85,8 @@ def _format_of(path: Path, what: str) -> str:
 
 def resolve_input(spec: str) -> InputFiles:
     """A CSV or Parquet file, a directory of Parquet parts, or a glob of Parquet parts."""
+    # A glob is quoted, so the shell leaves its ~ alone: expand it here, as a shell would.
+    spec = os.path.expanduser(spec)
     path = Path(spec)
     if path.is_file():
         try:
