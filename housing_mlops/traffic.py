@@ -437,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Try '{PROG} -h' for help.", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # Ctrl+C while sending: as `housing` says it, not a traceback
+        import warnings
+
+        # A connection cut while it opened leaves a coroutine never awaited; its warning at
+        # exit would follow the one line.
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         print("Error: interrupted", file=sys.stderr)
         return 130
     summary.pop("answered", None)
