@@ -165,6 +165,25 @@ def test_installed_fetch_from_missing_path(tmp_path: Path) -> None:
     assert proc.stderr == f"Error: --from path not found: {tmp_path.resolve() / 'nowhere.tgz'}\n"
 
 
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [
+        # README "Drift, traffic and the report": exit 0, 3, 4, 6, 7 (and 2 for --since).
+        ("drift", ["0 ", "2 a malformed", "3 a PostgreSQL", "4 a request log", "6 ", "7 "]),
+        # README "Ground truth": 3 no log / cannot be written; 4 a bad file or a log that
+        # is not a SQLite database (the exit-code table).
+        ("feedback", ["0 applied", "3 no request log", "4 a bad file", "not a SQLite"]),
+    ],
+)
+def test_help_lists_the_exit_codes_the_readme_gives_the_command(
+    command: str, codes: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([command, "-h"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    missing = [code for code in codes if code not in text]
+    assert not missing, text
+
+
 @pytest.mark.skipif(not HOUSING.exists(), reason="the `housing` script is not installed")
 def test_installed_json_to_a_reader_that_left_is_exit_141_not_1(tmp_path: Path) -> None:
     # `housing evaluate --live --json | head`: Typer answers the broken pipe inside the

@@ -234,8 +234,9 @@ def feedback(
 
     Bad rows: unknown (no answered request with that request_id and row_index), duplicate
     (labelled already, or twice in the file), invalid (empty id, negative row_index,
-    non-finite actual). Exit codes: 0 applied, 3 no request log or it cannot be written,
-    4 a bad file, or any bad row without --skip-bad (nothing applied).
+    non-finite actual). Exit codes: 0 applied, 3 no request log or it cannot be written
+    (or a PostgreSQL log that cannot be reached), 4 a bad file, any bad row without
+    --skip-bad (nothing applied), or a request log that is not a SQLite database.
     """
     from housing_mlops.cli import render
     from housing_mlops.feedback import apply_feedback_file
@@ -364,8 +365,10 @@ def drift(
 ) -> None:
     """Compare logged requests with the training data; exit 6 when drift is found.
 
-    Exit codes: 0 nothing marked drift, 6 a feature or the prediction marked drift,
-    7 not enough data (no log, fewer than drift.min_rows rows, no reference profile).
+    Exit codes: 0 nothing marked drift, 2 a malformed --since/--until, 3 a PostgreSQL
+    log that cannot be reached, 4 a request log that is not a SQLite database (or is
+    damaged), 6 a feature or the prediction marked drift, 7 not enough data (no log, fewer
+    than drift.min_rows rows, no reference profile).
     """
     from housing_mlops.cli import render
     from housing_mlops.drift.check import check_drift
