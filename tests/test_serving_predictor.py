@@ -400,3 +400,19 @@ def test_compiled_trees_leave_other_models_and_never_alone(
         assert info["residual_correction"] == {"neighbours": 5, "weight": 0.4}
         _answers_like_the_pipeline(model, pipeline, X)
     assert not list(tmp_path.glob("lightgbm-*.so"))
+
+
+def test_requests_left_behind_by_max_rows_fail_too_when_no_model_is_loaded() -> None:
+    """The challenger's batcher right after its alias was removed (canary): every request
+    waiting there must fail at once (the champion then answers it), not only those of the
+    first batch; the rest used to wait for a request that never came (the mode is off now)."""
+
+    async def main() -> list[Any]:
+        # serve's defaults: at most 256 rows a micro-batch, up to 1,000 rows a request.
+        batcher = MicroBatcher(lambda: None, window_s=0, max_rows=256, inline_rows=64)
+        # One house, then 300 in the same turn: the second goes in a batch of its own.
+        calls = [batcher.predict(np.zeros((n, 8))) for n in (1, 300)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+
+    results = asyncio.run(main())
+    assert [str(r) for r in results] == ["no model loaded"] * 2

@@ -150,9 +150,11 @@ class MicroBatcher:
         self._pending_rows -= rows
         model = self._current()
         if model is None:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(RuntimeError("no model loaded"))
+            _fail(batch, RuntimeError("no model loaded"))
+            if self._pending and self._timer is None:
+                # What max_rows left behind fails too: no later request may come to send it
+                # (a challenger just unloaded gets no more).
+                self._timer = asyncio.get_running_loop().call_soon(self._dispatch)
             return
         X = batch[0][0] if take == 1 else np.concatenate([x for x, _ in batch])
         self.batches += 1
