@@ -129,3 +129,46 @@ def test_rows_queued_behind_a_stuck_write_are_spooled_at_close(pg_url: str, tmp_
     finally:
         nxt.close()
     assert _logged(pg_url) == _expected(60)
+
+
+def test_a_spool_error_after_the_outage_does_not_stop_the_writer(
+    postgres: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """A spool that cannot be trimmed after a replay (here another session holds its write
+    lock past SQLite's 10 s busy timeout; a full disk fails the same call, which a test
+    cannot make without root) must not end the writer thread: rows logged afterwards still
+    reach the database. It used to die there, and every later row stayed in memory."""
+    import sqlite3
+
+    create_log(pg_url)
+    spool = tmp_path / "spool"
+    writer = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
+    writer.start()
+    try:
+        with postgres.down():
+            writer.submit([_row(i) for i in range(100)])
+            wait_until(lambda: writer.degraded and writer.spooled == 100, 20, "rows spooled")
+            (path,) = spool.glob("*.db")
+            locker = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")  # the spool's write lock, from outside
+        try:
+            # The replay writes the rows, then cannot delete them from the spool: the
+            # delete gives up after SQLite's 10 s busy timeout. The writer must live on and
+            # try again, which writes that batch once more (replay is at least once).
+            wait_until(lambda: len(_logged(pg_url)) >= 100, 30, "the replay's write")
+            wait_until(lambda: len(_logged(pg_url)) > 100, 40, "the writer's next attempt")
+        finally:
+            locker.rollback()
+            locker.close()
+        writer.submit([_row(i) for i in range(100, 150)])
+        wait_until(
+            lambda: {r[0] for r in _logged(pg_url)} == {r[0] for r in _expected(150)},
+            20,
+            "the rows logged after the spool error",
+        )
+        wait_until(lambda: writer.spooled == 0, 20, "the spool emptied")
+    finally:
+        writer.close()
+    # Replay is at least once: the batch the spool could not forget may come twice.
+    assert sorted(set(_logged(pg_url))) == _expected(150)
+    assert spooled_rows(spool) == 0

@@ -191,8 +191,8 @@ class RequestLogWriter:
             while not self._stop.is_set():
                 self._wake.wait(self._wait_s())
                 self._wake.clear()
-                self._cycle(final=False)
-            self._cycle(final=True)
+                self._guarded_cycle(final=False)
+            self._guarded_cycle(final=True)
         finally:
             if self._spool is not None:
                 if self._spool.rows:
@@ -204,6 +204,20 @@ class RequestLogWriter:
                 self._spool.close()
             if self._sink is not None:
                 self._sink.close()
+
+    def _guarded_cycle(self, *, final: bool) -> None:
+        """``_cycle``, surviving what it does not expect: a spool that cannot be read or
+        trimmed (a full disk, a lock held from outside). An escaped exception used to end
+        the thread, and every later row then stayed in memory, unwritten and uncounted. The
+        rows stay where they were (queued or spooled; a replayed batch the spool could not
+        forget is replayed again: at least once), and the next attempt backs off."""
+        try:
+            self._cycle(final=final)
+        except Exception:  # noqa: BLE001 - the writer must outlive any single failure
+            _log.exception("request log: the writer's cycle failed; trying again")
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
+            self._report()
 
     def _wait_s(self) -> float:
         if self._spool is not None and self._spool.rows:
