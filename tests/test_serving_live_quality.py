@@ -137,8 +137,11 @@ def test_an_unreachable_log_keeps_the_last_numbers(tmp_path: Path) -> None:
     assert "housing_live_rmse{" not in _exposition(empty)
 
 
-def _app(tmp_path: Path, interval_s: float) -> tuple[Any, Any, dict[str, float]]:
-    """The real app serving a small linear model (holdout RMSE 0.3 in its metadata)."""
+def _app(
+    tmp_path: Path, interval_s: float, request_log: str | None = None
+) -> tuple[Any, Any, dict[str, float]]:
+    """The real app serving a small linear model (holdout RMSE 0.3 in its metadata); its
+    request log in ``tmp_path`` unless ``request_log`` names another."""
     from sklearn.linear_model import LinearRegression
 
     from housing_mlops.serving.app import create_app
@@ -153,7 +156,8 @@ def _app(tmp_path: Path, interval_s: float) -> tuple[Any, Any, dict[str, float]]
             tmp_path,
             {
                 "serve": {
-                    "request_log": str(tmp_path / "requests.db"),
+                    "request_log": request_log or str(tmp_path / "requests.db"),
+                    "spool_dir": str(tmp_path / "spool"),
                     "reload_interval_s": 0,
                     "log_flush_interval_s": 0.1,
                     "live_quality_interval_s": interval_s,
@@ -214,3 +218,39 @@ def test_interval_zero_switches_the_gauges_off(tmp_path: Path) -> None:
         text = client.get("/metrics").text
     assert _metric(text, "housing_model_holdout_rmse", role="champion", model_version="1") == 0.3
     assert "housing_live_labelled_rows{" not in text and "housing_live_rmse{" not in text
+
+
+def test_a_stop_does_not_wait_for_a_refresh_stuck_on_a_locked_table(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A PostgreSQL log whose ``requests`` table is locked (``VACUUM FULL``, ``CLUSTER``, a
+    long migration) holds the live-quality refresh's query until the lock goes. A stop
+    (SIGTERM) must still end the service: it used to wait for that query after its own
+    shutdown (asyncio's default executor is joined at exit), for as long as the lock
+    lasted."""
+    import psycopg
+
+    store.create_log(pg_url)
+    app, _, _ = _app(tmp_path, interval_s=0.2, request_log=pg_url)
+
+    def waiting_for_the_lock() -> bool:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'housing-mlops' AND wait_event_type = 'Lock'"
+            ).fetchone()
+        return bool(row and row[0])
+
+    with psycopg.connect(pg_url) as locker:
+        locker.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        server = ServerThread(app, log_level="error")
+        try:
+            server.__enter__()
+            wait_until(waiting_for_the_lock, 20, "the refresh to wait for the lock")
+            server.server.should_exit = True
+            server.thread.join(15)
+            stopped = not server.thread.is_alive()
+        finally:
+            locker.rollback()  # the lock goes: a stuck stop ends now
+            server.thread.join(20)
+    assert stopped, "the service did not stop while a refresh waited for a locked table"
