@@ -287,6 +287,69 @@ def test_a_write_the_database_cannot_finish_is_cancelled_and_log_unavailable(
     assert _psql(pg_url, "SELECT request_id FROM requests") == [("req-0",)]
 
 
+def test_a_write_to_a_server_that_stopped_answering_fails_and_keeps_the_rows(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's backend frozen (SIGSTOP here; a server stalled on its disk, or a
+    partition after the data was acknowledged, look the same to the client): the kernel
+    still acknowledges, so neither TCP_USER_TIMEOUT nor the server's statement_timeout
+    ends the write. It used to wait for ever, rows piling up in the writer's memory until
+    its queue dropped them, never reaching the spool."""
+    import signal
+    import threading
+
+    import psycopg
+
+    from housing_mlops.store import postgres as pg
+
+    monkeypatch.setattr(pg, "STATEMENT_TIMEOUT_MS", 500)
+    store.create_log(pg_url)
+    sink = store.open_sink(pg_url)
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            sink.write([_row(1)])
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    sink.write([_row(0)])  # connected
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        backends = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'housing-mlops'"
+            )
+        ]
+    assert backends
+    for pid in backends:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        writer = threading.Thread(target=write, daemon=True)
+        started = time.monotonic()
+        writer.start()
+        writer.join(30)
+        stuck = writer.is_alive()
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in backends:
+            os.kill(pid, signal.SIGCONT)
+    writer.join(30)
+    assert not stuck, "the write waited for a server that does not answer"
+    assert isinstance(outcome[0], store.LogUnavailable)
+    assert elapsed < 20
+    try:
+        sink.write([_row(1)])  # the server back: the same rows go in, once
+    finally:
+        sink.close()
+    assert _psql(pg_url, "SELECT request_id FROM requests ORDER BY id") == [
+        ("req-0",),
+        ("req-1",),
+    ]
+
+
 def test_a_nul_character_does_not_poison_the_batch(pg_url: str) -> None:
     store.create_log(pg_url)
     sink = store.open_sink(pg_url)

@@ -16,7 +16,11 @@ readers keep one set of queries where the SQL is the same in both dialects.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -47,10 +51,14 @@ CONNECT_TIMEOUT_S = 5
 #: Sink connections: a write to a server that stopped answering fails after this long
 #: (TCP_USER_TIMEOUT), instead of blocking the writer thread until the kernel gives up;
 #: a write the server accepted but cannot finish (a table locked by a migration, a full
-#: disk waiting) is cancelled after STATEMENT_TIMEOUT_MS. Either way the rows stay with
-#: the caller (LogUnavailable), which spools them.
+#: disk waiting) is cancelled after STATEMENT_TIMEOUT_MS. A server that can do neither
+#: (its backend frozen, or a partition after the data was acknowledged: nothing is left
+#: unacknowledged for TCP_USER_TIMEOUT to time, and the server cannot cancel) has the
+#: connection cut by the client WATCHDOG_MARGIN_S after that. Every way the rows stay
+#: with the caller (LogUnavailable), which spools them.
 WRITE_TIMEOUT_MS = 10_000
 STATEMENT_TIMEOUT_MS = 30_000
+WATCHDOG_MARGIN_S = 5.0
 # Key of the advisory lock that serialises schema creation and migration (any constant
 # that no other application in the database uses: "hous" in ASCII).
 _SCHEMA_LOCK = 0x686F7573
@@ -265,6 +273,42 @@ def _clean(row: Sequence[Any]) -> Sequence[Any]:
     return row
 
 
+def _watchdog_s() -> float:
+    return STATEMENT_TIMEOUT_MS / 1000.0 + WATCHDOG_MARGIN_S
+
+
+class _Watchdog:
+    """Cuts a connection's socket (``shutdown``) unless the block ends within ``seconds``:
+    the blocked COPY or commit then fails with a psycopg error, as for a lost server. The
+    timer is joined on the way out, so it never touches a descriptor the connection has
+    closed (and the system may have reused)."""
+
+    def __init__(self, fd: int, seconds: float) -> None:
+        self._fd = fd
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def _cut(self) -> None:
+        # A duplicate descriptor: shutting it down cuts the connection for psycopg's too,
+        # and closing it leaves psycopg's open.
+        dup = os.dup(self._fd)
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            return
+        with sock, contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._timer.join()
+
+
 class PgSink:
     """Writes request-log rows to PostgreSQL: one COPY per batch, one transaction."""
 
@@ -282,7 +326,8 @@ class PgSink:
             # Every (re)connection makes sure the tables are there (a few milliseconds):
             # a database recreated during an outage must not refuse every replayed row.
             try:
-                create_schema(PgConnection(conn, self.location))
+                with _Watchdog(conn.fileno(), _watchdog_s()):
+                    create_schema(PgConnection(conn, self.location))
             except BaseException:
                 conn.close()
                 raise
@@ -295,7 +340,12 @@ class PgSink:
             return
         try:
             conn = self._connection()
-            with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as copy:
+            with (
+                _Watchdog(conn.fileno(), _watchdog_s()),
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(_COPY) as copy,
+            ):
                 for row in rows:
                     copy.write_row(_clean(row))
         except psycopg.Error as exc:
