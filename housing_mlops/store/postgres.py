@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -278,35 +278,64 @@ def _watchdog_s() -> float:
 
 
 class _Watchdog:
-    """Cuts a connection's socket (``shutdown``) unless the block ends within ``seconds``:
-    the blocked COPY or commit then fails with a psycopg error, as for a lost server. The
-    timer is joined on the way out, so it never touches a descriptor the connection has
-    closed (and the system may have reused)."""
+    """Cuts a connection's socket (``shutdown``) when a guarded block has run longer than
+    its limit: the blocked COPY or commit then fails with a psycopg error, as for a lost
+    server. One thread per sink, started at its first guard and stopped by ``stop``; it
+    looks every ``POLL_S`` seconds, so a guard costs two lock round trips and no thread of
+    its own (a write is made every few milliseconds under load). The cut is made holding
+    the lock the guard needs to end, so the descriptor is still the connection's: the
+    block cannot end, and the connection close, in the meantime."""
 
-    def __init__(self, fd: int, seconds: float) -> None:
-        self._fd = fd
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
+    POLL_S = 0.5
 
-    def _cut(self) -> None:
-        # A duplicate descriptor: shutting it down cuts the connection for psycopg's too,
-        # and closing it leaves psycopg's open.
-        dup = os.dup(self._fd)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._deadline = 0.0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def guard(self, fd: int, seconds: float) -> Iterator[None]:
+        with self._lock:
+            self._fd, self._deadline = fd, time.monotonic() + seconds
+        if self._thread is None:
+            self._stopped.clear()
+            self._thread = threading.Thread(
+                target=self._watch, name="request-log-watchdog", daemon=True
+            )
+            self._thread.start()
         try:
-            sock = socket.socket(fileno=dup)
-        except OSError:
-            os.close(dup)
-            return
-        with sock, contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            yield
+        finally:
+            with self._lock:
+                self._fd = None
 
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.POLL_S):
+            with self._lock:
+                if self._fd is not None and time.monotonic() >= self._deadline:
+                    _cut(self._fd)
+                    self._fd = None
 
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self._timer.join()
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopped.set()
+            thread.join()
+
+
+def _cut(fd: int) -> None:
+    """Shut the connection on ``fd`` down through a duplicate descriptor: that cuts it for
+    psycopg's descriptor too, and closing the duplicate leaves psycopg's open."""
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return
+    with sock, contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class PgSink:
@@ -315,6 +344,7 @@ class PgSink:
     def __init__(self, location: LogLocation) -> None:
         self.location = location
         self._conn: Any = None
+        self._watchdog = _Watchdog()
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -326,7 +356,7 @@ class PgSink:
             # Every (re)connection makes sure the tables are there (a few milliseconds):
             # a database recreated during an outage must not refuse every replayed row.
             try:
-                with _Watchdog(conn.fileno(), _watchdog_s()):
+                with self._watchdog.guard(conn.fileno(), _watchdog_s()):
                     create_schema(PgConnection(conn, self.location))
             except BaseException:
                 conn.close()
@@ -341,7 +371,7 @@ class PgSink:
         try:
             conn = self._connection()
             with (
-                _Watchdog(conn.fileno(), _watchdog_s()),
+                self._watchdog.guard(conn.fileno(), _watchdog_s()),
                 conn.transaction(),
                 conn.cursor() as cur,
                 cur.copy(_COPY) as copy,
@@ -358,6 +388,7 @@ class PgSink:
             raise LogUnavailable(str(exc)) from None
 
     def close(self) -> None:
+        self._watchdog.stop()  # started again by the next write, if any
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
