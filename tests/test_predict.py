@@ -508,6 +508,25 @@ def test_output_under_a_file_is_exit_2(
     )
 
 
+def test_an_unquoted_glob_says_to_quote_it(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `housing predict data/*.parquet` without quotes: the shell passes every match, and
+    # Click's "unexpected extra arguments" alone did not say what to type instead.
+    parts = [tmp_path / f"part-{i}.parquet" for i in range(3)]
+    for part in parts:
+        _frame(10).to_parquet(part)
+    assert _predict(config, *map(str, parts)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"Error: Got unexpected extra argument(s) ({parts[1]} {parts[2]}): housing predict reads "
+        "one input: quote a glob ('data/*.parquet') so that housing expands it, or name the "
+        "folder",
+        "Try 'housing predict -h' for help.",
+    ]
+    assert not (tmp_path / "predictions.parquet").exists()
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 @pytest.mark.parametrize("option", ["-o", "--rejects"])
 def test_an_output_folder_no_one_can_write_is_exit_2_before_scoring(

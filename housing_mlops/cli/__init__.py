@@ -46,11 +46,21 @@ def _help_hint(command_path: str) -> str:
     return f"Try '{command_path} -h' for help."
 
 
+# `housing predict data/*.parquet` unquoted: the shell hands over every file it matched.
+_ONE_INPUT = (
+    "housing predict reads one input: quote a glob ('data/*.parquet') so that housing "
+    "expands it, or name the folder"
+)
+
+
 def _usage_error_lines(exc: Exception, usage_type: type[Exception], fallback: str) -> list[str]:
     message = exc.format_message()  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(getattr(ctx, "command", None), "name", None)
+    if command == "predict" and message.startswith("Got unexpected extra argument"):
+        message = f"{message}: {_ONE_INPUT}"
     lines = [f"Error: {message}"]
     if isinstance(exc, usage_type):
-        ctx = getattr(exc, "ctx", None)
         lines.append(_help_hint(ctx.command_path if ctx is not None else fallback))
     return lines
 
