@@ -287,6 +287,53 @@ def test_a_write_the_database_cannot_finish_is_cancelled_and_log_unavailable(
     assert _psql(pg_url, "SELECT request_id FROM requests") == [("req-0",)]
 
 
+def test_a_write_waiting_for_a_locked_table_gives_up_after_the_lock_timeout(
+    pg_url: str,
+) -> None:
+    """A table locked for longer (VACUUM FULL, a migration): the write gives up after the
+    lock timeout (2 s), so its rows go to the spool and a stop does not wait for the lock;
+    it used to wait out the 30 s statement timeout."""
+    import psycopg
+
+    store.create_log(pg_url)
+    sink = store.open_sink(pg_url)
+    try:
+        with psycopg.connect(pg_url) as locker:
+            locker.execute(b"LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(store.LogUnavailable, match="lock timeout"):
+                sink.write([_row(0)])
+            locker.rollback()
+        sink.write([_row(0)])
+    finally:
+        sink.close()
+    assert _psql(pg_url, "SELECT request_id FROM requests") == [("req-0",)]
+
+
+def test_the_services_own_queries_give_up_on_a_locked_table(pg_url: str) -> None:
+    """The service's bounded sessions (POST /feedback's labels, /metrics' drift gauges) on
+    a locked table: LogUnavailable (a 503, the gauges left out) instead of a wait for the
+    lock."""
+    import psycopg
+
+    store.create_log(pg_url)
+    bound = store.SERVICE_STATEMENT_TIMEOUT_MS
+    label = [("req-0", 0, 1.0)]
+    with psycopg.connect(pg_url) as locker:
+        locker.execute(b"LOCK TABLE requests, feedback, drift_runs IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(store.LogUnavailable, match="lock timeout"):
+            store.apply_feedback(
+                pg_url, label, source="api", all_or_nothing=False, statement_timeout_ms=bound
+            )
+        with pytest.raises(store.LogUnavailable, match="lock timeout"):
+            store.read_latest_drift_run(pg_url, statement_timeout_ms=bound)
+        locker.rollback()
+    assert store.read_latest_drift_run(pg_url, statement_timeout_ms=bound) is None
+    result = store.apply_feedback(
+        pg_url, label, source="api", all_or_nothing=False, statement_timeout_ms=bound
+    )
+    assert result.unknown == 1
+
+
 def test_a_write_to_a_server_that_stopped_answering_fails_and_keeps_the_rows(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

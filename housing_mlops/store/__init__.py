@@ -14,7 +14,8 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
 - the request log: ``LoggedRequest`` (a typed row, ``store.rows``) written by
   ``RequestLogWriter`` (``store.writer``), read by ``window_counts``, ``window_sample`` and
   ``serving_stats``, and champion vs challenger by ``role_stats`` (``store.request_log``);
-- drift history: ``save_drift_run``, ``latest_drift_run``, ``drift_history`` and the
+- drift history: ``save_drift_run``, ``latest_drift_run`` (``read_latest_drift_run``
+  opens the log for that one read), ``drift_history`` and the
   reference-profile cache ``cached_reference`` / ``cache_reference``
   (``store.drift_history``);
 - ground truth: ``apply_feedback`` -> ``FeedbackResult`` (labels written in one
@@ -37,6 +38,7 @@ log yet) where that means "nothing logged".
 from __future__ import annotations
 
 from housing_mlops.store.connection import (
+    SERVICE_STATEMENT_TIMEOUT_MS,
     LogConnection,
     check_request_log,
     create_log,
@@ -50,6 +52,7 @@ from housing_mlops.store.drift_history import (
     drift_history,
     drift_score_history,
     latest_drift_run,
+    read_latest_drift_run,
     save_drift_run,
 )
 from housing_mlops.store.feedback import (
@@ -81,6 +84,7 @@ __all__ = [
     "REQUEST_COLUMNS",
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
+    "SERVICE_STATEMENT_TIMEOUT_MS",
     "FeedbackResult",
     "FlushReport",
     "LabelledRows",
@@ -108,6 +112,7 @@ __all__ = [
     "open_readonly",
     "open_sink",
     "parse_log_location",
+    "read_latest_drift_run",
     "role_stats",
     "row_values",
     "save_drift_run",

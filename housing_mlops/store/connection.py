@@ -43,6 +43,13 @@ Where: TypeAlias = "Path | str | LogLocation"
 
 #: The smallest SQLite database: one page of the smallest page size.
 MIN_DATABASE_BYTES = 512
+#: The service's own queries of a PostgreSQL log (``/metrics``' drift gauges, ``POST
+#: /feedback``) open bounded sessions (``statement_timeout_ms``): the server gives up
+#: waiting for a locked table after 2 s (``postgres.LOCK_TIMEOUT_MS``) and cancels a
+#: statement after this long, and the client cuts a connection that still has not
+#: answered 5 s later. A request then gets its answer (a 503, gauges left out) within
+#: seconds, and a stop never waits for the database.
+SERVICE_STATEMENT_TIMEOUT_MS = 5_000
 
 
 def _not_a_log(path: Path | LogLocation, what: str) -> DataError:
@@ -126,15 +133,20 @@ def _verified(conn: sqlite3.Connection, path: Path, statements: tuple[str, ...])
         raise _not_a_log(path, f"is not a usable SQLite database ({exc})") from None
 
 
-def _open_pg(location: LogLocation, *, create: bool) -> PgConnection | None:
+def _open_pg(
+    location: LogLocation, *, create: bool, statement_timeout_ms: int | None = None
+) -> PgConnection | None:
     from housing_mlops.store import postgres
 
-    conn = postgres.connect(location)
+    conn = postgres.connect(location, statement_timeout_ms=statement_timeout_ms)
     try:
         if not create and "requests" not in conn.tables():
             conn.close()
             return None
         postgres.create_schema(conn)
+    except postgres.DatabaseError as exc:  # a bounded session cut or cancelled
+        conn.close()
+        raise postgres.database_error(location, exc, "opening the log") from None
     except BaseException:
         conn.close()
         raise
@@ -143,25 +155,37 @@ def _open_pg(location: LogLocation, *, create: bool) -> PgConnection | None:
 
 # A Path is always a SQLite file; a str or LogLocation may name either backend.
 @overload
-def open_log(path: Path, *, create: Literal[True]) -> sqlite3.Connection: ...
+def open_log(
+    path: Path, *, create: Literal[True], statement_timeout_ms: int | None = None
+) -> sqlite3.Connection: ...
 @overload
-def open_log(path: Path, *, create: bool) -> sqlite3.Connection | None: ...  # type: ignore[overload-overlap]
+def open_log(  # type: ignore[overload-overlap]
+    path: Path, *, create: bool, statement_timeout_ms: int | None = None
+) -> sqlite3.Connection | None: ...
 @overload
-def open_log(path: Where, *, create: Literal[True]) -> LogConnection: ...
+def open_log(
+    path: Where, *, create: Literal[True], statement_timeout_ms: int | None = None
+) -> LogConnection: ...
 @overload
-def open_log(path: Where, *, create: bool) -> LogConnection | None: ...
-def open_log(path: Where, *, create: bool) -> LogConnection | None:
+def open_log(
+    path: Where, *, create: bool, statement_timeout_ms: int | None = None
+) -> LogConnection | None: ...
+def open_log(
+    path: Where, *, create: bool, statement_timeout_ms: int | None = None
+) -> LogConnection | None:
     """Open the log for writing: WAL mode, every table and index in place.
 
     ``create=True`` creates the file and its folder when missing; ``create=False``
     returns None instead. Raises DataError when the path holds something that is not a
     SQLite database, sqlite3.OperationalError when it cannot be opened for writing.
     A PostgreSQL log: the schema is created or migrated; ``create=False`` returns None
-    when the database has no request table yet; ConfigError when it cannot be reached.
+    when the database has no request table yet; ConfigError when it cannot be reached,
+    or (``statement_timeout_ms``: a bounded session, see ``postgres.connect``) does not
+    answer in time. SQLite's own lock timeout bounds a SQLite log.
     """
     location = parse_log_location(path)
     if location.kind == "postgresql":
-        return _open_pg(location, create=create)
+        return _open_pg(location, create=create, statement_timeout_ms=statement_timeout_ms)
     assert location.path is not None
     path = location.path
     if not _existing_log(path):
@@ -203,18 +227,19 @@ def create_log(path: Where) -> None:
         ) from None
 
 
-def open_readonly(path: Where) -> LogConnection | None:
+def open_readonly(path: Where, *, statement_timeout_ms: int | None = None) -> LogConnection | None:
     """Open an existing log read-only (never creates or changes it); None when missing.
 
     Tables may be missing (a log nothing was written to yet): readers treat them as empty.
     A PostgreSQL log is never None (the database exists or connecting is a ConfigError);
-    its session is read-only.
+    its session is read-only, and bounded with ``statement_timeout_ms`` (see
+    ``postgres.connect``).
     """
     location = parse_log_location(path)
     if location.kind == "postgresql":
         from housing_mlops.store import postgres
 
-        return postgres.connect(location, read_only=True)
+        return postgres.connect(location, read_only=True, statement_timeout_ms=statement_timeout_ms)
     assert location.path is not None
     path = location.path
     if not _existing_log(path):
@@ -260,3 +285,13 @@ def tables(conn: LogConnection) -> set[str]:
         return conn.tables()
     rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return {r[0] for r in rows}
+
+
+def database_errors(conn: LogConnection) -> tuple[type[Exception], ...]:
+    """What a failure of ``conn``'s database raises: sqlite3's or psycopg's errors (a
+    bounded session's timeout included), or OSError."""
+    if isinstance(conn, sqlite3.Connection):
+        return (sqlite3.Error, OSError)
+    from housing_mlops.store.postgres import DatabaseError
+
+    return (DatabaseError, OSError)

@@ -22,11 +22,13 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from housing_mlops.store.connection import tables
+from housing_mlops.store.connection import database_errors, open_readonly, tables
+from housing_mlops.store.location import parse_log_location
+from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.schema import DRIFT_SCORE_COLUMNS
 
 if TYPE_CHECKING:
-    from housing_mlops.store.connection import LogConnection
+    from housing_mlops.store.connection import LogConnection, Where
 
 _JSON_RUN_FIELDS = ("other_versions", "drifting_features", "thresholds")
 
@@ -130,6 +132,27 @@ def latest_drift_run(conn: LogConnection | None) -> dict[str, Any] | None:
         score["hist"] = json.loads(score["hist"]) if score.get("hist") else None
     run["scores"] = scores
     return run
+
+
+def read_latest_drift_run(
+    where: Where, *, statement_timeout_ms: int | None = None
+) -> dict[str, Any] | None:
+    """``latest_drift_run`` of the log at ``where``, opened read-only for this read only
+    (None when there is no log yet). ``statement_timeout_ms`` bounds a PostgreSQL session
+    (``open_readonly``). Raises ``LogUnavailable`` when the database fails to answer (a
+    locked table past the timeout, a lost connection), ConfigError when it cannot be
+    reached."""
+    location = parse_log_location(where)
+    conn = open_readonly(location, statement_timeout_ms=statement_timeout_ms)
+    if conn is None:
+        return None
+    try:
+        return latest_drift_run(conn)
+    except database_errors(conn) as exc:
+        text = location.redact(str(exc)).strip()
+        raise LogUnavailable(f"request log {location}: {text}") from None
+    finally:
+        conn.close()
 
 
 def drift_history(conn: LogConnection | None, limit: int = 50) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from housing_mlops.store.connection import tables
+from housing_mlops.store.connection import database_errors, tables
 from housing_mlops.store.location import LogLocation, parse_log_location
 from housing_mlops.store.outage import LogUnavailable
 from housing_mlops.store.request_log import answered_clause
@@ -218,14 +218,6 @@ class _Tally:
             )
 
 
-def _database_errors(conn: LogConnection) -> tuple[type[Exception], ...]:
-    if isinstance(conn, sqlite3.Connection):
-        return (sqlite3.Error, OSError)
-    from housing_mlops.store.postgres import DatabaseError
-
-    return (DatabaseError, OSError)
-
-
 def apply_feedback(
     where: Path | str | LogLocation | LogConnection,
     items: Sequence[FeedbackItem],
@@ -233,6 +225,7 @@ def apply_feedback(
     source: str,
     all_or_nothing: bool,
     progress: Callable[[str, int, int], None] | None = None,
+    statement_timeout_ms: int | None = None,
 ) -> FeedbackResult:
     """Store true values for logged prediction rows, in one transaction.
 
@@ -241,6 +234,8 @@ def apply_feedback(
     ``all_or_nothing``: any unknown, duplicate or invalid item means nothing is written.
     Raises ``LogUnavailable`` when the database cannot be read or written (nothing is
     written then either); ConfigError when a PostgreSQL log cannot be reached.
+    ``statement_timeout_ms`` bounds a PostgreSQL log opened here (``open_log``): a locked
+    table is then ``LogUnavailable`` after that long instead of a wait for the lock.
     """
     started = time.perf_counter()
     tally = _Tally()
@@ -271,7 +266,7 @@ def apply_feedback(
         conn = where  # type: ignore[assignment]
     else:
         location = parse_log_location(where)  # type: ignore[arg-type]
-        conn = _open_for_labels(location)
+        conn = _open_for_labels(location, statement_timeout_ms)
     applied = 0
     try:
         if conn is None:  # no log yet: nothing can be labelled
@@ -298,11 +293,13 @@ _UNKNOWN = "no answered request row with this request_id and row_index in the lo
 _ALREADY = "this row already has a label"
 
 
-def _open_for_labels(location: LogLocation) -> LogConnection | None:
+def _open_for_labels(
+    location: LogLocation, statement_timeout_ms: int | None
+) -> LogConnection | None:
     from housing_mlops.store.connection import open_log
 
     try:
-        return open_log(location, create=False)
+        return open_log(location, create=False, statement_timeout_ms=statement_timeout_ms)
     except (sqlite3.Error, OSError) as exc:
         raise LogUnavailable(f"request log {location}: {exc}") from None
 
@@ -315,7 +312,7 @@ def _write(
     all_or_nothing: bool,
     progress: Callable[[str, int, int], None] | None,
 ) -> int:
-    errors = _database_errors(conn)
+    errors = database_errors(conn)
     sqlite = isinstance(conn, sqlite3.Connection)
     try:
         if isinstance(conn, sqlite3.Connection):

@@ -50,14 +50,17 @@ from housing_mlops.store.schema import (
 CONNECT_TIMEOUT_S = 5
 #: Sink connections: a write to a server that stopped answering fails after this long
 #: (TCP_USER_TIMEOUT), instead of blocking the writer thread until the kernel gives up;
-#: a write the server accepted but cannot finish (a table locked by a migration, a full
-#: disk waiting) is cancelled after STATEMENT_TIMEOUT_MS. A server that can do neither
+#: a write waiting for a table lock (VACUUM FULL, a migration) gives up after
+#: LOCK_TIMEOUT_MS, so the rows go to the spool instead of holding the writer (and a stop)
+#: behind the lock; a write the server accepted but cannot finish (a full disk waiting) is
+#: cancelled after STATEMENT_TIMEOUT_MS. A server that can do neither
 #: (its backend frozen, or a partition after the data was acknowledged: nothing is left
 #: unacknowledged for TCP_USER_TIMEOUT to time, and the server cannot cancel) has the
 #: connection cut by the client WATCHDOG_MARGIN_S after that. Every way the rows stay
 #: with the caller (LogUnavailable), which spools them.
 WRITE_TIMEOUT_MS = 10_000
 STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 2_000
 WATCHDOG_MARGIN_S = 5.0
 # Key of the advisory lock that serialises schema creation and migration (any constant
 # that no other application in the database uses: "hous" in ASCII).
@@ -111,26 +114,42 @@ class PgConnection:
     and rolls back on an error (it does not close, unlike psycopg's own ``with``).
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], location: LogLocation) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], location: LogLocation, limit_s: float | None = None
+    ) -> None:
         self._conn = conn
         self.location = location
         self._tx: list[Any] = []
+        # A bounded session (``connect(statement_timeout_ms=...)``): every call that waits
+        # for the server is cut after ``limit_s``, as the sink's writes are.
+        self._limit_s = limit_s
+        self._watchdog = _Watchdog() if limit_s is not None else None
+
+    def _guarded(self) -> contextlib.AbstractContextManager[None]:
+        if self._watchdog is None or self._limit_s is None:
+            return contextlib.nullcontext()
+        return self._watchdog.guard(self._conn.fileno(), self._limit_s)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
-        if params:
-            sql = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
-            return self._conn.execute(sql.encode(), list(params))
-        return self._conn.execute(sql.encode())
+        with self._guarded():
+            if params:
+                sql = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+                return self._conn.execute(sql.encode(), list(params))
+            return self._conn.execute(sql.encode())
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         sql = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
-        with self._conn.cursor() as cur:
+        with self._guarded(), self._conn.cursor() as cur:
             cur.executemany(sql.encode(), rows)
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Bulk-load ``rows`` with one ``COPY ... FROM STDIN`` (fixed names only)."""
         names = ", ".join(f'"{c}"' for c in columns)
-        with self._conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        with (
+            self._guarded(),
+            self._conn.cursor() as cur,
+            cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
 
@@ -141,11 +160,14 @@ class PgConnection:
         return {r[0] for r in rows}
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self._conn.close()
 
     def __enter__(self) -> PgConnection:
         tx = self._conn.transaction()
-        tx.__enter__()
+        with self._guarded():
+            tx.__enter__()
         self._tx.append(tx)
         return self
 
@@ -155,7 +177,8 @@ class PgConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._tx.pop().__exit__(exc_type, exc, tb)
+        with self._guarded():
+            self._tx.pop().__exit__(exc_type, exc, tb)
 
 
 # Readers' sessions (drift, the report, /metrics) plan with random_page_cost 1.1, the
@@ -166,11 +189,23 @@ class PgConnection:
 _READER_OPTIONS = "-c random_page_cost=1.1"
 
 
-def _raw_connect(location: LogLocation, *, read_only: bool = False, **kwargs: Any) -> Any:
+def _raw_connect(
+    location: LogLocation,
+    *,
+    read_only: bool = False,
+    statement_timeout_ms: int | None = None,
+    **kwargs: Any,
+) -> Any:
     if "options" not in kwargs:
         kwargs["options"] = _READER_OPTIONS
         if read_only:
             kwargs["options"] += " -c default_transaction_read_only=on"
+        if statement_timeout_ms is not None:
+            lock_ms = min(int(statement_timeout_ms), LOCK_TIMEOUT_MS)
+            kwargs["options"] += (
+                f" -c statement_timeout={int(statement_timeout_ms)} -c lock_timeout={lock_ms}"
+            )
+            kwargs.setdefault("tcp_user_timeout", WRITE_TIMEOUT_MS)
     return psycopg.connect(
         location.url,
         connect_timeout=CONNECT_TIMEOUT_S,
@@ -180,10 +215,19 @@ def _raw_connect(location: LogLocation, *, read_only: bool = False, **kwargs: An
     )
 
 
-def connect(location: LogLocation, *, read_only: bool = False) -> PgConnection:
-    """Connect to the log's database; ConfigError (redacted URL) when that fails."""
+def connect(
+    location: LogLocation, *, read_only: bool = False, statement_timeout_ms: int | None = None
+) -> PgConnection:
+    """Connect to the log's database; ConfigError (redacted URL) when that fails.
+
+    ``statement_timeout_ms`` bounds the session (the service's own queries): the server
+    gives up waiting for a table lock after LOCK_TIMEOUT_MS and cancels a statement that
+    ran that long, and a call that still has no answer WATCHDOG_MARGIN_S later has its
+    connection cut; each raises a psycopg error (``DatabaseError``)."""
+    limit_s = None if statement_timeout_ms is None else statement_timeout_ms / 1000.0
     try:
-        return PgConnection(_raw_connect(location, read_only=read_only), location)
+        raw = _raw_connect(location, read_only=read_only, statement_timeout_ms=statement_timeout_ms)
+        return PgConnection(raw, location, None if limit_s is None else limit_s + WATCHDOG_MARGIN_S)
     except psycopg.Error as exc:
         raise ConfigError(
             f"cannot connect to the request log {location}: "
@@ -351,7 +395,8 @@ class PgSink:
             conn = _raw_connect(
                 self.location,
                 tcp_user_timeout=WRITE_TIMEOUT_MS,
-                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                f"-c lock_timeout={LOCK_TIMEOUT_MS}",
             )
             # Every (re)connection makes sure the tables are there (a few milliseconds):
             # a database recreated during an outage must not refuse every replayed row.
