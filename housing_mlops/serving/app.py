@@ -34,7 +34,6 @@ swaps the model. The other routes are ordinary FastAPI handlers. The service sta
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,6 +46,7 @@ from starlette.routing import Route
 from housing_mlops.inference.loaded_model import LoadedModel
 from housing_mlops.serving.asgi import PredictEndpoint, ServingMiddleware
 from housing_mlops.serving.auth import check_bearer, json_response
+from housing_mlops.serving.daemon_thread import in_daemon_thread
 from housing_mlops.serving.feedback import mount_feedback
 from housing_mlops.serving.schemas import RequestModels, build_request_models, predict_openapi
 from housing_mlops.serving.state import Service
@@ -240,7 +240,8 @@ def create_app(
     async def prometheus_metrics() -> Response:
         # In a thread: the drift collector reads the request log, which may be a remote
         # database that is slow or unreachable right now; /predict must not wait for it.
-        body, content_type = await asyncio.to_thread(metrics.render)
+        # A daemon thread of its own, not the default executor: see serving.daemon_thread.
+        body, content_type = await in_daemon_thread(metrics.render, name="metrics")
         return Response(body, media_type=content_type)
 
     @app.post(

@@ -17,18 +17,19 @@ status  meaning
 422     malformed JSON, a malformed item, a non-finite ``actual``, an empty or too large
         batch: nothing is applied, ``detail`` lists every problem (``loc``, ``field``,
         ``msg``, ``type``, as ``/predict``)
-503     the request log cannot be written right now (database down, locked): nothing was
+503     the request log cannot be written right now (database down, or a table locked
+        for longer than ``store.SERVICE_STATEMENT_TIMEOUT_MS``, 5 s): nothing was
         applied, send it again later
 ======  ====================================================================================
 
 The body is checked before the token (413, 415, 422 first, as the OpenAPI schema says of a
 body that breaks it; the schema is public anyway); the token before the database is touched.
-The database write runs in a worker thread, so the event loop keeps answering /predict.
+The database write runs in a daemon thread of its own (``serving.daemon_thread``), so the
+event loop keeps answering /predict and a stop never waits for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -39,6 +40,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from housing_mlops.errors import HousingError
 from housing_mlops.serving.auth import check_bearer, json_response
+from housing_mlops.serving.daemon_thread import in_daemon_thread
 from housing_mlops.serving.schemas import format_errors
 from housing_mlops.store.feedback import MAX_ROW_INDEX
 
@@ -160,6 +162,18 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
     max_items = serve_cfg.max_batch_size
     max_body = serve_cfg.max_body_bytes
     items_adapter = TypeAdapter(list[FeedbackItem])
+
+    def apply(labels: list[tuple[str, int, float]]) -> Any:
+        # A bounded session: a locked table is a 503 within seconds, not a request (and a
+        # thread) waiting for the lock.
+        return store.apply_feedback(
+            location,
+            labels,
+            source="api",
+            all_or_nothing=False,
+            statement_timeout_ms=store.SERVICE_STATEMENT_TIMEOUT_MS,
+        )
+
     item_schema = FeedbackItem.model_json_schema()
     body_schema = {
         "anyOf": [
@@ -202,9 +216,7 @@ def mount_feedback(app: FastAPI, settings: Any) -> None:
             return refused
         labels = [(i.request_id, i.row_index, i.actual) for i in items]
         try:
-            result = await asyncio.to_thread(
-                store.apply_feedback, location, labels, source="api", all_or_nothing=False
-            )
+            result = await in_daemon_thread(apply, labels, name="feedback")
         except (store.LogUnavailable, HousingError) as exc:
             log.warning("POST /feedback: the request log cannot take labels: %s", exc)
             return _json(

@@ -19,15 +19,14 @@ A broken or unreachable database keeps the last numbers and never breaks ``/metr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from housing_mlops.inference.loaded_model import ModelMeta
+from housing_mlops.serving.daemon_thread import in_daemon_thread
 
 _log = logging.getLogger(__name__)
 
@@ -83,39 +82,13 @@ class LiveQualityCollector:
         """Refresh now and then every ``interval_s`` until cancelled."""
         while True:
             try:
-                await self._refresh_in_thread()
+                # A thread of its own, not asyncio's default executor: a query held by a
+                # locked table (VACUUM FULL requests) would otherwise keep the process from
+                # exiting after its shutdown (serving.daemon_thread).
+                await in_daemon_thread(self.refresh, name="live-quality")
             except Exception:  # noqa: BLE001 - keep the last numbers, try again later
                 _log.warning("live quality: cannot read %s", self.location, exc_info=True)
             await asyncio.sleep(self.interval_s)
-
-    async def _refresh_in_thread(self) -> None:
-        """``refresh`` in a daemon thread of its own, not asyncio's default executor: a query
-        held by a locked table (``VACUUM FULL requests``) would otherwise keep the process
-        from exiting after its shutdown, since asyncio joins that executor's threads at the
-        end. Cancelled, the task stops waiting; the thread ends with the query, or with the
-        process."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if done.done():  # cancelled meanwhile
-                return
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-        def work() -> None:
-            error: BaseException | None = None
-            try:
-                self.refresh()
-            except Exception as exc:  # noqa: BLE001 - handed to the task, which logs it
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(settle, error)
-
-        threading.Thread(target=work, name="live-quality", daemon=True).start()
-        await done
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
