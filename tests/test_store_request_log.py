@@ -66,6 +66,25 @@ def test_writer_close_flushes_everything(tmp_path: Path) -> None:
     assert writer.written == 1234 and writer.dropped == 0
 
 
+def test_rows_the_sqlite_log_refuses_are_dropped_alone(tmp_path: Path) -> None:
+    """A row the SQLite log refuses (here a trigger standing for a constraint): the other
+    rows of its batch are written and only that one is dropped and counted. The whole
+    batch used to be taken for an outage and dropped with it."""
+    db = tmp_path / "log.db"
+    writer = RequestLogWriter(db, flush_interval_s=60)
+    writer.start()  # creates the log
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TRIGGER no_bad BEFORE INSERT ON requests WHEN NEW.request_id = 'r3' "
+        "BEGIN SELECT RAISE(ABORT, 'r3 is refused'); END"
+    )
+    conn.close()
+    writer.submit([_row(i) for i in range(10)])
+    writer.close()
+    assert _count(db) == 9
+    assert writer.written == 9 and writer.dropped == 1
+
+
 def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     db = tmp_path / "log.db"
     flushes: list[FlushReport] = []

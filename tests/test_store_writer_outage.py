@@ -5,11 +5,13 @@ next writer on that folder replays them."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from helpers import spooled_rows, wait_until
 
 from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter, create_log
@@ -103,9 +105,15 @@ def test_a_stop_in_an_outage_keeps_the_rows_for_the_next_writer(
     assert spooled_rows(spool) == 0
 
 
-def test_rows_queued_behind_a_stuck_write_are_spooled_at_close(pg_url: str, tmp_path: Path) -> None:
-    """A write that hangs (here: a table another session holds locked) must not take the
-    rows queued behind it down with the process: close() spools them after its timeout."""
+def test_rows_queued_behind_a_stuck_write_are_spooled_at_close(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that hangs (here: a table another session holds locked, with the sink's
+    2 s lock timeout lifted) must not take the rows queued behind it down with the
+    process: close() spools them after its timeout."""
+    from housing_mlops.store import postgres as pg
+
+    monkeypatch.setattr(pg, "LOCK_TIMEOUT_MS", 60_000)
     create_log(pg_url)
     spool = tmp_path / "spool"
     writer = RequestLogWriter(pg_url, flush_interval_s=0.05, spool_dir=spool, instance="api-1")
@@ -172,3 +180,78 @@ def test_a_spool_error_after_the_outage_does_not_stop_the_writer(
     # Replay is at least once: the batch the spool could not forget may come twice.
     assert sorted(set(_logged(pg_url))) == _expected(150)
     assert spooled_rows(spool) == 0
+
+
+def _refusing(url: str) -> None:
+    """A constraint the rows whose request_id starts with ``bad`` break (as a column the
+    database cannot take a value for would)."""
+    create_log(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE requests ADD CONSTRAINT no_bad CHECK (request_id NOT LIKE 'bad%')"
+        )
+
+
+def _bad(i: int) -> LoggedRequest:
+    return dataclasses.replace(_row(i), request_id=f"bad-{i}")
+
+
+def _refused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "the database refuses" in r.getMessage()]
+
+
+def test_rows_the_database_refuses_are_set_aside_and_the_rest_written(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two rows of a batch break a constraint: the other 98 are written in order, the two
+    are dropped, counted and named in one error line, and the writer goes on (no outage,
+    no spool). They used to be taken for an outage: the whole batch went to the spool and
+    was replayed, and refused, every few seconds for ever."""
+    _refusing(pg_url)
+    reports: list[FlushReport] = []
+    writer = RequestLogWriter(
+        pg_url,
+        flush_interval_s=0.05,
+        spool_dir=tmp_path / "spool",
+        instance="api-1",
+        on_flush=reports.append,
+    )
+    writer.start()
+    try:
+        writer.submit([_bad(i) if i in (17, 60) else _row(i) for i in range(100)])
+        wait_until(lambda: len(_logged(pg_url)) == 98, 20, "the good rows")
+        writer.submit([_row(i) for i in range(100, 120)])
+        wait_until(lambda: len(_logged(pg_url)) == 118, 20, "the rows after them")
+    finally:
+        writer.close()
+    good = [r for r in _expected(120) if r[0] not in ("r000017", "r000060")]
+    assert _logged(pg_url) == good
+    assert writer.dropped == 2 and sum(r.dropped for r in reports) == 2
+    assert writer.write_failures == 0 and not writer.degraded and writer.spooled == 0
+    (line,) = _refused_lines(caplog)
+    assert line.startswith("request log: 2 row(s) dropped, the database refuses them")
+    assert "no_bad" in line and "bad-17, bad-60" in line and "\n" not in line
+
+
+def test_a_refused_row_in_the_spool_does_not_block_the_replay(
+    postgres: Any, pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row the database refuses among rows spooled in an outage: once it is back, the
+    replay sets that row aside and replays the others, in order; it used to stop at that
+    batch, and retry it, for ever."""
+    _refusing(pg_url)
+    writer = RequestLogWriter(
+        pg_url, flush_interval_s=0.05, spool_dir=tmp_path / "spool", instance="api-1"
+    )
+    writer.start()
+    try:
+        with postgres.down():
+            writer.submit([_bad(i) if i == 5 else _row(i) for i in range(50)])
+            wait_until(lambda: writer.degraded and writer.spooled == 50, 20, "rows spooled")
+        wait_until(lambda: not writer.degraded and writer.spooled == 0, 30, "the replay")
+    finally:
+        writer.close()
+    assert _logged(pg_url) == [r for r in _expected(50) if r[0] != "r000005"]
+    assert writer.dropped == 1 and writer.replayed == 49
+    assert len(_refused_lines(caplog)) == 1
+    assert spooled_rows(tmp_path / "spool") == 0

@@ -23,7 +23,8 @@ a ``postgresql://`` URL; ``store.postgres`` is the only importer of psycopg):
   ``LabelledRows`` (answered rows joined to their true value in ``feedback``) and
   ``live_error_sums`` (live error sums per role and version, aggregated in the database;
   ``store.feedback``);
-- the tables themselves: ``store.schema``; ``LogUnavailable``: ``store.outage``.
+- the tables themselves: ``store.schema``; ``LogUnavailable`` (an outage) and
+  ``RowsRefused`` (rows the database refuses for good): ``store.outage``.
 
 Inside the package imports run one way (an import-linter contract): the users of a
 connection (writer, feedback, drift history, the readers and sinks) over the openers

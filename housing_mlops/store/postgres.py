@@ -8,7 +8,8 @@
   database make one schema without an error; ``schema_version`` records the version.
 - ``PgSink``: the writer's sink, one ``COPY ... FROM STDIN`` per batch in one transaction.
   Any connection or database failure raises ``LogUnavailable`` (the caller keeps the
-  rows) and the next ``write`` reconnects.
+  rows) and the next ``write`` reconnects; a value the table refuses (a data or
+  constraint error) raises ``RowsRefused``.
 
 ``PgConnection.execute`` takes the readers' ``?`` placeholders (as sqlite3 does), so the
 readers keep one set of queries where the SQL is the same in both dialects.
@@ -30,7 +31,7 @@ import psycopg
 
 from housing_mlops.errors import ConfigError
 from housing_mlops.store.location import LogLocation
-from housing_mlops.store.outage import LogUnavailable
+from housing_mlops.store.outage import LogUnavailable, RowsRefused
 from housing_mlops.store.rows import ROW_COLUMNS
 from housing_mlops.store.schema import (
     ADDED_REQUEST_COLUMNS,
@@ -410,7 +411,8 @@ class PgSink:
         return self._conn
 
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
-        """All rows in order in one transaction; LogUnavailable when that failed."""
+        """All rows in order in one transaction; LogUnavailable when that failed,
+        RowsRefused when the database refused a value of the batch (nothing written)."""
         if not rows:
             return
         try:
@@ -423,6 +425,12 @@ class PgSink:
             ):
                 for row in rows:
                     copy.write_row(_clean(row))
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # Classes 22 and 23: a value the table refuses. The transaction was rolled
+            # back and the connection is fine; trying the same rows again cannot help.
+            raise RowsRefused(
+                f"request log {self.location}: {self.location.redact(str(exc)).strip()}"
+            ) from None
         except psycopg.Error as exc:
             self.close()
             raise LogUnavailable(

@@ -4,7 +4,8 @@ A sink has ``write(rows)`` (every row, in order, in one transaction) and ``close
 When the database cannot take the rows (PostgreSQL down or restarting, a SQLite file
 locked or on a full disk) ``write`` raises ``LogUnavailable`` and nothing of the batch is
 kept, so the caller still owns every row (it queues or spools them and tries again); the
-next ``write`` reconnects.
+next ``write`` reconnects. When it refuses a value of the batch for good (a constraint,
+a column's type) ``write`` raises ``RowsRefused``, nothing of the batch written either.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from housing_mlops.errors import HousingError
 from housing_mlops.store.location import LogLocation, parse_log_location
-from housing_mlops.store.outage import LogUnavailable
+from housing_mlops.store.outage import LogUnavailable, RowsRefused
 from housing_mlops.store.rows import insert_rows
 
 
@@ -44,6 +45,8 @@ class SqliteSink:
             self._conn = conn
             with conn:
                 insert_rows(conn, "requests", rows)
+        except (sqlite3.IntegrityError, sqlite3.DataError) as exc:  # rolled back; for good
+            raise RowsRefused(f"request log {self.path}: {exc}") from None
         except (sqlite3.Error, OSError, HousingError) as exc:
             self.close()
             raise LogUnavailable(f"request log {self.path}: {exc}") from None

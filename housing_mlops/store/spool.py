@@ -123,6 +123,18 @@ class Spool:
             conn.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
         self.rows = max(0, self.rows - count)
 
+    def remove_oldest(self, count: int) -> None:
+        """Forget the oldest ``count`` rows (written before a replay was interrupted)."""
+        if count <= 0:
+            return
+        conn = self._connection()
+        with conn:
+            conn.execute(
+                "DELETE FROM spool WHERE seq IN (SELECT seq FROM spool ORDER BY seq LIMIT ?)",
+                (count,),
+            )
+        self.rows = max(0, self.rows - count)
+
     # ----------------------------------------------------------------- orphans
     def adopt_orphans(self) -> int:
         """Move the rows of spools whose owner has ended into this one; returns how many.

@@ -14,8 +14,8 @@ from typing import Any
 
 from housing_mlops.store.connection import open_log
 from housing_mlops.store.location import parse_log_location
-from housing_mlops.store.outage import LogUnavailable
-from housing_mlops.store.rows import LoggedRequest, row_values
+from housing_mlops.store.outage import LogUnavailable, RowsRefused
+from housing_mlops.store.rows import ROW_COLUMNS, LoggedRequest, row_values
 from housing_mlops.store.sink import LogSink, open_sink
 from housing_mlops.store.spool import Spool
 
@@ -25,6 +25,18 @@ _log = logging.getLogger(__name__)
 _RETRY_MAX_S = 5.0
 # How often a healthy writer looks for spools left by ended writers (kill -9 of a sibling).
 _ADOPT_EVERY_S = 30.0
+_REQUEST_ID = ROW_COLUMNS.index("request_id")
+
+
+class _Interrupted(Exception):
+    """An outage in the middle of a batch: its first ``handled`` rows were written
+    (``written`` of them) or set aside, the rest were not."""
+
+    def __init__(self, handled: int, written: int, cause: LogUnavailable) -> None:
+        super().__init__(str(cause))
+        self.handled = handled
+        self.written = written
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +44,7 @@ class FlushReport:
     """What one writer cycle did: counts since the previous report, and the state now."""
 
     written: int  # rows committed to the database (replayed ones included)
-    dropped: int  # rows lost: queue full, or a write that failed for a non-outage reason
+    dropped: int  # rows lost: queue full, rows the database refuses, an unexpected failure
     write_failures: int  # failed attempts to reach the database
     replayed: int  # rows moved from the spool to the database
     depth: int  # rows queued in memory now
@@ -249,9 +261,9 @@ class RequestLogWriter:
     def _write(self, batch: Sequence[tuple[Any, ...]]) -> None:
         try:
             self._sink_write(batch)
-        except LogUnavailable as exc:
-            self._failed(exc)
-            self._to_spool(batch)
+        except _Interrupted as stop:
+            self._failed(stop.cause)
+            self._to_spool(batch[stop.handled :])
         except Exception:  # noqa: BLE001 - a log failure must never stop serving
             self.dropped += len(batch)
             _log.exception("request log: could not write %d row(s)", len(batch))
@@ -268,15 +280,16 @@ class RequestLogWriter:
                 spool.rows = 0
                 break
             try:
-                self._sink_write(rows)
-            except LogUnavailable as exc:
-                self._failed(exc)
+                self.replayed += self._sink_write(rows)
+            except _Interrupted as stop:
+                self._failed(stop.cause)
+                # The rows written or set aside before the outage are not replayed again.
+                self.replayed += stop.written
+                spool.remove_oldest(stop.handled)
                 return
-            except Exception:  # noqa: BLE001 - rows the database refuses would block the rest
+            except Exception:  # noqa: BLE001 - an unexpected failure must not block the rest
                 _log.exception("request log: dropping %d spooled row(s) it refused", len(rows))
                 self.dropped += len(rows)
-            else:
-                self.replayed += len(rows)
             spool.remove_through(seq, len(rows))
         self._recovered()
 
@@ -289,11 +302,56 @@ class RequestLogWriter:
         self.degraded = False
         self._retry_delay = 0.5
 
-    def _sink_write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _sink_write(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Write ``rows`` in order; returns how many were written.
+
+        Rows the database refuses for good (``RowsRefused``: a constraint, a column's type)
+        are found by halving the refused batch until single rows remain, and set aside:
+        dropped, counted in ``dropped`` and named in one log line per batch, while every
+        other row of the batch is written, in order. Writing them again would fail every
+        time, and the rows behind them would wait forever. An outage (``LogUnavailable``)
+        raises ``_Interrupted`` saying how many leading rows were already written or set
+        aside, so only the others are spooled or replayed again.
+        """
         assert self._sink is not None
-        self._sink.write(rows)
-        self.written += len(rows)
-        self.last_flush_ts = time.time()
+        pending = [rows]  # contiguous parts, the next one last
+        handled = written = 0
+        refused: list[tuple[Any, ...]] = []
+        reason = ""
+        try:
+            while pending:
+                part = pending.pop()
+                try:
+                    self._sink.write(part)
+                except RowsRefused as exc:
+                    if len(part) > 1:
+                        half = len(part) // 2
+                        pending += [part[half:], part[:half]]
+                        continue
+                    refused.append(part[0])
+                    reason = str(exc)
+                except LogUnavailable as exc:
+                    raise _Interrupted(handled, written, exc) from None
+                else:
+                    written += len(part)
+                    self.written += len(part)
+                    self.last_flush_ts = time.time()
+                handled += len(part)
+        finally:
+            if refused:
+                self._set_aside(refused, reason)
+        return written
+
+    def _set_aside(self, refused: list[tuple[Any, ...]], reason: str) -> None:
+        self.dropped += len(refused)
+        ids = sorted({str(row[_REQUEST_ID]) for row in refused})
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        _log.error(
+            "request log: %d row(s) dropped, the database refuses them (%s); request_id %s",
+            len(refused),
+            reason,
+            shown,
+        )
 
     def _failed(self, exc: Exception) -> None:
         self.write_failures += 1
