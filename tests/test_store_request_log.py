@@ -5,11 +5,14 @@ intact database."""
 from __future__ import annotations
 
 import sqlite3
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from housing_mlops.columns import FEATURES
-from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter
+from housing_mlops.store import FlushReport, LoggedRequest, RequestLogWriter, row_values
 
 
 def _row(i: int) -> LoggedRequest:
@@ -83,6 +86,53 @@ def test_rows_the_sqlite_log_refuses_are_dropped_alone(tmp_path: Path) -> None:
     writer.close()
     assert _count(db) == 9
     assert writer.written == 9 and writer.dropped == 1
+
+
+def test_rows_dropped_by_both_threads_at_once_are_all_counted(tmp_path: Path) -> None:
+    """``dropped`` (housing_request_log_dropped_total) is counted by the request path (a
+    full queue) and by the writer thread (here: rows the log refuses) at the same time.
+    Both used a bare ``+=``: a thread switch between its read and its write lost the
+    other thread's rows from the count. CPython 3.11 switches threads only at a few
+    instructions, rarely there, so a trace function pauses at every instruction of the
+    writer's module and lets the other thread run: not a mock, the writer, its thread
+    and the database are real; only the scheduling is forced."""
+    db = tmp_path / "log.db"
+    create = RequestLogWriter(db)
+    create.start()  # creates the log
+    create.close()
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TRIGGER no_rows BEFORE INSERT ON requests BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    conn.close()
+    writer_module = sys.modules[RequestLogWriter.__module__].__file__
+
+    def pause(frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            time.sleep(0.00005)  # lets the other thread take the GIL
+        return pause
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != writer_module:
+            return None
+        frame.f_trace_opcodes = True
+        return pause
+
+    threading.settrace(trace)  # the writer thread, started below
+    writer = RequestLogWriter(db, flush_interval_s=0.001, max_queue=3)
+    writer.start()
+    threading.settrace(None)
+    sent = 0
+    sys.settrace(trace)  # this thread: the request path
+    try:
+        for i in range(150):
+            writer.submit_values([row_values(_row(i))] * 5)
+            sent += 5
+    finally:
+        sys.settrace(None)
+        writer.close()
+    assert writer.written == 0
+    assert writer.dropped == sent
 
 
 def test_full_queue_drops_and_counts(tmp_path: Path) -> None:

@@ -104,7 +104,8 @@ class RequestLogWriter:
         self._retry_delay = 0.5
         self._adopt_at = 0.0
         self.written = 0
-        self.dropped = 0
+        self.dropped = 0  # counted by the request path (a full queue) and the thread alike
+        self._dropped_lock = threading.Lock()
         self.write_failures = 0
         self.replayed = 0
         self.last_flush_ts = 0.0
@@ -155,10 +156,17 @@ class RequestLogWriter:
         accepted = values if len(values) <= free else values[: max(free, 0)]
         self._queue.extend(accepted)
         if len(accepted) < len(values):
-            self.dropped += len(values) - len(accepted)
+            self._drop(len(values) - len(accepted))
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
         return len(accepted)
+
+    def _drop(self, rows: int) -> None:
+        """Count ``rows`` as dropped, under a lock: ``submit`` (the request path) and the
+        writer thread both count, and ``+=`` on an attribute is a read and a write that a
+        thread switch can come between, losing the other thread's rows."""
+        with self._dropped_lock:
+            self.dropped += rows
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the thread after a final flush of everything queued (to the database, or
@@ -265,7 +273,7 @@ class RequestLogWriter:
             self._failed(stop.cause)
             self._to_spool(batch[stop.handled :])
         except Exception:  # noqa: BLE001 - a log failure must never stop serving
-            self.dropped += len(batch)
+            self._drop(len(batch))
             _log.exception("request log: could not write %d row(s)", len(batch))
         else:
             self._recovered()
@@ -289,7 +297,7 @@ class RequestLogWriter:
                 return
             except Exception:  # noqa: BLE001 - an unexpected failure must not block the rest
                 _log.exception("request log: dropping %d spooled row(s) it refused", len(rows))
-                self.dropped += len(rows)
+                self._drop(len(rows))
             spool.remove_through(seq, len(rows))
         self._recovered()
 
@@ -343,7 +351,7 @@ class RequestLogWriter:
         return written
 
     def _set_aside(self, refused: list[tuple[Any, ...]], reason: str) -> None:
-        self.dropped += len(refused)
+        self._drop(len(refused))
         ids = sorted({str(row[_REQUEST_ID]) for row in refused})
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         _log.error(
@@ -366,12 +374,12 @@ class RequestLogWriter:
         if not batch:
             return
         if self._spool is None:
-            self.dropped += len(batch)
+            self._drop(len(batch))
             return
         try:
             self._spool.append(batch)
         except Exception:  # noqa: BLE001 - a full disk must not stop serving either
-            self.dropped += len(batch)
+            self._drop(len(batch))
             _log.exception("request log: could not spool %d row(s)", len(batch))
 
     def _report(self) -> None:
