@@ -4,6 +4,7 @@ process killed with SIGKILL), never what a live one holds."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import spooled_rows
 
 from housing_mlops.store.rows import ROW_COLUMNS
@@ -73,6 +75,34 @@ def test_a_live_writers_spool_is_not_adopted(tmp_path: Path) -> None:
     finally:
         other.close()
         live.close()
+
+
+def test_an_orphan_whose_lock_cannot_be_opened_is_left_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ended writer's spool whose lock file cannot be opened (another user's file with
+    mode 0600 on a shared volume; here a directory in its place, since the tests run as
+    root, who opens any file): its rows are left alone, and one warning line says why,
+    however often the folder is looked at. It used to be skipped without a word, its
+    rows never replayed."""
+    gone = Spool(tmp_path, "gone")
+    gone.open()
+    gone.append(_rows(0, 10))
+    gone.close()  # an ended writer: its files stay
+    gone.lock_path.unlink()
+    gone.lock_path.mkdir()
+    other = Spool(tmp_path, "other")
+    other.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="housing_mlops.store.spool"):
+            assert other.adopt_orphans() == 0
+            assert other.adopt_orphans() == 0
+    finally:
+        other.close()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "housing_mlops.store.spool"]
+    assert line.startswith(f"request-log spool: cannot open the lock file {gone.lock_path}")
+    assert "\n" not in line
+    assert gone.path.exists() and spooled_rows(tmp_path) == 10
 
 
 KILLED_WRITER = """

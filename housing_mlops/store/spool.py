@@ -61,6 +61,7 @@ class Spool:
         self._lock: IO[bytes] | None = None
         self._conn: sqlite3.Connection | None = None
         self.rows = 0  # rows in the file now
+        self._unopenable: set[Path] = set()  # lock files of orphans warned about
 
     # ----------------------------------------------------------------- lifecycle
     def open(self) -> None:
@@ -148,8 +149,11 @@ class Spool:
             path = lock_path.with_suffix(SUFFIX)
             try:
                 lock = lock_path.open("rb")
-            except OSError:
+            except FileNotFoundError:
                 continue  # adopted and deleted by another writer just now
+            except OSError as exc:
+                self._cannot_open(lock_path, exc)
+                continue
             try:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,6 +179,19 @@ class Spool:
             finally:
                 lock.close()
         return adopted
+
+    def _cannot_open(self, lock_path: Path, exc: OSError) -> None:
+        """One warning per lock file (the folder is looked at every 30 s): its spool's
+        rows stay where they are, unreplayed, until someone fixes what it says."""
+        if lock_path in self._unopenable:
+            return
+        self._unopenable.add(lock_path)
+        _log.warning(
+            "request-log spool: cannot open the lock file %s to adopt its spool (%s); "
+            "its rows stay unreplayed until it can be opened (check its owner and mode)",
+            lock_path,
+            exc.strerror or exc,
+        )
 
     def _copy_from(self, path: Path) -> int:
         """Copy every row of another spool file into this one, in order, in one transaction."""
