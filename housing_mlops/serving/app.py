@@ -25,10 +25,10 @@ the ``champion`` alias and, with ``serve.challenger_mode`` shadow or canary, the
 which documents its status codes.
 
 ``POST /predict`` is the raw ASGI ``PredictEndpoint`` (``serving.asgi``), not a FastAPI
-handler, so FastAPI cannot document it: ``openapi`` below adds its operation, generated
-(``schemas.predict_openapi``) from the served model's own validating models, so the
-documented ranges and batch limit are the enforced ones; it is regenerated when a reload
-swaps the model. The other routes are ordinary FastAPI handlers. The service state lives in
+handler, so FastAPI cannot document it: ``_document_predict`` below adds its operation,
+generated (``schemas.predict_openapi``) from the served model's own validating models, so
+the documented ranges and batch limit are the enforced ones; it is regenerated when a
+reload swaps the model. The other routes are ordinary FastAPI handlers. The service state lives in
 ``serving.state``, the uvicorn runner in ``serving.server``.
 """
 
@@ -86,8 +86,6 @@ def create_app(
     default to the registry's ``challenger`` alias when ``alias_version`` does too (a test
     passing its own ``alias_version`` and no ``challenger_alias_version`` has none).
     """
-    from housing_mlops import __version__
-
     service = Service(
         settings,
         model,
@@ -99,6 +97,24 @@ def create_app(
         challenger_alias_version=challenger_alias_version,
     )
     predict = PredictEndpoint(service)
+    app = _app_with_offline_docs(_service_lifespan(service, wait_for_model))
+    # Registration order is the order of the OpenAPI paths and of the router's matching.
+    _mount_predict(app, predict)
+    _mount_health(app, service)
+    _mount_model_info(app, service, settings.serve)
+    _mount_admin(app, service, settings.serve)
+    mount_feedback(app, settings)
+    _document_predict(app, service, settings.serve)  # last: the schema is built from the routes
+    # Outermost, so POST /predict also skips FastAPI's own per-request work (telemetry
+    # checks, error middleware); everything else passes through to FastAPI.
+    return ServingMiddleware(app, predict)
+
+
+def _service_lifespan(
+    service: Service, wait_for_model: bool
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the service starts (and loads a model) before serving, and
+    stops after."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,9 +124,18 @@ def create_app(
         finally:
             await service.shutdown()
 
+    return lifespan
+
+
+def _app_with_offline_docs(
+    lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]],
+) -> FastAPI:
+    """The FastAPI app, with /docs and /redoc served without internet."""
+    from housing_mlops import __version__
+
     # FastAPI's /docs and /redoc pages load their JavaScript from a CDN; these load the
     # packaged copies (under /static-offline-docs), so the docs work without internet.
-    app = FastAPIOffline(
+    return FastAPIOffline(
         title="housing-mlops prediction service",
         version=__version__,
         description="Median house value of a California block group (in $100k and in US "
@@ -118,20 +143,24 @@ def create_app(
         "are those of the served model version (also in GET /model/info).",
         lifespan=lifespan,
     )
-    holder = service.holder
-    metrics = service.metrics
-    serve_cfg = settings.serve
 
+
+def _mount_predict(app: FastAPI, predict: PredictEndpoint) -> None:
+    """Add ``POST /predict``: the raw ASGI endpoint, documented by ``_document_predict``."""
     # A raw ASGI route: FastAPI routes to it (405 for other methods, the trailing-slash
-    # redirect) but cannot document it; `openapi` below does. ServingMiddleware calls the
-    # same endpoint for POST /predict before FastAPI's own layers.
+    # redirect) but cannot document it; `_document_predict` does. ServingMiddleware calls
+    # the same endpoint for POST /predict before FastAPI's own layers.
     app.router.routes.append(Route("/predict", predict, methods=["POST"], include_in_schema=False))
+
+
+def _mount_health(app: FastAPI, service: Service) -> None:
+    """Add ``GET /health`` (the process is alive) and ``GET /ready`` (a model is loaded)."""
+    holder = service.holder
+    writer = service.writer
 
     @app.get("/health", summary="The process is alive")
     async def health() -> Response:
         return _json(200, {"status": "ok"})
-
-    writer = service.writer
 
     @app.get(
         "/ready",
@@ -157,6 +186,11 @@ def create_app(
             {"status": "ready", "model_version": model.meta.version, "request_log": log_state},
         )
 
+
+def _mount_model_info(app: FastAPI, service: Service, serve_cfg: Any) -> None:
+    """Add ``GET /model/info``: the champion and the challenger, with how they are served."""
+    holder = service.holder
+
     @app.get(
         "/model/info",
         summary="The served model, its metrics and its input schema",
@@ -169,67 +203,82 @@ def create_app(
                 503,
                 {"detail": "no model loaded yet", "last_reload_error": holder.last_reload_error},
             )
-        info = model.info()
-        info.update(
-            {
-                "pinned_version": service.pinned_version,
-                "reload_interval_s": serve_cfg.reload_interval_s
-                if service.pinned_version is None
-                else 0,
-                "last_reload_at": holder.last_reload_at,
-                "last_reload_error": holder.last_reload_error,
-                "input_schema": model.requests.input_schema(),
-                "max_body_bytes": serve_cfg.max_body_bytes,
-                "instance": service.instance,
-                "request_log": {
-                    "location": service.log_display,
-                    "state": "degraded" if writer.degraded else "ok",
-                    "queued_rows": writer.depth,
-                    "spooled_rows": writer.spooled,
-                },
-                "microbatch": {
-                    "window_ms": serve_cfg.microbatch_window_ms,
-                    "max_rows": serve_cfg.microbatch_max_rows,
-                    "inline_rows": serve_cfg.microbatch_inline_rows,
-                    "predictor_threads": serve_cfg.predictor_threads,
-                    "batches": service.batcher.batches,
-                    "rows": service.batcher.rows,
-                    "off_loop_batches": service.batcher.off_loop_batches,
-                },
-                "role": "champion",
-                **challenger_info(),
-            }
-        )
-        return _json(200, info)
+        return _json(200, _champion_info(model, service, serve_cfg))
 
-    def challenger_info() -> dict[str, Any]:
-        """The challenger's part of /model/info: the mode in effect and why, the model."""
-        challenger = service.challenger.model
-        part: dict[str, Any] | None = None
-        if challenger is not None:
-            part = challenger.info()
-            part["role"] = "challenger"
-        shadow = service.shadow
-        return {
-            "challenger_mode": service.mode,
-            "challenger_mode_configured": service.configured_mode,
-            "challenger_mode_reason": service.mode_reason(),
-            "challenger": part,
-            "challenger_last_reload_error": service.challenger.last_reload_error,
-            "challenger_last_reload_at": service.challenger.last_reload_at,
-            "canary": {
-                "share": service.canary_share,
-                "key_header": serve_cfg.canary_key_header,
+
+def _champion_info(model: LoadedModel, service: Service, serve_cfg: Any) -> dict[str, Any]:
+    """The body of /model/info: the served model's own info, how the service serves it
+    (reloads, limits, request log, micro-batching), then the challenger's part."""
+    holder = service.holder
+    writer = service.writer
+    info = model.info()
+    info.update(
+        {
+            "pinned_version": service.pinned_version,
+            "reload_interval_s": serve_cfg.reload_interval_s
+            if service.pinned_version is None
+            else 0,
+            "last_reload_at": holder.last_reload_at,
+            "last_reload_error": holder.last_reload_error,
+            "input_schema": model.requests.input_schema(),
+            "max_body_bytes": serve_cfg.max_body_bytes,
+            "instance": service.instance,
+            "request_log": {
+                "location": service.log_display,
+                "state": "degraded" if writer.degraded else "ok",
+                "queued_rows": writer.depth,
+                "spooled_rows": writer.spooled,
             },
-            "shadow": {
-                "queue_size": serve_cfg.shadow_queue_size,
-                "queued_rows": shadow.depth,
-                "scored_rows": shadow.scored,
-                "batches": shadow.batches,
-                "dropped_rows": shadow.dropped,
-                "error_rows": shadow.errors,
+            "microbatch": {
+                "window_ms": serve_cfg.microbatch_window_ms,
+                "max_rows": serve_cfg.microbatch_max_rows,
+                "inline_rows": serve_cfg.microbatch_inline_rows,
+                "predictor_threads": serve_cfg.predictor_threads,
+                "batches": service.batcher.batches,
+                "rows": service.batcher.rows,
+                "off_loop_batches": service.batcher.off_loop_batches,
             },
+            "role": "champion",
+            **_challenger_info(service, serve_cfg),
         }
+    )
+    return info
+
+
+def _challenger_info(service: Service, serve_cfg: Any) -> dict[str, Any]:
+    """The challenger's part of /model/info: the mode in effect and why, the model."""
+    challenger = service.challenger.model
+    part: dict[str, Any] | None = None
+    if challenger is not None:
+        part = challenger.info()
+        part["role"] = "challenger"
+    shadow = service.shadow
+    return {
+        "challenger_mode": service.mode,
+        "challenger_mode_configured": service.configured_mode,
+        "challenger_mode_reason": service.mode_reason(),
+        "challenger": part,
+        "challenger_last_reload_error": service.challenger.last_reload_error,
+        "challenger_last_reload_at": service.challenger.last_reload_at,
+        "canary": {
+            "share": service.canary_share,
+            "key_header": serve_cfg.canary_key_header,
+        },
+        "shadow": {
+            "queue_size": serve_cfg.shadow_queue_size,
+            "queued_rows": shadow.depth,
+            "scored_rows": shadow.scored,
+            "batches": shadow.batches,
+            "dropped_rows": shadow.dropped,
+            "error_rows": shadow.errors,
+        },
+    }
+
+
+def _mount_admin(app: FastAPI, service: Service, serve_cfg: Any) -> None:
+    """Add the operators' routes: ``GET /metrics`` and ``POST /model/reload`` (see the
+    module docstring for its status codes)."""
+    metrics = service.metrics
 
     @app.get(
         "/metrics",
@@ -280,8 +329,11 @@ def create_app(
         }
         return _json(500 if failed else 200, body)
 
-    mount_feedback(app, settings)
 
+def _document_predict(app: FastAPI, service: Service, serve_cfg: Any) -> None:
+    """Make ``app.openapi`` (``/openapi.json``, ``/docs``) FastAPI's schema plus POST
+    /predict, and build it now. Call it after every route is mounted: the schema is cached."""
+    holder = service.holder
     generate_openapi = app.openapi  # FastAPI's own, cached in app.openapi_schema
     # The request models the cached schema documents (not the model: no reference that
     # would keep a replaced pipeline in memory).
@@ -312,7 +364,3 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     openapi()  # now, so a schema that cannot be built fails at startup, not on /docs
-
-    # Outermost, so POST /predict also skips FastAPI's own per-request work (telemetry
-    # checks, error middleware); everything else passes through to FastAPI.
-    return ServingMiddleware(app, predict)
