@@ -74,6 +74,20 @@ def _load_reference(
     return profile, source
 
 
+# The drift settings a result records, so a stored run says which limits judged it.
+_THRESHOLDS = (
+    "psi_bins",
+    "psi_warn",
+    "psi_drift",
+    "wasserstein_warn",
+    "wasserstein_drift",
+    "ks_pvalue",
+    "drift_share",
+    "hard_limit_psi",
+    "hard_limit_wasserstein",
+)
+
+
 def check_drift(
     settings: Any,
     since: str | None = None,
@@ -103,32 +117,12 @@ def check_drift(
     now = time.time() if now is None else now
     since_ts, until_ts = resolve_window(since, until, cfg.default_since, now)
     version = None if model_version is None else str(model_version)
-    window_text = f"between {iso_utc(since_ts)} and {iso_utc(until_ts)}"
-    which = f" served by model version {version}" if version else ""
-
-    log_path = store.parse_log_location(settings.serve.request_log)  # prints without password
-    db = store.open_log(log_path, create=False)  # None when there is no log: never made here
-    if db is None:
-        raise InsufficientDataError(
-            f"no request log at {log_path}: start `housing serve` and send it traffic "
-            "(for example `python -m housing_mlops.traffic --rows 500`) first"
-        )
+    log_path, db = _open_request_log(settings)
     try:
         # A damaged file met past its first page: exit 4 naming the log, not exit 1.
         with store.damaged_log_errors(log_path):
-            counts = store.window_counts(db, since_ts, until_ts, version)
-            if not counts:
-                raise InsufficientDataError(
-                    f"no answered requests{which} {window_text} in {log_path}: "
-                    "widen --since or send traffic first"
-                )
+            counts = _versions_in_window(db, log_path, since_ts, until_ts, version, cfg.min_rows)
             chosen = counts[0]
-            if chosen["rows"] < cfg.min_rows:
-                raise InsufficientDataError(
-                    f"only {chosen['rows']} answered request(s) from model version "
-                    f"{chosen['model_version']} {window_text}; drift needs at least "
-                    f"{cfg.min_rows} (drift.min_rows): widen --since or send more traffic"
-                )
             profile, source = _load_reference(
                 settings,
                 db,
@@ -137,54 +131,120 @@ def check_drift(
                 reference_path,
                 refresh_reference,
             )
-            fraction = min(1.0, cfg.sample_rows / chosen["rows"])
-            current = store.window_sample(
-                db,
-                since_ts,
-                until_ts,
-                chosen["model_version"],
-                [*FEATURES, PREDICTION],
-                fraction=fraction,
+            current = _sample_window(db, since_ts, until_ts, chosen, cfg.sample_rows)
+            judged = _judge_window(profile, current, cfg, source)
+            result = _drift_result(
+                since_ts, until_ts, counts, current, profile, source, judged, cfg
             )
-            judged = compare_window(profile, current, cfg)
-            if not judged["scores"]:
-                raise InsufficientDataError(
-                    f"the reference profile ({source}) shares no column with the request log"
-                )
-            result: dict[str, Any] = {
-                "created_at": time.time(),
-                "window": {
-                    "since": iso_utc(since_ts),
-                    "until": iso_utc(until_ts),
-                    "since_ts": since_ts,
-                    "until_ts": until_ts,
-                },
-                "model_name": chosen["model_name"],
-                "model_version": chosen["model_version"],
-                "rows": int(chosen["rows"]),
-                "sampled_rows": int(current[FEATURES[0]].size),
-                "other_versions": {c["model_version"]: c["rows"] for c in counts[1:]},
-                "reference": {"source": source, "rows": profile.get("rows")},
-                "thresholds": {
-                    k: getattr(cfg, k)
-                    for k in (
-                        "psi_bins",
-                        "psi_warn",
-                        "psi_drift",
-                        "wasserstein_warn",
-                        "wasserstein_drift",
-                        "ks_pvalue",
-                        "drift_share",
-                        "hard_limit_psi",
-                        "hard_limit_wasserstein",
-                    )
-                },
-                **judged,
-            }
-            for score in result["scores"]:
-                score["ks_significant"] = bool(score["ks_pvalue"] < judged["ks_alpha"])
             if save:
                 result["run_id"] = store.save_drift_run(db, result)
             return result
     finally:
         db.close()
+
+
+def _open_request_log(settings: Any) -> tuple[Any, Any]:
+    """The request log's location (it prints without a password) and an open connection.
+
+    Raises InsufficientDataError when there is no log: it is never created here."""
+    log_path = store.parse_log_location(settings.serve.request_log)
+    db = store.open_log(log_path, create=False)
+    if db is None:
+        raise InsufficientDataError(
+            f"no request log at {log_path}: start `housing serve` and send it traffic "
+            "(for example `python -m housing_mlops.traffic --rows 500`) first"
+        )
+    return log_path, db
+
+
+def _versions_in_window(
+    db: Any,
+    log_path: Any,
+    since_ts: float,
+    until_ts: float,
+    version: str | None,
+    min_rows: int,
+) -> list[dict[str, Any]]:
+    """The answered rows per model version in the window (``version`` only, when given),
+    the one to judge first: the one that served the most.
+
+    Raises InsufficientDataError when the window holds no rows, or the version to judge
+    fewer than ``min_rows``."""
+    window_text = f"between {iso_utc(since_ts)} and {iso_utc(until_ts)}"
+    counts = store.window_counts(db, since_ts, until_ts, version)
+    if not counts:
+        which = f" served by model version {version}" if version else ""
+        raise InsufficientDataError(
+            f"no answered requests{which} {window_text} in {log_path}: "
+            "widen --since or send traffic first"
+        )
+    chosen = counts[0]
+    if chosen["rows"] < min_rows:
+        raise InsufficientDataError(
+            f"only {chosen['rows']} answered request(s) from model version "
+            f"{chosen['model_version']} {window_text}; drift needs at least "
+            f"{min_rows} (drift.min_rows): widen --since or send more traffic"
+        )
+    return counts
+
+
+def _sample_window(
+    db: Any, since_ts: float, until_ts: float, chosen: dict[str, Any], sample_rows: int
+) -> dict[str, Any]:
+    """The features and predictions of the chosen version's rows in the window: all of
+    them, or a deterministic uniform sample of about ``sample_rows``."""
+    fraction = min(1.0, sample_rows / chosen["rows"])
+    return store.window_sample(
+        db,
+        since_ts,
+        until_ts,
+        chosen["model_version"],
+        [*FEATURES, PREDICTION],
+        fraction=fraction,
+    )
+
+
+def _judge_window(profile: dict, current: dict[str, Any], cfg: Any, source: str) -> dict[str, Any]:
+    """``compare_window``'s verdict, each score marked ``ks_significant`` at its alpha.
+
+    Raises InsufficientDataError when the profile and the log share no column."""
+    judged = compare_window(profile, current, cfg)
+    if not judged["scores"]:
+        raise InsufficientDataError(
+            f"the reference profile ({source}) shares no column with the request log"
+        )
+    for score in judged["scores"]:
+        score["ks_significant"] = bool(score["ks_pvalue"] < judged["ks_alpha"])
+    return judged
+
+
+def _drift_result(
+    since_ts: float,
+    until_ts: float,
+    counts: list[dict[str, Any]],
+    current: dict[str, Any],
+    profile: dict,
+    source: str,
+    judged: dict[str, Any],
+    cfg: Any,
+) -> dict[str, Any]:
+    """The result of a check as it is returned and stored: the window, the version judged
+    (and the others seen), the reference, the thresholds, then the verdict."""
+    chosen = counts[0]
+    return {
+        "created_at": time.time(),
+        "window": {
+            "since": iso_utc(since_ts),
+            "until": iso_utc(until_ts),
+            "since_ts": since_ts,
+            "until_ts": until_ts,
+        },
+        "model_name": chosen["model_name"],
+        "model_version": chosen["model_version"],
+        "rows": int(chosen["rows"]),
+        "sampled_rows": int(current[FEATURES[0]].size),
+        "other_versions": {c["model_version"]: c["rows"] for c in counts[1:]},
+        "reference": {"source": source, "rows": profile.get("rows")},
+        "thresholds": {k: getattr(cfg, k) for k in _THRESHOLDS},
+        **judged,
+    }
