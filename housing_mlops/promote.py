@@ -584,13 +584,49 @@ def promote_from_live(
     payload is the decision object with its evidence.
     """
     from housing_mlops import registry
-    from housing_mlops.drift.window import parse_when
-    from housing_mlops.live import compare, read_labelled
 
     cfg = settings.promote
     champion = registry.get_alias_version(settings, registry.CHAMPION)
     challenger = registry.get_alias_version(settings, registry.CHALLENGER)
-    result: dict[str, Any] = {
+    result = _live_result_before(cfg, champion, challenger, dry_run)
+    champion, challenger = _aliases_to_compare(result)
+    comparisons = _compare_live(settings, champion, challenger, since)
+    decision = should_promote_live(comparisons, cfg)
+    reason = f"challenger version {challenger} vs champion version {champion}: {decision.reason}"
+    result.update(
+        {
+            "comparisons": comparisons,
+            "evidence": decision.evidence,
+            "gate_passed": decision.passed,
+            "reason": reason,
+        }
+    )
+    now = iso_utc()
+    record = _live_decision_record(now, decision, champion, challenger)
+    if not decision.passed:
+        if not dry_run:
+            registry.set_version_tags(
+                settings, challenger, {"live_decision": record, "live_decision_at": now}
+            )
+        raise _live_refusal(result, reason)
+    if dry_run:
+        return {**result, "promoted": False, "champion_after": champion}
+    _make_challenger_champion(settings, champion, challenger, decision, record, now)
+    return {
+        **result,
+        "promoted": True,
+        "champion_after": challenger,
+        "previous_champion_after": champion,
+        "challenger_after": None,
+    }
+
+
+def _live_result_before(
+    cfg: PromoteConfig, champion: str | None, challenger: str | None, dry_run: bool
+) -> dict[str, Any]:
+    """The decision object of a live promotion before any evidence is read: the aliases
+    as they are and the gate's settings."""
+    return {
         "action": "live",
         "target": "champion",
         "version": challenger,
@@ -604,41 +640,63 @@ def promote_from_live(
         "comparisons": [],
         "gate_passed": False,
     }
-    prefix = "dry run: " if dry_run else ""
 
-    def refuse(reason: str) -> GateRejected:
-        return GateRejected(
-            f"{prefix}{reason}",
-            payload={**result, "reason": reason, "promoted": False, "champion_after": champion},
-        )
 
+def _live_refusal(result: dict[str, Any], reason: str) -> GateRejected:
+    """The GateRejected of a live promotion: ``reason`` (after "dry run: " on a dry run),
+    its payload the decision object as it stands, nothing promoted."""
+    prefix = "dry run: " if result["dry_run"] else ""
+    return GateRejected(
+        f"{prefix}{reason}",
+        payload={
+            **result,
+            "reason": reason,
+            "promoted": False,
+            "champion_after": result["champion_before"],
+        },
+    )
+
+
+def _aliases_to_compare(result: dict[str, Any]) -> tuple[str, str]:
+    """The champion and challenger versions; refused, saying what to run first, when
+    either alias is missing: there is nothing to compare."""
+    from housing_mlops import registry
+
+    champion, challenger = result["champion_before"], result["challenger_before"]
     if challenger is None:
-        raise refuse(
+        raise _live_refusal(
+            result,
             f"no challenger: no version has the alias '{registry.CHALLENGER}' (run "
-            "`housing promote --to challenger` and serve it in shadow or canary first)"
+            "`housing promote --to challenger` and serve it in shadow or canary first)",
         )
     if champion is None:
-        raise refuse(
+        raise _live_refusal(
+            result,
             f"no champion to compare challenger version {challenger} with: run "
-            f"`housing promote --version {challenger}` to promote it on its holdout metrics"
+            f"`housing promote --version {challenger}` to promote it on its holdout metrics",
         )
+    return champion, challenger
+
+
+def _compare_live(
+    settings: Settings, champion: str, challenger: str, since: str | None
+) -> list[dict[str, Any]]:
+    """``live.compare``'s comparisons of challenger and champion on the labelled rows
+    logged since ``since`` (all of them without it)."""
+    from housing_mlops.drift.window import parse_when
+    from housing_mlops.live import compare, read_labelled
+
+    cfg = settings.promote
     since_ts = parse_when(since, time.time(), "--since") if since is not None else None
     rows = read_labelled(settings, since_ts)
-    comparisons = compare(
+    return compare(
         rows, champion, challenger, samples=cfg.bootstrap_samples, confidence=cfg.live_confidence
     )
-    decision = should_promote_live(comparisons, cfg)
-    reason = f"challenger version {challenger} vs champion version {champion}: {decision.reason}"
-    result.update(
-        {
-            "comparisons": comparisons,
-            "evidence": decision.evidence,
-            "gate_passed": decision.passed,
-            "reason": reason,
-        }
-    )
-    now = iso_utc()
-    record = json.dumps(
+
+
+def _live_decision_record(now: str, decision: LiveDecision, champion: str, challenger: str) -> str:
+    """The ``live_decision`` tag: the decision and its evidence as compact JSON."""
+    return json.dumps(
         {
             "at": now,
             "passed": decision.passed,
@@ -650,14 +708,19 @@ def promote_from_live(
         separators=(",", ":"),
         default=float,
     )
-    if not decision.passed:
-        if not dry_run:
-            registry.set_version_tags(
-                settings, challenger, {"live_decision": record, "live_decision_at": now}
-            )
-        raise refuse(reason)
-    if dry_run:
-        return {**result, "promoted": False, "champion_after": champion}
+
+
+def _make_challenger_champion(
+    settings: Settings,
+    champion: str,
+    challenger: str,
+    decision: LiveDecision,
+    record: str,
+    now: str,
+) -> None:
+    """Move the aliases (the champion becomes ``previous-champion``, the challenger
+    ``champion``, ``challenger`` is removed) and record the decision on both versions."""
+    from housing_mlops import registry
 
     ref = registry.resolve(settings, version=int(challenger))
     registry.set_alias(settings, registry.PREVIOUS_CHAMPION, champion)
@@ -680,10 +743,3 @@ def promote_from_live(
             ),
         },
     )
-    return {
-        **result,
-        "promoted": True,
-        "champion_after": challenger,
-        "previous_champion_after": champion,
-        "challenger_after": None,
-    }
