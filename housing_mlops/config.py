@@ -56,9 +56,14 @@ class DataConfig(_Section):
         return value.lower()
 
 
+# scikit-learn (train_test_split, KFold) and numpy take seeds in [0, 2**32 - 1]; outside it
+# they fail mid-run as "unexpected", so the config says so at load.
+SEED_MAX = 2**32 - 1
+
+
 class SplitConfig(_Section):
     test_size: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
 
 
 class FeaturesConfig(_Section):
@@ -96,13 +101,14 @@ class CandidateConfig(_Section):
 class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_location: str = "mlruns/artifacts"
-    experiment_name: str = "california-housing"
-    registered_model_name: str = "california-housing"
+    # Empty names are refused by MLflow only after the training (the model's registration).
+    experiment_name: str = Field("california-housing", min_length=1)
+    registered_model_name: str = Field("california-housing", min_length=1)
 
 
 class TrainConfig(_Section):
     cv_folds: int = Field(5, ge=2)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     # One thread per fit: on a shared 2-core box OpenMP with 2 threads was 6-25x slower
     # than 1 thread whenever another process ran (configs/default.yaml says more).
     n_jobs: int = Field(1, ge=1)

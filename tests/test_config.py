@@ -315,3 +315,29 @@ def test_a_drift_default_since_that_is_a_time_loads(tmp_path: Path) -> None:
     for value in ("12h", "2w", "2026-01-31T12:00:00Z"):
         path = write_config(tmp_path, {"drift": {"default_since": value}})
         assert load_config(path).drift.default_since == value
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "reason"),
+    [
+        ("split", "seed", -1, "Input should be greater than or equal to 0"),
+        ("train", "seed", 2**32, "Input should be less than or equal to 4294967295"),
+        ("mlflow", "experiment_name", "", "String should have at least 1 character"),
+        ("mlflow", "registered_model_name", "", "String should have at least 1 character"),
+    ],
+)
+def test_values_that_failed_mid_run_are_config_errors_at_load(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    key: str,
+    value: object,
+    reason: str,
+) -> None:
+    """A negative seed stopped `featurize` with scikit-learn's 'unexpected
+    InvalidParameterError' (exit 1), and an empty registered model name stopped `train`
+    only after every fit (exit 5): each is the config's key, exit 3, before any work."""
+    path = write_config(tmp_path, {section: {key: value}})
+    assert (
+        config_error(capsys, path) == f"Error: invalid config {path}: '{section}.{key}': {reason}"
+    )
