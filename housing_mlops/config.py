@@ -16,7 +16,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from housing_mlops.errors import ConfigError
 from housing_mlops.timestamps import ACCEPTED_TIME_FORMS, parse_time
@@ -27,6 +35,35 @@ STATLIB_SHA256 = "aaa5c9a6afe2225cc2aed2723682ae403280c4a3695a2ddda4ffb5d8215ea6
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_types(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML gives any key a number, a list or a boolean: pydantic's lax mode would read
+        # `port: yes` as port 1, and the path resolution below would have turned a list
+        # into a folder named "[1]".
+        kind = cls.model_fields[info.field_name or ""].annotation
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError("must be a number, not true/false")
+        if kind in (Path, Path | str):
+            if not isinstance(value, str | Path):
+                raise ValueError(f"must be a path (text), not {_yaml_kind(value)}")
+            if not str(value).strip():
+                raise ValueError("must be a path, not empty")
+        return value
+
+
+def _yaml_kind(value: Any) -> str:
+    """How YAML spelled ``value``, for a message: a list, a mapping, true/false, a number."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "empty (null)"
+    return "a number" if isinstance(value, int | float) else type(value).__name__
 
 
 class PathsConfig(_Section):
@@ -40,7 +77,7 @@ class DataConfig(_Section):
         default_factory=lambda: ["https://ndownloader.figshare.com/files/5976036"]
     )
     sha256: str = STATLIB_SHA256
-    archive_name: str = "cal_housing.tgz"
+    archive_name: str = Field("cal_housing.tgz", min_length=1)
     timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=1)
     backoff_s: float = Field(1.0, ge=0)
@@ -210,7 +247,8 @@ class ServeConfig(_Section):
                 scheme = value.split("://", 1)[0]
                 raise ValueError(f"a SQLite path or a postgresql:// URL, not {scheme}://")
             return value
-        return Path(value) if isinstance(value, str) else value
+        # (An empty string is left to _yaml_types: Path("") would be the current folder.)
+        return Path(value) if isinstance(value, str) and value.strip() else value
 
 
 class DriftConfig(_Section):
@@ -302,7 +340,8 @@ def _resolve_paths(raw: dict[str, Any]) -> None:
         ("serve", "spool_dir"),
     ):
         sec = raw.setdefault(section, {})
-        if isinstance(sec, dict) and key in sec and sec[key] is not None:
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key].strip():
+            # (Anything else is left to the models, which name the key: a list, a number.)
             if "://" in str(sec[key]):
                 continue  # a URL, not a path (serve.request_log checks its scheme)
             sec[key] = str((cwd / Path(str(sec[key])).expanduser()).resolve())

@@ -341,3 +341,30 @@ def test_values_that_failed_mid_run_are_config_errors_at_load(
     assert (
         config_error(capsys, path) == f"Error: invalid config {path}: '{section}.{key}': {reason}"
     )
+
+
+def test_yaml_values_of_the_wrong_kind_are_named_not_coerced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path key given a list, a number or nothing, and a number key given yes/no, are
+    exit 3 naming each key. Before, `raw_dir: [1]` became a folder named "[1]",
+    `request_log: 5` a file named "5", `request_log: ""` the current folder and `port: yes`
+    port 1: nothing said the config was wrong."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "paths:\n  raw_dir: [1]\n  reports_dir: {a: 1}\n"
+        "serve:\n  port: yes\n  request_log: 5\n  spool_dir: ''\n"
+        "data:\n  timeout_s: no\n" + MINIMAL
+    )
+    assert config_error(capsys, path) == (
+        f"Error: invalid config {path}: 'paths.raw_dir': Value error, must be a path (text), "
+        "not a list; 'paths.reports_dir': Value error, must be a path (text), not a mapping; "
+        "'data.timeout_s': Value error, must be a number, not true/false; 'serve.port': Value "
+        "error, must be a number, not true/false; 'serve.request_log': Value error, must be a "
+        "path (text), not a number; 'serve.spool_dir': Value error, must be a path, not empty"
+    )
+    assert not (tmp_path / "[1]").exists()
+    path.write_text("serve:\n  request_log: ''\n" + MINIMAL)
+    assert config_error(capsys, path) == (
+        f"Error: invalid config {path}: 'serve.request_log': Value error, must be a path, not empty"
+    )
