@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from housing_mlops.errors import ModelError, UsageError
+from housing_mlops.errors import ConfigError, ModelError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from housing_mlops.config import CandidateConfig, Settings
@@ -272,6 +272,11 @@ def train(
     candidates = select_candidates(settings, only)
     manifest = featurize.read_processed_manifest(settings)
     X, y = featurize.load_split(settings, "train")
+    if settings.train.cv_folds > len(X):  # KFold's own error read as "unexpected" (exit 1)
+        raise ConfigError(
+            f"train.cv_folds {settings.train.cv_folds} in {settings.source or 'the config'} is "
+            f"more than the {len(X)} rows of the train split: lower it (the default is 5)"
+        )
     registry.configure(settings)  # an unreachable store fails before minutes of training
 
     batch = new_batch_id()

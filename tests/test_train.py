@@ -11,7 +11,7 @@ import pytest
 from helpers import make_settings, trained_store
 from synthetic import write_config
 
-from housing_mlops import registry
+from housing_mlops import featurize, registry
 from housing_mlops.cli import run
 from housing_mlops.errors import UsageError
 from housing_mlops.train import select_candidates, train
@@ -75,6 +75,24 @@ def test_a_store_folder_that_cannot_be_made_is_exit_5_naming_it(
         f"Error: cannot create the folder {blocker}/mlruns of the MLflow store {uri} "
         "(Not a directory): fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
     ]
+
+
+def test_more_cv_folds_than_train_rows_is_exit_3_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # KFold refused it from inside the training: "Error: unexpected ValueError: Cannot have
+    # number of splits n_splits=100000 greater than the number of samples" (exit 1).
+    settings = make_settings(tmp_path, {"train": {"cv_folds": 100_000}})
+    config = tmp_path / "config.yaml"
+    code = run(["--config", str(config), "train", "--model", "ridge"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    rows = len(featurize.load_split(settings, "train")[0])
+    assert err.splitlines() == [
+        f"Error: train.cv_folds 100000 in {config} is more than the {rows} rows of the train "
+        "split: lower it (the default is 5)"
+    ]
+    assert not (tmp_path / "mlruns").exists()  # nothing registered, no store made
 
 
 def test_an_artifact_folder_that_cannot_be_made_is_named_as_such(
