@@ -14,6 +14,7 @@ transaction (``store.apply_feedback``):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,15 +41,39 @@ def _read_frame(path: Path) -> Any:
         if suffix == ".csv":
             # Everything as text: ids stay as written ("007", "NA"), numbers are parsed
             # below so that a bad cell is reported, not silently turned into NaN.
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            return _csv_frame(pd, path)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
+    except DataError:
+        raise
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read feedback file {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - pyarrow's and pandas' parser errors
         raise DataError(f"cannot read feedback file {path}: {type(exc).__name__}: {exc}") from None
     got = suffix or path.name
     raise DataError(f"feedback file {path}: use a .csv or .parquet file (got '{got}')")
+
+
+def _csv_frame(pd: Any, path: Path) -> Any:
+    """The CSV as text columns. Rows with one field more than the header (a trailing
+    comma: `b0a5,4.5,` as spreadsheets export them) made pandas take the first column as
+    the index, so every label read its actual as the request id; the empty last fields are
+    dropped instead, and a row whose extra field holds a value is a bad file (exit 4)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if isinstance(frame.index, pd.RangeIndex):
+        return frame
+    extra = frame.iloc[:, -1] if len(frame.columns) else pd.Series([], dtype=str)
+    filled = [i for i, v in enumerate(extra.tolist()) if str(v).strip()]
+    if filled or not len(frame.columns):
+        row = filled[0] + 1 if filled else 1
+        raise DataError(
+            f"feedback file {path}: row {row} has more fields than the header "
+            f"({', '.join(map(str, frame.columns)) or 'none'}): name every column in the "
+            "first line"
+        )
+    with warnings.catch_warnings():  # "a loss of data": only the empty fields, checked above
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
 
 
 def _number(value: Any) -> Any:

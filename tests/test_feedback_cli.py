@@ -131,6 +131,29 @@ def test_bad_files_are_exit_4_with_the_reason(
     assert message in err
 
 
+def test_trailing_commas_are_read_as_empty_fields_not_as_a_shifted_row(
+    project: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`a,2.1,` (a spreadsheet's export) made pandas take the ids as the index: every label
+    was refused as 'request_id '2.1' ...: actual must be a number'. Now the empty last
+    fields are dropped; an extra field that holds a value is a bad file naming the row."""
+    path = _csv(project["tmp"], "request_id,actual\na,2.1,\nb,3.4,\n")
+    code, out, err = _cli(capsys, "feedback", str(path), "--json", "-c", str(project["config"]))
+    assert code == 0, err
+    assert json.loads(out)["applied"] == 2
+    assert _labels(project["log"]) == [("a", 0, 2.1), ("b", 0, 3.4)]
+    assert "Warning" not in err
+
+    shifted = _csv(project["tmp"], "request_id,actual\nc,,\nc,0,2.5\n", "shifted.csv")
+    code, out, err = _cli(capsys, "feedback", str(shifted), "-c", str(project["config"]))
+    assert code == 4
+    assert err.strip().splitlines()[-1] == (
+        f"Error: feedback file {shifted}: row 2 has more fields than the header (request_id, "
+        "actual): name every column in the first line"
+    )
+    assert len(_labels(project["log"])) == 2
+
+
 def test_no_request_log_is_a_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
