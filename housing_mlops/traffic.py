@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -334,6 +335,21 @@ def check_url(url: str) -> None:
         )
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options, before anything is sent. argparse takes ``nan``, ``inf`` and
+    negatives: ``--timeout 0`` failed every row as a timeout ("is `housing serve`
+    running?" to a service that was up), ``--feedback-delay nan`` ended in a traceback
+    after the rows were sent, ``--seed -1`` in numpy's."""
+    if not args.feedback_delay >= 0 or math.isinf(args.feedback_delay):
+        raise UsageError("--feedback-delay must be >= 0 (seconds)")
+    if not 0 < args.timeout < math.inf:
+        raise UsageError("--timeout must be > 0 (seconds per request)")
+    if not args.rate >= 0:
+        raise UsageError("--rate must be >= 0 (0 sends as fast as the server answers)")
+    if args.seed < 0:
+        raise UsageError("--seed must be >= 0")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is a UsageError: one `Error:` line and exit 2 like every
     other mistake, not argparse's usage block and its lowercase `error:` line."""
@@ -397,8 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         share = float(args.feedback_share)
         if not 0.0 <= share <= 1.0:
             raise UsageError("--feedback-share must be between 0 and 1")
-        if args.feedback_delay < 0:
-            raise UsageError("--feedback-delay must be >= 0")
+        check_numbers(args)
         token = ""
         if share > 0:
             env = "HOUSING_FEEDBACK_TOKEN"

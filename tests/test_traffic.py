@@ -419,6 +419,15 @@ def test_feedback_summary_line_and_a_wrong_token_is_exit_1(
     [
         (["--feedback-share", "1.5"], "--feedback-share must be between 0 and 1"),
         (["--feedback-share", "0.5", "--feedback-delay", "-1"], "--feedback-delay must be >= 0"),
+        # argparse takes nan and inf: nan ended in time.sleep's traceback after the rows.
+        (["--feedback-share", "0.5", "--feedback-delay", "nan"], "--feedback-delay must be >= 0"),
+        (["--feedback-share", "0.5", "--feedback-delay", "inf"], "--feedback-delay must be >= 0"),
+        # Every row timed out at once, then "is `housing serve` running?" (exit 1).
+        (["--timeout", "0"], "--timeout must be > 0"),
+        (["--timeout", "-1"], "--timeout must be > 0"),
+        (["--timeout", "nan"], "--timeout must be > 0"),
+        (["--rate", "nan"], "--rate must be >= 0"),
+        (["--seed", "-1"], "--seed must be >= 0"),  # numpy's ValueError traceback
         (["--feedback-share", "0.5"], "set HOUSING_FEEDBACK_TOKEN or pass --feedback-token"),
     ],
 )
