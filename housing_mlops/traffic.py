@@ -333,6 +333,15 @@ def check_url(url: str) -> None:
         raise UsageError(
             f"--url {url!r} is not an http(s) URL: use http://HOST:PORT, e.g. http://127.0.0.1:8000"
         )
+    # The generator adds /predict (and /feedback) itself: `--url http://…:8000/predict`
+    # posted to /predict/predict, 404 on every row.
+    endpoint = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    if endpoint in ("predict", "feedback"):
+        base = parts._replace(path=parts.path.rstrip("/")[: -len(endpoint) - 1]).geturl()
+        raise UsageError(
+            f"--url {url!r} names the /{endpoint} endpoint: give the service's base URL "
+            f"({base}); /predict and /feedback are added to it"
+        )
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -189,6 +189,25 @@ def test_a_url_without_http_is_exit_2_before_anything_is_sent(
     assert len(stand_in["received"]) == before  # nothing sent
 
 
+@pytest.mark.parametrize("path", ["/predict", "/predict/", "/feedback"])
+def test_a_url_naming_an_endpoint_is_exit_2_before_anything_is_sent(
+    stand_in, processed_config, capsys, path: str
+) -> None:
+    # `--url http://127.0.0.1:8000/predict` (the endpoint, as curl takes it) posted every
+    # row to /predict/predict: 404s, then "is `housing serve` running?" (exit 1).
+    given = stand_in["url"].rstrip("/") + path
+    before = len(stand_in["received"])
+    code = main(["--config", str(processed_config), "--url", given, "--rows", "3"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    endpoint = path.strip("/")
+    assert err.splitlines()[0] == (
+        f"Error: --url {given!r} names the /{endpoint} endpoint: give the service's base URL "
+        f"({stand_in['url'].rstrip('/')}); /predict and /feedback are added to it"
+    )
+    assert len(stand_in["received"]) == before  # nothing sent
+
+
 def test_ctrl_c_while_sending_is_one_error_line_and_exit_130(stand_in, processed_config) -> None:
     # A paced run (`--rows 500 --rate 100`) stopped with Ctrl+C ended in asyncio's
     # KeyboardInterrupt traceback.
