@@ -411,6 +411,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _none_answered(summary: Mapping[str, Any]) -> str:
+    """The error line when no row got a 200: a service that answered (a 422 for every
+    shifted row, a batch over serve.max_batch_size) is running, so asking whether it is
+    sent users to restart a healthy service."""
+    refused = {k: v for k, v in summary["status"].items() if k != "error"}
+    if refused:
+        return (
+            f"Error: no row was answered by {summary['url']}: the service refused every "
+            f"request (statuses {summary['status']}): check --batch-size (at most "
+            "serve.max_batch_size) and --shift (rows outside the model's ranges get 422)"
+        )
+    detail = "; ".join(summary["failures"]) or f"statuses {summary['status']}"
+    return f"Error: no row was answered by {summary['url']} ({detail}): is `housing serve` running?"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m housing_mlops.traffic``; returns the exit code."""
     try:
@@ -490,12 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (f"; responses {feedback['status']}" if feedback["labels"] else "")
             )
     if summary["rows"] and not summary["ok_rows"]:
-        detail = "; ".join(summary["failures"]) or f"statuses {summary['status']}"
-        print(
-            f"Error: no row was answered by {summary['url']} ({detail}): "
-            "is `housing serve` running?",
-            file=sys.stderr,
-        )
+        print(_none_answered(summary), file=sys.stderr)
         return 1
     feedback = summary.get("feedback")
     if feedback and feedback["labels"] and "200" not in feedback["status"]:

@@ -149,6 +149,24 @@ def test_main_without_a_server_exits_1_and_says_why(processed_config, capsys) ->
     assert "is `housing serve` running?" in err
 
 
+def test_a_service_that_refuses_every_row_is_not_called_down(
+    stand_in, processed_config, capsys
+) -> None:
+    # Every shifted row got a 422 from a running service, and the run ended "is `housing
+    # serve` running?", sending users to restart a service that had answered every request.
+    code = main(
+        ["--config", str(processed_config), "--url", stand_in["url"], "--rows", "3",
+         "--rate", "0", "--shift", "MedInc=1000"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [
+        f"Error: no row was answered by {stand_in['url'].rstrip('/')}/predict: the service "
+        "refused every request (statuses {'422': 3}): check --batch-size (at most "
+        "serve.max_batch_size) and --shift (rows outside the model's ranges get 422)"
+    ]
+
+
 def test_main_rejects_a_bad_shift_with_exit_2(processed_config, capsys) -> None:
     code = main(["--config", str(processed_config), "--shift", "Income=2"])
     assert code == 2
