@@ -62,6 +62,25 @@ def test_empty_state_gives_sections_that_say_what_to_run(tmp_path: Path, capsys)
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_an_unreachable_registry_is_named_in_the_evaluation_too(tmp_path: Path, capsys) -> None:
+    """With MLflow down the evaluation section said "No champion to evaluate yet: run
+    `housing promote`", sending users to promote again a champion the registry held."""
+    from helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, {"mlflow": {"tracking_uri": uri}})
+    code = run(["--config", str(config), "report", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["sections"]["evaluation"] == result["sections"]["champion"] == "empty"
+    markdown = Path(result["markdown"]).read_text()
+    evaluation = markdown.split("## Evaluation of the champion (test split)")[1].split("\n## ")[0]
+    assert f"cannot reach the MLflow tracking server at {uri}" in evaluation
+    assert "housing promote" not in evaluation
+    assert "evaluating" not in captured.err  # no stage that cannot run is announced
+
+
 @pytest.mark.parametrize("kind", ["text", "directory"])
 def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(
     tmp_path: Path, capsys, kind: str

@@ -173,14 +173,17 @@ def build_report(
     stage("reading MLflow: champion and leaderboard")
     champion = _safe(Section("champion", "Champion"), models)
     board = state.get("board")
-    if board is None:  # the registry failed: the same message for both sections
+    evaluation_section = Section("evaluation", "Evaluation of the champion (test split)")
+    if board is None:
+        # The registry failed: the same message for the sections that need it, not
+        # "No champion to evaluate yet: run `housing promote`" under a champion it hides.
         board = Section("leaderboard", "Leaderboard", status=champion.status)
+        evaluation_section.status = champion.status
         board.blocks = list(champion.blocks)
-    stage("evaluating the champion on the test split and plotting")
-    evaluation_section = _safe(
-        Section("evaluation", "Evaluation of the champion (test split)"),
-        lambda: evaluation(settings, state["champ"]),
-    )
+        evaluation_section.blocks = list(champion.blocks)
+    else:
+        stage("evaluating the champion on the test split and plotting")
+        evaluation_section = _safe(evaluation_section, lambda: evaluation(settings, state["champ"]))
     stage("reading drift runs from the request log and plotting")
     drift_section = _safe(Section("drift", "Drift"), lambda: drift(settings))
     stage("reading serving statistics from the request log and plotting")
