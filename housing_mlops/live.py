@@ -357,7 +357,7 @@ def live_quality(
     ``since``: a duration (7d) or ISO time; None means every labelled row.
     """
     from housing_mlops.drift.window import parse_when
-    from housing_mlops.store import parse_log_location
+    from housing_mlops.store import check_request_log, parse_log_location
 
     now = time.time() if now is None else now
     since_ts = parse_when(since, now, "--since") if since is not None else None
@@ -370,9 +370,13 @@ def live_quality(
         )
     cfg = settings.promote
     samples, confidence = cfg.bootstrap_samples, cfg.live_confidence
+    # No log at all (a mistyped --request-log) is said as such: "No labelled requests ...
+    # send true values" sent users to label requests logged elsewhere.
+    log_exists = check_request_log(settings.serve.request_log)
     rows = read_labelled(settings, since_ts)
     return {
         "request_log": str(parse_log_location(settings.serve.request_log)),
+        "request_log_exists": log_exists,
         "since": iso_utc(since_ts) if since_ts is not None else None,
         "until": iso_utc(now),
         "labelled_rows": len(rows),

@@ -180,6 +180,31 @@ def test_evaluate_live_without_labels_says_so_and_exits_0(
     assert json.loads(out)["labelled_rows"] == 0 and json.loads(out)["models"] == []
 
 
+def test_evaluate_live_without_a_log_says_there_is_no_log(
+    project: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped --request-log read "No labelled requests in … (all time): send true values
+    # with POST /feedback …", sending users to label requests logged elsewhere.
+    missing = project["tmp"] / "typo.db"
+    code, out, err = _cli(
+        capsys, "evaluate", "--live", "--request-log", str(missing), "-c", str(project["config"])
+    )
+    assert code == 0, err
+    assert out.replace("\n", " ").strip() == (
+        f"No request log at {missing}: no request is logged, so none is labelled (serve "
+        "traffic with `housing serve` first, or point serve.request_log, HOUSING_REQUEST_LOG "
+        "or --request-log at the log)."
+    )
+    code, out, _ = _cli(
+        capsys, "evaluate", "--live", "--json", "--request-log", str(missing), "-c",
+        str(project["config"]),
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out)
+    assert result["request_log_exists"] is False and result["labelled_rows"] == 0
+    assert not missing.exists()  # reading never creates it
+
+
 def test_evaluate_live_table_and_json(
     project: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:

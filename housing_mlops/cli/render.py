@@ -176,6 +176,15 @@ def _ci(pair: list[float] | None) -> str | None:
 def live_quality_tables(result: Row) -> None:
     """``evaluate --live``: one row per version and role, then the comparisons."""
     window = f"since {result['since']}" if result["since"] else "all time"
+    if not result.get("request_log_exists", True):
+        stdout.print(
+            f"No request log at {result['request_log']}: no request is logged, so none is "
+            "labelled (serve traffic with `housing serve` first, or point serve.request_log, "
+            "HOUSING_REQUEST_LOG or --request-log at the log).",
+            highlight=False,
+            markup=False,
+        )
+        return
     if not result["labelled_rows"]:
         stdout.print(
             f"No labelled requests in {result['request_log']} ({window}): send true values "
