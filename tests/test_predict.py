@@ -786,3 +786,20 @@ def test_a_folder_that_is_not_an_earlier_output_is_never_replaced(
         "`housing predict` (Spark's part-* files): choose another path"
     )
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_default_rejects_file_takes_the_outputs_format(tmp_path: Path) -> None:
+    """The README said the rejects went to OUTPUT.rejects.parquet whatever the output;
+    beside a CSV output they are CSV (`scored.rejects.csv`), as `-h` says."""
+    from housing_mlops.predict import make_job
+
+    source = tmp_path / "in.csv"
+    source.write_text("MedInc\n1\n")
+    for name, expected in (
+        ("scored.csv", "scored.rejects.csv"),
+        ("s.parquet", "s.rejects.parquet"),
+    ):
+        job = make_job(str(source), tmp_path / name, on_error="skip")
+        assert job.rejects == tmp_path / expected
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "`scored.rejects.csv` for `-o scored.csv`" in readme

@@ -228,7 +228,7 @@ def make_job(
         if rejects.resolve() == out.resolve():
             raise UsageError("--rejects and --output must be different files")
         # The rejects file is replaced like the output: never over an input (a given
-        # --rejects, or the default OUTPUT.rejects.parquet that happens to be one).
+        # --rejects, or the default OUTPUT.rejects.EXT that happens to be one).
         _check_not_input(rejects, "--rejects", inp)
         _check_writable(rejects, "--rejects")
     return PredictJob(
