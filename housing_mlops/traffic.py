@@ -426,6 +426,31 @@ def _none_answered(summary: Mapping[str, Any]) -> str:
     return f"Error: no row was answered by {summary['url']} ({detail}): is `housing serve` running?"
 
 
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """The summary on stdout: JSON, or a line (and one for the labels)."""
+    shift = summary["shift"]
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        lat = summary["latency_ms"]
+        print(
+            f"sent {summary['rows']} rows in {summary['requests']} requests to {summary['url']} "
+            f"in {summary['elapsed_s']} s ({summary['rows_per_s']} rows/s); "
+            f"rows by status {summary['row_status']}"
+            + (f"; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms" if lat else "")
+            + (f"; shift {shift}" if shift else "")
+        )
+        feedback = summary.get("feedback")
+        if feedback is not None:
+            print(
+                f"feedback: posted {feedback['labels']} labels to {feedback['url']}: "
+                f"applied {feedback['applied']}, unknown {feedback['unknown']}, "
+                f"duplicate {feedback['duplicate']}"
+                + (f"; responses {feedback['status']}" if feedback["labels"] else "")
+            )
+    sys.stdout.flush()  # inside the caller's try: a reader that left is EPIPE here
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m housing_mlops.traffic``; returns the exit code."""
     try:
@@ -485,25 +510,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     summary.pop("answered", None)
     summary["shift"] = shift
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        lat = summary["latency_ms"]
-        print(
-            f"sent {summary['rows']} rows in {summary['requests']} requests to {summary['url']} "
-            f"in {summary['elapsed_s']} s ({summary['rows_per_s']} rows/s); "
-            f"rows by status {summary['row_status']}"
-            + (f"; latency p50 {lat['p50']} ms, p99 {lat['p99']} ms" if lat else "")
-            + (f"; shift {shift}" if shift else "")
-        )
-        feedback = summary.get("feedback")
-        if feedback is not None:
-            print(
-                f"feedback: posted {feedback['labels']} labels to {feedback['url']}: "
-                f"applied {feedback['applied']}, unknown {feedback['unknown']}, "
-                f"duplicate {feedback['duplicate']}"
-                + (f"; responses {feedback['status']}" if feedback["labels"] else "")
-            )
+    try:
+        _print_summary(summary, args.json)
+    except BrokenPipeError:
+        # `… --json | head`: the reader left. As `housing` ends then: 141 (128 + SIGPIPE),
+        # no traceback, and nothing more written to the closed pipe at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     if summary["rows"] and not summary["ok_rows"]:
         print(_none_answered(summary), file=sys.stderr)
         return 1

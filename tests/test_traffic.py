@@ -243,6 +243,25 @@ def test_ctrl_c_while_sending_is_one_error_line_and_exit_130(stand_in, processed
     assert err.strip().splitlines() == ["Error: interrupted"], err
 
 
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_reader_that_leaves_early_is_exit_141_without_a_traceback(
+    stand_in, processed_config, as_json: bool
+) -> None:
+    # `python -m housing_mlops.traffic … --json | head` with the reader gone ended in a
+    # BrokenPipeError traceback and exit 1 ("no row was answered" in the table's terms),
+    # where `housing` ends such a run with 141.
+    cmd = [sys.executable, "-m", "housing_mlops.traffic", "--config", str(processed_config)]
+    cmd += ["--url", stand_in["url"], "--rows", "3", "--rate", "0"] + (
+        ["--json"] if as_json else []
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before the summary is printed
+    proc = subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
 # ------------------------------------------------------------------- the demo path
 @pytest.mark.slow
 def test_demo_path_traffic_to_real_service_then_drift(
