@@ -37,6 +37,10 @@ _.get_feature_names_out  # ColumnTransformer / Pipeline feature names
 fit_params  # SpatialFeatures.fit_transform(X, y, **fit_params)
 input_features  # SpatialFeatures.get_feature_names_out(input_features)
 
+# Rich calls Console.on_broken_pipe when stdout's reader left (output._Console).
+_.on_broken_pipe
+_.quiet
+
 # prometheus_client calls a registered collector's collect() on every scrape.
 _.collect  # serving.drift_collector
 

@@ -29,8 +29,18 @@ def _stdout_width() -> int | None:
     return PIPE_WIDTH
 
 
-stdout = Console(soft_wrap=True, width=_stdout_width())
-stderr = Console(stderr=True)
+class _Console(Console):
+    """Rich's console, but a reader that left is a BrokenPipeError for ``cli.main`` to end
+    as 141. Rich's own answer is ``SystemExit(1)``: `housing evaluate | head` (a table, not
+    --json) ended silently with 1, "unexpected error" in the README's exit-code table."""
+
+    def on_broken_pipe(self) -> None:  # noqa: D102 - Rich's hook
+        self.quiet = True
+        raise BrokenPipeError(32, "the reader of stdout left")
+
+
+stdout = _Console(soft_wrap=True, width=_stdout_width())
+stderr = _Console(stderr=True)
 
 
 def _table_width() -> int | None:
