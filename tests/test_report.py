@@ -101,6 +101,25 @@ def test_a_log_that_is_not_a_database_is_a_data_error_exit_4(
     assert not (tmp_path / "reports").exists()  # nothing written
 
 
+def test_an_empty_out_is_a_usage_error_not_the_current_folder(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `housing report --out "$DIR"` with DIR unset: a Path option read "" as ".", and the
+    # report, its Markdown and report_files/ landed in the current folder, exit 0.
+    config = write_config(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = run(["--config", str(config), "report", "--out", ""])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.splitlines() == [
+        "Error: --out is empty: give the folder to write the report to",
+        "Try 'housing report -h' for help.",
+    ]
+    assert list(work.iterdir()) == []
+
+
 def unwritable_out(tmp_path: Path, kind: str) -> Path:
     """An --out value that cannot hold the report (tests run as root: chmod is no bar)."""
     if kind == "existing file":

@@ -393,7 +393,7 @@ def drift(
 def report(
     ctx: typer.Context,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--out", metavar="DIR", help="Output folder.", show_default="paths.reports_dir, reports"
         ),
@@ -405,12 +405,19 @@ def report(
 ) -> None:
     """Write a self-contained HTML report and its Markdown twin."""
     from housing_mlops.cli import render
+    from housing_mlops.errors import UsageError
     from housing_mlops.output import StageProgress
     from housing_mlops.report import build_report
 
+    # As a Path, `--out ""` (an unset "$DIR") was ".": the report landed in the current
+    # folder without a word.
+    if out is not None and not out.strip():
+        raise UsageError("--out is empty: give the folder to write the report to")
     settings = state(ctx).settings(request_log)
     with StageProgress("report") as progress:
-        result = build_report(settings, out, progress=progress.stage)
+        result = build_report(
+            settings, Path(out) if out is not None else None, progress=progress.stage
+        )
     render.emit(result, as_json, render.report_summary)
 
 
