@@ -508,6 +508,27 @@ def test_output_under_a_file_is_exit_2(
     )
 
 
+def test_an_empty_input_is_a_usage_error_not_the_current_folder(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `housing predict "$FILE"` with FILE unset: "" read as the current folder, so every
+    # Parquet file under it was scored and the output written into its parent, exit 0.
+    work = tmp_path / "work"
+    work.mkdir()
+    _frame(10).to_parquet(work / "part.parquet")
+    monkeypatch.chdir(work)
+    assert _predict(config, "", "--on-error", "skip") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "Error: INPUT is empty: name a CSV or Parquet file, a folder or a quoted glob",
+        "Try 'housing predict -h' for help.",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]  # nothing beside the folder
+    assert [p.name for p in work.iterdir()] == ["part.parquet"]
+
+
 def test_an_unquoted_glob_says_to_quote_it(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -216,6 +216,10 @@ def make_job(
         raise UsageError("--spark-master needs --engine spark")
     if rejects is not None and on_error != "skip":
         raise UsageError("--rejects needs --on-error skip (with fail, a bad row stops the run)")
+    if not input_spec.strip():
+        # `housing predict "$FILE"` with FILE unset: read as the current folder, every
+        # Parquet file under it was scored and the output written into its parent.
+        raise UsageError("INPUT is empty: name a CSV or Parquet file, a folder or a quoted glob")
     inp = resolve_input(input_spec)
     out = Path(output) if output is not None else default_output(inp)
     out_format = _format_of(out, "--output")
