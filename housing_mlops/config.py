@@ -189,7 +189,8 @@ class PromoteConfig(_Section):
 
 
 class ServeConfig(_Section):
-    host: str = "127.0.0.1"
+    # Empty, uvicorn listened on every interface while the banner said http://:8000.
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     max_batch_size: int = Field(1000, ge=1)

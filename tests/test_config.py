@@ -368,3 +368,14 @@ def test_yaml_values_of_the_wrong_kind_are_named_not_coerced(
     assert config_error(capsys, path) == (
         f"Error: invalid config {path}: 'serve.request_log': Value error, must be a path, not empty"
     )
+
+
+def test_an_empty_serve_host_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `host: ""` made `housing serve` listen on every interface, not on this machine only,
+    # and announce "Serving … at http://:8000", a URL no client can use.
+    path = write_config(tmp_path, {"serve": {"host": ""}})
+    assert config_error(capsys, path) == (
+        f"Error: invalid config {path}: 'serve.host': String should have at least 1 character"
+    )
