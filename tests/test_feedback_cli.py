@@ -168,6 +168,37 @@ def test_no_request_log_is_a_config_error(
     )
 
 
+@pytest.mark.parametrize(
+    "command", [["feedback", "LABELS"], ["evaluate", "--live"], ["drift"], ["report"]]
+)
+def test_another_applications_database_is_not_taken_for_the_log(
+    project: dict[str, Any], capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """`--request-log mlruns/mlflow.db` (the MLflow store, also SQLite): `housing feedback`
+    added the log's tables to it (requests, feedback, drift_runs, schema_version), and the
+    readers called it a log without traffic. Now exit 4 naming it, the file untouched."""
+    other = project["tmp"] / "mlflow.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    labels = _csv(project["tmp"], "request_id,actual\na,2.0\n")
+    args = [str(labels) if a == "LABELS" else a for a in command]
+    code, _, err = _cli(capsys, *args, "--request-log", str(other), "-c", str(project["config"]))
+    assert code == 4, err
+    assert err.strip().splitlines()[-1] == (
+        f"Error: the request log {other} is a SQLite database of something else (tables "
+        "alembic_version, experiments), not a request log: point serve.request_log, "
+        "HOUSING_REQUEST_LOG or --request-log at the request log (data/requests.db by default)"
+    )
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in project["tmp"].iterdir() if p.name.startswith("mlflow")) == [
+        "mlflow.db"
+    ]  # no -wal or -shm beside it
+
+
 # ----------------------------------------------------------------- evaluate --live
 def test_evaluate_live_without_labels_says_so_and_exits_0(
     project: dict[str, Any], capsys: pytest.CaptureFixture[str]

@@ -92,13 +92,27 @@ def _existing_log(path: Path) -> bool:
         raise DataError(f"cannot read the request log {path}: {exc}") from None
     try:
         probe.execute("PRAGMA schema_version").fetchone()
+        names = [r[0] for r in probe.execute(_TABLES).fetchall()]
     except sqlite3.OperationalError:
-        pass  # locked or not openable now: a database all the same; the opener says why
+        names = []  # locked or not openable now: a database all the same; the opener says why
     except sqlite3.DatabaseError:  # SQLITE_NOTADB: no SQLite header
         raise _not_a_log(path, "is not a SQLite database") from None
     finally:
         probe.close()
+    if names and "requests" not in names:
+        # Another application's database (mlruns/mlflow.db given as --request-log): the
+        # writers would add the log's tables to it, the readers call it a log without
+        # traffic. Every request log has `requests` from its first open for writing.
+        shown = ", ".join(sorted(names)[:5]) + (", …" if len(names) > 5 else "")
+        raise DataError(
+            f"the request log {path} is a SQLite database of something else (tables {shown}), "
+            "not a request log: point serve.request_log, HOUSING_REQUEST_LOG or "
+            "--request-log at the request log (data/requests.db by default)"
+        )
     return True
+
+
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
 
 
 @contextlib.contextmanager
