@@ -477,9 +477,14 @@ def test_a_csv_cell_that_is_not_a_number_is_exit_4(
         (["--on-error", "ignore"], 2, "--on-error must be one of fail, skip"),
         (["--rejects", "{d}/r.csv"], 2, "--rejects needs --on-error skip"),
         (["--model-version", "9"], 5, "has no version 9"),
-        (["--alias", "challenger"], 5, "no model has the alias 'challenger'"),
+        (["--alias", "challenger"], 5, "no model has the alias 'challenger' yet: run "
+         "`housing promote --to challenger` first"),
+        # It said "run `housing promote` first", which never sets an alias of that name.
+        (["--alias", "bogus"], 5, "no model has the alias 'bogus' yet: `housing promote` "
+         "sets only champion, challenger and previous-champion (aliases in use: champion): "
+         "name one of them, or a version with --model-version N"),
     ],
-)
+)  # fmt: skip
 def test_bad_options_and_models(
     config: Path,
     test_split: Path,

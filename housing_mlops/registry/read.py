@@ -112,6 +112,24 @@ def _no_store_hint(settings: Settings) -> str:
     )
 
 
+def _alias_advice(alias: str, aliases: dict[str, list[str]]) -> str:
+    """What sets ``alias``: `housing promote` moves champion, challenger and
+    previous-champion only; any other name (`predict --alias bogus`) was told to run
+    `housing promote`, which never sets it."""
+    if alias == CHAMPION:
+        return "run `housing promote` first"
+    if alias == CHALLENGER:
+        return "run `housing promote --to challenger` first"
+    if alias == PREVIOUS_CHAMPION:
+        return "it is set when `housing promote` replaces a champion"
+    used = sorted({a for names in aliases.values() for a in names})
+    return (
+        f"`housing promote` sets only {CHAMPION}, {CHALLENGER} and {PREVIOUS_CHAMPION} "
+        f"(aliases in use: {', '.join(used) or 'none'}): name one of them, or a version "
+        "with --model-version N"
+    )
+
+
 def resolve(settings: Settings, version: int | None = None, alias: str = CHAMPION) -> ModelRef:
     """The registered version ``version``, or else the one carrying ``alias``.
 
@@ -145,7 +163,7 @@ def resolve(settings: Settings, version: int | None = None, alias: str = CHAMPIO
             if not model_exists(client, name):
                 hint = f" (no version of '{name}' is registered either: start with `housing train`)"
             raise ModelError(
-                f"no model has the alias '{alias}' yet: run `housing promote` first{hint}"
+                f"no model has the alias '{alias}' yet: {_alias_advice(alias, aliases)}{hint}"
             ) from None
         return to_ref(client, mv, aliases.get(str(mv.version), []), alias=alias)
 
