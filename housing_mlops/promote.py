@@ -590,6 +590,7 @@ def promote_from_live(
     challenger = registry.get_alias_version(settings, registry.CHALLENGER)
     result = _live_result_before(cfg, champion, challenger, dry_run)
     champion, challenger = _aliases_to_compare(result)
+    _require_request_log(settings, result)
     comparisons = _compare_live(settings, champion, challenger, since)
     decision = should_promote_live(comparisons, cfg)
     reason = f"challenger version {challenger} vs champion version {champion}: {decision.reason}"
@@ -676,6 +677,22 @@ def _aliases_to_compare(result: dict[str, Any]) -> tuple[str, str]:
             f"`housing promote --version {challenger}` to promote it on its holdout metrics",
         )
     return champion, challenger
+
+
+def _require_request_log(settings: Settings, result: dict[str, Any]) -> None:
+    """Refused, naming it, when there is no request log: a mistyped HOUSING_REQUEST_LOG
+    read "too few labelled rows: 0 … (send true values …)", sending users to label
+    requests that are logged elsewhere."""
+    from housing_mlops import store
+
+    if not store.check_request_log(settings.serve.request_log):
+        raise _live_refusal(
+            result,
+            f"challenger version {result['challenger_before']} vs champion version "
+            f"{result['champion_before']}: no request log at "
+            f"{store.parse_log_location(settings.serve.request_log)}, so no labelled row: "
+            "point serve.request_log or HOUSING_REQUEST_LOG at the service's log",
+        )
 
 
 def _compare_live(

@@ -321,6 +321,24 @@ def test_from_live_cli_exit_codes(
     )
 
 
+def test_from_live_without_a_request_log_says_so(
+    evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped HOUSING_REQUEST_LOG read "too few labelled rows: 0 shadowed and 0 canary
+    # rows … (send true values with POST /feedback …)": labels the log elsewhere had.
+    missing = tmp_path / "typo.db"
+    settings = _live_settings(evaluated, tmp_path, missing)
+    with pytest.raises(Exception) as refused:
+        promote_from_live(settings)
+    assert type(refused.value).__name__ == "GateRejected"
+    assert str(refused.value) == (
+        f"challenger version 1 vs champion version 2: no request log at {missing}, so no "
+        "labelled row: point serve.request_log or HOUSING_REQUEST_LOG at the service's log"
+    )
+    assert not missing.exists()
+    assert _aliases(settings) == {"champion": "2", "challenger": "1", "previous-champion": None}
+
+
 def test_canary_evidence_promotes_when_better(
     evaluated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
