@@ -49,6 +49,14 @@ class DataError(HousingError):
     exit_code = EXIT_DATA
 
 
+class UnusableLogError(DataError):
+    """The request log is not a usable SQLite database (not one at all, or damaged).
+
+    Every reader stops on it (exit 4) rather than reporting an empty log: ``housing
+    report`` lets no section turn it into a note under an exit 0.
+    """
+
+
 class ModelError(HousingError):
     """Training, model loading, MLflow tracking or registry problems."""
 

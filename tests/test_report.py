@@ -484,6 +484,50 @@ def test_rerun_replaces_the_report_atomically(full_state, full_report) -> None:
     assert (Path(second["html"]).stat().st_mode & 0o044) == 0o044  # readable by others
 
 
+def test_a_log_damaged_past_its_first_page_is_exit_4_and_writes_nothing(
+    full_state, full_report, tmp_path: Path, capsys
+) -> None:
+    # The header and the schema page read fine, the table pages do not ("database disk
+    # image is malformed"): the report used to turn that into section notes under an
+    # exit 0, where drift and evaluate --live stop with exit 4.
+    import shutil
+    import sqlite3
+
+    import yaml
+
+    damaged = tmp_path / "requests.db"
+    shutil.copyfile(full_state["settings"].serve.request_log, damaged)
+    conn = sqlite3.connect(damaged)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(damaged.read_bytes())
+    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the first
+    damaged.write_bytes(bytes(data))
+    config = yaml.safe_load((full_state["tmp"] / "config.yaml").read_text())
+    config["serve"]["request_log"] = str(damaged)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    shutil.copytree(full_report["out"], out)  # a previous report, to be left as it is
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    code = run(["--config", str(tmp_path / "config.yaml"), "report", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 4, captured.err
+    assert captured.out == "" and "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and captured.err.rstrip().endswith(errors[0]), captured.err
+    assert errors[0].startswith(f"Error: the request log {damaged} is not a usable SQLite")
+    assert "database disk image is malformed" in errors[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    made = {p.name for p in tmp_path.iterdir()} - {"requests.db-wal", "requests.db-shm"}
+    assert made == {"config.yaml", "out", "requests.db"}  # (SQLite's own files aside)
+    # A folder the report would have made is taken back.
+    code = run(
+        ["--config", str(tmp_path / "config.yaml"), "report", "--out", str(tmp_path / "a" / "b")]
+    )
+    assert code == 4 and not (tmp_path / "a").exists()
+
+
 def test_model_without_traffic_says_so(full_state, tmp_path: Path) -> None:
     settings = full_state["settings"]
     quiet = settings.model_copy(

@@ -17,7 +17,8 @@
   rows, and over time per hour or day) once true values have arrived.
 
 Whatever is missing (no model, no data, no traffic, no drift run) gives a section that
-says so and what to run; one failing section never stops the others. Plots are PNGs,
+says so and what to run; one failing section never stops the others, except a request log
+that is not a usable database: exit 4, as for every reader of the log. Plots are PNGs,
 base64-embedded in the HTML (no external CSS, JS or fonts: it opens offline) and written
 as files in ``report_files/`` beside the Markdown. Everything is written into a staging
 folder first and renamed into place at the end, so a reader never sees half a report and
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from housing_mlops.errors import HousingError
+from housing_mlops.errors import HousingError, UnusableLogError
 
 if TYPE_CHECKING:
     from housing_mlops.report.page import Section
@@ -81,9 +82,15 @@ def _write_report(out: Path, sections: list[Section], markdown: str, html: str) 
 
 
 def _safe(section: Section, build: Callable[[], Section]) -> Section:
-    """Run a section builder; a failure becomes a section that says what went wrong."""
+    """Run a section builder; a failure becomes a section that says what went wrong.
+
+    Except a request log that is not a usable database (damaged past the pages the
+    up-front check reads): exit 4 like every other reader, before anything is written.
+    """
     try:
         return build()
+    except UnusableLogError:
+        raise
     except HousingError as exc:
         section.status = "empty"
         return section.note(str(exc))
@@ -101,10 +108,11 @@ def _out_error(given: bool) -> tuple[str, type[HousingError]]:
     return ("--out", UsageError) if given else ("paths.reports_dir", ConfigError)
 
 
-def _prepare_out(out: Path, given: bool) -> None:
+def _prepare_out(out: Path, given: bool) -> list[Path]:
     """Make sure ``out`` is a folder the report can be written to, before building it.
 
-    Creates it (and missing parents) when needed and proves a file can be created there;
+    Creates it (and missing parents) when needed and proves a file can be created there
+    (returns the folders it made, deepest first);
     a real attempt, because root passes os.access on folders it still cannot write
     (/proc, /sys, read-only mounts). On failure the folders made here are removed again
     and a UsageError (``--out``) or ConfigError (``paths.reports_dir``) says so.
@@ -128,20 +136,20 @@ def _prepare_out(out: Path, given: bool) -> None:
         what = "cannot be created" if made and not out.is_dir() else "is not writable"
         reason = exc.strerror or str(exc)
         raise error(f"{name} {out} {what} ({reason}): {advice}") from None
+    return made
 
 
-def build_report(
-    settings: Any,
-    out_dir: Path | str | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Write the HTML report and its Markdown twin; returns their paths and section states.
+def _remove_empty(folders: list[Path]) -> None:
+    """Take back the folders ``_prepare_out`` made (deepest first), if still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
-    ``progress``, when given, is called with a short description as each stage starts
-    (MLflow, evaluation, drift, request log, writing): the CLI shows it on stderr.
-    """
-    from housing_mlops import __version__, store
-    from housing_mlops.report import render
+
+def _sections(settings: Any, stage: Callable[[str], None]) -> list[Section]:
+    """Build every section in order, naming each stage as it starts."""
     from housing_mlops.report.page import Section
     from housing_mlops.report.sections import (
         champion_and_leaderboard,
@@ -150,17 +158,6 @@ def build_report(
         evaluation,
         serving,
     )
-    from housing_mlops.timestamps import readable_utc
-
-    def stage(description: str) -> None:
-        if progress is not None:
-            progress(description)
-
-    # A request log that is not a database is the user's to fix (exit 4), not a section
-    # note under an exit 0: check it before anything is built or written.
-    store.check_request_log(settings.serve.request_log)
-    out = Path(out_dir) if out_dir is not None else Path(settings.paths.reports_dir)
-    _prepare_out(out, given=out_dir is not None)
 
     state: dict[str, Any] = {"champ": None}
 
@@ -192,7 +189,37 @@ def build_report(
     live_section = _safe(
         Section("live", "Champion vs challenger"), lambda: champion_vs_challenger(settings)
     )
-    sections = [champion, board, evaluation_section, drift_section, serving_section, live_section]
+    return [champion, board, evaluation_section, drift_section, serving_section, live_section]
+
+
+def build_report(
+    settings: Any,
+    out_dir: Path | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write the HTML report and its Markdown twin; returns their paths and section states.
+
+    ``progress``, when given, is called with a short description as each stage starts
+    (MLflow, evaluation, drift, request log, writing): the CLI shows it on stderr.
+    """
+    from housing_mlops import __version__, store
+    from housing_mlops.report import render
+    from housing_mlops.timestamps import readable_utc
+
+    def stage(description: str) -> None:
+        if progress is not None:
+            progress(description)
+
+    # A request log that is not a database is the user's to fix (exit 4), not a section
+    # note under an exit 0: check it before anything is built or written.
+    store.check_request_log(settings.serve.request_log)
+    out = Path(out_dir) if out_dir is not None else Path(settings.paths.reports_dir)
+    made = _prepare_out(out, given=out_dir is not None)
+    try:
+        sections = _sections(settings, stage)
+    except UnusableLogError:  # damaged past what check_request_log reads: exit 4, no trace
+        _remove_empty(made)
+        raise
 
     meta = [f"Generated {readable_utc(time.time())} by housing-mlops {__version__}."]
     try:

@@ -240,12 +240,13 @@ def drift(settings: Any) -> Section:
             f" yet, so no drift run: serve "
             "traffic, then run `housing drift`."
         )
-    try:
-        latest = store.latest_drift_run(db)
-        history = store.drift_history(db, HISTORY_RUNS)
-        score_history = store.drift_score_history(db, [r["id"] for r in history])
-    finally:
-        db.close()
+    with store.damaged_log_errors(settings.serve.request_log):
+        try:
+            latest = store.latest_drift_run(db)
+            history = store.drift_history(db, HISTORY_RUNS)
+            score_history = store.drift_score_history(db, [r["id"] for r in history])
+        finally:
+            db.close()
     if latest is None:
         section.status = "empty"
         return section.note("No drift run stored yet: run `housing drift --since 7d`.")
@@ -332,10 +333,11 @@ def serving(settings: Any) -> Section:
             f": no traffic yet. Start "
             "`housing serve` and send requests (e.g. `python -m housing_mlops.traffic`)."
         )
-    try:
-        stats = store.serving_stats(db)
-    finally:
-        db.close()
+    with store.damaged_log_errors(settings.serve.request_log):
+        try:
+            stats = store.serving_stats(db)
+        finally:
+            db.close()
     if not stats["rows"]:
         section.status = "empty"
         return section.note("The request log is empty: no traffic yet.")
@@ -426,11 +428,12 @@ def champion_vs_challenger(settings: Any) -> Section:
             f"No request log at {store.parse_log_location(settings.serve.request_log)}"
             ": no traffic yet, so no champion or challenger to compare."
         )
-    try:
-        traffic = store.role_stats(db)
-        labelled = store.labelled_rows(db)
-    finally:
-        db.close()
+    with store.damaged_log_errors(settings.serve.request_log):
+        try:
+            traffic = store.role_stats(db)
+            labelled = store.labelled_rows(db)
+        finally:
+            db.close()
     versions, shadow = traffic["versions"], traffic["shadow"]
     challenger = any(v["role"] == "challenger" for v in versions) or bool(shadow)
     if not challenger and not len(labelled):

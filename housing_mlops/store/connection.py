@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias, overload
 
-from housing_mlops.errors import ConfigError, DataError
+from housing_mlops.errors import ConfigError, DataError, UnusableLogError
 from housing_mlops.store.location import LogLocation, parse_log_location
 from housing_mlops.store.schema import SchemaTooNew, create_tables
 
@@ -52,8 +52,8 @@ MIN_DATABASE_BYTES = 512
 SERVICE_STATEMENT_TIMEOUT_MS = 5_000
 
 
-def _not_a_log(path: Path | LogLocation, what: str) -> DataError:
-    return DataError(
+def _not_a_log(path: Path | LogLocation, what: str) -> UnusableLogError:
+    return UnusableLogError(
         f"the request log {path} {what}: move it away, or point serve.request_log, "
         "HOUSING_REQUEST_LOG or --request-log at a SQLite file (`housing serve` creates "
         "one where none is)"
