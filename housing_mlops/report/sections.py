@@ -11,7 +11,8 @@ drift tables through ``housing_mlops.store`` (drift, serving); charts come from
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from housing_mlops import plots
 from housing_mlops.report.page import Section
 from housing_mlops.report.render import format_value
 from housing_mlops.timestamps import readable_utc
+
+T = TypeVar("T")
 
 IMPORTANCE_ROWS = 1000
 IMPORTANCE_REPEATS = 3
@@ -228,25 +231,48 @@ def _permutation_importance(model: Any, x: Any, y: np.ndarray, seed: int) -> lis
     return sorted(rows, key=lambda r: r["RMSE increase"], reverse=True)
 
 
+def _read_log(settings: Any, read: Callable[[Any], T]) -> T | None:
+    """``read`` on a read-only connection to the request log; None when there is no log.
+
+    The one way the sections read the log: a damaged one stops the report with the
+    UnusableLogError (exit 4) that every reader of the log gives.
+    """
+    from housing_mlops import store
+
+    db = store.open_readonly(settings.serve.request_log)
+    if db is None:
+        return None
+    with store.damaged_log_errors(settings.serve.request_log):
+        try:
+            return read(db)
+        finally:
+            db.close()
+
+
+def _no_log(settings: Any, section: Section, then: str) -> Section:
+    from housing_mlops import store
+
+    section.status = "empty"
+    where = store.parse_log_location(settings.serve.request_log)
+    return section.note(f"No request log at {where}{then}")
+
+
 def drift(settings: Any) -> Section:
     from housing_mlops import store
 
     section = Section("drift", "Drift")
-    db = store.open_readonly(settings.serve.request_log)
-    if db is None:
-        section.status = "empty"
-        return section.note(
-            f"No request log at {store.parse_log_location(settings.serve.request_log)}"
-            f" yet, so no drift run: serve "
-            "traffic, then run `housing drift`."
+
+    def read(db: Any) -> tuple[Any, Any, Any]:
+        history = store.drift_history(db, HISTORY_RUNS)
+        scores = store.drift_score_history(db, [r["id"] for r in history])
+        return store.latest_drift_run(db), history, scores
+
+    runs = _read_log(settings, read)
+    if runs is None:
+        return _no_log(
+            settings, section, " yet, so no drift run: serve traffic, then run `housing drift`."
         )
-    with store.damaged_log_errors(settings.serve.request_log):
-        try:
-            latest = store.latest_drift_run(db)
-            history = store.drift_history(db, HISTORY_RUNS)
-            score_history = store.drift_score_history(db, [r["id"] for r in history])
-        finally:
-            db.close()
+    latest, history, score_history = runs
     if latest is None:
         section.status = "empty"
         return section.note("No drift run stored yet: run `housing drift --since 7d`.")
@@ -325,19 +351,14 @@ def serving(settings: Any) -> Section:
     from housing_mlops import store
 
     section = Section("serving", "Serving")
-    db = store.open_readonly(settings.serve.request_log)
-    if db is None:
-        section.status = "empty"
-        return section.note(
-            f"No request log at {store.parse_log_location(settings.serve.request_log)}"
-            f": no traffic yet. Start "
-            "`housing serve` and send requests (e.g. `python -m housing_mlops.traffic`)."
+    stats = _read_log(settings, store.serving_stats)
+    if stats is None:
+        return _no_log(
+            settings,
+            section,
+            ": no traffic yet. Start `housing serve` and send requests "
+            "(e.g. `python -m housing_mlops.traffic`).",
         )
-    with store.damaged_log_errors(settings.serve.request_log):
-        try:
-            stats = store.serving_stats(db)
-        finally:
-            db.close()
     if not stats["rows"]:
         section.status = "empty"
         return section.note("The request log is empty: no traffic yet.")
@@ -421,19 +442,12 @@ def champion_vs_challenger(settings: Any) -> Section:
     from housing_mlops.report import live_quality
 
     section = Section("live", "Champion vs challenger")
-    db = store.open_readonly(settings.serve.request_log)
-    if db is None:
-        section.status = "empty"
-        return section.note(
-            f"No request log at {store.parse_log_location(settings.serve.request_log)}"
-            ": no traffic yet, so no champion or challenger to compare."
+    read = _read_log(settings, lambda db: (store.role_stats(db), store.labelled_rows(db)))
+    if read is None:
+        return _no_log(
+            settings, section, ": no traffic yet, so no champion or challenger to compare."
         )
-    with store.damaged_log_errors(settings.serve.request_log):
-        try:
-            traffic = store.role_stats(db)
-            labelled = store.labelled_rows(db)
-        finally:
-            db.close()
+    traffic, labelled = read
     versions, shadow = traffic["versions"], traffic["shadow"]
     challenger = any(v["role"] == "challenger" for v in versions) or bool(shadow)
     if not challenger and not len(labelled):
