@@ -439,7 +439,6 @@ def _model_label(role: str, version: str | None) -> str:
 
 def champion_vs_challenger(settings: Any) -> Section:
     from housing_mlops import store
-    from housing_mlops.report import live_quality
 
     section = Section("live", "Champion vs challenger")
     read = _read_log(settings, lambda db: (store.role_stats(db), store.labelled_rows(db)))
@@ -453,8 +452,25 @@ def champion_vs_challenger(settings: Any) -> Section:
     if not challenger and not len(labelled):
         section.status = "empty"
         return section.note(NO_CHALLENGER)
-
     section.heading("Traffic and latency")
+    _traffic_by_model(section, versions)
+    if shadow:
+        section.heading("Prediction divergence (shadow)")
+        _shadow_divergence(section, shadow)
+    section.heading("Live quality")
+    if not len(labelled):
+        return section.note(
+            "No true values yet: live RMSE appears here once labels arrive "
+            "(`POST /feedback` or `housing feedback FILE`)."
+        )
+    _live_quality(section, labelled, _holdout_rmse(settings))
+    return section
+
+
+def _traffic_by_model(section: Section, versions: list[dict[str, Any]]) -> None:
+    """Rows, share and latency of each model that answered."""
+    from housing_mlops.report import live_quality
+
     shares = live_quality.traffic_shares(versions)
     section.table(
         [
@@ -475,40 +491,39 @@ def champion_vs_challenger(settings: Any) -> Section:
         "Rows each model answered (the client got its prediction); latency per request, "
         "as in the serving section."
     )
-    if shadow:
-        section.heading("Prediction divergence (shadow)")
-        section.table(
-            [
-                {
-                    "answered by": f"v{s['model_version']}",
-                    "shadow": f"v{s['shadow_version']}",
-                    "shadowed rows": s["rows"],
-                    "mean abs. difference": s["mean_abs_diff"],
-                    "p95 abs. difference": s["p95_abs_diff"],
-                }
-                for s in shadow
-            ],
-            [
-                "answered by",
-                "shadow",
-                "shadowed rows",
-                "mean abs. difference",
-                "p95 abs. difference",
-            ],
-        )
-        section.text(
-            "Absolute difference between the answer and the shadow prediction, in $100k, on "
-            "the rows the challenger scored in shadow (the client got the champion's answer)."
-        )
 
-    section.heading("Live quality")
-    if not len(labelled):
-        section.note(
-            "No true values yet: live RMSE appears here once labels arrive "
-            "(`POST /feedback` or `housing feedback FILE`)."
-        )
-        return section
-    holdout = _holdout_rmse(settings)
+
+def _shadow_divergence(section: Section, shadow: list[dict[str, Any]]) -> None:
+    """How far the shadow predictions stand from the answers the clients got."""
+    section.table(
+        [
+            {
+                "answered by": f"v{s['model_version']}",
+                "shadow": f"v{s['shadow_version']}",
+                "shadowed rows": s["rows"],
+                "mean abs. difference": s["mean_abs_diff"],
+                "p95 abs. difference": s["p95_abs_diff"],
+            }
+            for s in shadow
+        ],
+        [
+            "answered by",
+            "shadow",
+            "shadowed rows",
+            "mean abs. difference",
+            "p95 abs. difference",
+        ],
+    )
+    section.text(
+        "Absolute difference between the answer and the shadow prediction, in $100k, on "
+        "the rows the challenger scored in shadow (the client got the champion's answer)."
+    )
+
+
+def _live_quality(section: Section, labelled: Any, holdout: dict[str, float]) -> None:
+    """Live RMSE per version beside its holdout RMSE, paired on shadowed rows, over time."""
+    from housing_mlops.report import live_quality
+
     overall = live_quality.per_version(labelled)
     section.table(
         [
@@ -572,4 +587,3 @@ def champion_vs_challenger(settings: Any) -> Section:
         plots.live_rmse_png(series, holdout_by_label, bucket),
         f"Live RMSE per {bucket}",
     )
-    return section
