@@ -25,6 +25,8 @@ _._unique_names  # config.TrainConfig
 _._log_path_or_url  # config.ServeConfig
 _._unquoted_off  # config.ServeConfig
 _._a_time  # config.DriftConfig
+_._warn_before_drift  # config.DriftConfig
+_._a_range  # config.EvaluateConfig
 _._yaml_types  # config._Section
 _.prediction
 _.prediction_usd

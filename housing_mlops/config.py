@@ -173,11 +173,22 @@ class EvaluateConfig(_Section):
     plausible_min: float = 0.0
     plausible_max: float = 7.0
 
+    @model_validator(mode="after")
+    def _a_range(self) -> EvaluateConfig:
+        # Reversed, every prediction failed the plausibility check and evaluate blamed
+        # the model.
+        if self.plausible_min >= self.plausible_max:
+            raise ValueError(
+                f"plausible_min ({self.plausible_min}) must be below plausible_max "
+                f"({self.plausible_max})"
+            )
+        return self
+
 
 class PromoteConfig(_Section):
     metric: Literal["rmse", "mae", "r2"] = "rmse"
     max_rmse: float = Field(0.45, gt=0)
-    min_r2: float = 0.85
+    min_r2: float = Field(0.85, le=1)  # above 1 no model could pass
     # The candidate must beat the champion by at least this much of the metric.
     min_improvement: float = Field(0.0, ge=0)
     # The live gate (`housing promote --from-live`): labelled rows the challenger needs,
@@ -265,6 +276,16 @@ class DriftConfig(_Section):
     hard_limit_psi: float = Field(1.0, gt=0)
     hard_limit_wasserstein: float = Field(0.5, gt=0)
     sample_rows: int = Field(50_000, ge=1000)  # window rows read (uniform sample) per check
+
+    @model_validator(mode="after")
+    def _warn_before_drift(self) -> DriftConfig:
+        # A warn threshold above the drift one: a column went from ok straight to drift,
+        # and the report's "warn" never showed.
+        for name in ("psi", "wasserstein"):
+            warn, drift = getattr(self, f"{name}_warn"), getattr(self, f"{name}_drift")
+            if warn > drift:
+                raise ValueError(f"{name}_warn ({warn}) must be at most {name}_drift ({drift})")
+        return self
 
     @field_validator("default_since")
     @classmethod
@@ -431,9 +452,13 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Settings:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     if not is_file:
         if path.is_dir():  # `-c configs`: there, but a folder (maybe the one holding it)
+            # `-c ""` (an unset "$CONFIG") reads as the current folder.
+            here = path == Path()
+            example = DEFAULT_CONFIG_PATH if here else path / DEFAULT_CONFIG_PATH.name
+            what = "the current folder (an empty --config?)" if here else "a directory"
             raise ConfigError(
-                f"config {path} is a directory, not a YAML file: pass the file with "
-                f"--config PATH (e.g. {path / DEFAULT_CONFIG_PATH.name})"
+                f"config {path} is {what}, not a YAML file: pass the file with "
+                f"--config PATH (e.g. {example})"
             )
         raise ConfigError(
             f"config file not found: {path} (pass --config PATH or run from the project root)"

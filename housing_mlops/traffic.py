@@ -374,7 +374,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url", default=None, help="Service base URL (default: serve.host/port).")
     p.add_argument("--rows", type=int, default=500, help="Rows to send (default 500).")
-    p.add_argument("--rate", type=float, default=100.0, help="Rows per second; 0 = unpaced.")
+    p.add_argument(
+        "--rate", type=float, default=100.0, help="Rows per second; 0 = unpaced (default 100)."
+    )
     p.add_argument(
         "--shift",
         action="append",
@@ -383,10 +385,14 @@ def _parser() -> argparse.ArgumentParser:
         help="Multiply a feature, e.g. MedInc=1.2 (repeatable).",
     )
     p.add_argument("--batch-size", type=int, default=1, help="Rows per request (default 1).")
-    p.add_argument("--concurrency", type=int, default=8, help="Parallel connections.")
-    p.add_argument("--split", default="test", choices=["test", "train"], help="Source split.")
-    p.add_argument("--seed", type=int, default=0, help="Shuffle seed.")
-    p.add_argument("--timeout", type=float, default=10.0, help="Per-request timeout (s).")
+    p.add_argument("--concurrency", type=int, default=8, help="Parallel connections (default 8).")
+    p.add_argument(
+        "--split", default="test", choices=["test", "train"], help="Source split (default test)."
+    )
+    p.add_argument("--seed", type=int, default=0, help="Shuffle seed (default 0).")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="Per-request timeout in seconds (default 10)."
+    )
     p.add_argument(
         "--feedback-share",
         type=float,
@@ -406,7 +412,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Bearer token for POST /feedback (default: $HOUSING_FEEDBACK_TOKEN).",
     )
-    p.add_argument("--config", "-c", type=Path, default=Path("configs/default.yaml"))
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("configs/default.yaml"),
+        help="Config: serve.host/port for the default --url, and the data to send "
+        "(default configs/default.yaml).",
+    )
     p.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     return p
 

@@ -145,6 +145,53 @@ def test_a_folder_is_named_as_a_folder_not_as_missing(
     )
 
 
+def test_an_empty_config_option_is_named_not_called_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `housing -c "$CONFIG" drift` with $CONFIG unset: the message said "config . is a
+    # directory ... (e.g. default.yaml)", a file that is nowhere.
+    monkeypatch.chdir(tmp_path)
+    assert config_error(capsys, "") == (
+        "Error: config . is the current folder (an empty --config?), not a YAML file: pass "
+        "the file with --config PATH (e.g. configs/default.yaml)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "reason"),
+    [
+        (
+            "evaluate",
+            {"plausible_min": 8.0},
+            "'evaluate': Value error, plausible_min (8.0) must be below plausible_max (7.0)",
+        ),
+        (
+            "drift",
+            {"psi_warn": 0.5},
+            "'drift': Value error, psi_warn (0.5) must be at most psi_drift (0.2)",
+        ),
+        (
+            "drift",
+            {"wasserstein_warn": 0.3, "wasserstein_drift": 0.2},
+            "'drift': Value error, wasserstein_warn (0.3) must be at most wasserstein_drift (0.2)",
+        ),
+        ("promote", {"min_r2": 1.5}, "'promote.min_r2': Input should be less than or equal to 1"),
+    ],
+)
+def test_settings_that_contradict_each_other_are_config_errors(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    values: dict[str, float],
+    reason: str,
+) -> None:
+    """A reversed plausible range failed every prediction and blamed the model; a warn
+    threshold above the drift one never showed a warn; min_r2 above 1 refused every model.
+    Each loaded without a word."""
+    path = write_config(tmp_path, {section: values})
+    assert config_error(capsys, path) == f"Error: invalid config {path}: {reason}"
+
+
 def test_bad_yaml_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  urls: [a\n  b: c\n")

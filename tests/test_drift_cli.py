@@ -185,6 +185,23 @@ def test_missing_log_exit_7(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "data" / "requests.db").exists()  # drift never creates the log
 
 
+def test_refresh_reference_with_a_reference_file_is_exit_2(tmp_path: Path, capsys) -> None:
+    # --reference replaces the version's stored profile, so the refresh was silently
+    # ignored: the user believed the MLflow profile had been fetched again.
+    config = write_config(tmp_path)
+    profile = tmp_path / "profile.json"
+    profile.write_text("{}")
+    args = ["drift", "--reference", str(profile), "--refresh-reference"]
+    code = run(["--config", str(config), *args])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        "Error: --refresh-reference refreshes the version's profile from MLflow; with "
+        "--reference PATH that profile is not used: drop one of them",
+        "Try 'housing drift -h' for help.",
+    ]
+
+
 @pytest.mark.parametrize("option", ["--since", "--until"])
 def test_malformed_time_is_a_usage_error_exit_2(tmp_path: Path, capsys, option: str) -> None:
     config = write_config(tmp_path)

@@ -520,3 +520,20 @@ def test_a_malformed_configured_url_falls_back_to_the_next_at_once(
     assert run(["-c", str(cfg), "fetch"]) == 0
     assert hits == ["/good.tgz"]
     assert (raw_dir(tmp_path) / "cal_housing.tgz").read_bytes() == GOOD
+
+
+def test_an_empty_from_is_a_usage_error_not_the_fallback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `housing fetch --from "$ARCHIVE"` with $ARCHIVE unset fell back to
+    # $HOUSING_DATA_ARCHIVE or the configured URLs without a word.
+    monkeypatch.setenv("HOUSING_DATA_ARCHIVE", str(tmp_path / "elsewhere.tgz"))
+    config = write_config(tmp_path)
+    code = run(["--config", str(config), "fetch", "--from", ""])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        "Error: --from is empty: give the archive's path or URL",
+        "Try 'housing fetch -h' for help.",
+    ]
+    assert not (tmp_path / "data").exists()  # nothing fetched or written

@@ -36,7 +36,10 @@ def fetch(
     """Download and verify the California Housing archive; write data/raw/."""
     from housing_mlops.cli import render
     from housing_mlops.data import fetch as fetch_archive
+    from housing_mlops.errors import UsageError
 
+    if source is not None and not source.strip():  # an unset "$ARCHIVE"
+        raise UsageError("--from is empty: give the archive's path or URL")
     settings = state(ctx).settings()
     with render.download_progress("fetch") as progress:
         result = fetch_archive(settings, source=source, force=force, progress=progress)
@@ -372,8 +375,14 @@ def drift(
     """
     from housing_mlops.cli import render
     from housing_mlops.drift.check import check_drift
-    from housing_mlops.errors import DriftFound
+    from housing_mlops.errors import DriftFound, UsageError
 
+    if reference is not None and refresh_reference:
+        # The refresh would be silently ignored: --reference replaces the stored profile.
+        raise UsageError(
+            "--refresh-reference refreshes the version's profile from MLflow; with "
+            "--reference PATH that profile is not used: drop one of them"
+        )
     result: dict[str, Any] = check_drift(
         state(ctx).settings(request_log),
         since,
