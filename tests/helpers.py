@@ -693,3 +693,19 @@ def fit_two_versions(folder: Path) -> dict[str, Any]:
     }
     profile = build_profile({c: X[c].to_numpy() for c in FEATURES}, 200)
     return {"pipes": pipes, "profile": profile, "X": X}
+
+
+def damaged_copy(log: Path, to: Path) -> Path:
+    """A copy of the SQLite request log ``log`` at ``to`` whose header and schema page read
+    fine and whose table pages do not ("database disk image is malformed")."""
+    import shutil
+    import sqlite3
+
+    shutil.copyfile(log, to)
+    conn = sqlite3.connect(to)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(to.read_bytes())
+    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the first
+    to.write_bytes(bytes(data))
+    return to

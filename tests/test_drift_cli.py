@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_processed
+from helpers import damaged_copy, write_processed
 from synthetic import write_config
 
 from housing_mlops import columns, store
@@ -284,17 +284,7 @@ def test_a_log_damaged_past_its_first_page_is_a_data_error_exit_4(
     # The header and the schema page read fine; the table pages do not ("database disk
     # image is malformed"): drift and evaluate --live ended in "Error: unexpected
     # DatabaseError" (exit 1).
-    import shutil
-    import sqlite3
-
-    damaged = tmp_path / "requests.db"
-    shutil.copyfile(project["settings"].serve.request_log, damaged)
-    conn = sqlite3.connect(damaged)
-    page = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    data = bytearray(damaged.read_bytes())
-    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the first
-    damaged.write_bytes(bytes(data))
+    damaged = damaged_copy(project["settings"].serve.request_log, tmp_path / "requests.db")
     args = [*command.split(), "--request-log", str(damaged)]
     code = run(["--config", str(project["config"]), *args])
     captured = capsys.readouterr()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import copy_store, trained_store
+from helpers import copy_store, damaged_copy, trained_store
 from synthetic import write_config
 
 from housing_mlops import columns
@@ -491,18 +491,10 @@ def test_a_log_damaged_past_its_first_page_is_exit_4_and_writes_nothing(
     # image is malformed"): the report used to turn that into section notes under an
     # exit 0, where drift and evaluate --live stop with exit 4.
     import shutil
-    import sqlite3
 
     import yaml
 
-    damaged = tmp_path / "requests.db"
-    shutil.copyfile(full_state["settings"].serve.request_log, damaged)
-    conn = sqlite3.connect(damaged)
-    page = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    data = bytearray(damaged.read_bytes())
-    data[page:] = bytes([0xA5]) * (len(data) - page)  # every page but the first
-    damaged.write_bytes(bytes(data))
+    damaged = damaged_copy(full_state["settings"].serve.request_log, tmp_path / "requests.db")
     config = yaml.safe_load((full_state["tmp"] / "config.yaml").read_text())
     config["serve"]["request_log"] = str(damaged)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
